@@ -1,0 +1,30 @@
+"""The ImageNet-1k class list (standard indices: sorted wnid order), shipped as package data."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[tuple[str, str], ...]:
+    """(wnid, human name) for the 1000 classes, in standard index order."""
+    text = resources.files("calib.data").joinpath("synsets.txt").read_text(encoding="utf-8")
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        index, wnid, name = line.split(maxsplit=2)
+        if int(index) != len(rows):
+            raise RuntimeError(f"synsets.txt is out of order at line {len(rows) + 1}")
+        rows.append((wnid, name))
+    return tuple(rows)
+
+
+@lru_cache(maxsize=1)
+def wnid_to_index() -> dict[str, int]:
+    return {wnid: i for i, (wnid, _) in enumerate(imagenet_classes())}
+
+
+def class_name(index: int) -> str:
+    return imagenet_classes()[index][1]
