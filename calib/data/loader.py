@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 import warnings
 from collections import deque
@@ -63,6 +64,9 @@ _WORKER: tuple[ImageSource, Preprocess] | None = None
 def _init_worker(source: ImageSource, preprocess: Preprocess) -> None:
     global _WORKER
     _WORKER = (source, preprocess)
+    # Ctrl-C is the parent's to handle (it tears the pool down); workers printing their own
+    # KeyboardInterrupt tracebacks would bury the one-line message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _decode_in_worker(samples: list[Sample]):

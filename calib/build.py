@@ -1,0 +1,55 @@
+"""Production builds from a cache alone: validate it against the model, then materialize the
+Q/DQ model (or a backend engine). No dataset is touched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from calib.cache import load_cache
+from calib.cache.inspect import Validation, validate
+from calib.errors import CalibError
+from calib.fsutil import atomic_path
+from calib.models import Model
+from calib.quantize.flavors import quantize_model, required_tensors
+from calib.quantize.graph import GraphIndex
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    validation: Validation
+    left_in_float: list[str]
+
+
+def check_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, flavor: str):
+    entry = load_cache(cache_path)
+    report = validate(entry, model.sha256, required_tensors(prepared, flavor), GraphIndex(prepared).activations())
+    return entry, report
+
+
+def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, flavor: str, out: Path,
+                     backend: str = "ort", force: bool = False, **backend_options) -> BuildResult:
+    entry, report = check_cache(model, prepared, cache_path, flavor)
+    if not report.hash_matches and not force:
+        raise CalibError(f"cache {cache_path} was calibrated for model sha256 {report.cache_model_sha256}, "
+                         f"not {model.name} ({report.model_sha256}); use --force to build anyway")
+    if report.bad_scales:
+        raise CalibError(f"cache {cache_path}: " + report.problems()[-1])
+    if report.missing and not force:
+        raise CalibError(f"cache {cache_path}: {report.problems()[-1]}; use --force to leave them in float")
+    qdq, left = quantize_model(prepared, entry.cache.amax(), flavor, allow_missing=force)
+    out = Path(out)
+    if backend == "ort":
+        with atomic_path(out) as tmp:
+            onnx.save(qdq, str(tmp))
+    else:
+        from calib.backends import get_backend
+
+        b = get_backend(backend)
+        with atomic_path(out.with_suffix(".onnx")) as tmp:
+            onnx.save(qdq, str(tmp))
+        b.build(out.with_suffix(".onnx"), out, "int8", **backend_options)
+    return BuildResult(out, report, left)

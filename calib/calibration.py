@@ -1,0 +1,72 @@
+"""Calibrate once, write the cache: stream the dataset, compute ranges, save scales + metadata.
+
+The cache is the single source of truth: Q/DQ models are always materialized from a cache that
+was read back, so a fresh run and a reused cache produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from calib.cache import CacheEntry, CacheKey, CacheMetadata, CacheStore, TrtCache, load_cache
+from calib.cache.trt_format import DEFAULT_TRT_VERSION
+from calib.calibrators import Calibrator, get_calibrator
+from calib.collect import collect
+from calib.data import Dataset
+from calib.errors import CalibError
+from calib.models import Model
+from calib.quantize.qdq import activation_scale
+
+
+@dataclass
+class CalibrationOutcome:
+    entry: CacheEntry
+    reused: bool
+    seconds: float          # calibration time, or the time to load a reused cache
+    samples: int
+    skipped: list[str]
+    calibrator: Calibrator | None = None  # with its statistics, when calibrated in this run
+
+
+def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator) -> CacheKey:
+    return CacheKey(model.sha256, model.preprocess.params, dataset.source.id, dataset.fingerprint(),
+                    calibrator.name, calibrator.params)
+
+
+def model_inputs(model: Model) -> list[dict]:
+    return [{"name": model.input_name, "shape": [d if isinstance(d, int) else str(d) for d in model.input_shape]}]
+
+
+def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibrator_name: str,
+              store: CacheStore, batch_size: int = 16, workers: int | None = None,
+              recalibrate: bool = False, calibrator_params: dict | None = None,
+              trt_version: str = DEFAULT_TRT_VERSION, progress: bool = True) -> CalibrationOutcome:
+    """Reuse a matching cache from `store`, or calibrate and save one."""
+    calibrator = get_calibrator(calibrator_name, **(calibrator_params or {}))
+    key = cache_key(model, dataset, calibrator)
+    if not recalibrate:
+        start = time.perf_counter()
+        found = store.find(key)
+        if found is not None:
+            return CalibrationOutcome(found, True, time.perf_counter() - start, found.metadata.samples, [])
+    result = collect(prepared, dataset, calibrator, batch_size=batch_size, workers=workers,
+                     progress=f"calibrating ({calibrator.name})" if progress else None)
+    if result.images == 0:
+        raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
+    ranges = calibrator.compute()
+    seconds = result.seconds
+    scales = {name: activation_scale(ranges[name].amax, 127) for name in result.tensors if name in ranges}
+    cache = TrtCache.from_scales(scales, calibrator.trt_algorithm, trt_version)
+    hex_scales = cache.scales
+    tensors = {name: {"scale": hex_scales[name], "amax": ranges[name].amax, "min": ranges[name].min,
+                      "max": ranges[name].max, "nonfinite": ranges[name].nonfinite} for name in scales}
+    meta = CacheMetadata(key=key, model_name=model.name, model_inputs=model_inputs(model),
+                         dataset_description=dataset.source.description, samples=result.images,
+                         skipped=len(result.skipped), batch_size=batch_size, trt_version=trt_version,
+                         algorithm=calibrator.trt_algorithm, tensors=tensors, seconds=round(seconds, 3))
+    path = store.save(cache, meta)
+    return CalibrationOutcome(load_cache(path), False, seconds, result.images, result.skipped, calibrator)

@@ -1,0 +1,158 @@
+"""`calib run` as a library call: calibrate (or reuse the cache), materialize the INT8 model
+from the cache, evaluate FP32 and INT8 on the same images, write the report."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from calib import __version__
+from calib.backends import get_backend
+from calib.cache import CacheStore
+from calib.calibration import CalibrationOutcome, calibrate
+from calib.datasets import plan_data
+from calib.errors import CalibError
+from calib.evaluate import evaluate
+from calib.models import Model, ZOO, file_sha256, resolve_model, simplify, user_cache_dir
+from calib.quantize.flavors import quantize_model
+from calib.report import write_run_report
+
+
+@dataclass
+class RunConfig:
+    model: str = "efficientnet_lite0"
+    preprocess: str | None = None
+    dataset: str = "demo"
+    data_dir: str | None = None
+    samples: int = 500
+    eval_data_dir: str | None = None
+    eval_samples: int | None = None
+    calibrator: str = "entropy"
+    calibrator_params: dict = field(default_factory=dict)
+    backend: str = "ort"
+    qdq_flavor: str | None = None
+    batch_size: int = 32
+    cache_dir: str = "caches"
+    out: str | None = None
+    seed: int = 0
+    recalibrate: bool = False
+    workers: int | None = None
+    progress: bool = True
+
+
+def prepared_model(model: Model) -> onnx.ModelProto:
+    """The FP32 graph that calibration and Q/DQ insertion work on: BatchNorm, Pad and constants
+    folded (zoo exports already are), so per-channel weight scales see the real weights."""
+    if model.name in ZOO:
+        return onnx.load(str(model.path))
+    out = user_cache_dir() / "prepared" / f"{model.sha256[:24]}.onnx"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            try:
+                simplify(model.path, Path(tmp) / "m.onnx")
+            except Exception as e:
+                raise CalibError(f"ONNX Runtime cannot load {model.path}: {str(e).splitlines()[0][:200]}") from None
+            (Path(tmp) / "m.onnx").replace(out)
+    return onnx.load(str(out))
+
+
+def default_flavor(backend: str) -> str:
+    return "tensorrt" if backend == "tensorrt" else "ort"
+
+
+def default_out(config: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{config.model if config.model in ZOO else Path(config.model).stem}-{config.calibrator}"
+
+
+@contextlib.contextmanager
+def staged_output(out: Path):
+    """Write into a hidden sibling folder and rename it to `out` only on success, so a failed
+    or interrupted run leaves no half-written report behind."""
+    if out.exists() and any(out.iterdir()):
+        raise CalibError(f"output folder {out} already exists and is not empty (choose another --out)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield stage
+        if out.exists():
+            out.rmdir()
+        stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def run(config: RunConfig) -> dict:
+    model = resolve_model(config.model, config.preprocess)
+    backend = get_backend(config.backend)
+    flavor = config.qdq_flavor or default_flavor(config.backend)
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
+                     config.eval_data_dir, config.eval_samples)
+    prepared = prepared_model(model)
+    out = Path(config.out) if config.out else default_out(config)
+    with staged_output(out) as stage:
+        outcome = calibrate(model, prepared, data.calibration, config.calibrator, CacheStore(config.cache_dir),
+                            batch_size=config.batch_size, workers=config.workers, recalibrate=config.recalibrate,
+                            calibrator_params=config.calibrator_params, progress=config.progress)
+        int8_onnx = stage / "int8.onnx"
+        qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor)
+        onnx.save(qdq, str(int8_onnx))
+        fp32_artifact = backend.build(model.path, stage / f"fp32{backend.artifact_suffix()}", "fp32")
+        int8_artifact = backend.build(int8_onnx, stage / f"int8{backend.artifact_suffix()}", "int8") \
+            if backend.artifact_suffix() != ".onnx" else int8_onnx
+        runners = {"fp32": backend.load(fp32_artifact), "int8": backend.load(int8_artifact)}
+        try:
+            ev = evaluate(runners, data.evaluation, config.batch_size, config.workers,
+                          progress="evaluating" if config.progress else None)
+        finally:
+            for r in runners.values():
+                r.close()
+        if not ev.keys:
+            raise CalibError("no evaluation image could be decoded")
+        if fp32_artifact.suffix == ".onnx" and fp32_artifact.parent == stage:
+            fp32_artifact.unlink()  # ORT needs no copy of the FP32 model; the report points at the original
+            fp32_artifact = model.path
+        report = build_report(config, model, flavor, data, outcome, ev, out, fp32_artifact, out / int8_artifact.name)
+        write_run_report(stage, report)
+    return report
+
+
+def build_report(config: RunConfig, model: Model, flavor: str, data, outcome: CalibrationOutcome, ev,
+                 out: Path, fp32_artifact: Path, int8_artifact: Path) -> dict:
+    fp32, int8 = ev.summary("fp32"), ev.summary("int8")
+    import numpy
+    import onnxruntime
+
+    return {
+        "model": model.name,
+        "dataset": config.dataset if not config.data_dir else f"{config.dataset}:{config.data_dir}",
+        "demo": data.demo,
+        "calibrator": config.calibrator,
+        "calibrator_params": outcome.entry.metadata.key.calibrator_params if outcome.entry.metadata else {},
+        "backend": config.backend,
+        "qdq_flavor": flavor,
+        "preprocess": model.preprocess.params,
+        "fp32_model": str(fp32_artifact),
+        "int8_model": str(int8_artifact),
+        "calibration": {"samples": outcome.samples, "seconds": round(outcome.seconds, 3),
+                        "cache": str(outcome.entry.path), "reused": outcome.reused,
+                        "skipped": len(outcome.skipped), "requested_samples": data.requested_samples},
+        "eval": {"samples": len(ev.keys), "skipped": len(ev.skipped), "skipped_files": ev.skipped,
+                 "disjoint_from_calibration": True},
+        "fp32": fp32,
+        "int8": int8,
+        "top1_drop": fp32["top1"] - int8["top1"],
+        "agreement": ev.agreement(),
+        "notes": list(data.notes),
+        "versions": {"calib": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+                     "numpy": numpy.__version__, "python": platform.python_version()},
+        "model_sha256": model.sha256,
+    }

@@ -1,0 +1,127 @@
+"""End to end through the real command line, in subprocesses (exit codes and stderr as a user sees them)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_classifier
+
+
+def calib(*args, cwd=None, check=True, env=None):
+    proc = subprocess.run([sys.executable, "-m", "calib.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"calib {' '.join(map(str, args))} failed:\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc, *words):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("calib: error:")]
+    assert len(errors) == 1, proc.stderr
+    for w in words:
+        assert w in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, imagenet_sample):
+    work = tmp_path_factory.mktemp("run")
+    args = ["run", "--dataset", "imagenet-val", "--data-dir", imagenet_sample, "--samples", 24,
+            "--eval-samples", 40, "--cache-dir", work / "caches", "--batch-size", 8]
+    calib(*args, "--out", work / "a")
+    return work, args
+
+
+def test_run_writes_report_cache_and_int8_model(first_run):
+    work, _ = first_run
+    report = json.loads((work / "a" / "report.json").read_text())
+    for key in ("model", "dataset", "calibrator", "backend", "qdq_flavor", "fp32_model", "int8_model", "calibration",
+                "eval", "fp32", "int8", "top1_drop", "agreement"):
+        assert key in report
+    assert report["qdq_flavor"] == "ort" and report["backend"] == "ort" and report["calibrator"] == "entropy"
+    assert report["calibration"]["samples"] == 24 and report["calibration"]["reused"] is False
+    assert report["eval"]["samples"] == 40
+    assert Path(report["int8_model"]).is_file() and Path(report["calibration"]["cache"]).is_file()
+    assert Path(report["calibration"]["cache"]).with_suffix(".json").is_file()
+    # Correct (TF-style) preprocessing keeps FP32 far above what ImageNet mean/std would give.
+    assert report["fp32"]["top1"] >= 0.7
+    assert report["agreement"] >= 0.85
+    assert abs(report["top1_drop"] - (report["fp32"]["top1"] - report["int8"]["top1"])) < 1e-12
+    assert "top-1 agreement" in (work / "a" / "report.md").read_text()
+    assert not list(work.glob(".*partial"))
+
+
+def test_second_run_reuses_the_cache_and_builds_identical_bytes(first_run):
+    work, args = first_run
+    calib(*args, "--out", work / "b")
+    a = json.loads((work / "a" / "report.json").read_text())
+    b = json.loads((work / "b" / "report.json").read_text())
+    assert b["calibration"]["reused"] is True and b["calibration"]["cache"] == a["calibration"]["cache"]
+    assert (work / "a" / "int8.onnx").read_bytes() == (work / "b" / "int8.onnx").read_bytes()
+    # A production build from the cache alone reproduces it too.
+    calib("build", "--cache", a["calibration"]["cache"], "--out", work / "built.onnx")
+    assert (work / "built.onnx").read_bytes() == (work / "a" / "int8.onnx").read_bytes()
+    # --recalibrate calibrates again (and lands on the same scales).
+    calib(*args, "--out", work / "c", "--recalibrate")
+    c = json.loads((work / "c" / "report.json").read_text())
+    assert c["calibration"]["reused"] is False
+    assert (work / "c" / "int8.onnx").read_bytes() == (work / "a" / "int8.onnx").read_bytes()
+
+
+def test_cache_for_another_model_is_refused(first_run):
+    work, _ = first_run
+    cache = json.loads((work / "a" / "report.json").read_text())["calibration"]["cache"]
+    proc = calib("build", "--cache", cache, "--model", "efficientnet_lite1", "--out", work / "l1.onnx", check=False)
+    assert_one_line_error(proc, "efficientnet_lite1", "sha256")
+    assert not (work / "l1.onnx").exists()
+    proc = calib("cache", "verify", cache, "--model", "efficientnet_lite1", check=False)
+    assert_one_line_error(proc, "not valid")
+    assert calib("cache", "verify", cache).returncode == 0
+
+
+def test_calibrate_prints_the_cache_path(tmp_path, small_imagenet):
+    proc = calib("calibrate", "--dataset", "imagenet-val", "--data-dir", small_imagenet, "--samples", 100,
+                 "--calibrator", "minmax", "--cache-dir", tmp_path / "c", "--workers", 0)
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path.is_file() and path.read_text().startswith("TRT-") and "MinMaxCalibration" in path.read_text()
+    assert "broken.JPEG" in proc.stderr  # the undecodable file is named
+    assert "only" in proc.stderr and "100 requested" in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["no-data-dir", "missing-dir", "empty-dir", "unknown-model", "unknown-calibrator",
+                                  "unknown-dataset", "not-onnx", "not-a-classifier", "bad-percentile"])
+def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, small_imagenet):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_text("not a model")
+    two_outputs = tmp_path / "seg.onnx"
+    make_classifier(two_outputs, size=16)
+    import onnx
+
+    m = onnx.load(str(two_outputs))
+    m.graph.output.append(onnx.helper.make_tensor_value_info("r1", onnx.TensorProto.FLOAT, None))
+    onnx.save(m, str(two_outputs))
+    base = ["run", "--dataset", "imagenet-val", "--data-dir", small_imagenet, "--samples", 4]
+    args, words = {
+        "no-data-dir": (["run", "--dataset", "imagenet-val"], ["CALIB_IMAGENET_VAL", "datasets/imagenet-val.md"]),
+        "missing-dir": (["run", "--dataset", "imagenet-val", "--data-dir", tmp_path / "nope"], ["not found"]),
+        "empty-dir": (["run", "--dataset", "imagenet-val", "--data-dir", empty], ["no ImageNet images"]),
+        "unknown-model": (base + ["--model", "resnet9000"], ["unknown model", "efficientnet_lite0"]),
+        "unknown-calibrator": (base + ["--calibrator", "magic"], ["magic", "entropy"]),
+        "unknown-dataset": (["run", "--dataset", "cifar"], ["unknown dataset"]),
+        "not-onnx": (base + ["--model", bogus], ["not a readable ONNX model"]),
+        "not-a-classifier": (base + ["--model", two_outputs], ["not an ONNX image classifier"]),
+        "bad-percentile": (base + ["--calibrator", "percentile", "--percentile", 120], ["percentile"]),
+    }[case]
+    out, caches = tmp_path / "out", tmp_path / "caches"
+    proc = calib(*args, "--out", out, "--cache-dir", caches, check=False, env={"CALIB_IMAGENET_VAL": ""})
+    assert_one_line_error(proc, *words)
+    assert not out.exists()
+    assert not caches.exists() or not [p for p in caches.iterdir() if p.name != ".calib.lock"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
