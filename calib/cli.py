@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -222,12 +223,26 @@ def cache_export(cache: str = typer.Argument(..., help="cache file"),
     typer.echo(str(export_cache(Path(cache), trt_version, Path(out))))
 
 
+class Interrupted(CalibError):
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("interrupted")
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted()
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
 def main() -> None:
     warnings.formatwarning = _format_warning
+    # Ctrl-C raises Interrupted rather than KeyboardInterrupt, which click would swallow into
+    # its own exit; Interrupted travels like any CalibError to the one-line handler below.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
     except CalibError as e:
@@ -236,7 +251,7 @@ def main() -> None:
         typer.echo(f"calib: error: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        typer.echo("calib: interrupted", err=True)
+        typer.echo("calib: error: interrupted", err=True)
         sys.exit(130)
 
 
