@@ -28,7 +28,9 @@ DataDirOpt = typer.Option(None, "--data-dir", help="dataset folder (imagenet-val
 SamplesOpt = typer.Option(500, "--samples", help="calibration images")
 CalibratorOpt = typer.Option("entropy", "--calibrator", help="entropy, minmax, percentile, mse or a plug-in")
 PercentileOpt = typer.Option(None, "--percentile", help="percentile calibrator: the percentile of |x| (default 99.99)")
-BatchOpt = typer.Option(32, "--batch-size", min=1, help="images per batch")
+BatchOpt = typer.Option(32, "--batch-size", min=1, help="images per evaluation batch")
+CalibBatchOpt = typer.Option(4, "--calib-batch-size", min=1,
+                             help="images per calibration batch (memory: ~30 MB of activations per image for EfficientNet-Lite0)")
 CacheDirOpt = typer.Option("caches", "--cache-dir", help="folder of calibration caches")
 SeedOpt = typer.Option(0, "--seed", help="seed of the calibration/evaluation split")
 WorkersOpt = typer.Option(None, "--workers", min=0, help="decoding processes (0: decode in this process)")
@@ -47,7 +49,7 @@ def run(
     calibrator: str = CalibratorOpt, percentile: Optional[float] = PercentileOpt,
     backend: str = typer.Option("ort", "--backend", help="ort (ONNX Runtime CPU) or tensorrt"),
     qdq_flavor: Optional[str] = typer.Option(None, "--qdq-flavor", help="tensorrt or ort (default: follows --backend)"),
-    batch_size: int = BatchOpt, cache_dir: str = CacheDirOpt,
+    batch_size: int = BatchOpt, calib_batch_size: int = CalibBatchOpt, cache_dir: str = CacheDirOpt,
     out: Optional[str] = typer.Option(None, "--out", help="report folder (default runs/<time>-<model>-<calibrator>)"),
     seed: int = SeedOpt,
     recalibrate: bool = typer.Option(False, "--recalibrate", help="ignore a matching cache and calibrate again"),
@@ -60,7 +62,8 @@ def run(
         model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator=calibrator,
         calibrator_params=_calibrator_params(percentile), backend=backend, qdq_flavor=qdq_flavor,
-        batch_size=batch_size, cache_dir=cache_dir, out=out, seed=seed, recalibrate=recalibrate,
+        batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir, out=out, seed=seed,
+        recalibrate=recalibrate,
         workers=workers))
     out_dir = os.path.dirname(report["int8_model"])
     if report["demo"]:
@@ -75,7 +78,7 @@ def run(
 def calibrate(
     model: str = ModelOpt, preprocess: Optional[str] = PreprocessOpt, dataset: str = DatasetOpt,
     data_dir: Optional[str] = DataDirOpt, samples: int = SamplesOpt, calibrator: str = CalibratorOpt,
-    percentile: Optional[float] = PercentileOpt, batch_size: int = BatchOpt, cache_dir: str = CacheDirOpt,
+    percentile: Optional[float] = PercentileOpt, calib_batch_size: int = CalibBatchOpt, cache_dir: str = CacheDirOpt,
     seed: int = SeedOpt,
     recalibrate: bool = typer.Option(False, "--recalibrate", help="ignore a matching cache and calibrate again"),
     workers: Optional[int] = WorkersOpt,
@@ -90,7 +93,7 @@ def calibrate(
     m = resolve_model(model, preprocess)
     data = plan_data(dataset, data_dir, m.preprocess, samples, seed, evaluate=False)
     outcome = calibrate_model(m, prepared_model(m), data.calibration, calibrator, CacheStore(cache_dir),
-                              batch_size=batch_size, workers=workers, recalibrate=recalibrate,
+                              batch_size=calib_batch_size, workers=workers, recalibrate=recalibrate,
                               calibrator_params=_calibrator_params(percentile))
     for note in data.notes:
         typer.echo(f"note: {note}", err=True)

@@ -39,6 +39,7 @@ class RunConfig:
     backend: str = "ort"
     qdq_flavor: str | None = None
     batch_size: int = 32
+    calib_batch_size: int = 4  # activations of every quantized tensor are held per batch
     cache_dir: str = "caches"
     out: str | None = None
     seed: int = 0
@@ -100,7 +101,7 @@ def run(config: RunConfig) -> dict:
     out = Path(config.out) if config.out else default_out(config)
     with staged_output(out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, CacheStore(config.cache_dir),
-                            batch_size=config.batch_size, workers=config.workers, recalibrate=config.recalibrate,
+                            batch_size=config.calib_batch_size, workers=config.workers, recalibrate=config.recalibrate,
                             calibrator_params=config.calibrator_params, progress=config.progress)
         int8_onnx = stage / "int8.onnx"
         qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor)
@@ -121,8 +122,19 @@ def run(config: RunConfig) -> dict:
             fp32_artifact.unlink()  # ORT needs no copy of the FP32 model; the report points at the original
             fp32_artifact = model.path
         report = build_report(config, model, flavor, data, outcome, ev, out, fp32_artifact, out / int8_artifact.name)
+        if config.backend == "ort":
+            report["ort_kernels"] = integer_kernel_check(int8_onnx)
         write_run_report(stage, report)
     return report
+
+
+def integer_kernel_check(int8_onnx: Path) -> dict:
+    """Which convolutions ONNX Runtime really runs as integer kernels after its own fusions."""
+    from calib.backends.ort import optimized_op_counts
+
+    ops = optimized_op_counts(int8_onnx)
+    return {"QLinearConv": ops.get("QLinearConv", 0), "float_conv": ops.get("Conv", 0) + ops.get("FusedConv", 0),
+            "QGemm": ops.get("QGemm", 0), "QLinearAdd": ops.get("QLinearAdd", 0)}
 
 
 def build_report(config: RunConfig, model: Model, flavor: str, data, outcome: CalibrationOutcome, ev,

@@ -32,7 +32,7 @@ def assert_one_line_error(proc, *words):
 def first_run(tmp_path_factory, imagenet_sample):
     work = tmp_path_factory.mktemp("run")
     args = ["run", "--dataset", "imagenet-val", "--data-dir", imagenet_sample, "--samples", 24,
-            "--eval-samples", 40, "--cache-dir", work / "caches", "--batch-size", 8]
+            "--eval-samples", 40, "--cache-dir", work / "caches", "--batch-size", 8, "--calib-batch-size", 8]
     calib(*args, "--out", work / "a")
     return work, args
 
@@ -53,6 +53,8 @@ def test_run_writes_report_cache_and_int8_model(first_run):
     assert report["agreement"] >= 0.85
     assert abs(report["top1_drop"] - (report["fp32"]["top1"] - report["int8"]["top1"])) < 1e-12
     assert "top-1 agreement" in (work / "a" / "report.md").read_text()
+    # The ort flavor really runs as integer kernels in ONNX Runtime (all 49 convolutions of Lite0).
+    assert report["ort_kernels"]["QLinearConv"] == 49 and report["ort_kernels"]["float_conv"] == 0
     assert not list(work.glob(".*partial"))
 
 

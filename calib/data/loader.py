@@ -91,7 +91,8 @@ def iter_batches(dataset: Dataset, batch_size: int, workers: int | None = None,
     workers = default_workers() if workers is None else workers
     chunks = [dataset.samples[i:i + batch_size] for i in range(0, len(dataset.samples), batch_size)]
     bar = tqdm(total=len(dataset.samples), desc=progress, unit="img", disable=progress is None,
-               file=sys.stderr, leave=False, dynamic_ncols=True)
+               file=sys.stderr, leave=False, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 5.0)  # logs get a line per 5 s, not per batch
     skips = skips if skips is not None else SkipLog()
     try:
         if workers == 0 or len(chunks) <= 1:

@@ -32,6 +32,10 @@ def render_markdown(r: dict) -> str:
         f"- cache: `{cal['cache']}`",
         f"- backend: {r['backend']}; FP32 model `{r['fp32_model']}`; INT8 model `{r['int8_model']}`",
     ]
+    if "ort_kernels" in r:
+        k = r["ort_kernels"]
+        lines.append(f"- ONNX Runtime runs {k['QLinearConv']} convolutions as integer QLinearConv "
+                     f"and {k['float_conv']} in float (after its graph optimizations)")
     for note in r.get("notes", []):
         lines.append(f"- note: {note}")
     if ev.get("skipped_files"):
