@@ -53,7 +53,7 @@ def run(
     out: Optional[str] = typer.Option(None, "--out", help="report folder (default runs/<time>-<model>-<calibrator>)"),
     seed: int = SeedOpt,
     recalibrate: bool = typer.Option(False, "--recalibrate", help="ignore a matching cache and calibrate again"),
-    workers: Optional[int] = WorkersOpt,
+    workers: Optional[int] = WorkersOpt, bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="correct biases for the mean shift weight quantization causes"),
 ) -> None:
     """Calibrate, build the INT8 model, and report its accuracy against FP32."""
     from calib.pipeline import RunConfig, run as run_pipeline
@@ -63,8 +63,7 @@ def run(
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator=calibrator,
         calibrator_params=_calibrator_params(percentile), backend=backend, qdq_flavor=qdq_flavor,
         batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir, out=out, seed=seed,
-        recalibrate=recalibrate,
-        workers=workers))
+        recalibrate=recalibrate, workers=workers, bias_correction=bias_correction))
     out_dir = os.path.dirname(report["int8_model"])
     if report["demo"]:
         typer.echo("DEMO run on 5 embedded photos: see datasets/imagenet-val.md to run on ImageNet.")
@@ -113,6 +112,12 @@ def build(
     qdq_flavor: Optional[str] = typer.Option(None, "--qdq-flavor", help="tensorrt or ort (default: follows --backend)"),
     out: str = typer.Option(..., "--out", help="INT8 Q/DQ ONNX file (ort) or engine file (tensorrt)"),
     force: bool = typer.Option(False, "--force", help="build even if the model hash differs; tensors without a scale stay float"),
+    bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="apply the cache's bias correction"),
+    min_batch: Optional[int] = typer.Option(None, "--min-batch", help="TensorRT profile: smallest batch"),
+    opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="TensorRT profile: batch to tune for"),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="TensorRT profile: largest batch"),
+    workspace_mib: Optional[int] = typer.Option(None, "--workspace-mib", help="TensorRT workspace limit"),
+    timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file, reused across builds"),
 ) -> None:
     """Build the INT8 model from a cache alone (no dataset), after validating the cache."""
     from calib.build import build_from_cache
@@ -121,12 +126,43 @@ def build(
 
     m = resolve_model(model, preprocess)
     result = build_from_cache(m, prepared_model(m), Path(cache), qdq_flavor or default_flavor(backend),
-                              Path(out), backend=backend, force=force)
+                              Path(out), backend=backend, force=force, bias_correction=bias_correction,
+                              **_trt_options(backend, min_batch, opt_batch, max_batch, workspace_mib, timing_cache))
     for problem in result.validation.problems():
         typer.echo(f"warning: {problem}", err=True)
     for name in result.left_in_float:
         typer.echo(f"left in float (no scale): {name}", err=True)
     typer.echo(str(result.path))
+
+
+@app.command()
+def bench(
+    model: str = ModelOpt,
+    backend: str = typer.Option("ort", "--backend", help="ort or tensorrt"),
+    batch_sizes: str = typer.Option("1,32", "--batch-sizes", help="comma-separated batch sizes"),
+    seconds: float = typer.Option(3.0, "--seconds", help="timed seconds per batch size"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (TensorRT engines)"),
+    timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file, reused across builds"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Latency percentiles and throughput at the given batch sizes, for either backend."""
+    from calib.bench import bench as run_bench
+    from calib.models import ZOO, resolve_model
+
+    path = resolve_model(model).path if model in ZOO else Path(model)
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise CalibError(f"--batch-sizes must be integers separated by commas, not '{batch_sizes}'") from None
+    options = {"timing_cache": Path(timing_cache)} if timing_cache else {}
+    rows = run_bench(path, backend, sizes, seconds, precision, **options)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    typer.echo(f"{'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9}   {path.name} on {backend} ({precision})")
+    for r in rows:
+        typer.echo(f"{r['batch_size']:>5} {r['latency_ms_p50']:9.2f} {r['latency_ms_p90']:9.2f} "
+                   f"{r['latency_ms_p99']:9.2f} {r['throughput']:9.1f}")
 
 
 @cache_app.command("list")
@@ -224,6 +260,16 @@ def cache_export(cache: str = typer.Argument(..., help="cache file"),
     from calib.cache.interop import export_cache
 
     typer.echo(str(export_cache(Path(cache), trt_version, Path(out))))
+
+
+def _trt_options(backend: str, min_batch, opt_batch, max_batch, workspace_mib, timing_cache) -> dict:
+    given = {k: v for k, v in dict(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                                    workspace_mib=workspace_mib).items() if v is not None}
+    if timing_cache:
+        given["timing_cache"] = Path(timing_cache)
+    if given and backend != "tensorrt":
+        raise CalibError(f"--{next(iter(given)).replace('_', '-')} applies to --backend tensorrt only")
+    return given
 
 
 class Interrupted(CalibError):

@@ -1,0 +1,89 @@
+"""Latency and throughput of a model on one backend, per batch size (the `calib bench` command).
+
+ONNX Runtime runs the ONNX file as it is (FP32, or a Q/DQ model, which it runs with integer
+kernels). TensorRT runs an engine: an `.engine` file is loaded as is, an ONNX file is first built
+into an engine (in a temporary folder unless `engine=` names where to keep it), with a batch
+profile that covers the batch sizes asked for. Inputs are random (see `time_runner`), so the
+numbers measure speed, not accuracy; each row is one batch size.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from calib.backends import get_backend, time_runner
+from calib.errors import CalibError
+
+
+def _onnx_input(model_path: Path) -> tuple[int | str, tuple[int, int, int]]:
+    """(batch dim, (C, H, W)) of the ONNX model's single image input."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:
+        raise CalibError(f"{model_path} is not a readable ONNX model") from None
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise CalibError(f"{model_path}: expected one image input, found {len(inputs)}")
+    dims = [d.dim_param or d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        raise CalibError(f"{model_path}: input must be (N, C, H, W) with fixed C, H, W, found {dims}")
+    batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else "dynamic"
+    return batch, (dims[1], dims[2], dims[3])
+
+
+def bench(model_path: Path, backend: str, batch_sizes: list[int], seconds: float, precision: str = "fp32",
+          *, engine: Path | None = None, **build_options) -> list[dict]:
+    """Time `model_path` on `backend` ("ort" or "tensorrt") at each batch size for `seconds` each.
+
+    Returns one dict per batch size: backend, model, precision, batch_size, iterations,
+    latency_ms_p50/p90/p99 and throughput (images/s). `precision` and `build_options` (e.g.
+    fp16, workspace_mib, timing_cache) apply when TensorRT builds an engine from ONNX.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise CalibError(f"model file not found: {model_path}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise CalibError(f"batch sizes must be positive integers, got {batch_sizes}")
+    if seconds <= 0:
+        raise CalibError(f"seconds must be positive, got {seconds}")
+    batch_sizes = [int(b) for b in batch_sizes]
+    impl = get_backend(backend)
+    is_engine = model_path.suffix.lower() in (".engine", ".plan", ".trt")
+    if is_engine and backend != "tensorrt":
+        raise CalibError(f"{model_path} is a TensorRT engine: bench it with backend tensorrt")
+
+    with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
+        shape = None
+        if is_engine:
+            artifact = model_path
+        else:
+            batch, shape = _onnx_input(model_path)
+            if batch != "dynamic" and set(batch_sizes) != {batch}:
+                raise CalibError(f"{model_path} has a fixed batch size of {batch}: bench it with "
+                                 f"--batch-sizes {batch}, or export it with a dynamic batch axis")
+            if backend == "tensorrt":
+                options = {"min_batch": min(batch_sizes), "max_batch": max(batch_sizes),
+                           "opt_batch": max(batch_sizes)} if batch == "dynamic" else {}
+                options.update(build_options)
+                artifact = impl.build(model_path, Path(engine) if engine else Path(tmp) / "model.engine",
+                                      precision, **options)
+            else:
+                if build_options:
+                    raise CalibError(f"build options apply to TensorRT only: {', '.join(sorted(build_options))}")
+                artifact = model_path
+        runner = impl.load(artifact)
+        try:
+            if shape is None:
+                shape = tuple(runner.input_shape)
+            rows = []
+            for b in batch_sizes:
+                timing = time_runner(runner, shape, b, seconds)
+                rows.append({"backend": backend, "model": str(model_path), "precision": precision,
+                             **timing.as_dict()})
+            return rows
+        finally:
+            runner.close()

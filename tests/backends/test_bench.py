@@ -1,0 +1,88 @@
+"""calib.bench on ONNX Runtime, with a tiny classifier built here (Conv + GlobalAveragePool + Gemm)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from calib.bench import bench
+from calib.errors import CalibError, MissingDependency
+
+ROW_KEYS = {"backend", "model", "precision", "batch_size", "iterations", "latency_ms_p50",
+            "latency_ms_p90", "latency_ms_p99", "throughput"}
+
+
+def tiny_classifier(path, batch="N", size=16, classes=5):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
+    fc_w = numpy_helper.from_array(rng.standard_normal((classes, 8)).astype(np.float32), "fc_w")
+    fc_b = numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "fc_b")
+    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["relu"]),
+             helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+             helper.make_node("Flatten", ["pool"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], [w, b, fc_w, fc_b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_bench_ort_rows_per_batch_size(tmp_path):
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    rows = bench(model, "ort", [1, 4], seconds=0.05)
+    assert [r["batch_size"] for r in rows] == [1, 4]
+    for r in rows:
+        assert set(r) == ROW_KEYS
+        assert r["backend"] == "ort" and r["precision"] == "fp32"
+        assert r["iterations"] >= 5
+        assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
+        assert r["throughput"] > 0
+
+
+def test_bench_fixed_batch_model_refuses_other_batch_sizes(tmp_path):
+    model = tiny_classifier(tmp_path / "fixed.onnx", batch=2)
+    assert [r["batch_size"] for r in bench(model, "ort", [2], seconds=0.02)] == [2]
+    with pytest.raises(CalibError, match="fixed batch size of 2"):
+        bench(model, "ort", [1, 2], seconds=0.02)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_sizes": [0]}, "positive"),
+    ({"batch_sizes": []}, "positive"),
+    ({"seconds": 0}, "seconds must be positive"),
+    ({"backend": "nope"}, "unknown backend"),
+    ({"fp16": True}, "TensorRT only"),
+])
+def test_bench_argument_errors(tmp_path, kwargs, message):
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    args = {"backend": "ort", "batch_sizes": [1], "seconds": 0.02, **kwargs}
+    with pytest.raises(CalibError, match=message):
+        bench(model, **args)
+
+
+def test_bench_missing_model_and_engine_on_ort(tmp_path):
+    with pytest.raises(CalibError, match="not found"):
+        bench(tmp_path / "nope.onnx", "ort", [1], 0.02)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\0")
+    with pytest.raises(CalibError, match="backend tensorrt"):
+        bench(engine, "ort", [1], 0.02)
+
+
+def test_bench_tensorrt_without_tensorrt(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here")
+    except (ImportError, OSError):
+        pass
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    with pytest.raises(MissingDependency, match="pip install tensorrt"):
+        bench(model, "tensorrt", [1], 0.02)
