@@ -31,7 +31,8 @@ def check_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, flavo
 
 
 def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, flavor: str, out: Path,
-                     backend: str = "ort", force: bool = False, **backend_options) -> BuildResult:
+                     backend: str = "ort", force: bool = False, bias_correction: bool = True,
+                     **backend_options) -> BuildResult:
     entry, report = check_cache(model, prepared, cache_path, flavor)
     if not report.hash_matches and not force:
         raise CalibError(f"cache {cache_path} was calibrated for model sha256 {report.cache_model_sha256}, "
@@ -40,7 +41,8 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
         raise CalibError(f"cache {cache_path}: " + report.problems()[-1])
     if report.missing and not force:
         raise CalibError(f"cache {cache_path}: {report.problems()[-1]}; use --force to leave them in float")
-    qdq, left = quantize_model(prepared, entry.cache.amax(), flavor, allow_missing=force)
+    means = entry.metadata.channel_means if bias_correction and entry.metadata else None
+    qdq, left = quantize_model(prepared, entry.cache.amax(), flavor, allow_missing=force, channel_means=means)
     out = Path(out)
     if backend == "ort":
         with atomic_path(out) as tmp:

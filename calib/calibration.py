@@ -19,7 +19,8 @@ from calib.collect import collect
 from calib.data import Dataset
 from calib.errors import CalibError
 from calib.models import Model
-from calib.quantize.flavors import required_tensors
+from calib.calibrators.channel_means import ChannelMeans, Observers
+from calib.quantize.flavors import plan_for, required_tensors
 from calib.quantize.graph import GraphIndex
 from calib.quantize.qdq import activation_scale
 
@@ -40,6 +41,12 @@ def calibrated_tensors(prepared: onnx.ModelProto) -> list[str]:
     cost a third more time for scales nothing uses."""
     need = set(required_tensors(prepared, "tensorrt")) | set(required_tensors(prepared, "ort"))
     return [t for t in GraphIndex(prepared).activations() if t in need]
+
+
+def weighted_inputs(prepared: onnx.ModelProto) -> list[str]:
+    """Activations read by ops with constant weights: their channel means drive bias correction."""
+    plan = plan_for(prepared, "tensorrt")
+    return list(dict.fromkeys(node.input[0] for node, _ in plan.weights))
 
 
 def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator) -> CacheKey:
@@ -63,7 +70,8 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
         found = store.find(key)
         if found is not None:
             return CalibrationOutcome(found, True, time.perf_counter() - start, found.metadata.samples, [])
-    result = collect(prepared, dataset, calibrator, batch_size=batch_size, workers=workers,
+    means = ChannelMeans(weighted_inputs(prepared))
+    result = collect(prepared, dataset, Observers(calibrator, means), batch_size=batch_size, workers=workers,
                      progress=f"calibrating ({calibrator.name})" if progress else None,
                      tensors=calibrated_tensors(prepared))
     if result.images == 0:
@@ -78,6 +86,7 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
     meta = CacheMetadata(key=key, model_name=model.name, model_inputs=model_inputs(model),
                          dataset_description=dataset.source.description, samples=result.images,
                          skipped=len(result.skipped), batch_size=batch_size, trt_version=trt_version,
-                         algorithm=calibrator.trt_algorithm, tensors=tensors, seconds=round(seconds, 3))
+                         algorithm=calibrator.trt_algorithm, tensors=tensors, seconds=round(seconds, 3),
+                         channel_means=means.means())
     path = store.save(cache, meta)
     return CalibrationOutcome(load_cache(path), False, seconds, result.images, result.skipped, calibrator)

@@ -46,6 +46,7 @@ class RunConfig:
     recalibrate: bool = False
     workers: int | None = None
     progress: bool = True
+    bias_correction: bool = True
 
 
 def prepared_model(model: Model) -> onnx.ModelProto:
@@ -63,6 +64,12 @@ def prepared_model(model: Model) -> onnx.ModelProto:
                 raise CalibError(f"ONNX Runtime cannot load {model.path}: {str(e).splitlines()[0][:200]}") from None
             (Path(tmp) / "m.onnx").replace(out)
     return onnx.load(str(out))
+
+
+def bias_means(entry, enabled: bool = True) -> dict | None:
+    """Channel means from the cache's sidecar, when bias correction is on and the cache has them
+    (caches imported from TensorRT do not)."""
+    return entry.metadata.channel_means if enabled and entry.metadata is not None else None
 
 
 def default_flavor(backend: str) -> str:
@@ -104,7 +111,8 @@ def run(config: RunConfig) -> dict:
                             batch_size=config.calib_batch_size, workers=config.workers, recalibrate=config.recalibrate,
                             calibrator_params=config.calibrator_params, progress=config.progress)
         int8_onnx = stage / "int8.onnx"
-        qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor)
+        qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor,
+                                channel_means=bias_means(outcome.entry, config.bias_correction))
         onnx.save(qdq, str(int8_onnx))
         fp32_artifact = backend.build(model.path, stage / f"fp32{backend.artifact_suffix()}", "fp32")
         int8_artifact = backend.build(int8_onnx, stage / f"int8{backend.artifact_suffix()}", "int8") \
@@ -161,6 +169,8 @@ def build_report(config: RunConfig, model: Model, flavor: str, data, outcome: Ca
                  "disjoint_from_calibration": True},
         "fp32": fp32,
         "int8": int8,
+        "bias_correction": bool(config.bias_correction and outcome.entry.metadata
+                                and outcome.entry.metadata.channel_means),
         "top1_drop": fp32["top1"] - int8["top1"],
         "agreement": ev.agreement(),
         "notes": list(data.notes),

@@ -1,5 +1,6 @@
 """End to end through the real command line, in subprocesses (exit codes and stderr as a user sees them)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -96,7 +97,8 @@ def test_calibrate_prints_the_cache_path(tmp_path, small_imagenet):
 
 
 @pytest.mark.parametrize("case", ["no-data-dir", "missing-dir", "empty-dir", "unknown-model", "unknown-calibrator",
-                                  "unknown-dataset", "not-onnx", "not-a-classifier", "bad-percentile"])
+                                  "unknown-dataset", "not-onnx", "not-a-classifier", "bad-percentile",
+                                  "no-tensorrt"])
 def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, small_imagenet):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -120,10 +122,22 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, small_imagenet
         "not-onnx": (base + ["--model", bogus], ["not a readable ONNX model"]),
         "not-a-classifier": (base + ["--model", two_outputs], ["not an ONNX image classifier"]),
         "bad-percentile": (base + ["--calibrator", "percentile", "--percentile", 120], ["percentile"]),
+        "no-tensorrt": (base + ["--backend", "tensorrt"], ["pip install tensorrt", "NVIDIA GPU"]),
     }[case]
+    if case == "no-tensorrt" and importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
     out, caches = tmp_path / "out", tmp_path / "caches"
     proc = calib(*args, "--out", out, "--cache-dir", caches, check=False, env={"CALIB_IMAGENET_VAL": ""})
     assert_one_line_error(proc, *words)
     assert not out.exists()
     assert not caches.exists() or not [p for p in caches.iterdir() if p.name != ".calib.lock"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_bench_prints_latency_and_throughput(tiny_classifier):
+    proc = calib("bench", "--model", tiny_classifier, "--batch-sizes", "1,4", "--seconds", "0.2", "--json")
+    rows = json.loads(proc.stdout)
+    assert [r["batch_size"] for r in rows] == [1, 4]
+    for r in rows:
+        assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"] and r["throughput"] > 0
+    assert_one_line_error(calib("bench", "--model", tiny_classifier, "--batch-sizes", "0", check=False), "batch")

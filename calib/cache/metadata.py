@@ -50,6 +50,8 @@ class CacheMetadata:
     calib_version: str = __version__
     format_version: int = FORMAT_VERSION
     imported_from: str | None = None    # for `calib cache import`
+    # Per-channel means of the inputs of weighted ops (bias correction); not in TensorRT's format.
+    channel_means: dict[str, list[float]] | None = None
 
     def to_json(self) -> str:
         d = asdict(self)

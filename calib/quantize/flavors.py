@@ -151,10 +151,35 @@ def required_tensors(model: onnx.ModelProto, flavor: str) -> list[str]:
     return list(plan_for(model, flavor).activations)
 
 
+def bias_shift(node: onnx.NodeProto, axis: int, weight_error: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
+    """Mean output shift (W_q - W) . E[x] per output channel, or None when the shapes do not
+    fit the patterns below (the bias is then left alone). Border padding is ignored."""
+    mean = np.asarray(mean, np.float64)
+    dw = weight_error
+    if node.op_type == "Conv" and dw.ndim >= 3:
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        out_ch, per_group = dw.shape[0], dw.shape[1]
+        if mean.size != groups * per_group or out_ch % groups:
+            return None
+        dsum = dw.reshape(out_ch, per_group, -1).sum(axis=2)
+        x = mean.reshape(groups, per_group)[np.arange(out_ch) // (out_ch // groups)]
+        return np.einsum("oc,oc->o", dsum, x)
+    if node.op_type in ("Gemm", "MatMul") and dw.ndim == 2:
+        if axis == 0 and dw.shape[1] == mean.size:   # weight (N, K)
+            return dw @ mean
+        if axis == 1 and dw.shape[0] == mean.size:   # weight (K, N)
+            return mean @ dw
+    return None
+
+
 def quantize_model(model: onnx.ModelProto, amax: dict[str, float], flavor: str,
-                   allow_missing: bool = False) -> tuple[onnx.ModelProto, list[str]]:
+                   allow_missing: bool = False,
+                   channel_means: dict[str, list[float]] | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """Materialize the Q/DQ model of `flavor`; returns it and the tensors left in float
-    (only non-empty with allow_missing, for `calib build --force`)."""
+    (only non-empty with allow_missing, for `calib build --force`).
+
+    With `channel_means` (per-channel means of weighted ops' inputs, from calibration), biases
+    are corrected for the mean shift that weight quantization causes (see bias_shift)."""
     plan = plan_for(model, flavor)
     missing = [t for t in plan.activations if t not in amax]
     if missing and not allow_missing:
@@ -172,10 +197,24 @@ def quantize_model(model: onnx.ModelProto, amax: dict[str, float], flavor: str,
         builder.quantize_activation(tensor, params[tensor], consumers)
     for node, axis in plan.weights:
         w_scale = builder.quantize_weight(node, 1, axis)
+        bias = _corrected_bias(builder, node, axis, channel_means)
         if flavor == "ort" and len(node.input) > 2 and node.input[2] and node.input[0] in params:
             # Integer Conv/Gemm kernels need an int32 bias at scale input_scale * weight_scale.
-            builder.quantize_bias(node, 2, np.float32(params[node.input[0]].scale) * w_scale)
+            builder.quantize_bias(node, 2, np.float32(params[node.input[0]].scale) * w_scale, bias)
+        elif bias is not None:
+            builder.replace_constant(node, 2, bias, "bias_corrected")
     return builder.build(), missing
+
+
+def _corrected_bias(builder: QDQBuilder, node: onnx.NodeProto, axis: int,
+                    channel_means: dict[str, list[float]] | None) -> np.ndarray | None:
+    if not channel_means or node.input[0] not in channel_means or len(node.input) < 3 or not node.input[2]:
+        return None
+    bias = builder.index.initializer_array(node.input[2])
+    shift = bias_shift(node, axis, builder.weight_errors[node.input[1]], channel_means[node.input[0]])
+    if bias is None or shift is None or shift.shape != bias.shape:
+        return None
+    return bias.astype(np.float64) - shift
 
 
 def _ort_params(index: GraphIndex, tensor: str, amax: dict[str, float],

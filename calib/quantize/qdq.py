@@ -53,6 +53,7 @@ class QDQBuilder:
         self.replaced_initializers: set[str] = set()
         self._position = {id(n): i for i, n in enumerate(self.model.graph.node)}
         self.weight_scales: dict[str, np.ndarray] = {}
+        self.weight_errors: dict[str, np.ndarray] = {}  # dequantized - float, for bias correction
 
     def position(self, node: onnx.NodeProto) -> int:
         return self._position[id(node)]
@@ -90,12 +91,23 @@ class QDQBuilder:
         out = self._dequantize_constant(name, q, scale, np.zeros_like(scale, np.int8), axis)
         self.weight_inputs[(self.position(node), input_pos)] = out
         self.weight_scales[name] = scale
+        self.weight_errors[name] = q.astype(np.float64) * scale.reshape(shape) - w
         return scale
 
-    def quantize_bias(self, node: onnx.NodeProto, input_pos: int, scale: np.ndarray) -> None:
+    def replace_constant(self, node: onnx.NodeProto, input_pos: int, value: np.ndarray, suffix: str) -> None:
+        """Feed `node` a new float constant instead of its input `input_pos` (e.g. a corrected bias)."""
+        name = f"{node.input[input_pos]}_{suffix}"
+        if any(i.name == name for i in self.new_initializers):
+            name = f"{name}_{self.position(node)}"
+        self.new_initializers.append(numpy_helper.from_array(value.astype(np.float32), name))
+        self.replaced_initializers.add(node.input[input_pos])
+        self.weight_inputs[(self.position(node), input_pos)] = name
+
+    def quantize_bias(self, node: onnx.NodeProto, input_pos: int, scale: np.ndarray,
+                      values: np.ndarray | None = None) -> None:
         """int32 bias with scale input_scale * weight_scale, as integer Conv/Gemm kernels need."""
         name = node.input[input_pos]
-        b = self.index.initializer_array(name).astype(np.float64)
+        b = (self.index.initializer_array(name) if values is None else values).astype(np.float64)
         scale = scale.astype(np.float32)
         q = np.clip(np.rint(b / scale.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
         out = self._dequantize_constant(name, q, scale, np.zeros(scale.shape, np.int32), 0)
