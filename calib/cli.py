@@ -54,6 +54,9 @@ def run(
     seed: int = SeedOpt,
     recalibrate: bool = typer.Option(False, "--recalibrate", help="ignore a matching cache and calibrate again"),
     workers: Optional[int] = WorkersOpt, bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="correct biases for the mean shift weight quantization causes"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="accuracy budget: largest top-1 drop as a fraction (0.002 = 0.2 points); the most damaging layers stay in float until it is met"),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="accuracy budget: smallest top-1 agreement with FP32 (0.995 = 99.5%)"),
+    html: bool = typer.Option(True, "--html/--no-html", help="also write report.html (histograms, per-layer SQNR)"),
 ) -> None:
     """Calibrate, build the INT8 model, and report its accuracy against FP32."""
     from calib.pipeline import RunConfig, run as run_pipeline
@@ -63,14 +66,93 @@ def run(
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator=calibrator,
         calibrator_params=_calibrator_params(percentile), backend=backend, qdq_flavor=qdq_flavor,
         batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir, out=out, seed=seed,
-        recalibrate=recalibrate, workers=workers, bias_correction=bias_correction))
+        recalibrate=recalibrate, workers=workers, bias_correction=bias_correction,
+        max_drop=max_drop, min_agreement=min_agreement, html=html))
     out_dir = os.path.dirname(report["int8_model"])
     if report["demo"]:
         typer.echo("DEMO run on 5 embedded photos: see datasets/imagenet-val.md to run on ImageNet.")
     typer.echo(f"FP32 top-1 {report['fp32']['top1']:.2%}  INT8 top-1 {report['int8']['top1']:.2%}  "
                f"drop {100 * report['top1_drop']:.2f} pts  agreement {report['agreement']:.2%}  "
                f"({report['eval']['samples']} images)")
-    typer.echo(f"report: {os.path.join(out_dir, 'report.md')}")
+    fb = report.get("fallback")
+    if fb:
+        f = fb["final"]
+        cost = f", INT8 throughput -{100 * fb['throughput']['cost']:.0f}%" if fb.get("throughput") else ""
+        typer.echo(f"fallback: {len(fb['float_layers'])} of {fb['layers']} layers left in float; held-out "
+                   f"{f['images']} images: drop {100 * f['drop']:.2f} pts, agreement {f['agreement']:.2%} "
+                   f"(budget {'met' if fb['final_met'] else 'NOT met'}){cost}")
+    typer.echo(f"report: {os.path.join(out_dir, 'report.md')}" + (" and report.html" if html else ""))
+
+
+@app.command()
+def compare(
+    model: str = ModelOpt, preprocess: Optional[str] = PreprocessOpt, dataset: str = DatasetOpt,
+    data_dir: Optional[str] = DataDirOpt, samples: int = SamplesOpt,
+    eval_data_dir: Optional[str] = typer.Option(None, "--eval-data-dir", help="separate evaluation folder"),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=1, help="limit evaluation images"),
+    calibrators: str = typer.Option("entropy,minmax,percentile,mse", "--calibrators", help="comma-separated calibrators to compare"),
+    chosen: Optional[str] = typer.Option(None, "--chosen", help="calibrator the detailed sections show (default: best agreement)"),
+    percentile: Optional[float] = PercentileOpt,
+    backend: str = typer.Option("ort", "--backend", help="ort (ONNX Runtime CPU) or tensorrt"),
+    qdq_flavor: Optional[str] = typer.Option(None, "--qdq-flavor", help="tensorrt or ort (default: follows --backend)"),
+    batch_size: int = BatchOpt, calib_batch_size: int = CalibBatchOpt, cache_dir: str = CacheDirOpt,
+    out: Optional[str] = typer.Option(None, "--out", help="report folder (default runs/<time>-<model>-compare)"),
+    seed: int = SeedOpt,
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="ignore matching caches and calibrate again"),
+    workers: Optional[int] = WorkersOpt,
+    bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="correct biases for the mean shift weight quantization causes"),
+    sqnr_images: int = typer.Option(16, "--sqnr-images", min=1, help="evaluation images for the per-layer SQNR"),
+) -> None:
+    """Compare calibrators on the same images: accuracy, histograms with thresholds, per-layer SQNR."""
+    from calib.compare import compare as compare_calibrators
+    from calib.pipeline import RunConfig
+
+    config = RunConfig(
+        model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
+        eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator_params=_calibrator_params(percentile),
+        backend=backend, qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size,
+        cache_dir=cache_dir, seed=seed, recalibrate=recalibrate, workers=workers, bias_correction=bias_correction)
+    r = compare_calibrators(config, calibrators.split(","), Path(out) if out else None, chosen=chosen,
+                            sqnr_images=sqnr_images)
+    if r["demo"]:
+        typer.echo("DEMO run on 5 embedded photos: see datasets/imagenet-val.md to run on ImageNet.")
+    typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%} ({r['eval']['samples']} images)")
+    for name in r["calibrators"]:
+        x = r["results"][name]
+        typer.echo(f"{name:12} top-1 {x['top1']:.2%}  drop {100 * x['top1_drop']:.2f} pts  agreement "
+                   f"{x['agreement']:.2%}{'  <- chosen' if name == r['chosen'] else ''}")
+    typer.echo(f"report: {os.path.join(r['out'], 'report.html')}")
+
+
+@app.command()
+def sensitivity(
+    model: str = ModelOpt, preprocess: Optional[str] = PreprocessOpt, dataset: str = DatasetOpt,
+    data_dir: Optional[str] = DataDirOpt, samples: int = SamplesOpt,
+    eval_data_dir: Optional[str] = typer.Option(None, "--eval-data-dir", help="separate evaluation folder"),
+    calibrator: str = CalibratorOpt, percentile: Optional[float] = PercentileOpt,
+    backend: str = typer.Option("ort", "--backend", help="picks the default Q/DQ flavor"),
+    qdq_flavor: Optional[str] = typer.Option(None, "--qdq-flavor", help="tensorrt or ort (default: follows --backend)"),
+    images: int = typer.Option(64, "--images", min=1, help="evaluation images the ranking runs on"),
+    weighted_only: bool = typer.Option(False, "--weighted-only", help="rank Conv/Gemm/MatMul only"),
+    batch_size: int = BatchOpt, calib_batch_size: int = CalibBatchOpt, cache_dir: str = CacheDirOpt,
+    out: Optional[str] = typer.Option(None, "--out", help="report folder (default runs/<time>-<model>-sensitivity)"),
+    seed: int = SeedOpt, workers: Optional[int] = WorkersOpt,
+    bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="correct biases for the mean shift weight quantization causes"),
+) -> None:
+    """Rank the quantized layers by the damage each does alone (logits SQNR against FP32)."""
+    from calib.pipeline import RunConfig
+    from calib.sensitivity import sensitivity as rank
+
+    config = RunConfig(
+        model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
+        eval_data_dir=eval_data_dir, calibrator=calibrator, calibrator_params=_calibrator_params(percentile),
+        backend=backend, qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size,
+        cache_dir=cache_dir, seed=seed, workers=workers, bias_correction=bias_correction)
+    d = rank(config, Path(out) if out else None, images=images, weighted_only=weighted_only)
+    for i, r in enumerate(d["sensitivity"]["rows"][:10], 1):
+        sq = "inf" if r["logits_sqnr_db"] is None else f"{r['logits_sqnr_db']:.1f}"
+        typer.echo(f"{i:3}. {sq:>6} dB  agreement {r['agreement']:.2%}  {r['layer']}")
+    typer.echo(f"report: {os.path.join(d['out'], 'report.html')}")
 
 
 @app.command()

@@ -47,6 +47,9 @@ class RunConfig:
     workers: int | None = None
     progress: bool = True
     bias_correction: bool = True
+    max_drop: float | None = None        # fallback budget: largest top-1 drop (fraction: 0.002 = 0.2 points)
+    min_agreement: float | None = None   # fallback budget: smallest top-1 agreement with FP32 (fraction)
+    html: bool = True                    # report.html with histograms and per-tensor SQNR
 
 
 def prepared_model(model: Model) -> onnx.ModelProto:
@@ -113,13 +116,24 @@ def run(config: RunConfig) -> dict:
         int8_onnx = stage / "int8.onnx"
         qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor,
                                 channel_means=bias_means(outcome.entry, config.bias_correction))
+        fallback = None
+        if config.max_drop is not None or config.min_agreement is not None:
+            from calib.fallback import fallback_to_budget
+
+            fallback = fallback_to_budget(prepared, outcome.entry.cache.amax(), flavor, data.evaluation,
+                                          max_drop=config.max_drop, min_agreement=config.min_agreement,
+                                          batch_size=config.batch_size, workers=config.workers, seed=config.seed,
+                                          progress=config.progress,
+                                          channel_means=bias_means(outcome.entry, config.bias_correction))
+            qdq = fallback.model  # evaluated below on the held-out subset only
         onnx.save(qdq, str(int8_onnx))
         fp32_artifact = backend.build(model.path, stage / f"fp32{backend.artifact_suffix()}", "fp32")
         int8_artifact = backend.build(int8_onnx, stage / f"int8{backend.artifact_suffix()}", "int8") \
             if backend.artifact_suffix() != ".onnx" else int8_onnx
         runners = {"fp32": backend.load(fp32_artifact), "int8": backend.load(int8_artifact)}
         try:
-            ev = evaluate(runners, data.evaluation, config.batch_size, config.workers,
+            ev = evaluate(runners, fallback.final_dataset if fallback else data.evaluation,
+                          config.batch_size, config.workers,
                           progress="evaluating" if config.progress else None)
         finally:
             for r in runners.values():
@@ -132,7 +146,17 @@ def run(config: RunConfig) -> dict:
         report = build_report(config, model, flavor, data, outcome, ev, out, fp32_artifact, out / int8_artifact.name)
         if config.backend == "ort":
             report["ort_kernels"] = integer_kernel_check(int8_onnx)
+        if fallback is not None:
+            report["fallback"] = fallback.report(ev)
         write_run_report(stage, report)
+        if config.html:
+            from calib.compare import run_html_extras
+            from calib.report.html import write_run_html
+
+            extras = run_html_extras(prepared, qdq, outcome, flavor, data.calibration, data.evaluation,
+                                     config.calibrator, batch_size=config.batch_size, workers=config.workers,
+                                     progress=config.progress)
+            write_run_html(stage, report, extras)
     return report
 
 

@@ -26,6 +26,7 @@ code { font-size: 12px; background: #f4f4f4; padding: 0 3px; border-radius: 3px;
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 10px; }
 figure { margin: 0; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .small { font-size: 12px; color: #555; }
+ol.cols { columns: 3 300px; font-size: 12px; } ol.cols li { break-inside: avoid; }
 """
 
 
@@ -39,6 +40,10 @@ def pct(x: float | None) -> str:
 
 def db(x: float | None) -> str:
     return "∞" if x is None else f"{x:.1f}"
+
+
+def images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
 
 
 def img(png: bytes, alt: str) -> str:
@@ -104,6 +109,7 @@ def _sqnr_worst(tensors: list[str], sqnr: dict[str, dict[str, float | None]], ch
 
 # ----------------------------------------------------------------------------- compare
 def render_compare_html(r: dict, figures: list[dict]) -> str:
+    from calib.compare import calibration_sentence
     from calib.report.plots import accuracy_bars, colors, sqnr_lines
 
     names, chosen, res = r["calibrators"], r["chosen"], r["results"]
@@ -120,14 +126,13 @@ def render_compare_html(r: dict, figures: list[dict]) -> str:
         rows.append([f'<span style="color:{palette[n]}">■</span> {esc(n)}' + (" (chosen)" if n == chosen else ""),
                      pct(x["top1"]), pct(x["top5"]), f'<span class="{drop_cls}">{100 * x["top1_drop"]:.2f}</span>',
                      pct(x["agreement"]), db(x["logits_sqnr_db"]),
-                     f"{x['calibration_seconds']:.1f}" + (" (cache)" if x["reused"] else "")])
+                     f"{x['calibration_seconds']:.1f}" + (" (cache reused)" if x["reused"] else "")])
         classes.append("chosen" if n == chosen else "")
     summary = [table(["calibrator", "top-1", "top-5", "drop (pts)", "agreement", "logits SQNR (dB)",
                       "calibration (s)"], rows, row_class=classes),
                f"<p>Chosen for the sections below: <b>{esc(chosen)}</b> ({esc(r['chosen_reason'])}). "
                f"drop = FP32 top-1 − INT8 top-1; agreement = share of images where INT8 and FP32 predict "
-               f"the same class. {esc(r['calibration']['note'])} (shared pass "
-               f"{r['calibration']['shared_pass_seconds']:.1f} s).</p>",
+               f"the same class. {esc(calibration_sentence(r))}</p>",
                img(accuracy_bars(names, [res[n]["top1"] for n in names], [res[n]["agreement"] for n in names],
                                  r["fp32"]["top1"], chosen), "top-1 and agreement per calibrator")]
     body.append(section("summary", "Accuracy per calibrator", summary))
@@ -142,15 +147,16 @@ def render_compare_html(r: dict, figures: list[dict]) -> str:
     body.append(section("sqnr", "Per-layer SQNR against FP32", [
         f"<p>SQNR (dB) of every quantized tensor on {s['images']} evaluation images: {esc(s['what'])}. "
         "Each point is the tensor a layer reads (its DequantizeLinear output). Higher is better; "
-        "∞ (no error) is drawn at the top.</p>",
+        "values above 80 dB (float round-off) and ∞ (no error) are drawn at the top.</p>",
         img(sqnr_lines(s["tensors"], s["db"], chosen, palette), "per-tensor SQNR"),
         f"<p>The 10 lowest-SQNR tensors of <b>{esc(chosen)}</b>:</p>",
         _sqnr_worst(s["tensors"], s["db"], chosen)]))
     cls_rows = [[f"{c['class']} {esc(c['name'])}", str(c["images"]), pct(c["fp32_top1"]), pct(c["int8_top1"]),
                  f'<span class="{"bad" if c["change"] < 0 else "good"}">{100 * c["change"]:+.1f}</span>']
                 for c in r["classes"]]
-    parts = [f"<p>{esc(chosen)}: {r['flips']['broken']} images FP32 got right and INT8 gets wrong, "
-             f"{r['flips']['fixed']} the other way round.</p>"]
+    parts = [f"<p>{esc(chosen)}: {images(r['flips']['broken'])} that FP32 got right and INT8 gets wrong, "
+             f"{r['flips']['fixed']} the other way round. Per class: top-1 accuracy of FP32 and INT8 on the "
+             f"evaluation images of that class (largest changes first).</p>"]
     parts.append(table(["class", "images", "FP32 top-1", "INT8 top-1", "change (pts)"], cls_rows)
                  if cls_rows else "<p>No class changed its top-1 accuracy.</p>")
     body.append(section("classes", "Classes whose accuracy changed most", parts))
@@ -166,7 +172,7 @@ def write_compare_html(stage: Path, report: dict, figures: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------- calib run
 def _fallback_section(fb: dict) -> str:
-    from calib.fallback import budget_text
+    from calib.fallback import SLOWER_THAN_FP32, budget_text, slower_than_fp32
 
     s, f = fb["search"], fb.get("final")
     met = fb.get("final_met")
@@ -187,13 +193,17 @@ def _fallback_section(fb: dict) -> str:
         parts.append(f"<p>INT8 throughput (ONNX Runtime CPU, batch {t['batch_size']}): all INT8 "
                      f"{t['int8']:.1f} img/s, with fallback {t['fallback']:.1f} img/s "
                      f"(<b>{100 * t['cost']:.1f}%</b> slower); FP32 {t['fp32']:.1f} img/s.</p>")
+        if slower_than_fp32(t):
+            parts.append(f'<p class="bad">{esc(SLOWER_THAN_FP32)}.</p>')
     if fb["float_layers"]:
-        parts.append("<p>Layers left in float (most damaging first):</p><ol>" + "".join(
-            f"<li><code>{esc(x)}</code></li>" for x in fb["float_layers"]) + "</ol>")
+        parts.append(f"<p>{len(fb['float_layers'])} of {fb['layers']} layers left in float (most damaging "
+                     f"first):</p><ol class=\"cols\">" + "".join(
+                         f"<li><code>{esc(x)}</code></li>" for x in fb["float_layers"]) + "</ol>")
     else:
         parts.append("<p>The all-INT8 model already meets the budget: no layer left in float.</p>")
-    parts.append(f"<p class=\"small\">Search: {esc(fb['strategy'])}; {fb['evaluations']} candidate models "
-                 f"evaluated; ranking: {esc(fb['measure'])} on {fb['ranking_images']} search images.</p>")
+    if fb["ranking_images"]:
+        parts.append(f"<p class=\"small\">Search: {esc(fb['strategy'])}; {fb['evaluations']} candidate models "
+                     f"evaluated; ranking: {esc(fb['measure'])} on {fb['ranking_images']} search images.</p>")
     return section("fallback", "Fallback to the accuracy budget", parts)
 
 
@@ -222,14 +232,16 @@ def render_run_html(r: dict, extras: dict | None = None) -> str:
             extras["histograms"],
             "Histogram of |x| (log count) over the calibration images for the first and last quantized "
             f"tensors and those {esc(r['calibrator'])} clips hardest; vertical line: the threshold (amax) "
-            "it picked — values beyond it are clipped."))
+            "it picked — values beyond it are clipped."
+            + (f" Histograms {esc(extras['histogram_note'])}." if extras.get("histogram_note") else "")))
     if "sqnr" in extras:
         from calib.report.plots import sqnr_lines
 
         series = {r["calibrator"]: extras["sqnr"]}
         body.append(section("sqnr", "Per-layer SQNR against FP32", [
             f"<p>SQNR (dB) of every quantized tensor (its DequantizeLinear output vs the FP32 tensor, "
-            f"simulated Q/DQ) on {extras['sqnr_images']} evaluation images.</p>",
+            f"simulated Q/DQ) on {extras['sqnr_images']} evaluation images; values above 80 dB (tensors "
+            f"left in float, float round-off) are drawn at the top.</p>",
             img(sqnr_lines(extras["sqnr_tensors"], series, r["calibrator"]), "per-tensor SQNR"),
             _sqnr_worst(extras["sqnr_tensors"], series, r["calibrator"])]))
     body.append(_notes(r))

@@ -16,20 +16,18 @@ def colors(names: list[str]) -> dict[str, str]:
     return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(names)}
 
 
-def _pyplot():
-    import matplotlib
+def _subplots(figsize: tuple[float, float]):
+    """A figure outside pyplot: no GUI backend is touched and no global state changes (a
+    notebook that draws its own inline plots keeps its backend)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _png(fig) -> bytes:
-    plt = _pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -53,9 +51,8 @@ def rebin(counts: np.ndarray, edges: np.ndarray, bins: int = 512) -> tuple[np.nd
 def histogram(tensor: str, counts: np.ndarray, edges: np.ndarray, thresholds: dict[str, float],
               chosen: str | None = None, palette: dict[str, str] | None = None, note: str = "") -> bytes:
     """|x| histogram (log count) with each calibrator's threshold (amax) as a vertical line."""
-    plt = _pyplot()
     palette = palette or colors(list(thresholds))
-    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    fig, ax = _subplots((6.4, 3.0))
     c, e = rebin(counts, edges)
     if c.size:
         ax.stairs(np.where(c > 0, c, np.nan), e, fill=True, color="#9ab", alpha=0.9, label="|x| count")
@@ -76,17 +73,20 @@ def histogram(tensor: str, counts: np.ndarray, edges: np.ndarray, thresholds: di
     return _png(fig)
 
 
+SQNR_CAP = 80.0  # dB: float32 round-off territory; higher values are drawn at the cap
+
+
 def sqnr_lines(tensors: list[str], sqnr: dict[str, dict[str, float | None]], chosen: str | None = None,
                palette: dict[str, str] | None = None) -> bytes:
     """Per-tensor SQNR (dB) in graph order, one line per calibrator."""
-    plt = _pyplot()
     palette = palette or colors(list(sqnr))
-    fig, ax = plt.subplots(figsize=(11, 3.6))
+    fig, ax = _subplots((11, 3.6))
     x = np.arange(len(tensors))
     finite = [v for series in sqnr.values() for v in series.values() if v is not None]
-    cap = (max(finite) + 5) if finite else 60.0
+    # Tensors left in float (a fallback) or without error read 100+ dB: draw them at the cap.
+    cap = min(max(finite) + 5, SQNR_CAP) if finite else SQNR_CAP
     for name, series in sqnr.items():
-        y = np.array([series.get(t) if series.get(t) is not None else cap for t in tensors], np.float64)
+        y = np.array([min(series[t], cap) if series.get(t) is not None else cap for t in tensors], np.float64)
         ax.plot(x, y, marker="o", ms=3 if name == chosen else 2, lw=2.2 if name == chosen else 1.1,
                 color=palette.get(name), label=f"{name}{' (chosen)' if name == chosen else ''}",
                 zorder=3 if name == chosen else 2)
@@ -102,12 +102,12 @@ def sqnr_lines(tensors: list[str], sqnr: dict[str, dict[str, float | None]], cho
 
 def sensitivity_bars(rows: list[dict], top: int = 30) -> bytes:
     """Horizontal bars: logits SQNR when only that layer is quantized, most damaging on top."""
-    plt = _pyplot()
+    total = len(rows)
     rows = rows[:top]
     finite = [r["logits_sqnr_db"] for r in rows if r["logits_sqnr_db"] is not None]
     cap = (max(finite) + 5) if finite else 60.0
     values = [r["logits_sqnr_db"] if r["logits_sqnr_db"] is not None else cap for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.2))
+    fig, ax = _subplots((9, 0.28 * len(rows) + 1.2))
     y = np.arange(len(rows))
     lo = min(values + [0.0])
     ax.barh(y, [v - lo for v in values], left=lo,
@@ -118,6 +118,8 @@ def sensitivity_bars(rows: list[dict], top: int = 30) -> bytes:
     for yi, v, r in zip(y, values, rows):
         ax.text(v, yi, f" {v:.1f} dB, agr {100 * r['agreement']:.1f}%", va="center", fontsize=7)
     ax.set_xlabel("logits SQNR vs FP32 with only this layer quantized (dB, lower = more damage)")
+    ax.set_title(f"the {len(rows)} most damaging layers" + (f" of {total}" if total > len(rows) else "")
+                 + " (red: top 5; blue: weighted ops; green: ops without weights)", fontsize=9)
     ax.set_xlim(lo, max(values) * 1.18 if max(values) > 0 else 1)
     ax.grid(axis="x", alpha=0.25)
     return _png(fig)
@@ -126,8 +128,7 @@ def sensitivity_bars(rows: list[dict], top: int = 30) -> bytes:
 def accuracy_bars(names: list[str], top1: list[float], agreement: list[float], fp32_top1: float,
                   chosen: str | None = None) -> bytes:
     """Top-1 and agreement per calibrator, FP32 top-1 as a reference line."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    fig, ax = _subplots((6.4, 2.8))
     x = np.arange(len(names))
     ax.bar(x - 0.2, [100 * v for v in top1], 0.4, label="INT8 top-1", color="#1f77b4")
     ax.bar(x + 0.2, [100 * v for v in agreement], 0.4, label="agreement with FP32", color="#2ca02c")
@@ -137,6 +138,6 @@ def accuracy_bars(names: list[str], top1: list[float], agreement: list[float], f
     lo = min([100 * v for v in top1 + agreement] + [100 * fp32_top1])
     ax.set_ylim(max(0.0, lo - 5), 100.5)
     ax.set_ylabel("%")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.25)
     return _png(fig)

@@ -38,6 +38,10 @@ def render_markdown(r: dict) -> str:
                      f"and {k['float_conv']} in float (after its graph optimizations)")
     for note in r.get("notes", []):
         lines.append(f"- note: {note}")
+    if r.get("fallback"):
+        from calib.fallback import render_markdown as fallback_markdown
+
+        lines.append(fallback_markdown(r["fallback"]).rstrip("\n"))
     if ev.get("skipped_files"):
         lines += ["", "Skipped (undecodable) images:"] + [f"- `{f}`" for f in ev["skipped_files"]]
     return "\n".join(lines) + "\n"

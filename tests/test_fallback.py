@@ -1,0 +1,93 @@
+"""Fallback to an accuracy budget: meets it with the fewest float layers, reports held-out
+figures, and fails in one line when it cannot be met."""
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from calib.backends.ort import OrtRunner
+from calib.collect import collect
+from calib.calibrators import get_calibrator
+from calib.data import Dataset, get_preset
+from calib.data.sources import ImageSource, Sample
+from calib.errors import CalibError
+from calib.evaluate import evaluate
+from calib.fallback import fallback_to_budget, render_markdown, split_search_final
+from calib.sensitivity import quantizable_layers
+
+
+class NoiseSource(ImageSource):
+    """Seeded random images (smooth enough for a conv net to see structure), labels 0..9."""
+
+    def __init__(self, n: int):
+        super().__init__([Sample(str(i), i % 10) for i in range(n)], "noise", f"{n} noise images")
+
+    def open(self, sample: Sample) -> Image.Image:
+        rng = np.random.default_rng(int(sample.key))
+        small = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+        return Image.fromarray(small).resize((20, 20), Image.BILINEAR)
+
+
+@pytest.fixture()
+def setup(tiny_classifier):
+    model = onnx.load(str(tiny_classifier))
+    data = Dataset.of(NoiseSource(120), get_preset("torchvision", 16))
+    cal = get_calibrator("minmax")
+    collect(model, data.subset(data.samples[:40]), cal, batch_size=20, workers=0, progress=None)
+    amax = {k: r.amax for k, r in cal.compute().items()}
+    return model, amax, data.subset(data.samples[40:])
+
+
+def test_search_and_final_subsets_are_disjoint_and_cover_the_evaluation(setup):
+    _, _, evaluation = setup
+    search, final = split_search_final(evaluation, seed=0)
+    keys_s, keys_f = {s.key for s in search.samples}, {s.key for s in final.samples}
+    assert not keys_s & keys_f and keys_s | keys_f == {s.key for s in evaluation.samples}
+    assert len(search) == 40 and len(final) == 40
+    with pytest.raises(CalibError, match="at least 2"):
+        split_search_final(evaluation.subset(evaluation.samples[:1]))
+
+
+def test_fallback_meets_the_budget_with_the_broken_layer_in_float(setup):
+    model, amax, evaluation = setup
+    broken = dict(amax, r2=amax["r2"] / 30)
+    victim = next(layer.id for layer in quantizable_layers(model, "ort") if "r2" in layer.inputs)
+    result = fallback_to_budget(model, broken, "ort", evaluation, min_agreement=1.0, batch_size=16, workers=0,
+                                throughput_seconds=0.05, progress=False)
+    s = result.search
+    assert s["int8"]["agreement"] < 1.0  # the broken layer costs agreement ...
+    assert s["fallback"]["agreement"] == 1.0  # ... and falling back that one layer alone wins it back
+    assert result.ranking[0] == victim and result.float_layers == [victim]
+    assert result.evaluations <= 2 + int(np.ceil(np.log2(result.layers))) + 1
+    t = result.throughput
+    assert t["batch_size"] == 32 and t["int8"] > 0 and t["fallback"] > 0 and "cost" in t
+    # The lead's wiring: evaluate FP32 and the chosen model on the held-out subset only.
+    runners = {"fp32": OrtRunner(model.SerializeToString()), "int8": OrtRunner(result.model.SerializeToString())}
+    ev = evaluate(runners, result.final_dataset, 16, workers=0, progress=None)
+    d = result.report(ev)
+    assert d["final"]["images"] == len(result.final_dataset) == 40
+    assert isinstance(d["final_met"], bool) and d["float_layers"] == result.float_layers
+    assert not {x.key for x in result.final_dataset.samples} & {x.key for x in result.search_dataset.samples}
+    text = render_markdown(d)
+    assert "held-out" in text and victim in text
+
+
+def test_no_fallback_when_int8_already_meets_the_budget(setup):
+    model, amax, evaluation = setup
+    result = fallback_to_budget(model, amax, "ort", evaluation, max_drop=1.0, batch_size=16, workers=0,
+                                throughput_seconds=0, progress=False)
+    assert result.float_layers == [] and result.evaluations == 1 and result.throughput is None
+
+
+def test_an_impossible_budget_fails_in_one_line(setup):
+    model, amax, evaluation = setup
+    # INT8 would have to beat FP32 by 50 points: even every layer in float (= FP32) cannot.
+    with pytest.raises(CalibError) as err:
+        fallback_to_budget(model, dict(amax, r2=amax["r2"] / 30), "ort", evaluation, max_drop=-0.5,
+                           batch_size=16, workers=0, throughput_seconds=0, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "cannot be met" in message and "all 6 layers in float" in message
+    for bad in ({"max_drop": 2.0}, {"min_agreement": 1.5}, {}):
+        with pytest.raises(CalibError):
+            fallback_to_budget(model, amax, "ort", evaluation, workers=0, progress=False, **bad)
