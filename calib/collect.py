@@ -46,6 +46,22 @@ def expose_activations(model: onnx.ModelProto, tensors: list[str] | None = None)
     return exposed, names
 
 
+def _limit_malloc_arenas() -> None:
+    """Activations are allocated on this thread and freed on the observer thread; with glibc's
+    default of one malloc arena per thread, that pattern fragments memory and peak RSS crept up
+    with the number of images (+19% from 100 to 500). One arena keeps it flat."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 class _BackgroundObserver:
     """Feeds batches to the observer on one thread, at most one batch queued (bounded memory)."""
 
@@ -103,6 +119,7 @@ def collect(model: onnx.ModelProto, dataset: Dataset, observer: Observer, batch_
     skips = SkipLog()
     start = time.perf_counter()
     count = 0
+    _limit_malloc_arenas()
     background = _BackgroundObserver(observer)
     try:
         for batch in iter_batches(dataset, batch_size, workers=workers, progress=progress, skips=skips):
