@@ -26,7 +26,7 @@ PreprocessOpt = typer.Option(None, "--preprocess", help="preprocessing preset: e
 DatasetOpt = typer.Option("demo", "--dataset", help="demo (embedded photos), imagenet-val, or hf:<name-or-path>")
 DataDirOpt = typer.Option(None, "--data-dir", help="dataset folder (imagenet-val; default $CALIB_IMAGENET_VAL)")
 SamplesOpt = typer.Option(500, "--samples", help="calibration images")
-CalibratorOpt = typer.Option("entropy", "--calibrator", help="entropy, minmax, percentile, mse or a plug-in")
+CalibratorOpt = typer.Option("minmax", "--calibrator", help="minmax (default, as ModelOpt and ONNX Runtime), entropy (TensorRT EntropyCalibration2), percentile, mse, or a plug-in")
 PercentileOpt = typer.Option(None, "--percentile", help="percentile calibrator: the percentile of |x| (default 99.99)")
 BatchOpt = typer.Option(32, "--batch-size", min=1, help="images per evaluation batch")
 CalibBatchOpt = typer.Option(4, "--calib-batch-size", min=1,

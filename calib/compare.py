@@ -490,7 +490,8 @@ def run_html_extras(prepared: onnx.ModelProto, qdq: onnx.ModelProto, outcome: Ca
     if stats is None or not stats.has_histogram or not all(t in stats for t in picked):
         stats, n = tensor_histograms(prepared, calibration, picked, batch_size, workers, histogram_samples,
                                      "histograms" if progress else None)
-        note = f"recollected on {n} calibration images (cache reused)"
+        why = "the cache was reused" if outcome.reused else f"{calibrator} keeps no histogram"
+        note = f"recollected on {n} calibration images ({why})"
     figures = histogram_figures(stats, picked, {calibrator: amax}, calibrator)
     return {"histograms": figures, "histogram_note": note, "sqnr": {t: finite_or_none(v) for t, v in sq.items()}, "sqnr_tensors": order,
             "sqnr_images": len(subset), "logits_sqnr_db": finite_or_none(logits)}

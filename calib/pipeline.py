@@ -34,7 +34,7 @@ class RunConfig:
     samples: int = 500
     eval_data_dir: str | None = None
     eval_samples: int | None = None
-    calibrator: str = "entropy"
+    calibrator: str = "minmax"  # the default of ModelOpt and ONNX Runtime; see README
     calibrator_params: dict = field(default_factory=dict)
     backend: str = "ort"
     qdq_flavor: str | None = None

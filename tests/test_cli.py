@@ -44,7 +44,7 @@ def test_run_writes_report_cache_and_int8_model(first_run):
     for key in ("model", "dataset", "calibrator", "backend", "qdq_flavor", "fp32_model", "int8_model", "calibration",
                 "eval", "fp32", "int8", "top1_drop", "agreement"):
         assert key in report
-    assert report["qdq_flavor"] == "ort" and report["backend"] == "ort" and report["calibrator"] == "entropy"
+    assert report["qdq_flavor"] == "ort" and report["backend"] == "ort" and report["calibrator"] == "minmax"
     assert report["calibration"]["samples"] == 24 and report["calibration"]["reused"] is False
     assert report["eval"]["samples"] == 40
     assert Path(report["int8_model"]).is_file() and Path(report["calibration"]["cache"]).is_file()
