@@ -265,10 +265,8 @@ def compare(config, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATO
     """
     from calib.backends import get_backend
     from calib.cache import CacheStore
-    from calib.datasets import plan_data
     from calib.evaluate import evaluate
-    from calib.models import ZOO, resolve_model
-    from calib.pipeline import bias_means, default_flavor, prepared_model, staged_output
+    from calib.pipeline import bias_means, setup, staged_output
     from calib.report.html import write_compare_html
 
     names = list(dict.fromkeys(c.strip() for c in calibrators if c.strip()))
@@ -280,16 +278,9 @@ def compare(config, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATO
         calibrator_class(n)  # unknown names fail here, before any work
     if chosen is not None and chosen not in names:
         raise CalibError(f"--chosen {chosen} is not one of the compared calibrators ({', '.join(names)})")
-    model = resolve_model(config.model, config.preprocess)
     backend = get_backend(config.backend)
-    flavor = config.qdq_flavor or default_flavor(config.backend)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
-                     config.eval_data_dir, config.eval_samples)
-    prepared = prepared_model(model)
-    if out is None:
-        stem = config.model if config.model in ZOO else Path(config.model).stem
-        out = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}-compare"
-    out = Path(out)
+    s = setup(config, out, "compare")
+    model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     started = time.perf_counter()
     with staged_output(out) as stage:
         shared = calibrate_many(model, prepared, data.calibration, names, CacheStore(config.cache_dir),

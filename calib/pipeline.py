@@ -20,7 +20,7 @@ from calib.calibration import CalibrationOutcome, calibrate
 from calib.datasets import plan_data
 from calib.errors import CalibError
 from calib.evaluate import evaluate
-from calib.models import Model, ZOO, file_sha256, resolve_model, simplify, user_cache_dir
+from calib.models import Model, ZOO, resolve_model, simplify, user_cache_dir
 from calib.quantize.flavors import quantize_model
 from calib.report import write_run_report
 
@@ -79,9 +79,30 @@ def default_flavor(backend: str) -> str:
     return "tensorrt" if backend == "tensorrt" else "ort"
 
 
-def default_out(config: RunConfig) -> Path:
+def default_out(config: RunConfig, kind: str | None = None) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{config.model if config.model in ZOO else Path(config.model).stem}-{config.calibrator}"
+    stem = config.model if config.model in ZOO else Path(config.model).stem
+    return Path("runs") / f"{stamp}-{stem}-{kind or config.calibrator}"
+
+
+@dataclass
+class RunSetup:
+    model: Model
+    flavor: str
+    data: object  # calib.datasets.DataPlan
+    prepared: onnx.ModelProto
+    out: Path
+
+
+def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = None) -> RunSetup:
+    """What run, compare and sensitivity share: the model, the Q/DQ flavor, the calibration and
+    evaluation data, the prepared FP32 graph and the output folder."""
+    model = resolve_model(config.model, config.preprocess)
+    flavor = config.qdq_flavor or default_flavor(config.backend)
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
+                     config.eval_data_dir, config.eval_samples)
+    out = Path(out) if out else default_out(config, kind)
+    return RunSetup(model, flavor, data, prepared_model(model), out)
 
 
 @contextlib.contextmanager
@@ -102,13 +123,9 @@ def staged_output(out: Path):
 
 
 def run(config: RunConfig) -> dict:
-    model = resolve_model(config.model, config.preprocess)
     backend = get_backend(config.backend)
-    flavor = config.qdq_flavor or default_flavor(config.backend)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
-                     config.eval_data_dir, config.eval_samples)
-    prepared = prepared_model(model)
-    out = Path(config.out) if config.out else default_out(config)
+    s = setup(config, config.out)
+    model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     with staged_output(out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, CacheStore(config.cache_dir),
                             batch_size=config.calib_batch_size, workers=config.workers, recalibrate=config.recalibrate,

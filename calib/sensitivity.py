@@ -389,22 +389,13 @@ def sensitivity(config, out: Path | None = None, images: int = 64, weighted_only
     report.html into `out` (staged: nothing is left half-written)."""
     from calib.cache import CacheStore
     from calib.calibration import calibrate
-    from calib.datasets import plan_data
-    from calib.models import ZOO, resolve_model
-    from calib.pipeline import bias_means, default_flavor, prepared_model, staged_output
+    from calib.pipeline import bias_means, setup, staged_output
     from calib.report.html import write_sensitivity_html
 
     if images < 1:
         raise CalibError("--images must be at least 1")
-    model = resolve_model(config.model, config.preprocess)
-    flavor = config.qdq_flavor or default_flavor(config.backend)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
-                     config.eval_data_dir, config.eval_samples)
-    prepared = prepared_model(model)
-    if out is None:
-        stem = config.model if config.model in ZOO else Path(config.model).stem
-        out = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}-sensitivity"
-    out = Path(out)
+    s = setup(config, out, "sensitivity")
+    model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     with staged_output(out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, CacheStore(config.cache_dir),
                             batch_size=config.calib_batch_size, workers=config.workers,

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from calib.cache.metadata import CacheKey, CacheMetadata
-from calib.cache.store import CacheEntry, CacheStore, load_cache
-from calib.cache.trt_format import parse, version_string
-from calib.errors import CalibError
+from calib.cache.store import CacheEntry, CacheStore, load_cache, read_trt_cache
+from calib.cache.trt_format import version_string
 from calib.fsutil import atomic_write_text
 
 ALGORITHM_CALIBRATOR = {"EntropyCalibration2": "entropy", "EntropyCalibration": "entropy-legacy",
@@ -19,13 +18,7 @@ def import_cache(path: Path, model, store: CacheStore) -> CacheEntry:
     """Copy a bare TensorRT cache into `store` with a sidecar naming `model`. Hex scales are kept
     as written, so the imported cache's text equals the original's."""
     path = Path(path)
-    if not path.is_file():
-        raise CalibError(f"cache not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CalibError(f"{path}: not a TensorRT calibration cache (binary data)") from None
-    cache = parse(text, str(path))
+    cache = read_trt_cache(path)
     calibrator = ALGORITHM_CALIBRATOR.get(cache.algorithm, cache.algorithm.lower())
     key = CacheKey(model.sha256, model.preprocess.params, "imported", "", calibrator, {"source": path.name})
     meta = CacheMetadata(

@@ -41,16 +41,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "x"
 
 
-def load_cache(path: str | Path, require_metadata: bool = False) -> CacheEntry:
-    """Read a cache and its sidecar; corrupt or truncated files give a one-line CalibError."""
-    path = Path(path)
+def read_trt_cache(path: Path) -> TrtCache:
+    """Parse a TensorRT-format cache file; a missing, binary or malformed one is a one-line CalibError."""
     if not path.is_file():
         raise CalibError(f"cache not found: {path}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise CalibError(f"{path}: not a TensorRT calibration cache (binary data)") from None
-    cache = parse(text, str(path))
+    return parse(text, str(path))
+
+
+def load_cache(path: str | Path, require_metadata: bool = False) -> CacheEntry:
+    """Read a cache and its sidecar; corrupt or truncated files give a one-line CalibError."""
+    path = Path(path)
+    cache = read_trt_cache(path)
     meta = None
     side = sidecar_path(path)
     if side.is_file():

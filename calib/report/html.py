@@ -180,7 +180,7 @@ def _fallback_section(fb: dict) -> str:
              f"images; the final figures come from the <b>{fb['final_images']}</b> held-out images it never saw "
              f"(the report's top-1/agreement above are those).</p>"]
     rows = [["all INT8 (search set)", pct(s["int8"]["drop"]), pct(s["int8"]["agreement"]), "0"],
-            [f"fallback (search set)", pct(s["fallback"]["drop"]), pct(s["fallback"]["agreement"]),
+            ["fallback (search set)", pct(s["fallback"]["drop"]), pct(s["fallback"]["agreement"]),
              str(len(fb["float_layers"]))]]
     if f:
         rows.append(["fallback (held-out)", pct(f["drop"]), pct(f["agreement"]), str(len(fb["float_layers"]))])
