@@ -333,7 +333,7 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     check = Images(images.images[:check_images], images.labels[:check_images], images.keys[:check_images])
     rows, basic_fallbacks = [], []
     bar = tqdm(chosen, desc="sensitivity", unit="layer", disable=not progress, file=sys.stderr,
-               leave=False, dynamic_ncols=True)
+               leave=False, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 5.0)
     for layer in bar:
         data = build_partial(prepared, amax, flavor, quantized_layers={layer.id},
                              channel_means=channel_means).SerializeToString()
