@@ -265,8 +265,7 @@ def compare(config, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATO
     """
     from calib.backends import get_backend
     from calib.cache import CacheStore
-    from calib.evaluate import evaluate
-    from calib.pipeline import bias_means, setup, staged_output
+    from calib.pipeline import bias_means, evaluate_models, setup, staged_output
     from calib.report.html import write_compare_html
 
     names = list(dict.fromkeys(c.strip() for c in calibrators if c.strip()))
@@ -288,27 +287,14 @@ def compare(config, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATO
                                 config.recalibrate, config.progress)
         amaxes = {n: shared.outcomes[n].entry.cache.amax() for n in names}
         qdq = {}
-        artifacts = {}
+        onnx_models = {"fp32": model.path}
         for n in names:
             qdq[n], _ = quantize_model(prepared, amaxes[n], flavor,
                                        channel_means=bias_means(shared.outcomes[n].entry, config.bias_correction))
-            path = stage / f"int8-{n}.onnx"
-            onnx.save(qdq[n], str(path))
-            artifacts[n] = path if backend.artifact_suffix() == ".onnx" else \
-                backend.build(path, stage / f"int8-{n}{backend.artifact_suffix()}", "int8")
-        fp32_artifact = model.path if backend.artifact_suffix() == ".onnx" else \
-            backend.build(model.path, stage / f"fp32{backend.artifact_suffix()}", "fp32")
-        runners = {"fp32": backend.load(fp32_artifact)}
-        try:
-            for n in names:
-                runners[n] = backend.load(artifacts[n])
-            ev = evaluate(runners, data.evaluation, config.batch_size, config.workers,
-                          progress="evaluating" if config.progress else None)
-        finally:
-            for r in runners.values():
-                r.close()
-        if not ev.keys:
-            raise CalibError("no evaluation image could be decoded")
+            onnx_models[n] = stage / f"int8-{n}.onnx"
+            onnx.save(qdq[n], str(onnx_models[n]))
+        ev, artifacts = evaluate_models(backend, onnx_models, data.evaluation, stage, config,
+                                        stems={n: f"int8-{n}" for n in names})
         fp32 = ev.summary("fp32")
         rows = {}
         for n in names:

@@ -144,23 +144,10 @@ def run(config: RunConfig) -> dict:
                                           channel_means=bias_means(outcome.entry, config.bias_correction))
             qdq = fallback.model  # evaluated below on the held-out subset only
         onnx.save(qdq, str(int8_onnx))
-        fp32_artifact = backend.build(model.path, stage / f"fp32{backend.artifact_suffix()}", "fp32")
-        int8_artifact = backend.build(int8_onnx, stage / f"int8{backend.artifact_suffix()}", "int8") \
-            if backend.artifact_suffix() != ".onnx" else int8_onnx
-        runners = {"fp32": backend.load(fp32_artifact), "int8": backend.load(int8_artifact)}
-        try:
-            ev = evaluate(runners, fallback.final_dataset if fallback else data.evaluation,
-                          config.batch_size, config.workers,
-                          progress="evaluating" if config.progress else None)
-        finally:
-            for r in runners.values():
-                r.close()
-        if not ev.keys:
-            raise CalibError("no evaluation image could be decoded")
-        if fp32_artifact.suffix == ".onnx" and fp32_artifact.parent == stage:
-            fp32_artifact.unlink()  # ORT needs no copy of the FP32 model; the report points at the original
-            fp32_artifact = model.path
-        report = build_report(config, model, flavor, data, outcome, ev, out, fp32_artifact, out / int8_artifact.name)
+        ev, artifacts = evaluate_models(backend, {"fp32": model.path, "int8": int8_onnx},
+                                        fallback.final_dataset if fallback else data.evaluation, stage, config)
+        fp32_artifact, int8_artifact = (out / a.name if a.parent == stage else a for a in artifacts.values())
+        report = build_report(config, model, flavor, data, outcome, ev, out, fp32_artifact, int8_artifact)
         if config.backend == "ort":
             report["ort_kernels"] = integer_kernel_check(int8_onnx)
         if fallback is not None:
@@ -175,6 +162,33 @@ def run(config: RunConfig) -> dict:
                                      progress=config.progress)
             write_run_html(stage, report, extras)
     return report
+
+
+def evaluate_models(backend, models: dict[str, Path], dataset, stage: Path, config: RunConfig,
+                    stems: dict[str, str] | None = None):
+    """Turn each ONNX model into the backend's artifact (ONNX Runtime runs the ONNX file itself;
+    TensorRT gets an engine in `stage`, named by `stems`), run them all on each decoded batch,
+    release them. Returns the evaluation and the artifact paths, keyed like `models`."""
+    suffix = backend.artifact_suffix()
+    artifacts = {}
+    for name, path in models.items():
+        if suffix == ".onnx":
+            artifacts[name] = Path(path)
+        else:
+            stem = (stems or {}).get(name, name)
+            artifacts[name] = backend.build(path, stage / f"{stem}{suffix}", "fp32" if name == "fp32" else "int8")
+    runners = {}
+    try:
+        for name, artifact in artifacts.items():
+            runners[name] = backend.load(artifact)
+        ev = evaluate(runners, dataset, config.batch_size, config.workers,
+                      progress="evaluating" if config.progress else None)
+    finally:
+        for r in runners.values():
+            r.close()
+    if not ev.keys:
+        raise CalibError("no evaluation image could be decoded")
+    return ev, artifacts
 
 
 def integer_kernel_check(int8_onnx: Path) -> dict:

@@ -83,12 +83,12 @@ def test_compare_calibrates_all_in_one_pass_and_reports_each(tmp_path, tiny_clas
 
 
 def test_a_failed_compare_leaves_nothing_behind(tmp_path, tiny_classifier, monkeypatch):
-    import calib.evaluate
+    import calib.pipeline
 
     def boom(*a, **k):
         raise CalibError("no evaluation image could be decoded")
 
-    monkeypatch.setattr(calib.evaluate, "evaluate", boom)
+    monkeypatch.setattr(calib.pipeline, "evaluate", boom)  # what evaluate_models calls
     with pytest.raises(CalibError):
         compare(_config(tmp_path, tiny_classifier), ["minmax"], tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*partial"))
