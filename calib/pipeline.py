@@ -123,6 +123,10 @@ def staged_output(out: Path):
 
 
 def run(config: RunConfig) -> dict:
+    if config.max_drop is not None or config.min_agreement is not None:
+        from calib.fallback import check_budget
+
+        check_budget(config.max_drop, config.min_agreement)  # before any calibration work
     backend = get_backend(config.backend)
     s = setup(config, config.out)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
