@@ -75,17 +75,26 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
                      tensors=calibrated_tensors(prepared))
     if result.images == 0:
         raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
+    return save_calibration(model, dataset, calibrator, store, result.images, result.skipped, result.tensors,
+                            batch_size, result.seconds, means.means(), trt_version)
+
+
+def save_calibration(model: Model, dataset: Dataset, calibrator: Calibrator, store: CacheStore, images: int,
+                     skipped: list[str], tensors: list[str], batch_size: int, seconds: float,
+                     channel_means: dict[str, list[float]] | None,
+                     trt_version: str = DEFAULT_TRT_VERSION) -> CalibrationOutcome:
+    """Compute `calibrator`'s ranges over its (already observed) statistics and save the cache
+    and sidecar; `calib compare` calls this once per calibrator after one shared pass."""
     ranges = calibrator.compute()
-    seconds = result.seconds
-    scales = {name: activation_scale(ranges[name].amax, 127) for name in result.tensors if name in ranges}
+    scales = {name: activation_scale(ranges[name].amax, 127) for name in tensors if name in ranges}
     cache = TrtCache.from_scales(scales, calibrator.trt_algorithm, trt_version)
     hex_scales = cache.scales
-    tensors = {name: {"scale": hex_scales[name], "amax": ranges[name].amax, "min": ranges[name].min,
-                      "max": ranges[name].max, "nonfinite": ranges[name].nonfinite} for name in scales}
-    meta = CacheMetadata(key=key, model_name=model.name, model_inputs=model_inputs(model),
-                         dataset_description=dataset.source.description, samples=result.images,
-                         skipped=len(result.skipped), batch_size=batch_size, trt_version=trt_version,
-                         algorithm=calibrator.trt_algorithm, tensors=tensors, seconds=round(seconds, 3),
-                         channel_means=means.means())
+    meta_tensors = {name: {"scale": hex_scales[name], "amax": ranges[name].amax, "min": ranges[name].min,
+                           "max": ranges[name].max, "nonfinite": ranges[name].nonfinite} for name in scales}
+    meta = CacheMetadata(key=cache_key(model, dataset, calibrator), model_name=model.name,
+                         model_inputs=model_inputs(model), dataset_description=dataset.source.description,
+                         samples=images, skipped=len(skipped), batch_size=batch_size, trt_version=trt_version,
+                         algorithm=calibrator.trt_algorithm, tensors=meta_tensors, seconds=round(seconds, 3),
+                         channel_means=channel_means)
     path = store.save(cache, meta)
-    return CalibrationOutcome(load_cache(path), False, seconds, result.images, result.skipped, calibrator)
+    return CalibrationOutcome(load_cache(path), False, seconds, images, skipped, calibrator)

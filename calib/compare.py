@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calib.cache import CacheStore, TrtCache, load_cache
-from calib.cache.metadata import CacheMetadata
-from calib.cache.trt_format import DEFAULT_TRT_VERSION
-from calib.calibration import CalibrationOutcome, cache_key, calibrated_tensors, model_inputs, weighted_inputs
-from calib.calibrators import Calibrator, TensorStatistics, calibrator_class, get_calibrator
+from calib.cache import CacheStore
+from calib.calibration import (CalibrationOutcome, cache_key, calibrated_tensors, save_calibration,
+                               weighted_inputs)
+from calib.calibrators import TensorStatistics, calibrator_class, get_calibrator
 from calib.calibrators.channel_means import ChannelMeans, Observers
 from calib.collect import collect
 from calib.data import Dataset, SkipLog, iter_batches
@@ -31,7 +30,6 @@ from calib.data.classes import class_name
 from calib.errors import CalibError
 from calib.fsutil import atomic_write_text
 from calib.quantize.flavors import quantize_model, required_tensors
-from calib.quantize.qdq import activation_scale
 from calib.sqnr import SqnrAccumulator, finite_or_none, int8_view, session, with_outputs
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
@@ -43,29 +41,6 @@ def calibrator_params_for(name: str, params: dict) -> dict:
     applies to the percentile calibrator only)."""
     accepted = calibrator_class(name).defaults
     return {k: v for k, v in params.items() if k in accepted}
-
-
-def save_calibration(model, dataset: Dataset, calibrator: Calibrator, store: CacheStore, images: int,
-                     skipped: list[str], tensors: list[str], batch_size: int, seconds: float,
-                     channel_means: dict[str, list[float]] | None, trt_version: str = DEFAULT_TRT_VERSION,
-                     ) -> CalibrationOutcome:
-    """Compute `calibrator`'s ranges and save its cache + metadata exactly as
-    `calibration.calibrate` does after its own pass (same key, scales, sidecar with the
-    bias-correction channel means, store). Kept in step with calibrate() by
-    tests/test_compare.py, which compares the two caches field by field."""
-    ranges = calibrator.compute()
-    scales = {name: activation_scale(ranges[name].amax, 127) for name in tensors if name in ranges}
-    cache = TrtCache.from_scales(scales, calibrator.trt_algorithm, trt_version)
-    hex_scales = cache.scales
-    meta_tensors = {name: {"scale": hex_scales[name], "amax": ranges[name].amax, "min": ranges[name].min,
-                           "max": ranges[name].max, "nonfinite": ranges[name].nonfinite} for name in scales}
-    meta = CacheMetadata(key=cache_key(model, dataset, calibrator), model_name=model.name,
-                         model_inputs=model_inputs(model), dataset_description=dataset.source.description,
-                         samples=images, skipped=len(skipped), batch_size=batch_size, trt_version=trt_version,
-                         algorithm=calibrator.trt_algorithm, tensors=meta_tensors, seconds=round(seconds, 3),
-                         channel_means=channel_means)
-    path = store.save(cache, meta)
-    return CalibrationOutcome(load_cache(path), False, seconds, images, skipped, calibrator)
 
 
 @dataclass
