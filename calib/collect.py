@@ -101,7 +101,7 @@ def collect(model: onnx.ModelProto, dataset: Dataset, observer: Observer, batch_
             tensors: list[str] | None = None, intra_op_threads: int | None = None) -> CollectResult:
     import os
 
-    import onnxruntime as ort
+    from calib.onnx_io import ort_session
 
     if intra_op_threads is None:
         # Leave one core to the observer thread: on 2 cores this is ~20% faster than letting
@@ -109,10 +109,7 @@ def collect(model: onnx.ModelProto, dataset: Dataset, observer: Observer, batch_
         intra_op_threads = max(1, (os.cpu_count() or 2) - 1)
 
     exposed, names = expose_activations(model, tensors)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(exposed, "all", threads=intra_op_threads)
     input_name = session.get_inputs()[0].name
     wanted = set(names)
     output_names = [o.name for o in session.get_outputs() if o.name in wanted]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from calib.data.transforms import Preprocess, efficientnet_lite, get_preset
 from calib.errors import CalibError, MissingDependency
+from calib.fsutil import file_sha256
 
 EXPORT_RECIPE = "torch.onnx legacy exporter, opset 17, dynamic batch, ORT basic optimisation v1"
 
@@ -50,14 +51,6 @@ def user_cache_dir() -> Path:
     base = os.environ.get("CALIB_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "calib")
     return Path(base)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_model(spec: str, preprocess: str | None = None) -> Model:
@@ -144,15 +137,32 @@ def simplify(src: Path, dst: Path) -> None:
     """Fold constants, BatchNorm and Pad into Conv with ONNX Runtime's basic level, which keeps
     standard ONNX ops only, and drop the opset imports ORT adds."""
     import onnx
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    from calib.onnx_io import ort_session
+
+    ort_session(src, "basic", optimized_path=dst)
     proto = onnx.load(str(dst))
     used = {n.domain for n in proto.graph.node}
     keep = [o for o in proto.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
     del proto.opset_import[:]
     proto.opset_import.extend(keep)
     onnx.save(proto, str(dst))
+
+
+def prepared_model(model: Model) -> "onnx.ModelProto":  # noqa: F821 (onnx is imported lazily)
+    """The FP32 graph that calibration and Q/DQ insertion work on: BatchNorm, Pad and constants
+    folded (zoo exports already are), so per-channel weight scales see the real weights."""
+    from calib.onnx_io import load_model
+
+    if model.name in ZOO:
+        return load_model(model.path)
+    out = user_cache_dir() / "prepared" / f"{model.sha256[:24]}.onnx"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            try:
+                simplify(model.path, Path(tmp) / "m.onnx")
+            except Exception as e:
+                raise CalibError(f"ONNX Runtime cannot load {model.path}: {str(e).splitlines()[0][:200]}") from None
+            (Path(tmp) / "m.onnx").replace(out)
+    return load_model(out)

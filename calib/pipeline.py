@@ -20,7 +20,7 @@ from calib.calibration import CalibrationOutcome, calibrate
 from calib.datasets import plan_data
 from calib.errors import CalibError
 from calib.evaluate import evaluate
-from calib.models import Model, ZOO, resolve_model, simplify, user_cache_dir
+from calib.models import Model, ZOO, prepared_model, resolve_model
 from calib.quantize.flavors import quantize_model
 from calib.report import write_run_report
 
@@ -50,23 +50,6 @@ class RunConfig:
     max_drop: float | None = None        # fallback budget: largest top-1 drop (fraction: 0.002 = 0.2 points)
     min_agreement: float | None = None   # fallback budget: smallest top-1 agreement with FP32 (fraction)
     html: bool = True                    # report.html with histograms and per-tensor SQNR
-
-
-def prepared_model(model: Model) -> onnx.ModelProto:
-    """The FP32 graph that calibration and Q/DQ insertion work on: BatchNorm, Pad and constants
-    folded (zoo exports already are), so per-channel weight scales see the real weights."""
-    if model.name in ZOO:
-        return onnx.load(str(model.path))
-    out = user_cache_dir() / "prepared" / f"{model.sha256[:24]}.onnx"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            try:
-                simplify(model.path, Path(tmp) / "m.onnx")
-            except Exception as e:
-                raise CalibError(f"ONNX Runtime cannot load {model.path}: {str(e).splitlines()[0][:200]}") from None
-            (Path(tmp) / "m.onnx").replace(out)
-    return onnx.load(str(out))
 
 
 def bias_means(entry, enabled: bool = True) -> dict | None:

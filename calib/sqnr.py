@@ -60,20 +60,11 @@ def finite_or_none(x: float) -> float | None:
 
 
 def session(model: onnx.ModelProto | bytes, level: str = "basic", threads: int = 0, arena: bool = True):
-    """An ONNX Runtime CPU session. `level` "basic" keeps Q/DQ nodes as they are (simulated
-    quantization: every DequantizeLinear output is exactly what an integer kernel would read),
-    "all" lets ONNX Runtime fuse them into integer kernels (what production runs). `arena=False`
-    returns memory after each run (for sessions that expose many large tensors)."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session (see `calib.onnx_io.ort_session`); "basic" keeps Q/DQ nodes as
+    written (simulated quantization)."""
+    from calib.onnx_io import ort_session
 
-    options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = arena
-    options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return ort_session(model, level, threads, arena)
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -13,13 +13,9 @@ from calib.backends.base import Backend, Runner
 
 class OrtRunner(Runner):
     def __init__(self, path: Path | bytes, threads: int = 0):
-        import onnxruntime as ort
+        from calib.onnx_io import ort_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
-        source = path if isinstance(path, bytes) else str(path)
-        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, "all", threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -45,12 +41,11 @@ def optimized_op_counts(model_path: Path) -> Counter:
     import tempfile
 
     import onnx
-    import onnxruntime as ort
+
+    from calib.onnx_io import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+        optimized = Path(tmp) / "optimized.onnx"
+        ort_session(model_path, "all", optimized_path=optimized)
+        graph = onnx.load(str(optimized), load_external_data=False).graph
         return Counter(n.op_type for n in graph.node)

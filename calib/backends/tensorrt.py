@@ -405,9 +405,9 @@ class TrtRunner(Runner):
     """
 
     def __init__(self, trt, data: bytes, source: str = "engine", device: str = "cuda") -> None:
-        from calib.data.gpu_stream import _require_torch_cuda
+        from calib.data.gpu_stream import require_torch_cuda
 
-        self.torch, self.device = _require_torch_cuda(device)
+        self.torch, self.device = require_torch_cuda(device)
         torch = self.torch
         torch.cuda.set_device(self.device)  # TensorRT uses the current device's primary context
         self.trt = trt

@@ -87,7 +87,7 @@ class _Slot:
         self.was_released = False
 
 
-def _require_torch_cuda(device: str):
+def require_torch_cuda(device: str):
     try:
         import torch
     except ImportError:
@@ -118,7 +118,7 @@ class GpuBatchStream:
             raise CalibError(f"batch size must be at least 1, not {batch_size}")
         if depth < 2:
             raise CalibError(f"GPU stream depth must be at least 2 (double buffering), not {depth}")
-        self._torch, self.device = _require_torch_cuda(device)
+        self._torch, self.device = require_torch_cuda(device)
         self.dataset = dataset
         self.batch_size = batch_size
         self.workers = workers
