@@ -65,8 +65,11 @@ def _init_worker(source: ImageSource, preprocess: Preprocess) -> None:
     global _WORKER
     _WORKER = (source, preprocess)
     # Ctrl-C is the parent's to handle (it tears the pool down); workers printing their own
-    # KeyboardInterrupt tracebacks would bury the one-line message.
+    # KeyboardInterrupt tracebacks would bury the one-line message. SIGTERM is how the pool
+    # ends its workers: restore its default, which a forked worker may have inherited as the
+    # CLI's "terminated" handler (that would keep the worker alive and the pool waiting on it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _decode_in_worker(samples: list[Sample]):
