@@ -1,7 +1,8 @@
-"""The `calib` command line: a thin layer over the library.
+"""The `calib` command line: a thin layer over `calib.commands`: options (declared once in
+`options.py`), one call, a few printed lines (`console.py`).
 
 Errors from bad input are one line on stderr and a non-zero exit; no tracebacks (set
-CALIB_DEBUG=1 to see one).
+CALIB_DEBUG=1 to see one). An internal error (a bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,166 +17,118 @@ from typing import Optional
 
 import typer
 
+from calib.cli import console
+from calib.cli import options as o
 from calib.errors import CalibError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="INT8 calibration and quantization workbench.")
 
-ModelOpt = typer.Option("efficientnet_lite0", "--model", help="efficientnet_lite0/1/2 or a path to an ONNX classifier")
-PreprocessOpt = typer.Option(None, "--preprocess", help="preprocessing preset: efficientnet-lite or torchvision")
-DatasetOpt = typer.Option("demo", "--dataset", help="demo (embedded photos), imagenet-val, or hf:<name-or-path>")
-DataDirOpt = typer.Option(None, "--data-dir", help="dataset folder (imagenet-val; default $CALIB_IMAGENET_VAL)")
-SamplesOpt = typer.Option(500, "--samples", help="calibration images")
-CalibratorOpt = typer.Option("minmax", "--calibrator", help="minmax (default, as ModelOpt and ONNX Runtime), entropy (TensorRT EntropyCalibration2), percentile, mse, or a plug-in")
-PercentileOpt = typer.Option(None, "--percentile", help="percentile calibrator: the percentile of |x| (default 99.99)")
-BatchOpt = typer.Option(32, "--batch-size", min=1, help="images per evaluation batch")
-CalibBatchOpt = typer.Option(4, "--calib-batch-size", min=1,
-                             help="images per calibration batch (memory: ~30 MB of activations per image for EfficientNet-Lite0)")
-CacheDirOpt = typer.Option("caches", "--cache-dir", help="folder of calibration caches")
-SeedOpt = typer.Option(0, "--seed", help="seed of the calibration/evaluation split")
-WorkersOpt = typer.Option(None, "--workers", min=0, help="decoding processes (0: decode in this process)")
+
+def _version(value: bool) -> None:
+    if value:
+        from calib import __version__
+
+        typer.echo(f"calib {__version__}")
+        raise typer.Exit()
 
 
-def _calibrator_params(percentile: float | None) -> dict:
-    return {} if percentile is None else {"percentile": percentile}
+@app.callback()
+def _main(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                                 help="print calib's version and exit")) -> None:
+    """INT8 calibration and quantization workbench."""
 
 
 @app.command()
 def run(
-    model: str = ModelOpt, preprocess: Optional[str] = PreprocessOpt, dataset: str = DatasetOpt,
-    data_dir: Optional[str] = DataDirOpt, samples: int = SamplesOpt,
-    eval_data_dir: Optional[str] = typer.Option(None, "--eval-data-dir", help="separate evaluation folder"),
-    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=1, help="limit evaluation images"),
-    calibrator: str = CalibratorOpt, percentile: Optional[float] = PercentileOpt,
-    backend: str = typer.Option("ort", "--backend", help="ort (ONNX Runtime CPU) or tensorrt"),
-    qdq_flavor: Optional[str] = typer.Option(None, "--qdq-flavor", help="tensorrt or ort (default: follows --backend)"),
-    batch_size: int = BatchOpt, calib_batch_size: int = CalibBatchOpt, cache_dir: str = CacheDirOpt,
-    out: Optional[str] = typer.Option(None, "--out", help="report folder (default runs/<time>-<model>-<calibrator>)"),
-    seed: int = SeedOpt,
-    recalibrate: bool = typer.Option(False, "--recalibrate", help="ignore a matching cache and calibrate again"),
-    workers: Optional[int] = WorkersOpt, bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="correct biases for the mean shift weight quantization causes"),
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, dataset: o.Dataset = "demo",
+    data_dir: o.DataDir = None, samples: o.Samples = 500, eval_data_dir: o.EvalDataDir = None,
+    eval_samples: o.EvalSamples = None, calibrator: o.Calibrator = "minmax", percentile: o.Percentile = None,
+    backend: o.Backend = "ort", qdq_flavor: o.QdqFlavor = None, batch_size: o.BatchSize = 32,
+    calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches", out: o.Out = None,
+    seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None,
+    bias_correction: o.BiasCorrection = True,
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="accuracy budget: largest top-1 drop as a fraction (0.002 = 0.2 points); the most damaging layers stay in float until it is met"),
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="accuracy budget: smallest top-1 agreement with FP32 (0.995 = 99.5%)"),
     html: bool = typer.Option(True, "--html/--no-html", help="also write report.html (histograms, per-layer SQNR)"),
 ) -> None:
     """Calibrate, build the INT8 model, and report its accuracy against FP32."""
-    from calib.pipeline import RunConfig, run as run_pipeline
+    from calib.commands.run import run as run_command
 
-    report = run_pipeline(RunConfig(
+    report = run_command(o.run_config(
         model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
-        eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator=calibrator,
-        calibrator_params=_calibrator_params(percentile), backend=backend, qdq_flavor=qdq_flavor,
-        batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir, out=out, seed=seed,
-        recalibrate=recalibrate, workers=workers, bias_correction=bias_correction,
-        max_drop=max_drop, min_agreement=min_agreement, html=html))
-    out_dir = os.path.dirname(report["int8_model"])
-    if report["demo"]:
-        typer.echo("DEMO run on 5 embedded photos: see datasets/imagenet-val.md to run on ImageNet.")
-    typer.echo(f"FP32 top-1 {report['fp32']['top1']:.2%}  INT8 top-1 {report['int8']['top1']:.2%}  "
-               f"drop {100 * report['top1_drop']:.2f} pts  agreement {report['agreement']:.2%}  "
-               f"({report['eval']['samples']} images)")
-    fb = report.get("fallback")
-    if fb:
-        f = fb["final"]
-        cost = f", INT8 throughput -{100 * fb['throughput']['cost']:.0f}%" if fb.get("throughput") else ""
-        typer.echo(f"fallback: {len(fb['float_layers'])} of {fb['layers']} layers left in float; held-out "
-                   f"{f['images']} images: drop {100 * f['drop']:.2f} pts, agreement {f['agreement']:.2%} "
-                   f"(budget {'met' if fb['final_met'] else 'NOT met'}){cost}")
-    typer.echo(f"report: {os.path.join(out_dir, 'report.md')}" + (" and report.html" if html else ""))
+        eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator=calibrator, percentile=percentile,
+        backend=backend, qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size,
+        cache_dir=cache_dir, out=out, seed=seed, recalibrate=recalibrate, workers=workers,
+        bias_correction=bias_correction, max_drop=max_drop, min_agreement=min_agreement, html=html))
+    console.run_summary(report.to_json(), html)
 
 
 @app.command()
 def compare(
-    model: str = ModelOpt, preprocess: Optional[str] = PreprocessOpt, dataset: str = DatasetOpt,
-    data_dir: Optional[str] = DataDirOpt, samples: int = SamplesOpt,
-    eval_data_dir: Optional[str] = typer.Option(None, "--eval-data-dir", help="separate evaluation folder"),
-    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=1, help="limit evaluation images"),
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, dataset: o.Dataset = "demo",
+    data_dir: o.DataDir = None, samples: o.Samples = 500, eval_data_dir: o.EvalDataDir = None,
+    eval_samples: o.EvalSamples = None,
     calibrators: str = typer.Option("entropy,minmax,percentile,mse", "--calibrators", help="comma-separated calibrators to compare"),
     chosen: Optional[str] = typer.Option(None, "--chosen", help="calibrator the detailed sections show (default: best agreement)"),
-    percentile: Optional[float] = PercentileOpt,
-    backend: str = typer.Option("ort", "--backend", help="ort (ONNX Runtime CPU) or tensorrt"),
-    qdq_flavor: Optional[str] = typer.Option(None, "--qdq-flavor", help="tensorrt or ort (default: follows --backend)"),
-    batch_size: int = BatchOpt, calib_batch_size: int = CalibBatchOpt, cache_dir: str = CacheDirOpt,
-    out: Optional[str] = typer.Option(None, "--out", help="report folder (default runs/<time>-<model>-compare)"),
-    seed: int = SeedOpt,
-    recalibrate: bool = typer.Option(False, "--recalibrate", help="ignore matching caches and calibrate again"),
-    workers: Optional[int] = WorkersOpt,
-    bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="correct biases for the mean shift weight quantization causes"),
+    percentile: o.Percentile = None, backend: o.Backend = "ort", qdq_flavor: o.QdqFlavor = None,
+    batch_size: o.BatchSize = 32, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
+    out: o.Out = None, seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None,
+    bias_correction: o.BiasCorrection = True,
     sqnr_images: int = typer.Option(16, "--sqnr-images", min=1, help="evaluation images for the per-layer SQNR"),
 ) -> None:
     """Compare calibrators on the same images: accuracy, histograms with thresholds, per-layer SQNR."""
-    from calib.compare import compare as compare_calibrators
-    from calib.pipeline import RunConfig
+    from calib.commands.compare import compare_calibrators
 
-    config = RunConfig(
+    config = o.run_config(
         model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
-        eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator_params=_calibrator_params(percentile),
-        backend=backend, qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size,
-        cache_dir=cache_dir, seed=seed, recalibrate=recalibrate, workers=workers, bias_correction=bias_correction)
+        eval_data_dir=eval_data_dir, eval_samples=eval_samples, percentile=percentile, backend=backend,
+        qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
+        seed=seed, recalibrate=recalibrate, workers=workers, bias_correction=bias_correction)
     r = compare_calibrators(config, calibrators.split(","), Path(out) if out else None, chosen=chosen,
                             sqnr_images=sqnr_images)
-    if r["demo"]:
-        typer.echo("DEMO run on 5 embedded photos: see datasets/imagenet-val.md to run on ImageNet.")
-    typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%} ({r['eval']['samples']} images)")
-    for name in r["calibrators"]:
-        x = r["results"][name]
-        typer.echo(f"{name:12} top-1 {x['top1']:.2%}  drop {100 * x['top1_drop']:.2f} pts  agreement "
-                   f"{x['agreement']:.2%}{'  <- chosen' if name == r['chosen'] else ''}")
-    typer.echo(f"report: {os.path.join(r['out'], 'report.html')}")
+    console.compare_summary(r.to_json())
 
 
 @app.command()
 def sensitivity(
-    model: str = ModelOpt, preprocess: Optional[str] = PreprocessOpt, dataset: str = DatasetOpt,
-    data_dir: Optional[str] = DataDirOpt, samples: int = SamplesOpt,
-    eval_data_dir: Optional[str] = typer.Option(None, "--eval-data-dir", help="separate evaluation folder"),
-    calibrator: str = CalibratorOpt, percentile: Optional[float] = PercentileOpt,
-    backend: str = typer.Option("ort", "--backend", help="picks the default Q/DQ flavor"),
-    qdq_flavor: Optional[str] = typer.Option(None, "--qdq-flavor", help="tensorrt or ort (default: follows --backend)"),
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, dataset: o.Dataset = "demo",
+    data_dir: o.DataDir = None, samples: o.Samples = 500, eval_data_dir: o.EvalDataDir = None,
+    calibrator: o.Calibrator = "minmax", percentile: o.Percentile = None,
+    backend: o.Backend = "ort",
+    qdq_flavor: o.QdqFlavor = None,
     images: int = typer.Option(64, "--images", min=1, help="evaluation images the ranking runs on"),
     weighted_only: bool = typer.Option(False, "--weighted-only", help="rank Conv/Gemm/MatMul only"),
-    batch_size: int = BatchOpt, calib_batch_size: int = CalibBatchOpt, cache_dir: str = CacheDirOpt,
-    out: Optional[str] = typer.Option(None, "--out", help="report folder (default runs/<time>-<model>-sensitivity)"),
-    seed: int = SeedOpt, workers: Optional[int] = WorkersOpt,
-    bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="correct biases for the mean shift weight quantization causes"),
+    batch_size: o.BatchSize = 32, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
+    out: o.Out = None, seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None,
+    bias_correction: o.BiasCorrection = True,
 ) -> None:
     """Rank the quantized layers by the damage each does alone (logits SQNR against FP32)."""
-    from calib.pipeline import RunConfig
-    from calib.sensitivity import sensitivity as rank
+    from calib.commands.sensitivity import rank_sensitivity
 
-    config = RunConfig(
+    config = o.run_config(
         model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
-        eval_data_dir=eval_data_dir, calibrator=calibrator, calibrator_params=_calibrator_params(percentile),
-        backend=backend, qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size,
-        cache_dir=cache_dir, seed=seed, workers=workers, bias_correction=bias_correction)
-    d = rank(config, Path(out) if out else None, images=images, weighted_only=weighted_only)
-    for i, r in enumerate(d["sensitivity"]["rows"][:10], 1):
-        sq = "inf" if r["logits_sqnr_db"] is None else f"{r['logits_sqnr_db']:.1f}"
-        typer.echo(f"{i:3}. {sq:>6} dB  agreement {r['agreement']:.2%}  {r['layer']}")
-    typer.echo(f"report: {os.path.join(d['out'], 'report.html')}")
+        eval_data_dir=eval_data_dir, calibrator=calibrator, percentile=percentile, backend=backend,
+        qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
+        seed=seed, recalibrate=recalibrate, workers=workers, bias_correction=bias_correction)
+    d = rank_sensitivity(config, Path(out) if out else None, images=images, weighted_only=weighted_only)
+    console.sensitivity_summary(d.to_json())
 
 
 @app.command()
 def calibrate(
-    model: str = ModelOpt, preprocess: Optional[str] = PreprocessOpt, dataset: str = DatasetOpt,
-    data_dir: Optional[str] = DataDirOpt, samples: int = SamplesOpt, calibrator: str = CalibratorOpt,
-    percentile: Optional[float] = PercentileOpt, calib_batch_size: int = CalibBatchOpt, cache_dir: str = CacheDirOpt,
-    seed: int = SeedOpt,
-    recalibrate: bool = typer.Option(False, "--recalibrate", help="ignore a matching cache and calibrate again"),
-    workers: Optional[int] = WorkersOpt,
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, dataset: o.Dataset = "demo",
+    data_dir: o.DataDir = None, samples: o.Samples = 500, calibrator: o.Calibrator = "minmax",
+    percentile: o.Percentile = None, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
+    seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None,
 ) -> None:
     """Calibrate only: write the cache (TensorRT format + metadata) and print its path."""
-    from calib.cache import CacheStore
-    from calib.calibration import calibrate as calibrate_model
-    from calib.datasets import plan_data
-    from calib.models import resolve_model
-    from calib.pipeline import prepared_model
+    from calib.commands.calibrate import calibrate_only
 
-    m = resolve_model(model, preprocess)
-    data = plan_data(dataset, data_dir, m.preprocess, samples, seed, evaluate=False)
-    outcome = calibrate_model(m, prepared_model(m), data.calibration, calibrator, CacheStore(cache_dir),
-                              batch_size=calib_batch_size, workers=workers, recalibrate=recalibrate,
-                              calibrator_params=_calibrator_params(percentile))
+    outcome, data = calibrate_only(o.run_config(
+        model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
+        calibrator=calibrator, percentile=percentile, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
+        seed=seed, recalibrate=recalibrate, workers=workers))
     for note in data.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(str(outcome.entry.path))
@@ -189,9 +142,8 @@ app.add_typer(cache_app, name="cache")
 @app.command()
 def build(
     cache: str = typer.Option(..., "--cache", help="calibration cache (.cache, with its .json sidecar)"),
-    model: str = ModelOpt, preprocess: Optional[str] = PreprocessOpt,
-    backend: str = typer.Option("ort", "--backend", help="ort or tensorrt"),
-    qdq_flavor: Optional[str] = typer.Option(None, "--qdq-flavor", help="tensorrt or ort (default: follows --backend)"),
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None,
+    backend: o.Backend = "ort", qdq_flavor: o.QdqFlavor = None,
     out: str = typer.Option(..., "--out", help="INT8 Q/DQ ONNX file (ort) or engine file (tensorrt)"),
     force: bool = typer.Option(False, "--force", help="build even if the model hash differs; tensors without a scale stay float"),
     bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="apply the cache's bias correction"),
@@ -199,12 +151,12 @@ def build(
     opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="TensorRT profile: batch to tune for"),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="TensorRT profile: largest batch"),
     workspace_mib: Optional[int] = typer.Option(None, "--workspace-mib", help="TensorRT workspace limit"),
-    timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file, reused across builds"),
+    timing_cache: o.TimingCache = None,
 ) -> None:
     """Build the INT8 model from a cache alone (no dataset), after validating the cache."""
-    from calib.build import build_from_cache
-    from calib.models import resolve_model
-    from calib.pipeline import default_flavor, prepared_model
+    from calib.commands.build import build_from_cache
+    from calib.models import prepared_model, resolve_model
+    from calib.session import default_flavor
 
     m = resolve_model(model, preprocess)
     result = build_from_cache(m, prepared_model(m), Path(cache), qdq_flavor or default_flavor(backend),
@@ -219,16 +171,16 @@ def build(
 
 @app.command()
 def bench(
-    model: str = ModelOpt,
-    backend: str = typer.Option("ort", "--backend", help="ort or tensorrt"),
+    model: o.Model = "efficientnet_lite0",
+    backend: o.Backend = "ort",
     batch_sizes: str = typer.Option("1,32", "--batch-sizes", help="comma-separated batch sizes"),
     seconds: float = typer.Option(3.0, "--seconds", help="timed seconds per batch size"),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (TensorRT engines)"),
-    timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file, reused across builds"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    timing_cache: o.TimingCache = None,
+    as_json: o.Json = False,
 ) -> None:
     """Latency percentiles and throughput at the given batch sizes, for either backend."""
-    from calib.bench import bench as run_bench
+    from calib.commands.bench import bench_model
     from calib.models import ZOO, resolve_model
 
     path = resolve_model(model).path if model in ZOO else Path(model)
@@ -236,35 +188,24 @@ def bench(
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     except ValueError:
         raise CalibError(f"--batch-sizes must be integers separated by commas, not '{batch_sizes}'") from None
-    options = {"timing_cache": Path(timing_cache)} if timing_cache else {}
-    rows = run_bench(path, backend, sizes, seconds, precision, **options)
+    extra = {"timing_cache": Path(timing_cache)} if timing_cache else {}
+    rows = bench_model(path, backend, sizes, seconds, precision, **extra)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    typer.echo(f"{'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9}   {path.name} on {backend} ({precision})")
-    for r in rows:
-        typer.echo(f"{r['batch_size']:>5} {r['latency_ms_p50']:9.2f} {r['latency_ms_p90']:9.2f} "
-                   f"{r['latency_ms_p99']:9.2f} {r['throughput']:9.1f}")
+    console.bench_table(rows, path.name, backend, precision)
 
 
 @cache_app.command("list")
-def cache_list(cache_dir: str = CacheDirOpt) -> None:
+def cache_list(cache_dir: o.CacheDir = "caches") -> None:
     """Table of the caches in the cache folder."""
     from calib.cache import CacheStore
 
-    rows = CacheStore(cache_dir).entries()
-    if not rows:
-        typer.echo(f"no caches in {cache_dir}")
-        return
-    typer.echo(f"{'file':60} {'model':20} {'dataset':14} {'calibrator':11} {'samples':>7} created")
-    for r in rows:
-        typer.echo(f"{r['file']:60} {r['model'][:20]:20} {r['dataset'][:14]:14} {r['calibrator'][:11]:11} "
-                   f"{r['samples']:>7} {r['created']}")
+    console.cache_list_table(CacheStore(cache_dir).entries(), cache_dir)
 
 
 @cache_app.command("show")
-def cache_show(cache: str = typer.Argument(..., help="cache file"),
-               as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def cache_show(cache: str = typer.Argument(..., help="cache file"), as_json: o.Json = False) -> None:
     """Metadata and the scale table, largest first, with outliers flagged."""
     from calib.cache import load_cache
     from calib.cache.inspect import scale_table
@@ -275,30 +216,16 @@ def cache_show(cache: str = typer.Argument(..., help="cache file"),
         meta = json.loads(entry.metadata.to_json()) if entry.metadata else None
         typer.echo(json.dumps({"header": entry.cache.header, "metadata": meta, "scales": rows}, indent=1))
         return
-    typer.echo(f"{entry.path}\nheader: {entry.cache.header}")
-    if entry.metadata:
-        m = entry.metadata
-        typer.echo(f"model: {m.model_name} sha256 {m.key.model_sha256}\ndataset: {m.key.dataset_id} "
-                   f"({m.dataset_description}), {m.samples} samples, list sha256 {m.key.dataset_fingerprint[:16]}\n"
-                   f"calibrator: {m.key.calibrator} {m.key.calibrator_params}; batch {m.batch_size}; "
-                   f"created {m.created}; calib {m.calib_version}; TensorRT {m.trt_version}")
-    else:
-        typer.echo("no metadata sidecar (import it with: calib cache import FILE --model M)")
-    typer.echo(f"{'scale':>12} {'amax':>10} {'observed':>10}  tensor")
-    for r in rows:
-        obs = f"{r['observed_max']:10.4g}" if r["observed_max"] else f"{'':10}"
-        flags = ("  <- " + ", ".join(r["flags"])) if r["flags"] else ""
-        typer.echo(f"{r['scale']:12.6g} {r['amax']:10.4g} {obs}  {r['tensor']}{flags}")
+    console.cache_show(entry, rows)
 
 
 @cache_app.command("verify")
-def cache_verify(cache: str = typer.Argument(..., help="cache file"), model: str = ModelOpt,
-                 preprocess: Optional[str] = PreprocessOpt,
+def cache_verify(cache: str = typer.Argument(..., help="cache file"), model: o.Model = "efficientnet_lite0",
+                 preprocess: o.Preprocess = None,
                  qdq_flavor: str = typer.Option("tensorrt", "--qdq-flavor", help="flavor whose tensors must have scales")) -> None:
     """Exit 0 only if the cache is valid for the model."""
-    from calib.build import check_cache
-    from calib.models import resolve_model
-    from calib.pipeline import prepared_model
+    from calib.commands.build import check_cache
+    from calib.models import prepared_model, resolve_model
 
     m = resolve_model(model, preprocess)
     _, report = check_cache(m, prepared_model(m), Path(cache), qdq_flavor)
@@ -314,17 +241,12 @@ def cache_diff(a: str = typer.Argument(..., help="first cache"), b: str = typer.
     from calib.cache import load_cache
     from calib.cache.inspect import diff
 
-    d = diff(load_cache(a), load_cache(b))
-    typer.echo(f"{'ratio b/a':>10} {'scale a':>12} {'scale b':>12}  tensor")
-    for r in d["rows"][:top]:
-        typer.echo(f"{r['ratio']:10.4f} {r['a']:12.6g} {r['b']:12.6g}  {r['tensor']}")
-    if d["only_a"] or d["only_b"]:
-        typer.echo(f"only in {a}: {len(d['only_a'])} tensors; only in {b}: {len(d['only_b'])} tensors")
+    console.cache_diff_table(diff(load_cache(a), load_cache(b)), a, b, top)
 
 
 @cache_app.command("import")
-def cache_import(file: str = typer.Argument(..., help="a cache written by TensorRT"), model: str = ModelOpt,
-                 preprocess: Optional[str] = PreprocessOpt, cache_dir: str = CacheDirOpt) -> None:
+def cache_import(file: str = typer.Argument(..., help="a cache written by TensorRT"), model: o.Model = "efficientnet_lite0",
+                 preprocess: o.Preprocess = None, cache_dir: o.CacheDir = "caches") -> None:
     """Attach metadata to a TensorRT-written cache and add it to the cache folder."""
     from calib.cache import CacheStore
     from calib.cache.interop import import_cache
@@ -349,20 +271,20 @@ def _trt_options(backend: str, min_batch, opt_batch, max_batch, workspace_mib, t
                                     workspace_mib=workspace_mib).items() if v is not None}
     if timing_cache:
         given["timing_cache"] = Path(timing_cache)
-    if given and backend != "tensorrt":
-        raise CalibError(f"--{next(iter(given)).replace('_', '-')} applies to --backend tensorrt only")
+    if given and not backend.startswith("tensorrt"):
+        raise CalibError(f"--{next(iter(given)).replace('_', '-')} applies to the TensorRT backends only")
     return given
 
 
 class Interrupted(CalibError):
     exit_code = 130
 
-    def __init__(self) -> None:
-        super().__init__("interrupted")
+    def __init__(self, what: str = "interrupted") -> None:
+        super().__init__(what)
 
 
 def _interrupt(signum, frame) -> None:
-    raise Interrupted()
+    raise Interrupted("interrupted" if signum == signal.SIGINT else "terminated")
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -371,9 +293,11 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 def main() -> None:
     warnings.formatwarning = _format_warning
-    # Ctrl-C raises Interrupted rather than KeyboardInterrupt, which click would swallow into
-    # its own exit; Interrupted travels like any CalibError to the one-line handler below.
+    # Ctrl-C and SIGTERM raise Interrupted rather than KeyboardInterrupt, which click would
+    # swallow into its own exit; Interrupted travels like any CalibError to the one-line handler
+    # below, and the `finally` blocks on its way (staged outputs, worker pools) clean up.
     signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except CalibError as e:

@@ -1,0 +1,87 @@
+"""What the commands print on the terminal: short summaries and tables, from a report's JSON
+form or a command's rows. Kept out of the command definitions so those stay thin."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+DEMO_LINE = "DEMO run on 5 embedded photos: see datasets/imagenet-val.md to run on ImageNet."
+
+
+def run_summary(r: dict, html: bool) -> None:
+    if r["demo"]:
+        typer.echo(DEMO_LINE)
+    typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%}  INT8 top-1 {r['int8']['top1']:.2%}  "
+               f"drop {100 * r['top1_drop']:.2f} pts  agreement {r['agreement']:.2%}  "
+               f"({r['eval']['samples']} images)")
+    fb = r.get("fallback")
+    if fb:
+        f = fb["final"]
+        cost = f", INT8 throughput -{100 * fb['throughput']['cost']:.0f}%" if fb.get("throughput") else ""
+        typer.echo(f"fallback: {len(fb['float_layers'])} of {fb['layers']} layers left in float; held-out "
+                   f"{f['images']} images: drop {100 * f['drop']:.2f} pts, agreement {f['agreement']:.2%} "
+                   f"(budget {'met' if fb['final_met'] else 'NOT met'}){cost}")
+    out_dir = os.path.dirname(r["int8_model"])
+    typer.echo(f"report: {os.path.join(out_dir, 'report.md')}" + (" and report.html" if html else ""))
+
+
+def compare_summary(r: dict) -> None:
+    if r["demo"]:
+        typer.echo(DEMO_LINE)
+    typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%} ({r['eval']['samples']} images)")
+    for name in r["calibrators"]:
+        x = r["results"][name]
+        typer.echo(f"{name:12} top-1 {x['top1']:.2%}  drop {100 * x['top1_drop']:.2f} pts  agreement "
+                   f"{x['agreement']:.2%}{'  <- chosen' if name == r['chosen'] else ''}")
+    typer.echo(f"report: {os.path.join(r['out'], 'report.html')}")
+
+
+def sensitivity_summary(d: dict, top: int = 10) -> None:
+    for i, r in enumerate(d["sensitivity"]["rows"][:top], 1):
+        sq = "inf" if r["logits_sqnr_db"] is None else f"{r['logits_sqnr_db']:.1f}"
+        typer.echo(f"{i:3}. {sq:>6} dB  agreement {r['agreement']:.2%}  {r['layer']}")
+    typer.echo(f"report: {os.path.join(d['out'], 'report.html')}")
+
+
+def bench_table(rows: list[dict], name: str, backend: str, precision: str) -> None:
+    typer.echo(f"{'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9}   {name} on {backend} ({precision})")
+    for r in rows:
+        typer.echo(f"{r['batch_size']:>5} {r['latency_ms_p50']:9.2f} {r['latency_ms_p90']:9.2f} "
+                   f"{r['latency_ms_p99']:9.2f} {r['throughput']:9.1f}")
+
+
+def cache_list_table(rows: list[dict], cache_dir: str) -> None:
+    if not rows:
+        typer.echo(f"no caches in {cache_dir}")
+        return
+    typer.echo(f"{'file':60} {'model':20} {'dataset':14} {'calibrator':11} {'samples':>7} created")
+    for r in rows:
+        typer.echo(f"{r['file']:60} {r['model'][:20]:20} {r['dataset'][:14]:14} {r['calibrator'][:11]:11} "
+                   f"{r['samples']:>7} {r['created']}")
+
+
+def cache_show(entry, rows: list[dict]) -> None:
+    typer.echo(f"{entry.path}\nheader: {entry.cache.header}")
+    if entry.metadata:
+        m = entry.metadata
+        typer.echo(f"model: {m.model_name} sha256 {m.key.model_sha256}\ndataset: {m.key.dataset_id} "
+                   f"({m.dataset_description}), {m.samples} samples, list sha256 {m.key.dataset_fingerprint[:16]}\n"
+                   f"calibrator: {m.key.calibrator} {m.key.calibrator_params}; batch {m.batch_size}; "
+                   f"created {m.created}; calib {m.calib_version}; TensorRT {m.trt_version}")
+    else:
+        typer.echo("no metadata sidecar (import it with: calib cache import FILE --model M)")
+    typer.echo(f"{'scale':>12} {'amax':>10} {'observed':>10}  tensor")
+    for r in rows:
+        obs = f"{r['observed_max']:10.4g}" if r["observed_max"] else f"{'':10}"
+        flags = ("  <- " + ", ".join(r["flags"])) if r["flags"] else ""
+        typer.echo(f"{r['scale']:12.6g} {r['amax']:10.4g} {obs}  {r['tensor']}{flags}")
+
+
+def cache_diff_table(d: dict, a: str, b: str, top: int) -> None:
+    typer.echo(f"{'ratio b/a':>10} {'scale a':>12} {'scale b':>12}  tensor")
+    for r in d["rows"][:top]:
+        typer.echo(f"{r['ratio']:10.4f} {r['a']:12.6g} {r['b']:12.6g}  {r['tensor']}")
+    if d["only_a"] or d["only_b"]:
+        typer.echo(f"only in {a}: {len(d['only_a'])} tensors; only in {b}: {len(d['only_b'])} tensors")
