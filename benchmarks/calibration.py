@@ -94,7 +94,7 @@ def child_fp32(p) -> dict:
 def child_calib(p) -> dict:
     from calib.cache import CacheStore
     from calib.calibration import calibrate
-    from calib.pipeline import prepared_model
+    from calib.models import prepared_model
 
     m = _model(p)
     prepared, ds = prepared_model(m), _dataset(p, p["subset"])
@@ -146,7 +146,7 @@ def child_fold_calib(p) -> dict:
     from calib.calibrators import TensorStatistics, get_calibrator
     from calib.calibrators.channel_means import ChannelMeans, Observers
     from calib.collect import collect
-    from calib.pipeline import prepared_model
+    from calib.models import prepared_model
     from calib.quantize.flavors import quantize_model
 
     m = _model(p)
@@ -193,7 +193,8 @@ def child_speed(p) -> dict:
     from calib.backends import time_runner
     from calib.backends.ort import OrtRunner, optimized_op_counts
     from calib.cache import load_cache
-    from calib.pipeline import bias_means, prepared_model
+    from calib.models import prepared_model
+    from calib.session import bias_means
     from calib.quantize.flavors import quantize_model
 
     m = _model(p)

@@ -1,4 +1,4 @@
-"""Throughput of TensorStatistics.observe() and of compute(): `python -m calib.calibrators.bench`."""
+"""Throughput of TensorStatistics.observe() and of compute(): `python benchmarks/calibrator_throughput.py`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from .registry import get_calibrator
-from .statistics import TensorStatistics
+from calib.calibrators import get_calibrator
+from calib.calibrators import TensorStatistics
 
 
 def observe_rate(x: np.ndarray, histogram: bool = True, repeats: int = 3) -> float:

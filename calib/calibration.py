@@ -1,4 +1,5 @@
-"""Calibrate once, write the cache: stream the dataset, compute ranges, save scales + metadata.
+"""Calibrate once, write the cache: stream the dataset, compute ranges, save scales + metadata;
+several calibrators share one pass over the images (`calibrate_many`, for `calib compare`).
 
 The cache is the single source of truth: Q/DQ models are always materialized from a cache that
 was read back, so a fresh run and a reused cache produce the same bytes.
@@ -13,7 +14,7 @@ import onnx
 
 from calib.cache import CacheEntry, CacheKey, CacheMetadata, CacheStore, TrtCache, load_cache
 from calib.cache.trt_format import DEFAULT_TRT_VERSION
-from calib.calibrators import Calibrator, get_calibrator
+from calib.calibrators import Calibrator, TensorStatistics, calibrator_class, get_calibrator
 from calib.collect import collect
 from calib.data import Dataset
 from calib.errors import CalibError
@@ -98,3 +99,59 @@ def save_calibration(model: Model, dataset: Dataset, calibrator: Calibrator, sto
                          channel_means=channel_means)
     path = store.save(cache, meta)
     return CalibrationOutcome(load_cache(path), False, seconds, images, skipped, calibrator)
+
+
+def calibrator_params_for(name: str, params: dict) -> dict:
+    """The subset of command-line calibrator parameters that `name` accepts (--percentile
+    applies to the percentile calibrator only)."""
+    accepted = calibrator_class(name).defaults
+    return {k: v for k, v in params.items() if k in accepted}
+
+
+@dataclass
+class SharedCalibration:
+    outcomes: dict[str, CalibrationOutcome]
+    collect_seconds: float            # the one shared pass (0 when every cache was reused)
+    compute_seconds: dict[str, float]  # each fresh calibrator's compute() after it
+    stats: TensorStatistics | None    # the shared statistics, when a pass ran
+
+
+def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: list[str], store: CacheStore,
+                   calibrator_params: dict | None = None, batch_size: int = 4, workers: int | None = None,
+                   recalibrate: bool = False, progress: bool = True) -> SharedCalibration:
+    """Reuse every matching cache; calibrate the others in ONE collection pass whose
+    TensorStatistics all of them read, then save each one's cache."""
+    params = calibrator_params or {}
+    outcomes: dict[str, CalibrationOutcome] = {}
+    fresh: list[str] = []
+    for name in names:
+        probe = get_calibrator(name, **calibrator_params_for(name, params))
+        if not recalibrate:
+            start = time.perf_counter()
+            found = store.find(cache_key(model, dataset, probe))
+            if found is not None:
+                outcomes[name] = CalibrationOutcome(found, True, time.perf_counter() - start,
+                                                    found.metadata.samples, [])
+                continue
+        fresh.append(name)
+    if not fresh:
+        return SharedCalibration(outcomes, 0.0, {}, None)
+    stats = TensorStatistics(histogram=True)  # the plots want histograms even for minmax
+    calibrators = [get_calibrator(n, stats, **calibrator_params_for(n, params)) for n in fresh]
+    means = ChannelMeans(weighted_inputs(prepared))  # the same observers and tensors as calibrate()
+    result = collect(prepared, dataset, Observers(stats, means), batch_size=batch_size, workers=workers,
+                     progress=f"calibrating ({', '.join(fresh)})" if progress else None,
+                     tensors=calibrated_tensors(prepared))
+    if result.images == 0:
+        raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
+    compute_seconds = {}
+    channel_means = means.means()
+    for cal in calibrators:
+        start = time.perf_counter()
+        # Metadata seconds: the shared pass plus this calibrator's own computation.
+        outcome = save_calibration(model, dataset, cal, store, result.images, result.skipped, result.tensors,
+                                   batch_size, result.seconds, channel_means)
+        compute_seconds[cal.name] = time.perf_counter() - start
+        outcome.seconds = result.seconds + compute_seconds[cal.name]
+        outcomes[cal.name] = outcome
+    return SharedCalibration({n: outcomes[n] for n in names}, result.seconds, compute_seconds, stats)

@@ -1,4 +1,10 @@
-"""User-facing errors: the CLI prints them as one line and exits non-zero."""
+"""Errors. Two kinds, told apart by class, never by message:
+
+- `CalibError`: caused by the user's input or environment (a missing file, a bad option, a cache
+  that does not match). The CLI prints it as one line and exits with its `exit_code`.
+- `InternalError`: a broken invariant inside calib (a bug). It is NOT a CalibError: the CLI lets
+  it through with its traceback, because a one-liner would hide what needs fixing.
+"""
 
 
 class CalibError(Exception):
@@ -13,3 +19,7 @@ class MissingDependency(CalibError):
     def __init__(self, package: str, purpose: str, install: str | None = None):
         hint = install or f"pip install {package}"
         super().__init__(f"{purpose} needs the '{package}' package: {hint}")
+
+
+class InternalError(RuntimeError):
+    """A broken invariant inside calib: a bug to report, shown with its traceback."""

@@ -7,14 +7,15 @@ from pathlib import Path
 import onnx
 import pytest
 
-import calib.compare as compare_module
+import calib.calibration as compare_module
 from calib.cache import CacheStore
 from calib.calibration import calibrate
-from calib.compare import compare
-from calib.datasets import plan_data
+from calib.commands.compare import compare_calibrators as compare
+from calib.data.plan import plan_data
 from calib.errors import CalibError
 from calib.models import resolve_model
-from calib.pipeline import RunConfig, prepared_model
+from calib.models import prepared_model
+from calib.session import RunConfig
 from calib.quantize.flavors import quantize_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,12 +84,12 @@ def test_compare_calibrates_all_in_one_pass_and_reports_each(tmp_path, tiny_clas
 
 
 def test_a_failed_compare_leaves_nothing_behind(tmp_path, tiny_classifier, monkeypatch):
-    import calib.pipeline
+    import calib.evaluate.models
 
     def boom(*a, **k):
         raise CalibError("no evaluation image could be decoded")
 
-    monkeypatch.setattr(calib.pipeline, "evaluate", boom)  # what evaluate_models calls
+    monkeypatch.setattr(calib.evaluate.models, "evaluate", boom)  # what evaluate_models calls
     with pytest.raises(CalibError):
         compare(_config(tmp_path, tiny_classifier), ["minmax"], tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*partial"))

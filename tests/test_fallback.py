@@ -13,8 +13,11 @@ from calib.data import Dataset, get_preset
 from calib.data.sources import ImageSource, Sample
 from calib.errors import CalibError
 from calib.evaluate import evaluate
-from calib.fallback import fallback_to_budget, render_markdown, split_search_final
-from calib.sensitivity import quantizable_layers
+from calib.commands.run import fallback_report
+from calib.report.fallback import render_markdown
+from calib.restore.ranker import quantizable_layers
+from calib.restore.search import fallback_to_budget
+from calib.restore.subset import split_search_final
 
 
 class NoiseSource(ImageSource):
@@ -65,7 +68,7 @@ def test_fallback_meets_the_budget_with_the_broken_layer_in_float(setup):
     # The lead's wiring: evaluate FP32 and the chosen model on the held-out subset only.
     runners = {"fp32": OrtRunner(model.SerializeToString()), "int8": OrtRunner(result.model.SerializeToString())}
     ev = evaluate(runners, result.final_dataset, 16, workers=0, progress=None)
-    d = result.report(ev)
+    d = fallback_report(result, ev)
     assert d["final"]["images"] == len(result.final_dataset) == 40
     assert isinstance(d["final_met"], bool) and d["float_layers"] == result.float_layers
     assert not {x.key for x in result.final_dataset.samples} & {x.key for x in result.search_dataset.samples}

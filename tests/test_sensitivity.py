@@ -10,13 +10,15 @@ from calib.calibrators.channel_means import ChannelMeans
 from calib.collect import expose_activations
 from calib.errors import CalibError
 from calib.quantize.flavors import quantize_model
-from calib.sensitivity import Images, build_partial, quantizable_layers, rank_layers
-from calib.sqnr import session, sqnr
+from calib.diagnostics.sqnr import sqnr
+from calib.evaluate.images import Images
+from calib.onnx_io import ort_session
+from calib.restore.ranker import build_partial, quantizable_layers, rank_layers
 
 
 def _activations(model: onnx.ModelProto, x: np.ndarray):
     exposed, names = expose_activations(model)
-    return names, session(exposed).run(names, {"input": x})
+    return names, ort_session(exposed, "basic").run(names, {"input": x})
 
 
 def _ranges(model: onnx.ModelProto, x: np.ndarray) -> dict[str, float]:
@@ -31,7 +33,7 @@ def tiny(tiny_classifier):
 
 
 def _logits(model, x, level="all"):
-    return session(model, level).run(None, {"input": x})[0]
+    return ort_session(model, level).run(None, {"input": x})[0]
 
 
 @pytest.mark.parametrize("flavor", ["ort", "tensorrt"])
@@ -98,8 +100,8 @@ def test_a_deliberately_broken_layer_tops_the_ranking(tiny, flavor):
 def test_sensitivity_command_writes_its_outputs(tmp_path, tiny_classifier):
     from PIL import Image
 
-    from calib.pipeline import RunConfig
-    from calib.sensitivity import sensitivity
+    from calib.commands.sensitivity import rank_sensitivity as sensitivity
+    from calib.session import RunConfig
 
     cfg = RunConfig(model=str(tiny_classifier), dataset="demo", samples=8, cache_dir=str(tmp_path / "caches"),
                     batch_size=4, workers=0, progress=False)

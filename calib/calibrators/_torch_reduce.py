@@ -9,7 +9,7 @@ bincount), so a CUDA tensor lands in exactly the same bins as the same data in n
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -84,13 +84,3 @@ def reduce_tensor(stats: "TensorStatistics", entry: "_Entry", x: "torch.Tensor")
                 binned[stats.bins - 1] += binned[stats.bins :].sum()
                 binned = binned[: stats.bins]
             entry.counts += binned
-
-
-def observe_on_device(stats: "TensorStatistics", name: str, x: Any) -> None:
-    """Force the device reduction for `x` even when it lives on the CPU (for tests/benchmarks)."""
-    from .statistics import _Entry
-
-    entry = stats._entries.get(name)
-    if entry is None:
-        entry = stats._entries[name] = _Entry(stats.bins if stats.has_histogram else None)
-    reduce_tensor(stats, entry, x)

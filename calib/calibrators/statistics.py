@@ -86,6 +86,16 @@ class TensorStatistics:
             x = host
         self._observe_numpy(entry, x)
 
+
+    def observe_on_device(self, name: str, x: Any) -> None:
+        """Force the torch (device) reduction for `x` even when it lives on the CPU (for tests
+        and benchmarks of the device code path)."""
+        from ._torch_reduce import reduce_tensor
+
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self._entries[name] = _Entry(self.bins if self.has_histogram else None)
+        reduce_tensor(self, entry, x)
     def _observe_numpy(self, entry: _Entry, x: Any) -> None:
         a = np.asarray(x)
         kind = a.dtype.kind

@@ -18,12 +18,9 @@ from calib.errors import CalibError
 
 def _onnx_input(model_path: Path) -> tuple[int | str, tuple[int, int, int]]:
     """(batch dim, (C, H, W)) of the ONNX model's single image input."""
-    import onnx
+    from calib.onnx_io import load_model
 
-    try:
-        proto = onnx.load(str(model_path), load_external_data=False)
-    except Exception:
-        raise CalibError(f"{model_path} is not a readable ONNX model") from None
+    proto = load_model(model_path, external_data=False)
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -35,7 +32,7 @@ def _onnx_input(model_path: Path) -> tuple[int | str, tuple[int, int, int]]:
     return batch, (dims[1], dims[2], dims[3])
 
 
-def bench(model_path: Path, backend: str, batch_sizes: list[int], seconds: float, precision: str = "fp32",
+def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds: float, precision: str = "fp32",
           *, engine: Path | None = None, **build_options) -> list[dict]:
     """Time `model_path` on `backend` ("ort" or "tensorrt") at each batch size for `seconds` each.
 

@@ -1,4 +1,4 @@
-"""Dataset names on the command line -> calibration and evaluation datasets."""
+"""Dataset names on the command line -> the calibration set and a disjoint evaluation set (a plan)."""
 
 from __future__ import annotations
 

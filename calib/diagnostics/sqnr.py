@@ -1,5 +1,5 @@
-"""Signal-to-quantization-noise ratio (dB) between FP32 and INT8 tensors, and the ONNX Runtime
-sessions that expose the tensors to compare.
+"""Signal-to-quantization-noise ratio (dB) between FP32 and INT8 tensors: the measure, the
+models that expose the tensors to compare, and per-tensor SQNR of Q/DQ models against FP32.
 
 SQNR = 10·log10(Σ x² / Σ (x − y)²) over every element seen (sums accumulate across batches, so
 the figure is the same whatever the batch size). Identical tensors give +inf; an all-zero
@@ -12,6 +12,9 @@ import math
 
 import numpy as np
 import onnx
+
+from calib.data import Dataset
+from calib.onnx_io import ort_session
 
 
 def sqnr_db(signal_power: float, noise_power: float) -> float:
@@ -59,14 +62,6 @@ def finite_or_none(x: float) -> float | None:
     return round(x, 3) if math.isfinite(x) else None
 
 
-def session(model: onnx.ModelProto | bytes, level: str = "basic", threads: int = 0, arena: bool = True):
-    """An ONNX Runtime CPU session (see `calib.onnx_io.ort_session`); "basic" keeps Q/DQ nodes as
-    written (simulated quantization)."""
-    from calib.onnx_io import ort_session
-
-    return ort_session(model, level, threads, arena)
-
-
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A copy of `model` that also outputs the float tensors `names` (added after its own outputs)."""
     out = onnx.ModelProto()
@@ -110,3 +105,39 @@ def float_name(tensor: str) -> str:
     """What float readers of a folded-ReLU tensor read in a partially quantized model
     (calib.sensitivity restores the ReLU for them under this name)."""
     return f"{tensor}_float"
+
+
+def activation_sqnr(prepared: onnx.ModelProto, qdq_models: dict[str, onnx.ModelProto], dataset: Dataset,
+                    tensors: list[str], batch_size: int = 4, workers: int | None = None,
+                    progress: str | None = None) -> dict[str, dict[str, float]]:
+    """Per-tensor SQNR (dB) of each INT8 model against FP32 on `dataset` (decoded once for all).
+
+    The same tensors are exposed in the FP32 model and in each Q/DQ model; in the Q/DQ model we
+    read each tensor's DequantizeLinear output (see `calib.sqnr.int8_view`). The Q/DQ models run
+    under ORT_ENABLE_BASIC so the Q/DQ nodes stay as written (simulated INT8, no fusion). The
+    logits (the model output) are included under their own name. One Q/DQ session at a time,
+    without memory arenas, `batch_size` images per run: peak memory stays ~2 x batch_size x the
+    activations of one image.
+    """
+    from calib.evaluate.images import load_images
+
+    logits = prepared.graph.output[0].name
+    names = [t for t in tensors if t != logits] + [logits]
+    images = load_images(dataset, batch_size, workers, progress)
+    fp32 = ort_session(with_outputs(prepared, names), "all", arena=False)
+    input_name = fp32.get_inputs()[0].name
+    out = {}
+    for cal, q in qdq_models.items():
+        view = int8_view(q, names)
+        view[logits] = q.graph.output[0].name
+        wanted = [t for t in names if t in view]
+        int8 = ort_session(with_outputs(q, [view[t] for t in wanted]), "basic", arena=False)
+        acc = SqnrAccumulator()
+        for batch in images.batches(batch_size):
+            ref = dict(zip(names, fp32.run(names, {input_name: batch})))
+            for t, y in zip(wanted, int8.run([view[t] for t in wanted], {input_name: batch})):
+                acc.add(t, ref[t], y)
+            del ref
+        out[cal] = acc.result()
+        del int8
+    return out

@@ -141,3 +141,20 @@ def accuracy_bars(names: list[str], top1: list[float], agreement: list[float], f
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.25)
     return _png(fig)
+
+
+def histogram_figures(stats, tensors: list[str], thresholds: dict[str, dict[str, float]],
+                      chosen: str | None) -> list[dict]:
+    """[{tensor, png, thresholds}] for the report, from statistics with histograms (a
+    calib.calibrators.TensorStatistics)."""
+    palette = colors(list(thresholds))
+    out = []
+    for t in tensors:
+        if t not in stats:
+            continue
+        counts, edges = stats.histogram(t)
+        th = {cal: a[t] for cal, a in thresholds.items() if t in a}
+        s = stats.summary(t)
+        out.append({"tensor": t, "thresholds": th, "max_abs": s.peak,
+                    "png": histogram(t, counts, edges, th, chosen, palette)})
+    return out

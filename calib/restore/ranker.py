@@ -1,4 +1,5 @@
-"""Which quantized layers do the damage: rank them by what each one alone does to the logits.
+"""Accuracy restoration, the ranker: which quantized layers do the damage, ranked by what each
+one alone does to the logits.
 
 A *layer* is one op that the Q/DQ flavor quantizes: a weighted op (Conv, Gemm, MatMul) with the
 Q/DQ of its activation inputs and its int8 weight (and, in the ort flavor, its int32 bias), or an
@@ -28,24 +29,22 @@ beside it but is too coarse to rank by (one layer alone rarely flips a predictio
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import onnx
 
-from calib.data import Dataset, SkipLog, iter_batches, take
-from calib.errors import CalibError
+from calib.diagnostics.sqnr import finite_or_none, float_name, sqnr, sqnr_rows
+from calib.errors import CalibError, InternalError
 from calib.evaluate import top5
-from calib.fsutil import atomic_write_bytes, atomic_write_text
+from calib.evaluate.images import Images, run_logits
+from calib.onnx_io import ort_session
 from calib.quantize.flavors import ORT_QUANTIZED_OPS, WEIGHTED_OPS, _corrected_bias, _ort_params, plan_for
 from calib.quantize.graph import DATA_MOVEMENT_OPS, GraphIndex
 from calib.quantize.qdq import QDQBuilder, symmetric_int8
-from calib.sqnr import finite_or_none, float_name, session, sqnr, sqnr_rows
 
 
 # ----------------------------------------------------------------------------- layers
@@ -212,42 +211,6 @@ def build_partial(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str
     return partial.build(amax, quantized, channel_means)
 
 
-# ----------------------------------------------------------------------------- data
-@dataclass
-class Images:
-    """A decoded evaluation subset held in memory (it is run many times)."""
-    images: np.ndarray   # (N, C, H, W) float32
-    labels: np.ndarray   # (N,)
-    keys: list[str]
-    skipped: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def batches(self, batch_size: int):
-        for i in range(0, len(self.keys), batch_size):
-            yield self.images[i:i + batch_size]
-
-
-def load_images(dataset: Dataset, batch_size: int = 32, workers: int | None = None,
-                progress: str | None = None) -> Images:
-    skips = SkipLog()
-    images, labels, keys = [], [], []
-    for batch in iter_batches(dataset, batch_size, workers=workers, progress=progress, skips=skips):
-        images.append(batch.images)
-        labels.append(batch.labels)
-        keys += batch.keys
-    if not keys:
-        raise CalibError(f"no evaluation image could be decoded from {dataset.source.description}")
-    return Images(np.concatenate(images), np.concatenate(labels), keys, skips.skipped)
-
-
-def run_logits(sess, images: Images, batch_size: int = 32) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    out = [np.asarray(sess.run(None, {name: b})[0], np.float32) for b in images.batches(batch_size)]
-    return np.concatenate(out)
-
-
 # ----------------------------------------------------------------------------- ranking
 @dataclass
 class LayerSensitivity:
@@ -320,28 +283,28 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     if not chosen:
         raise CalibError("the model has no quantized layer to rank")
     if fp32_logits is None:
-        fp32_logits = run_logits(session(prepared, "all"), images, batch_size)
+        fp32_logits = run_logits(ort_session(prepared, "all"), images, batch_size)
     every = {layer.id for layer in all_layers}
     # The two ends: every layer quantized (the INT8 model), every layer float (must be FP32).
-    int8_logits = run_logits(session(build_partial(prepared, amax, flavor, quantized_layers=every, channel_means=channel_means), "all"),
+    int8_logits = run_logits(ort_session(build_partial(prepared, amax, flavor, quantized_layers=every, channel_means=channel_means), "all"),
                              images, batch_size)
-    float_logits = run_logits(session(build_partial(prepared, amax, flavor, quantized_layers=set()), "all"),
+    float_logits = run_logits(ort_session(build_partial(prepared, amax, flavor, quantized_layers=set()), "all"),
                               images, batch_size)
     all_float_diff = float(np.max(np.abs(float_logits - fp32_logits)))
     if all_float_diff > 1e-3 * max(1.0, float(np.max(np.abs(fp32_logits)))):
-        raise CalibError(f"internal error: the model with every layer float differs from FP32 by {all_float_diff:.3g}")
-    check = Images(images.images[:check_images], images.labels[:check_images], images.keys[:check_images])
+        raise InternalError(f"the model with every layer float differs from FP32 by {all_float_diff:.3g}")
+    check = images.head(check_images)
     rows, basic_fallbacks = [], []
     bar = tqdm(chosen, desc="sensitivity", unit="layer", disable=not progress, file=sys.stderr,
                leave=False, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 5.0)
     for layer in bar:
         data = build_partial(prepared, amax, flavor, quantized_layers={layer.id},
                              channel_means=channel_means).SerializeToString()
-        logits = run_logits(session(data, "all"), images, batch_size)
-        if check_images > 0 and sqnr(run_logits(session(data, "basic"), check, batch_size),
+        logits = run_logits(ort_session(data, "all"), images, batch_size)
+        if check_images > 0 and sqnr(run_logits(ort_session(data, "basic"), check, batch_size),
                                      logits[:check_images]) < 25.0:
             basic_fallbacks.append(layer.id)
-            logits = run_logits(session(data, "basic"), images, batch_size)
+            logits = run_logits(ort_session(data, "basic"), images, batch_size)
         rows.append(LayerSensitivity(layer.id, layer.op_type, layer.position, layer.weighted,
                                      **_score(fp32_logits, logits, images.labels)))
     bar.close()
@@ -350,67 +313,3 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     fp32_top1 = float(np.mean(top5(fp32_logits)[:, 0] == images.labels))
     return SensitivityResult(MEASURE, len(images), flavor, fp32_top1, _score(fp32_logits, int8_logits, images.labels),
                              all_float_diff, rows, time.perf_counter() - start, basic_fallbacks)
-
-
-# ----------------------------------------------------------------------------- reports
-def render_markdown(d: dict, top: int | None = None) -> str:
-    rows = d["sensitivity"]["rows"]
-    s = d["sensitivity"]
-    lines = [f"# calib sensitivity: {d['model']} / {d['calibrator']} / {s['flavor']} Q/DQ", "",
-             f"- measure: {s['measure']}",
-             f"- {s['images']} evaluation images; FP32 top-1 {100 * s['fp32_top1']:.2f}%; every layer INT8: "
-             f"logits SQNR {_db(s['int8']['logits_sqnr_db'])}, agreement {100 * s['int8']['agreement']:.2f}%, "
-             f"top-1 {100 * s['int8']['top1']:.2f}%",
-             f"- check: every layer float reproduces FP32 (max |Δlogit| {s['all_float_max_abs_diff']:.2g})",
-             f"- {len(rows)} layers ranked in {s['seconds']:.1f} s", "",
-             "| rank | layer | op | logits SQNR (dB) | agreement | top-1 | worst image SQNR (dB) |",
-             "|---:|---|---|---:|---:|---:|---:|"]
-    for i, r in enumerate(rows[:top] if top else rows, 1):
-        lines.append(f"| {i} | `{r['layer']}` | {r['op_type']} | {_db(r['logits_sqnr_db'])} | "
-                     f"{100 * r['agreement']:.2f}% | {100 * r['top1']:.2f}% | {_db(r['worst_image_sqnr_db'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def _db(x: float | None) -> str:
-    return "∞" if x is None else f"{x:.1f}"
-
-
-def write_outputs(stage: Path, d: dict) -> None:
-    from calib.report.plots import sensitivity_bars
-
-    atomic_write_text(stage / "sensitivity.json", json.dumps(d, indent=2) + "\n")
-    atomic_write_text(stage / "sensitivity.md", render_markdown(d))
-    atomic_write_bytes(stage / "sensitivity.png", sensitivity_bars(d["sensitivity"]["rows"]))
-
-
-def sensitivity(config, out: Path | None = None, images: int = 64, weighted_only: bool = False) -> dict:
-    """`calib sensitivity`: calibrate (or reuse the cache) with `config.calibrator`, rank every
-    quantized layer on `images` evaluation images, write sensitivity.json / .md / .png and a
-    report.html into `out` (staged: nothing is left half-written)."""
-    from calib.cache import CacheStore
-    from calib.calibration import calibrate
-    from calib.pipeline import bias_means, setup, staged_output
-    from calib.report.html import write_sensitivity_html
-
-    if images < 1:
-        raise CalibError("--images must be at least 1")
-    s = setup(config, out, "sensitivity")
-    model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
-    with staged_output(out) as stage:
-        outcome = calibrate(model, prepared, data.calibration, config.calibrator, CacheStore(config.cache_dir),
-                            batch_size=config.calib_batch_size, workers=config.workers,
-                            recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,
-                            progress=config.progress)
-        subset = load_images(take(data.evaluation, images, config.seed), config.batch_size, config.workers,
-                             "decoding" if config.progress else None)
-        result = rank_layers(prepared, outcome.entry.cache.amax(), flavor, subset, config.batch_size,
-                             weighted_only=weighted_only, progress=config.progress,
-                             channel_means=bias_means(outcome.entry, config.bias_correction))
-        d = {"model": model.name, "calibrator": config.calibrator, "cache": str(outcome.entry.path),
-             "dataset": config.dataset if not config.data_dir else f"{config.dataset}:{config.data_dir}",
-             "demo": data.demo, "notes": list(data.notes), "out": str(out),
-             "bias_correction": bool(bias_means(outcome.entry, config.bias_correction)),
-             "sensitivity": result.as_dict()}
-        write_outputs(stage, d)
-        write_sensitivity_html(stage, d)
-    return d

@@ -257,7 +257,7 @@ def test_extreme_magnitudes_do_not_break_anything(values):
 def test_numpy_throughput_is_not_pathological(rng):
     """Guards against falling back to a slow path (np.histogram, per-element Python, copies).
 
-    The benchmark (python -m calib.calibrators.bench) gives ~420 M float32 values/s on one
+    The benchmark (python benchmarks/calibrator_throughput.py) gives ~420 M float32 values/s on one
     core; this asserts a tenth of that so that a busy CI machine does not fail it.
     """
     x = rng.standard_normal(1 << 22, dtype=np.float32)

@@ -10,7 +10,6 @@ from calib.calibrators import TensorStatistics, get_calibrator
 from calibrators_helpers import gaussian_with_outliers
 
 torch = pytest.importorskip("torch")
-from calib.calibrators._torch_reduce import observe_on_device  # noqa: E402  (imports torch)
 
 ALL = ("entropy", "minmax", "percentile", "mse")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -36,7 +35,7 @@ def test_cpu_tensor_same_as_numpy(rng, dtype):
     a, b, c = TensorStatistics(), TensorStatistics(), TensorStatistics()
     a.observe("x", t)
     b.observe("x", ref_values)
-    observe_on_device(c, "x", t)  # the device code path, run on the CPU
+    c.observe_on_device("x", t)  # the device code path, run on the CPU
     assert histograms_equal(a, b, "x")
     assert histograms_equal(c, b, "x")
     assert a.summary("x").nonfinite == 3
@@ -52,7 +51,7 @@ def test_cpu_tensor_views_and_grad(rng):
     b.observe("v", view.detach().numpy().copy())
     assert histograms_equal(a, b, "v")
     c = TensorStatistics()
-    observe_on_device(c, "v", view)
+    c.observe_on_device("v", view)
     assert histograms_equal(c, b, "v")
     assert x.grad is None
 
@@ -63,7 +62,7 @@ def test_torch_integer_and_empty_tensors():
     r.observe("i", np.arange(-5, 6))
     assert histograms_equal(s, r, "i")
     s.observe("e", torch.zeros(0))
-    observe_on_device(s, "e2", torch.zeros(0, 3))
+    s.observe_on_device("e2", torch.zeros(0, 3))
     assert s.summary("e").count == 0 and s.summary("e2").count == 0
 
 

@@ -1,4 +1,4 @@
-"""calib.bench on ONNX Runtime, with a tiny classifier built here (Conv + GlobalAveragePool + Gemm)."""
+"""calib.commands.bench on ONNX Runtime, with a tiny classifier built here (Conv + GlobalAveragePool + Gemm)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calib.bench import bench
+from calib.commands.bench import bench_model as bench
 from calib.errors import CalibError, MissingDependency
 
 ROW_KEYS = {"backend", "model", "precision", "batch_size", "iterations", "latency_ms_p50",

@@ -12,15 +12,17 @@ from PIL import Image
 from calib.backends.ort import OrtRunner
 from calib.cache import CacheStore
 from calib.calibration import calibrate
-from calib.compare import compare, run_html_extras
-from calib.datasets import plan_data
+from calib.commands.compare import compare_calibrators as compare
+from calib.commands.run import build_report, fallback_report, run_figures as run_html_extras
+from calib.data.plan import plan_data
 from calib.evaluate import evaluate
-from calib.fallback import fallback_to_budget
+from calib.restore.search import fallback_to_budget
 from calib.models import resolve_model
-from calib.pipeline import RunConfig, build_report, prepared_model
+from calib.models import prepared_model
 from calib.quantize.flavors import quantize_model
-from calib.report.html import render_run_html, write_run_html
-from calib.sensitivity import sensitivity
+from calib.commands.sensitivity import rank_sensitivity as sensitivity
+from calib.report.run import render_html as render_run_html, write_run_report
+from calib.session import RunConfig
 
 IMG = re.compile(r'<img\b[^>]*\bsrc="([^"]*)"')
 EXTERNAL = re.compile(r'\b(?:src|href|action|srcset|poster)\s*=\s*["\']?\s*(?:https?:)?//', re.I)
@@ -65,8 +67,8 @@ def test_compare_report_is_complete(tmp_path, tiny_model):
 
 
 def test_run_report_with_figures_and_fallback(tmp_path, tiny_model):
-    """What pipeline.run writes once wired: report.html from build_report()'s dict, the
-    fallback entry, and run_html_extras()'s figures."""
+    """What commands.run writes: report.html from build_report()'s report, the fallback
+    entry, and run_figures()'s figures."""
     model = resolve_model(str(tiny_model))
     prepared = prepared_model(model)
     data = plan_data("demo", None, model.preprocess, 8)
@@ -78,14 +80,13 @@ def test_run_report_with_figures_and_fallback(tmp_path, tiny_model):
                             throughput_seconds=0.05, progress=False)
     runners = {"fp32": OrtRunner(model.path), "int8": OrtRunner(fb.model.SerializeToString())}
     ev = evaluate(runners, fb.final_dataset, 8, 0, progress=None)
-    report = build_report(config, model, "ort", data, outcome, ev, tmp_path / "run", model.path,
-                          tmp_path / "run" / "int8.onnx")
-    report["fallback"] = fb.report(ev)
+    report = build_report(config, model, "ort", data, outcome, ev, model.path, tmp_path / "run" / "int8.onnx")
+    report.fallback = fallback_report(fb, ev)
     qdq, _ = quantize_model(prepared, amax, "ort")
     extras = run_html_extras(prepared, qdq, outcome, "ort", data.calibration, data.evaluation, "entropy",
                              batch_size=8, workers=0, sqnr_images=2, progress=False)
-    json.dumps(report)  # report.json stays serialisable with the fallback entry
-    write_run_html(tmp_path, report, extras)
+    json.dumps(report.to_json())  # report.json stays serialisable with the fallback entry
+    write_run_report(tmp_path, report, extras, html=True)
     text = (tmp_path / "report.html").read_text()
     check_self_contained(text, ["summary", "fallback", "histograms", "sqnr", "notes"], 1 + len(extras["histograms"]))
     assert "held-out" in text and "throughput" in text

@@ -1,0 +1,18 @@
+"""`calib calibrate`: calibrate only (or reuse a matching cache) and return the cache entry."""
+
+from __future__ import annotations
+
+from calib.calibration import CalibrationOutcome, calibrate
+from calib.data.plan import DataPlan, plan_data
+from calib.models import prepared_model, resolve_model
+from calib.session import RunConfig
+
+
+def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
+    model = resolve_model(config.model, config.preprocess)
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed, evaluate=False)
+    outcome = calibrate(model, prepared_model(model), data.calibration, config.calibrator,
+                        config.cache_store(), batch_size=config.calib_batch_size, workers=config.workers,
+                        recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,
+                        progress=config.progress)
+    return outcome, data

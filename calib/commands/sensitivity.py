@@ -1,0 +1,42 @@
+"""`calib sensitivity`: calibrate (or reuse the cache), rank every quantized layer by the damage it
+does alone (`calib.restore.ranker`), write sensitivity.json / .md / .png and report.html."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from calib.calibration import calibrate
+from calib.data import take
+from calib.errors import CalibError
+from calib.evaluate.images import load_images
+from calib.report.schema import ReportHeader, SensitivityReport
+from calib.report.sensitivity import write_sensitivity_report
+from calib.restore.ranker import rank_layers
+from calib.session import RunConfig, bias_means, setup, staged_output, versions
+
+
+def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 64,
+                     weighted_only: bool = False) -> SensitivityReport:
+    """Rank the layers of `config`'s model on `images` evaluation images, calibrating with
+    `config.calibrator`; writes into `out` (staged: nothing is left half-written)."""
+    if images < 1:
+        raise CalibError("--images must be at least 1")
+    s = setup(config, out, "sensitivity")
+    model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
+    with staged_output(out) as stage:
+        outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
+                            batch_size=config.calib_batch_size, workers=config.workers,
+                            recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,
+                            progress=config.progress)
+        subset = load_images(take(data.evaluation, images, config.seed), config.batch_size, config.workers,
+                             "decoding" if config.progress else None)
+        means = bias_means(outcome.entry, config.bias_correction)
+        result = rank_layers(prepared, outcome.entry.cache.amax(), flavor, subset, config.batch_size,
+                             weighted_only=weighted_only, progress=config.progress, channel_means=means)
+        header = ReportHeader(model=model.name, dataset=config.dataset_label(), demo=data.demo,
+                              backend=config.backend, qdq_flavor=flavor, notes=list(data.notes),
+                              versions=versions(), model_sha256=model.sha256)
+        report = SensitivityReport(header=header, calibrator=config.calibrator, cache=str(outcome.entry.path),
+                                   out=str(out), bias_correction=bool(means), sensitivity=result.as_dict())
+        write_sensitivity_report(stage, report)
+    return report

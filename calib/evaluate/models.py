@@ -1,0 +1,38 @@
+"""Evaluate ONNX models on a backend: turn each into the backend's artifact (ONNX Runtime runs
+the ONNX file itself; TensorRT builds an engine), run them all on each decoded batch (one decode
+for every model), release them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from calib.backends import Backend
+from calib.data import Dataset
+from calib.errors import CalibError
+from calib.evaluate.accuracy import Evaluation, evaluate
+
+
+def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset, stage: Path,
+                    batch_size: int = 32, workers: int | None = None, progress: bool = True,
+                    stems: dict[str, str] | None = None) -> tuple[Evaluation, dict[str, Path]]:
+    """Returns the evaluation and the artifact paths, keyed like `models`; engines are built in
+    `stage`, named by `stems` (default: the key)."""
+    suffix = backend.artifact_suffix()
+    artifacts = {}
+    for name, path in models.items():
+        if suffix == ".onnx":
+            artifacts[name] = Path(path)
+        else:
+            stem = (stems or {}).get(name, name)
+            artifacts[name] = backend.build(path, stage / f"{stem}{suffix}", "fp32" if name == "fp32" else "int8")
+    runners = {}
+    try:
+        for name, artifact in artifacts.items():
+            runners[name] = backend.load(artifact)
+        ev = evaluate(runners, dataset, batch_size, workers, progress="evaluating" if progress else None)
+    finally:
+        for r in runners.values():
+            r.close()
+    if not ev.keys:
+        raise CalibError("no evaluation image could be decoded")
+    return ev, artifacts

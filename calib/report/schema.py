@@ -1,0 +1,128 @@
+"""Typed reports: one dataclass per command's report, with a shared header, and one `to_json()`.
+
+The JSON form is the contract (report.json, compare.json, sensitivity.json: their keys keep their
+meaning across versions); the renderers (markdown, HTML, console) read the JSON form, so a report
+can be re-rendered from its file. Header fields come first, at the top level of the JSON, as they
+always have. `report["key"]` reads the JSON form, for callers that treat a report as data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+
+@dataclass
+class ReportHeader:
+    """What every report says about where its figures come from."""
+    model: str
+    dataset: str
+    demo: bool
+    backend: str
+    qdq_flavor: str
+    notes: list[str] = field(default_factory=list)
+    versions: dict = field(default_factory=dict)
+    model_sha256: str = ""
+
+
+class Report:
+    """Base of the typed reports: `header` first, then the report's own fields; None-valued
+    optional fields (listed in `optional`) are left out of the JSON."""
+    optional: ClassVar[tuple[str, ...]] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name == "header":
+                out.update({h.name: getattr(value, h.name) for h in fields(value)})
+            elif value is None and f.name in self.optional:
+                continue
+            else:
+                out[f.name] = value.to_json() if isinstance(value, Report) else value
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_json().get(key, default)
+
+
+@dataclass
+class FallbackReport(Report):
+    """The "fallback" entry of a run report: which layers stayed float to meet the budget, the
+    search-subset figures and (once evaluated) the held-out figures."""
+    budget: dict
+    budget_text: str
+    float_layers: list[str]
+    layers: int
+    search: dict
+    final_images: int
+    strategy: str
+    measure: str
+    ranking: list[str]
+    ranking_images: int
+    evaluations: int
+    seconds: float
+    throughput: dict | None
+    slower_than_fp32: bool
+    note: str
+    final: dict | None = None
+    final_met: bool | None = None
+    optional: ClassVar[tuple[str, ...]] = ("final", "final_met")
+
+
+@dataclass
+class RunReport(Report):
+    header: ReportHeader
+    calibrator: str
+    calibrator_params: dict
+    preprocess: dict
+    fp32_model: str
+    int8_model: str
+    calibration: dict
+    eval: dict
+    fp32: dict
+    int8: dict
+    bias_correction: bool
+    top1_drop: float
+    agreement: float
+    ort_kernels: dict | None = None
+    fallback: FallbackReport | None = None
+    optional: ClassVar[tuple[str, ...]] = ("ort_kernels", "fallback")
+
+
+@dataclass
+class CompareReport(Report):
+    header: ReportHeader
+    kind: str
+    out: str
+    bias_correction: dict
+    calibrators: list[str]
+    chosen: str
+    chosen_reason: str
+    calibration: dict
+    eval: dict
+    fp32: dict
+    results: dict
+    sqnr: dict
+    histograms: dict
+    classes: list[dict]
+    flips: dict
+    seconds: float | None = None
+
+
+@dataclass
+class SensitivityReport(Report):
+    header: ReportHeader
+    calibrator: str
+    cache: str
+    out: str
+    bias_correction: bool
+    sensitivity: dict
+
+
+def as_json(report: Report | dict) -> dict:
+    """The JSON form of a report, whether given the dataclass or the dict itself."""
+    return report.to_json() if isinstance(report, Report) else report

@@ -1,0 +1,124 @@
+"""What every command that touches a model and images shares: the run configuration, the
+resolved model / Q/DQ flavor / data plan / prepared FP32 graph, the output folder (named,
+staged, renamed into place only on success) and the versions a report records.
+
+Commands (`calib.commands.*`) build on this; nothing here knows about any one command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+
+from calib.cache import CacheStore
+from calib.data.plan import DataPlan, plan_data
+from calib.errors import CalibError
+from calib.models import ZOO, Model, prepared_model, resolve_model
+
+
+@dataclass
+class RunConfig:
+    """The options of `calib run` (and of compare/sensitivity, which ignore what they do not use)."""
+    model: str = "efficientnet_lite0"
+    preprocess: str | None = None
+    dataset: str = "demo"
+    data_dir: str | None = None
+    samples: int = 500
+    eval_data_dir: str | None = None
+    eval_samples: int | None = None
+    calibrator: str = "minmax"  # the default of ModelOpt and ONNX Runtime; see README
+    calibrator_params: dict = field(default_factory=dict)
+    backend: str = "ort"
+    qdq_flavor: str | None = None
+    batch_size: int = 32
+    calib_batch_size: int = 4  # activations of every quantized tensor are held per batch
+    cache_dir: str = "caches"
+    out: str | None = None
+    seed: int = 0
+    recalibrate: bool = False
+    workers: int | None = None
+    progress: bool = True
+    bias_correction: bool = True
+    max_drop: float | None = None        # fallback budget: largest top-1 drop (fraction: 0.002 = 0.2 points)
+    min_agreement: float | None = None   # fallback budget: smallest top-1 agreement with FP32 (fraction)
+    html: bool = True                    # report.html with histograms and per-tensor SQNR
+
+    def cache_store(self) -> CacheStore:
+        """The cache folder of this configuration."""
+        return CacheStore(self.cache_dir)
+
+    def dataset_label(self) -> str:
+        return self.dataset if not self.data_dir else f"{self.dataset}:{self.data_dir}"
+
+
+def default_flavor(backend: str) -> str:
+    """The Q/DQ flavor a backend builds (TensorRT: symmetric int8; ONNX Runtime: its own layout)."""
+    return "tensorrt" if backend.startswith("tensorrt") else "ort"
+
+
+def bias_means(entry, enabled: bool = True) -> dict | None:
+    """Channel means from the cache's sidecar, when bias correction is on and the cache has them
+    (caches imported from TensorRT do not)."""
+    return entry.metadata.channel_means if enabled and entry.metadata is not None else None
+
+
+def default_out(config: RunConfig, kind: str | None = None) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = config.model if config.model in ZOO else Path(config.model).stem
+    return Path("runs") / f"{stamp}-{stem}-{kind or config.calibrator}"
+
+
+def versions() -> dict:
+    """Library versions a report records (what produced these figures)."""
+    import numpy
+    import onnxruntime
+
+    from calib import __version__
+
+    return {"calib": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class RunSetup:
+    model: Model
+    flavor: str
+    data: DataPlan
+    prepared: onnx.ModelProto
+    out: Path
+
+
+def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = None) -> RunSetup:
+    """What run, compare and sensitivity share: the model, the Q/DQ flavor, the calibration and
+    evaluation data, the prepared FP32 graph and the output folder."""
+    model = resolve_model(config.model, config.preprocess)
+    flavor = config.qdq_flavor or default_flavor(config.backend)
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
+                     config.eval_data_dir, config.eval_samples)
+    out = Path(out) if out else default_out(config, kind)
+    return RunSetup(model, flavor, data, prepared_model(model), out)
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """Write into a hidden sibling folder and rename it to `out` only on success, so a failed
+    or interrupted run leaves no half-written report behind."""
+    if out.exists() and any(out.iterdir()):
+        raise CalibError(f"output folder {out} already exists and is not empty (choose another --out)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield stage
+        if out.exists():
+            out.rmdir()
+        stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
