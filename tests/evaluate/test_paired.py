@@ -16,8 +16,8 @@ from calib.errors import CalibError
 from calib.evaluate import Evaluation, Predictions
 from calib.evaluate.paired import (agreement_interval, bootstrap_sums, clopper_pearson, compare_calibrators,
                                    mcnemar_exact, mean_difference_ci, paired, paired_from_evaluation, paired_top1,
-                                   pairwise_calibrators, sqnr_ci, sqnr_difference_ci, tango_interval, tango_score,
-                                   z_value)
+                                   pairwise_calibrators, rank_calibrators, sqnr_ci, sqnr_difference_ci, tango_interval,
+                                   tango_score, z_value)
 from calib.sqnr import sqnr_db
 
 Z = z_value()
@@ -364,3 +364,47 @@ def test_bootstrap_chunks_large_inputs_and_rejects_empty():
     assert r.ci95 == [1.0, 1.0] and r.resamples == 300
     with pytest.raises(CalibError):
         bootstrap_sums(np.zeros((0, 1)), lambda s: s[:, 0])
+
+
+# ----------------------------------------------------------------------------- ranking for compare
+def _calibrators(n: int = 400, seed: int = 9):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 100, n)
+    fp32 = np.where(rng.random(n) < 0.75, labels, (labels + 1) % 100)
+    tops = {}
+    for name, flips in [("entropy", 24), ("minmax", 6), ("mse", 4)]:
+        t = fp32.copy()
+        t[rng.choice(n, flips, replace=False)] += 50
+        tops[name] = t % 100
+    signal = rng.uniform(50, 100, n)
+    noise = {"entropy": signal * rng.uniform(0.02, 0.05, n), "minmax": signal * rng.uniform(0.004, 0.006, n),
+             "mse": signal * rng.uniform(0.004, 0.006, n)}
+    return labels, fp32, tops, signal, noise
+
+
+def test_rank_calibrators_by_agreement_with_significance():
+    labels, fp32, tops, _, _ = _calibrators()
+    rows = rank_calibrators(labels, fp32, tops)
+    assert [r["name"] for r in rows] == ["mse", "minmax", "entropy"]
+    by = {r["name"]: r for r in rows}
+    for name, t in tops.items():
+        assert by[name]["agreement"] == pytest.approx(np.mean(t == fp32))
+        assert by[name]["agreement_ci95"][0] <= by[name]["agreement"] <= by[name]["agreement_ci95"][1]
+    # 24 vs 6 and 24 vs 4 disagreements are real differences; 6 vs 4 are not
+    assert set(by["mse"]["agreement_better_than"]) == {"entropy"}
+    assert set(by["minmax"]["agreement_better_than"]) == {"entropy"}
+    assert by["entropy"]["agreement_better_than"] == []
+    assert by["mse"]["logits_sqnr_db"] is None
+
+
+def test_rank_calibrators_by_logits_sqnr_with_bootstrap_intervals():
+    labels, fp32, tops, signal, noise = _calibrators()
+    rows = rank_calibrators(labels, fp32, tops, signal=signal, noise=noise, resamples=500)
+    by = {r["name"]: r for r in rows}
+    assert rows[-1]["name"] == "entropy"
+    for name in tops:
+        assert by[name]["logits_sqnr_db"] == pytest.approx(sqnr_db(signal.sum(), noise[name].sum()), abs=1e-3)
+        lo, hi = by[name]["logits_sqnr_db_ci95"]
+        assert lo < by[name]["logits_sqnr_db"] < hi
+    assert set(by["minmax"]["sqnr_better_than"]) == {"entropy"} and set(by["mse"]["sqnr_better_than"]) == {"entropy"}
+    json.dumps(rows)

@@ -11,7 +11,8 @@ from calib.evaluate.verdict import (DEFAULT_TOLERANCE, EVALUATE_MORE, SHIP_FP32,
                                     accuracy_verdict, images_needed, recommend)
 
 Z = z_value()
-SPEED_FAST = {"fp32": {"latency_ms_b1": 6.8, "throughput_b32": 300.0}, "int8": {"latency_ms_b1": 3.2, "throughput_b32": 700.0}}
+SPEED_FAST = {"fp32": {"latency_ms_b1": 6.8, "throughput_b32": 300.0},
+              "int8": {"latency_ms_b1": 3.2, "throughput_b32": 700.0}}
 SPEED_SLOW = {"fp32": {"latency_ms_b1": 6.8}, "int8": {"latency_ms_b1": 7.5}}
 SIZE = {"fp32": 18.5, "int8": 5.1}
 
