@@ -21,8 +21,9 @@ from calib.cli import console
 from calib.cli import options as o
 from calib.errors import CalibError
 
+# Plain help (no rich boxes): flags read as flags, not "<bool>", and the text greps cleanly.
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="INT8 calibration and quantization workbench.")
+                  rich_markup_mode=None, help="INT8 calibration and quantization workbench.")
 
 
 def _version(value: bool) -> None:
@@ -135,7 +136,7 @@ def calibrate(
 
 
 cache_app = typer.Typer(help="List, inspect, verify, compare, import and export calibration caches.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
 
 
@@ -175,7 +176,7 @@ def bench(
     backend: o.Backend = "ort",
     batch_sizes: str = typer.Option("1,32", "--batch-sizes", help="comma-separated batch sizes"),
     seconds: float = typer.Option(3.0, "--seconds", help="timed seconds per batch size"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (TensorRT engines)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8: the precision TensorRT builds the engine in (default: the model's own; ONNX Runtime runs the model as it is)"),
     timing_cache: o.TimingCache = None,
     as_json: o.Json = False,
 ) -> None:
@@ -193,7 +194,7 @@ def bench(
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    console.bench_table(rows, path.name, backend, precision)
+    console.bench_table(rows, path.name, backend, rows[0]["precision"])
 
 
 @cache_app.command("list")

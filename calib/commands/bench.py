@@ -16,8 +16,20 @@ from calib.backends import get_backend, time_runner
 from calib.errors import CalibError
 
 
-def _onnx_input(model_path: Path) -> tuple[int | str, tuple[int, int, int]]:
-    """(batch dim, (C, H, W)) of the ONNX model's single image input."""
+def model_precision(proto) -> str:
+    """What the ONNX model computes in, read from the graph itself: "int8" when it holds Q/DQ
+    nodes, "fp16" when its input or weights are float16, else "fp32"."""
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
+        return "int8"
+    fp16 = 10  # onnx.TensorProto.FLOAT16
+    if (any(i.type.tensor_type.elem_type == fp16 for i in proto.graph.input)
+            or any(t.data_type == fp16 for t in proto.graph.initializer)):
+        return "fp16"
+    return "fp32"
+
+
+def _onnx_input(model_path: Path) -> tuple[int | str, tuple[int, int, int], str]:
+    """(batch dim, (C, H, W), precision) of the ONNX model's single image input."""
     from calib.onnx_io import load_model
 
     proto = load_model(model_path, external_data=False)
@@ -29,16 +41,19 @@ def _onnx_input(model_path: Path) -> tuple[int | str, tuple[int, int, int]]:
     if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
         raise CalibError(f"{model_path}: input must be (N, C, H, W) with fixed C, H, W, found {dims}")
     batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else "dynamic"
-    return batch, (dims[1], dims[2], dims[3])
+    return batch, (dims[1], dims[2], dims[3]), model_precision(proto)
 
 
-def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds: float, precision: str = "fp32",
-          *, engine: Path | None = None, **build_options) -> list[dict]:
+def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds: float,
+                precision: str | None = None, *, engine: Path | None = None, **build_options) -> list[dict]:
     """Time `model_path` on `backend` ("ort" or "tensorrt") at each batch size for `seconds` each.
 
     Returns one dict per batch size: backend, model, precision, batch_size, iterations,
-    latency_ms_p50/p90/p99 and throughput (images/s). `precision` and `build_options` (e.g.
-    fp16, workspace_mib, timing_cache) apply when TensorRT builds an engine from ONNX.
+    latency_ms_p50/p90/p99 and throughput (images/s). Each row's precision is what was timed:
+    ONNX Runtime runs the ONNX file as it is, so its precision is the model's own (a Q/DQ model is
+    int8) and a different `precision` is refused; `precision` and `build_options` (e.g.
+    workspace_mib, timing_cache) apply when TensorRT builds an engine from ONNX (default: the
+    model's own precision).
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -57,8 +72,14 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
         shape = None
         if is_engine:
             artifact = model_path
+            precision = precision or "engine"
         else:
-            batch, shape = _onnx_input(model_path)
+            batch, shape, own = _onnx_input(model_path)
+            if backend == "ort" and precision not in (None, own):
+                raise CalibError(f"--precision {precision} does not apply to ONNX Runtime, which runs {model_path.name} "
+                                 f"as it is ({own}); bench the {precision} model itself (calib build writes the "
+                                 f"INT8 Q/DQ model)")
+            precision = precision or own
             if batch != "dynamic" and set(batch_sizes) != {batch}:
                 raise CalibError(f"{model_path} has a fixed batch size of {batch}: bench it with "
                                  f"--batch-sizes {batch}, or export it with a dynamic batch axis")

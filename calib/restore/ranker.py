@@ -29,7 +29,6 @@ beside it but is too coarse to rank by (one layer alone rarely flips a predictio
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
@@ -42,6 +41,7 @@ from calib.errors import CalibError, InternalError
 from calib.evaluate import top5
 from calib.evaluate.images import Images, run_logits
 from calib.onnx_io import ort_session
+from calib.progress import progress_bar
 from calib.quantize.flavors import ORT_QUANTIZED_OPS, WEIGHTED_OPS, _corrected_bias, _ort_params, plan_for
 from calib.quantize.graph import DATA_MOVEMENT_OPS, GraphIndex
 from calib.quantize.qdq import QDQBuilder, symmetric_int8
@@ -270,8 +270,6 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     are compared with ORT_ENABLE_BASIC (Q/DQ simulated exactly, no fusion); a model where the two
     disagree (SQNR < 25 dB) is re-run under ORT_ENABLE_BASIC and listed in `basic_fallbacks`.
     """
-    from tqdm import tqdm
-
     start = time.perf_counter()
     all_layers = quantizable_layers(prepared, flavor)
     chosen = all_layers
@@ -295,8 +293,7 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
         raise InternalError(f"the model with every layer float differs from FP32 by {all_float_diff:.3g}")
     check = images.head(check_images)
     rows, basic_fallbacks = [], []
-    bar = tqdm(chosen, desc="sensitivity", unit="layer", disable=not progress, file=sys.stderr,
-               leave=False, dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 5.0)
+    bar = progress_bar(chosen, desc="sensitivity", unit="layer", enabled=progress)
     for layer in bar:
         data = build_partial(prepared, amax, flavor, quantized_layers={layer.id},
                              channel_means=channel_means).SerializeToString()

@@ -86,3 +86,19 @@ def test_bench_tensorrt_without_tensorrt(tmp_path):
     model = tiny_classifier(tmp_path / "tiny.onnx")
     with pytest.raises(MissingDependency, match="pip install tensorrt"):
         bench(model, "tensorrt", [1], 0.02)
+
+
+def test_bench_reports_the_precision_of_the_model_it_timed(tmp_path):
+    """An INT8 Q/DQ model is timed and labelled int8; asking ONNX Runtime for another precision
+    than the model's own is refused (it would time the model as it is under a false label)."""
+    from calib.quantize.flavors import quantize_model, required_tensors
+
+    fp32 = tiny_classifier(tmp_path / "tiny.onnx")
+    proto = onnx.load(str(fp32))
+    qdq, _ = quantize_model(proto, {t: 4.0 for t in required_tensors(proto, "ort")}, "ort")
+    onnx.save(qdq, str(tmp_path / "int8.onnx"))
+    rows = bench(tmp_path / "int8.onnx", "ort", [2], seconds=0.02)
+    assert rows[0]["precision"] == "int8"
+    assert bench(fp32, "ort", [2], seconds=0.02)[0]["precision"] == "fp32"
+    with pytest.raises(CalibError, match="does not apply to ONNX Runtime"):
+        bench(fp32, "ort", [2], seconds=0.02, precision="int8")
