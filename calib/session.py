@@ -64,6 +64,31 @@ def default_flavor(backend: str) -> str:
     return "tensorrt" if backend.startswith("tensorrt") else "ort"
 
 
+def check_config(config: RunConfig) -> None:
+    """Every option that can be checked without the model or the images, checked first: a typo
+    must not cost a model export, a calibration pass or a sensitivity ranking before it fails."""
+    from calib.backends import BACKENDS
+    from calib.calibration import calibrator_params_for
+    from calib.calibrators import get_calibrator
+    from calib.quantize.flavors import FLAVORS
+    from calib.restore.budget import check_budget
+
+    # Unknown names and bad parameters (--percentile 150) fail here, naming what is accepted.
+    get_calibrator(config.calibrator, **calibrator_params_for(config.calibrator, config.calibrator_params))
+    if config.backend not in BACKENDS:
+        raise CalibError(f"unknown backend '{config.backend}' (choose from: {', '.join(BACKENDS)})")
+    if config.qdq_flavor is not None and config.qdq_flavor not in FLAVORS:
+        raise CalibError(f"unknown Q/DQ flavor '{config.qdq_flavor}' (choose from: {', '.join(FLAVORS)})")
+    if config.samples < 1:
+        raise CalibError(f"--samples must be at least 1, got {config.samples}")
+    if config.eval_samples is not None and config.eval_samples < 1:
+        raise CalibError(f"--eval-samples must be at least 1, got {config.eval_samples}")
+    if config.batch_size < 1 or config.calib_batch_size < 1:
+        raise CalibError("batch sizes must be at least 1")
+    if config.max_drop is not None or config.min_agreement is not None:
+        check_budget(config.max_drop, config.min_agreement)
+
+
 def bias_means(entry, enabled: bool = True) -> dict | None:
     """Channel means from the cache's sidecar, when bias correction is on and the cache has them
     (caches imported from TensorRT do not)."""
@@ -99,6 +124,7 @@ class RunSetup:
 def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = None) -> RunSetup:
     """What run, compare and sensitivity share: the model, the Q/DQ flavor, the calibration and
     evaluation data, the prepared FP32 graph and the output folder."""
+    check_config(config)
     model = resolve_model(config.model, config.preprocess)
     flavor = config.qdq_flavor or default_flavor(config.backend)
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,

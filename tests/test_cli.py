@@ -141,3 +141,20 @@ def test_bench_prints_latency_and_throughput(tiny_classifier):
     for r in rows:
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"] and r["throughput"] > 0
     assert_one_line_error(calib("bench", "--model", tiny_classifier, "--batch-sizes", "0", check=False), "batch")
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--qdq-flavor", "nope"], ["Q/DQ flavor", "nope"]),
+    (["--calibrator", "nope"], ["nope"]),
+    (["--backend", "nope"], ["backend", "nope"]),
+    (["--calibrator", "percentile", "--percentile", "150"], ["percentile", "150"]),
+    (["--max-drop", "-0.01"], ["--max-drop", "-0.01"]),
+    (["--min-agreement", "1.5"], ["--min-agreement"]),
+])
+def test_bad_options_fail_before_any_work(tmp_path, extra, words):
+    """Checked up front: no model export, no calibration, no cache, no output folder. A model
+    file that does not exist proves it: the option error comes first."""
+    proc = calib("run", "--model", tmp_path / "missing.onnx", "--dataset", "imagenet-val", "--data-dir", tmp_path,
+                 "--cache-dir", tmp_path / "caches", "--out", tmp_path / "out", *extra, check=False, cwd=tmp_path)
+    assert_one_line_error(proc, *words)
+    assert not (tmp_path / "caches").exists() and not (tmp_path / "out").exists()

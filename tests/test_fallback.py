@@ -83,14 +83,18 @@ def test_no_fallback_when_int8_already_meets_the_budget(setup):
     assert result.float_layers == [] and result.evaluations == 1 and result.throughput is None
 
 
-def test_an_impossible_budget_fails_in_one_line(setup):
+def test_a_budget_no_fallback_can_reach_fails_in_one_line_before_any_work(setup, monkeypatch):
     model, amax, evaluation = setup
-    # INT8 would have to beat FP32 by 50 points: even every layer in float (= FP32) cannot.
+    # INT8 would have to beat FP32 by 50 points: every layer in float is FP32 itself (drop 0), so
+    # no fallback reaches it; refused before a single image is decoded.
+    import calib.restore.search as search
+
+    monkeypatch.setattr(search, "load_images", lambda *a, **k: pytest.fail("decoded images for a bad budget"))
     with pytest.raises(CalibError) as err:
         fallback_to_budget(model, dict(amax, r2=amax["r2"] / 30), "ort", evaluation, max_drop=-0.5,
                            batch_size=16, workers=0, throughput_seconds=0, progress=False)
     message = str(err.value)
-    assert "\n" not in message and "cannot be met" in message and "all 6 layers in float" in message
+    assert "\n" not in message and "--max-drop" in message and "-0.5" in message
     for bad in ({"max_drop": 2.0}, {"min_agreement": 1.5}, {}):
         with pytest.raises(CalibError):
             fallback_to_budget(model, amax, "ort", evaluation, workers=0, progress=False, **bad)

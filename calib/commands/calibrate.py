@@ -5,10 +5,11 @@ from __future__ import annotations
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data.plan import DataPlan, plan_data
 from calib.models import prepared_model, resolve_model
-from calib.session import RunConfig
+from calib.session import RunConfig, check_config
 
 
 def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
+    check_config(config)
     model = resolve_model(config.model, config.preprocess)
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed, evaluate=False)
     outcome = calibrate(model, prepared_model(model), data.calibration, config.calibrator,

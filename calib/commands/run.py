@@ -20,7 +20,7 @@ from calib.quantize.flavors import quantize_model, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
 from calib.report.schema import FallbackReport, ReportHeader, RunReport
-from calib.restore.budget import budget_text, check_budget, meets
+from calib.restore.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
 from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
 from calib.session import RunConfig, bias_means, setup, staged_output, versions
@@ -28,8 +28,6 @@ from calib.session import RunConfig, bias_means, setup, staged_output, versions
 
 def run(config: RunConfig) -> RunReport:
     budget = config.max_drop is not None or config.min_agreement is not None
-    if budget:
-        check_budget(config.max_drop, config.min_agreement)  # before any calibration work
     backend = get_backend(config.backend)
     s = setup(config, config.out)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out

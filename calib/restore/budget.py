@@ -11,8 +11,10 @@ from calib.errors import CalibError
 def check_budget(max_drop: float | None, min_agreement: float | None) -> None:
     if max_drop is None and min_agreement is None:
         raise CalibError("a fallback budget needs --max-drop and/or --min-agreement")
-    if max_drop is not None and not (math.isfinite(max_drop) and -1.0 <= max_drop <= 1.0):
-        raise CalibError(f"--max-drop is a fraction of top-1 (0.002 = 0.2 points), got {max_drop}")
+    if max_drop is not None and not (math.isfinite(max_drop) and 0.0 <= max_drop <= 1.0):
+        # A negative budget asks INT8 to beat FP32: leaving layers in float moves the model
+        # towards FP32 (drop 0), never past it, so only chance on the search images could meet it.
+        raise CalibError(f"--max-drop is a fraction of top-1 in [0, 1] (0.002 = 0.2 points), got {max_drop}")
     if min_agreement is not None and not (math.isfinite(min_agreement) and 0.0 <= min_agreement <= 1.0):
         raise CalibError(f"--min-agreement is a fraction in [0, 1] (0.995 = 99.5%), got {min_agreement}")
 
