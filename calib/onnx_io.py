@@ -61,3 +61,20 @@ def ort_session(model: onnx.ModelProto | bytes | str | os.PathLike, level: str =
     elif not isinstance(model, bytes):
         model = str(model)
     return ort.InferenceSession(model, options, providers=list(providers))
+
+
+def model_size_mb(path: str | os.PathLike) -> float:
+    """Size of an ONNX model on disk in MB (10^6 bytes): the .onnx file and every external data
+    file it references (the dynamo exporter's `.onnx.data`)."""
+    path = Path(path)
+    total = path.stat().st_size
+    proto = onnx.load(str(path), load_external_data=False)
+    seen = set()
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value not in seen:
+                seen.add(entry.value)
+                data = path.parent / entry.value
+                if data.is_file():
+                    total += data.stat().st_size
+    return round(total / 1e6, 3)

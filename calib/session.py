@@ -50,6 +50,7 @@ class RunConfig:
     max_drop: float | None = None        # fallback budget: largest top-1 drop (fraction: 0.002 = 0.2 points)
     min_agreement: float | None = None   # fallback budget: smallest top-1 agreement with FP32 (fraction)
     html: bool = True                    # report.html with histograms and per-tensor SQNR
+    speed_seconds: float = 1.0           # timing per model and batch size for the report (0: skip)
 
     def cache_store(self) -> CacheStore:
         """The cache folder of this configuration."""

@@ -10,7 +10,7 @@ from calib.calibrators.channel_means import ChannelMeans
 from calib.collect import expose_activations
 from calib.errors import CalibError
 from calib.quantize.flavors import quantize_model
-from calib.diagnostics.sqnr import sqnr
+from calib.evaluate.sqnr import sqnr
 from calib.evaluate.images import Images
 from calib.onnx_io import ort_session
 from calib.restore.ranker import build_partial, quantizable_layers, rank_layers

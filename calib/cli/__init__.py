@@ -52,6 +52,7 @@ def run(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="accuracy budget: largest top-1 drop as a fraction (0.002 = 0.2 points); the most damaging layers stay in float until it is met"),
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="accuracy budget: smallest top-1 agreement with FP32 (0.995 = 99.5%)"),
     html: bool = typer.Option(True, "--html/--no-html", help="also write report.html (histograms, per-layer SQNR)"),
+    speed_seconds: float = typer.Option(1.0, "--speed-seconds", min=0.0, help="seconds of timing per model and batch size for the report's speed figures (0: skip)"),
 ) -> None:
     """Calibrate, build the INT8 model, and report its accuracy against FP32."""
     from calib.commands.run import run as run_command
@@ -61,7 +62,8 @@ def run(
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator=calibrator, percentile=percentile,
         backend=backend, qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size,
         cache_dir=cache_dir, out=out, seed=seed, recalibrate=recalibrate, workers=workers,
-        bias_correction=bias_correction, max_drop=max_drop, min_agreement=min_agreement, html=html))
+        bias_correction=bias_correction, max_drop=max_drop, min_agreement=min_agreement, html=html,
+        speed_seconds=speed_seconds))
     console.run_summary(report.to_json(), html)
 
 

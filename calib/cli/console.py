@@ -13,9 +13,13 @@ DEMO_LINE = "DEMO run on 5 embedded photos: see datasets/imagenet-val.md to run 
 def run_summary(r: dict, html: bool) -> None:
     if r["demo"]:
         typer.echo(DEMO_LINE)
+    ci = r.get("top1_drop_ci95")
     typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%}  INT8 top-1 {r['int8']['top1']:.2%}  "
-               f"drop {100 * r['top1_drop']:.2f} pts  agreement {r['agreement']:.2%}  "
-               f"({r['eval']['samples']} images)")
+               f"drop {100 * r['top1_drop']:.2f} pts" + (f" (95% CI {100 * ci[0]:.2f} to {100 * ci[1]:.2f})" if ci else "")
+               + f"  agreement {r['agreement']:.2%}  ({r['eval']['samples']} images)")
+    v = r.get("verdict")
+    if v:
+        typer.echo(f"verdict: {v['headline']}: {v['reason']}")
     fb = r.get("fallback")
     if fb:
         f = fb["final"]

@@ -19,10 +19,13 @@ from calib.backends import get_backend
 from calib.calibration import calibrate_many
 from calib.calibrators import calibrator_class
 from calib.diagnostics.histograms import pick_tensors, tensor_histograms
-from calib.diagnostics.sqnr import activation_sqnr, finite_or_none
+from calib.diagnostics.sqnr import activation_sqnr
 from calib.errors import CalibError
-from calib.evaluate.changes import class_changes, flips
+from calib.data.classes import class_name
+from calib.evaluate.classes import class_changes
 from calib.evaluate.models import evaluate_models
+from calib.evaluate.paired import rank_calibrators
+from calib.evaluate.sqnr import finite_or_none
 from calib.quantize.flavors import quantize_model, required_tensors
 from calib.report.compare import write_compare_report
 from calib.report.plots import histogram_figures
@@ -38,7 +41,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
     """Compare `calibrators` on `config`'s model and data (the options of `calib run`; its
     `calibrator` field is ignored). Writes into `out` (staged); returns the report.
 
-    `chosen`: the calibrator the detailed sections show (default: best agreement with FP32).
+    `chosen`: the calibrator the detailed sections show (default: the highest logits SQNR).
     `sqnr_images`: evaluation images for the per-tensor SQNR. `histogram_samples`: when every
     cache was reused, recollect the plotted tensors' histograms on this many calibration
     images (None: all of them).
@@ -91,10 +94,20 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
         logits_sqnr = {n: sqnr[n].pop(logits_name, math.inf) for n in names}
         for n in names:
             rows[n]["logits_sqnr_db"] = finite_or_none(logits_sqnr[n])
+        # Rank on every evaluation image: logits SQNR (a far steadier signal than top-1 on a few
+        # hundred images) with bootstrap intervals, agreement with exact intervals, and which
+        # differences are significant (calib.evaluate.paired.rank_calibrators).
+        ev_fp32 = ev.predictions["fp32"]
+        tops = {n: ev.predictions[n].top5[:, 0] for n in names}
+        ranking = rank_calibrators(ev_fp32.labels, ev_fp32.top5[:, 0], tops, ev.signal,
+                                   {n: ev.noise[n] for n in names}, seed=config.seed)
+        for row in ranking:
+            rows[row["name"]].update({"agreement_ci95": row["agreement_ci95"], "top1_drop_ci95": row["top1_drop_ci95"],
+                                      "eval_logits_sqnr_db": row["logits_sqnr_db"],
+                                      "eval_logits_sqnr_db_ci95": row["logits_sqnr_db_ci95"]})
         if chosen is None:
-            # Best agreement; ties (common on few images) go to the higher logits SQNR.
-            chosen = max(names, key=lambda n: (rows[n]["agreement"], logits_sqnr[n], rows[n]["top1"], -names.index(n)))
-            chosen_reason = "best top-1 agreement with FP32, ties broken by logits SQNR"
+            chosen = ranking[0]["name"]
+            chosen_reason = "highest logits SQNR against FP32 on the evaluation images"
         else:
             chosen_reason = "chosen with --chosen"
 
@@ -110,10 +123,10 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
             hist_note = f"recollected on {hist_images} calibration images (caches were reused)"
         figures = histogram_figures(stats, picked, amaxes, chosen)
 
-        ev_fp32 = ev.predictions["fp32"]
-        imagenet = config.dataset in ("imagenet-val", "demo")
-        classes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], ev.predictions[chosen].top5[:, 0], imagenet)
-        changed = flips(ev_fp32.labels, ev_fp32.top5[:, 0], ev.predictions[chosen].top5[:, 0])
+        imagenet = config.dataset in ("imagenet-val", "demo") or config.dataset.startswith("hf:")
+        changes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], tops[chosen],
+                                names=class_name if imagenet else None).to_json()
+        changed = {"fixed": changes["images_fixed"], "broken": changes["images_broken"]}
         header = ReportHeader(model=model.name, dataset=config.dataset_label(), demo=data.demo,
                               backend=config.backend, qdq_flavor=flavor, notes=list(data.notes),
                               versions=versions(), model_sha256=model.sha256)
@@ -138,7 +151,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
             histograms={"images": hist_images, "note": hist_note,
                         "tensors": [{"tensor": f["tensor"], "max_abs": f["max_abs"], "thresholds": f["thresholds"]}
                                     for f in figures]},
-            classes=classes, flips=changed)
+            classes=changes.pop("per_class"), flips=changed, class_summary=changes, ranking=ranking)
         report.seconds = round(time.perf_counter() - started, 1)
         write_compare_report(stage, report, figures)
     return report

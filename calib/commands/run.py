@@ -13,8 +13,9 @@ from calib.backends import get_backend
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data import Dataset
 from calib.diagnostics.histograms import pick_tensors, tensor_histograms
-from calib.diagnostics.sqnr import activation_sqnr, finite_or_none
+from calib.diagnostics.sqnr import activation_sqnr
 from calib.evaluate.models import evaluate_models
+from calib.evaluate.sqnr import finite_or_none
 from calib.models import Model
 from calib.quantize.flavors import quantize_model, required_tensors
 from calib.report.plots import histogram_figures
@@ -55,6 +56,8 @@ def run(config: RunConfig) -> RunReport:
             report.ort_kernels = integer_kernel_check(int8_onnx)
         if fallback is not None:
             report.fallback = fallback_report(fallback, ev)
+        add_decision_figures(report, config, backend, flavor, prepared, ev, artifacts,
+                             {"fp32": model.path, "int8": int8_onnx}, fallback)
         figures = None
         if config.html:
             figures = run_figures(prepared, qdq, outcome, flavor, data.calibration, data.evaluation,
@@ -62,6 +65,58 @@ def run(config: RunConfig) -> RunReport:
                                   progress=config.progress)
         write_run_report(stage, report, figures, html=config.html)
     return report
+
+
+def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: str, prepared: onnx.ModelProto,
+                         ev, artifacts: dict[str, Path], onnx_files: dict[str, Path],
+                         fallback: FallbackResult | None) -> None:
+    """What a deployment engineer decides from: paired intervals for the drop and agreement,
+    logits SQNR, speed and size, per-class changes where a class has enough images, and the
+    verdict built from them (calib.evaluate.verdict)."""
+    from calib.data.classes import class_name
+    from calib.evaluate.classes import class_changes
+    from calib.evaluate.paired import paired_from_evaluation, sqnr_ci
+    from calib.evaluate.speed import measure_speed
+    from calib.evaluate.verdict import DEFAULT_TOLERANCE, recommend
+    from calib.onnx_io import model_size_mb
+
+    result = paired_from_evaluation(ev)
+    report.top1_drop_ci95 = result.drop_ci95
+    report.agreement_ci95 = result.agreement_ci95
+    report.paired = result.to_json()
+    if ev.signal is not None and len(ev.signal):
+        report.logits_sqnr_db = finite_or_none(ev.logits_sqnr_db("int8"))
+        report.logits_sqnr_db_ci95 = sqnr_ci(ev.signal, ev.noise["int8"], seed=config.seed).to_json()["ci95"]
+    report.size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
+    shape = input_chw(prepared)
+    if config.speed_seconds > 0:
+        report.speed = measure_speed(backend, artifacts, shape, config.speed_seconds)
+        report.speed["backend"] = config.backend
+        if config.backend != "ort":
+            from calib.backends import get_backend
+
+            report.speed_ort_cpu = measure_speed(get_backend("ort"), onnx_files, shape, config.speed_seconds)
+    # A tensorrt-flavor model timed on ONNX Runtime's CPU says nothing about its TensorRT speed.
+    representative = not (config.backend == "ort" and flavor != "ort")
+    ev_fp32, ev_int8 = ev.predictions["fp32"], ev.predictions["int8"]
+    imagenet = config.dataset in ("imagenet-val", "demo") or config.dataset.startswith("hf:")
+    report.classes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], ev_int8.top5[:, 0],
+                                   names=class_name if imagenet else None).to_json()
+    tolerance = config.max_drop if config.max_drop else DEFAULT_TOLERANCE
+    verdict = recommend(result, tolerance, report.speed if representative else None, report.size_mb,
+                        fallback.float_layers if fallback else (), backend=config.backend).to_json()
+    if not representative:
+        verdict["note"] = (f"speed not weighed: the {flavor} Q/DQ flavor is built for TensorRT and ONNX Runtime's "
+                           "CPU runs it in simulated INT8; time it on TensorRT (calib bench --backend tensorrt)")
+    report.verdict = verdict
+
+
+def input_chw(prepared: onnx.ModelProto) -> tuple[int, int, int]:
+    """(C, H, W) of the prepared model's image input (fixed there; only the batch is dynamic)."""
+    inits = {i.name for i in prepared.graph.initializer}
+    image = next(i for i in prepared.graph.input if i.name not in inits)
+    c, h, w = (d.dim_value for d in image.type.tensor_type.shape.dim[1:4])
+    return c, h, w
 
 
 def integer_kernel_check(int8_onnx: Path) -> dict:
@@ -89,7 +144,7 @@ def build_report(config: RunConfig, model: Model, flavor: str, data, outcome: Ca
                      "cache": str(outcome.entry.path), "reused": outcome.reused,
                      "skipped": len(outcome.skipped), "requested_samples": data.requested_samples},
         eval={"samples": len(ev.keys), "skipped": len(ev.skipped), "skipped_files": ev.skipped,
-              "disjoint_from_calibration": True},
+              "disjoint_from_calibration": True, "seconds": round(ev.seconds, 3)},
         fp32=fp32,
         int8=int8,
         bias_correction=bool(bias_means(outcome.entry, config.bias_correction)),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from calib.backends.base import Runner
 from calib.data import Dataset, SkipLog, iter_batches
+from calib.evaluate.sqnr import sqnr_db
 
 
 @dataclass
@@ -29,6 +31,16 @@ class Evaluation:
     keys: list[str]
     skipped: list[str]
     predictions: dict[str, Predictions]  # per model name, e.g. "fp32", "int8"
+    # Per-image logits powers against the "fp32" model, when it was run: sum of x^2 of the FP32
+    # logits, and sum of (x - y)^2 per other model (their ratio summed over images is the logits
+    # SQNR; per image, it can be bootstrapped).
+    signal: np.ndarray | None = None
+    noise: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def logits_sqnr_db(self, name: str = "int8") -> float:
+        """SQNR (dB) of `name`'s logits against FP32 over every evaluation image."""
+        return sqnr_db(float(np.sum(self.signal)), float(np.sum(self.noise[name])))
 
     def agreement(self, a: str = "fp32", b: str = "int8") -> float:
         pa, pb = self.predictions[a].top5[:, 0], self.predictions[b].top5[:, 0]
@@ -40,6 +52,10 @@ class Evaluation:
 
 
 def top5(logits: np.ndarray) -> np.ndarray:
+    """The five best classes per row, best first (all of them, best first, for 5 classes or fewer)."""
+    k = min(5, logits.shape[1])
+    if k < 5 or logits.shape[1] == 5:
+        return np.argsort(-logits, axis=1, kind="stable")[:, :k]
     part = np.argpartition(-logits, 5, axis=1)[:, :5]
     order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
@@ -48,16 +64,29 @@ def top5(logits: np.ndarray) -> np.ndarray:
 def evaluate(runners: dict[str, Runner], dataset: Dataset, batch_size: int = 32,
              workers: int | None = None, progress: str | None = "evaluating") -> Evaluation:
     """Run every runner on each decoded batch (one decode for all models)."""
+    start = time.perf_counter()
     skips = SkipLog()
     keys: list[str] = []
     labels: list[np.ndarray] = []
     tops: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    signal: list[np.ndarray] = []
+    noise: dict[str, list[np.ndarray]] = {name: [] for name in runners if name != "fp32"}
     for batch in iter_batches(dataset, batch_size, workers=workers, progress=progress, skips=skips):
         keys += batch.keys
         labels.append(batch.labels)
-        for name, runner in runners.items():
-            tops[name].append(top5(np.asarray(runner.run(batch.images), np.float32)))
+        logits = {name: np.asarray(runner.run(batch.images), np.float32).reshape(len(batch.keys), -1)
+                  for name, runner in runners.items()}
+        for name, x in logits.items():
+            tops[name].append(top5(x))
+        if "fp32" in logits:
+            ref = logits["fp32"].astype(np.float64)
+            signal.append(np.sum(ref * ref, axis=1))
+            for name in noise:
+                err = ref - logits[name]
+                noise[name].append(np.sum(err * err, axis=1))
     all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     preds = {name: Predictions(all_labels, np.concatenate(t) if t else np.zeros((0, 5), np.int64))
              for name, t in tops.items()}
-    return Evaluation(keys, skips.skipped, preds)
+    powers = {name: np.concatenate(v) for name, v in noise.items() if v}
+    return Evaluation(keys, skips.skipped, preds, np.concatenate(signal) if signal else None, powers,
+                      time.perf_counter() - start)

@@ -22,6 +22,38 @@ def calibration_sentence(r: dict) -> str:
     return f"{c['note']}. Shared pass: {c['shared_pass_seconds']:.1f} s for {', '.join(c['fresh'])}."
 
 
+def _ci(ci, scale: float = 100.0, unit: str = "") -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return "–"
+    return f"{scale * ci[0]:.1f} to {scale * ci[1]:.1f}{unit}"
+
+
+def ranking_rows(r: dict) -> list[list[str]]:
+    """[rank, calibrator, logits SQNR (CI), agreement (CI), drop (CI), significantly better than]."""
+    rows = []
+    for i, x in enumerate(r.get("ranking") or [], 1):
+        better = sorted(set(x["sqnr_better_than"]) | set(x["agreement_better_than"]))
+        rows.append([str(i), x["name"],
+                     f"{db(x['logits_sqnr_db'])} ({_ci(x['logits_sqnr_db_ci95'], 1.0)})",
+                     f"{pct(x['agreement'])} ({_ci(x['agreement_ci95'], unit='%')})",
+                     f"{100 * x['top1_drop']:.2f} ({_ci(x['top1_drop_ci95'])})",
+                     ", ".join(better) or "none"])
+    return rows
+
+
+def ranking_lines(r: dict) -> list[str]:
+    rows = ranking_rows(r)
+    if not rows:
+        return []
+    return (["", f"Ranked by logits SQNR on the {r['eval']['samples']} evaluation images, with 95% intervals "
+                 "(SQNR: paired bootstrap; agreement: exact; drop: Tango's paired interval). A calibrator is "
+                 "significantly better than another only where the paired difference excludes zero; the rest "
+                 "of the order is chance at this number of images.", "",
+             "| rank | calibrator | logits SQNR dB (95% CI) | agreement (95% CI) | drop pts (95% CI) | "
+             "significantly better than |", "|---:|---|---:|---:|---:|---|"]
+            + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def render_markdown(r: dict) -> str:
     r = as_json(r)
     lines = [f"# calib compare: {r['model']} / {r['qdq_flavor']} Q/DQ", ""]
@@ -40,6 +72,7 @@ def render_markdown(r: dict) -> str:
         lines.append(f"| {n}{mark} | {pct(x['top1'])} | {pct(x['top5'])} | {100 * x['top1_drop']:.2f} | "
                      f"{pct(x['agreement'])} | {sq} | {x['calibration_seconds']:.1f}"
                      f"{' (cache reused)' if x['reused'] else ''} |")
+    lines += ranking_lines(r)
     lines += ["", f"- chosen: **{r['chosen']}** ({r['chosen_reason']})",
               f"- {calibration_sentence(r)}",
               f"- per-tensor SQNR on {r['sqnr']['images']} evaluation images: {r['sqnr']['what']}"]
@@ -86,6 +119,13 @@ def render_html(r: dict, figures: list[dict]) -> str:
                f"the same class. {esc(calibration_sentence(r))}</p>",
                img(accuracy_bars(names, [res[n]["top1"] for n in names], [res[n]["agreement"] for n in names],
                                  r["fp32"]["top1"], chosen), "top-1 and agreement per calibrator")]
+    if ranking_rows(r):
+        summary.append(f"<p>Ranked by logits SQNR on the {r['eval']['samples']} evaluation images, with 95% "
+                       "intervals. A calibrator is significantly better than another only where the paired "
+                       "difference excludes zero; the rest of the order is chance at this number of images.</p>")
+        summary.append(table(["rank", "calibrator", "logits SQNR dB (95% CI)", "agreement (95% CI)",
+                              "drop pts (95% CI)", "significantly better than"],
+                             [[esc(c) for c in row] for row in ranking_rows(r)], left=(1, 5)))
     body.append(section("summary", "Accuracy per calibrator", summary))
     h = r["histograms"]
     intro = (f"Histogram of |x| (log count) over {h['images']} calibration images for the first and last "

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+# 2: paired intervals, speed, size, verdict and per-class changes added (docs/report.md); every
+# key of version 1 keeps its meaning.
+SCHEMA_VERSION = 2
+
 
 @dataclass
 class ReportHeader:
@@ -31,7 +35,7 @@ class Report:
     optional: ClassVar[tuple[str, ...]] = ()
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION} if hasattr(self, "header") else {}
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if f.name == "header":
@@ -88,9 +92,19 @@ class RunReport(Report):
     bias_correction: bool
     top1_drop: float
     agreement: float
+    top1_drop_ci95: list[float] | None = None
+    agreement_ci95: list[float] | None = None
+    paired: dict | None = None
+    logits_sqnr_db: float | None = None
+    logits_sqnr_db_ci95: list[float] | None = None
+    speed: dict | None = None
+    speed_ort_cpu: dict | None = None
+    size_mb: dict | None = None
+    classes: dict | None = None
+    verdict: dict | None = None
     ort_kernels: dict | None = None
     fallback: FallbackReport | None = None
-    optional: ClassVar[tuple[str, ...]] = ("ort_kernels", "fallback")
+    optional: ClassVar[tuple[str, ...]] = ("ort_kernels", "fallback", "speed_ort_cpu", "speed")
 
 
 @dataclass
@@ -110,6 +124,8 @@ class CompareReport(Report):
     histograms: dict
     classes: list[dict]
     flips: dict
+    class_summary: dict | None = None
+    ranking: list[dict] | None = None
     seconds: float | None = None
 
 

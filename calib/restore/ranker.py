@@ -36,10 +36,11 @@ from typing import Iterable
 import numpy as np
 import onnx
 
-from calib.diagnostics.sqnr import finite_or_none, float_name, sqnr, sqnr_rows
+from calib.diagnostics.sqnr import float_name
 from calib.errors import CalibError, InternalError
 from calib.evaluate import top5
 from calib.evaluate.images import Images, run_logits
+from calib.evaluate.sqnr import finite_or_none, sqnr, sqnr_rows
 from calib.onnx_io import ort_session
 from calib.progress import progress_bar
 from calib.quantize.flavors import ORT_QUANTIZED_OPS, WEIGHTED_OPS, _corrected_bias, _ort_params, plan_for

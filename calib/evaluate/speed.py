@@ -1,0 +1,25 @@
+"""Speed of the FP32 and INT8 artifacts on the backend a run used: median latency of one image
+(batch 1) and throughput at batch 32, on random input (speed, not accuracy). What a deployment
+engineer weighs against the accuracy figures; `calib bench` gives the full table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from calib.backends import Backend, time_runner
+
+
+def measure_speed(backend: Backend, artifacts: dict[str, Path], shape: tuple[int, int, int],
+                  seconds: float = 1.0) -> dict[str, dict]:
+    """{name: {"latency_ms_b1", "throughput_b32"}} for each artifact (one at a time, so they do
+    not compete for the cores)."""
+    out = {}
+    for name, artifact in artifacts.items():
+        runner = backend.load(artifact)
+        try:
+            b1 = time_runner(runner, shape, 1, seconds)
+            b32 = time_runner(runner, shape, 32, seconds)
+        finally:
+            runner.close()
+        out[name] = {"latency_ms_b1": round(b1.latency_ms_p50, 3), "throughput_b32": round(b32.throughput, 1)}
+    return out
