@@ -20,6 +20,8 @@ from .probe import NAMES, TENSORRT, TENSORRT_RTX, import_product, probe
 from .provenance import read_sidecar, warn_if_foreign
 from .runner import TrtRunner
 
+BUILD_OPTIONS = {"calibrator", "calibration_cache", "compute_capability"}
+
 
 class _TensorRTFamily(Backend):
     product: ClassVar[str]
@@ -47,17 +49,15 @@ class _TensorRTFamily(Backend):
         Options: min_batch, opt_batch, max_batch (optimization profile of a dynamic batch axis;
         defaults 1, max, 32; ignored for a fixed batch), workspace_mib (builder workspace limit),
         timing_cache (loaded if the file exists, saved after the build; TensorRT only), fp16
-        (TensorRT <= 10), and the backend's own options (see the subclasses)."""
-        allowed = self._own_options()
-        unknown = sorted(set(options) - allowed)
+        (TensorRT <= 10), calibrator / calibration_cache (implicit INT8, TensorRT <= 10) and
+        compute_capability (TensorRT-RTX). What does not apply to this product ends in a one-line
+        CalibError from the plan."""
+        unknown = sorted(set(options) - BUILD_OPTIONS)
         if unknown:
             raise CalibError(f"unknown {self.label} build option(s): {', '.join(unknown)}")
         return build_engine(self.trt, self.features, onnx_path, out, precision, fp16=fp16,
                             min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                             workspace_mib=workspace_mib, timing_cache=timing_cache, **options)
-
-    def _own_options(self) -> set[str]:
-        return set()
 
     def can_run(self) -> tuple[bool, str]:
         problem = self._run_problem()
@@ -101,9 +101,6 @@ class TensorRTBackend(_TensorRTFamily):
     name = "tensorrt"
     product = TENSORRT
 
-    def _own_options(self) -> set[str]:
-        return {"calibrator", "calibration_cache"}
-
 
 class TensorRTRTXBackend(_TensorRTFamily):
     """ONNX -> TensorRT-RTX engine, built ahead of time without a GPU for one compute capability.
@@ -115,9 +112,6 @@ class TensorRTRTXBackend(_TensorRTFamily):
 
     name = "tensorrt-rtx"
     product = TENSORRT_RTX
-
-    def _own_options(self) -> set[str]:
-        return {"compute_capability"}
 
     def _run_problem(self) -> str | None:
         return rtx_run_problem(find_gpu(self.device), self.label, self.features.compute_capabilities)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
-_LOGGERS: dict[int, object] = {}
+_LOGGERS: dict[int, tuple[ModuleType, object]] = {}
 
 
 def get_logger(trt: ModuleType, label: str = "TensorRT"):
     """The logger for `trt`, its kept errors cleared."""
-    logger = _LOGGERS.get(id(trt))
-    if logger is None:
-        logger = _LOGGERS[id(trt)] = _make(trt, label)
+    module, logger = _LOGGERS.get(id(trt), (None, None))
+    if module is not trt:
+        logger = _make(trt, label)
+        _LOGGERS[id(trt)] = (trt, logger)
     logger.errors = []
     return logger
 
