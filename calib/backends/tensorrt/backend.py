@@ -16,6 +16,7 @@ from calib.errors import CalibError
 
 from .builder import build_engine
 from .gpu import find_gpu, rtx_run_problem, sm_text, tensorrt_run_problem
+from .plan import COMPUTE_CAPABILITIES
 from .probe import NAMES, TENSORRT, TENSORRT_RTX, import_product, probe
 from .provenance import read_sidecar, warn_if_foreign
 from .runner import TrtRunner
@@ -114,7 +115,9 @@ class TensorRTRTXBackend(_TensorRTFamily):
     product = TENSORRT_RTX
 
     def _run_problem(self) -> str | None:
-        return rtx_run_problem(find_gpu(self.device), self.label, self.features.compute_capabilities)
+        # The GPUs calib's engines can run on: its targets that this TensorRT-RTX offers.
+        targets = tuple(c for c in self.features.compute_capabilities if c in COMPUTE_CAPABILITIES)
+        return rtx_run_problem(find_gpu(self.device), self.label, targets)
 
     def _check_target(self, artifact: Path, record: dict) -> None:
         target = record.get("compute_capability")

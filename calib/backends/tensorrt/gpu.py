@@ -2,8 +2,9 @@
 whether a TensorRT product can execute engines on it.
 
 TensorRT runs on any NVIDIA GPU with a CUDA driver. TensorRT-RTX runs only on the compute
-capabilities it targets (its ComputeCapability enum: 7.5, 8.0, 8.6, 8.9, 12.0, 12.1 in 1.7); it
-does not run on 9.0 (H100/H200), and an engine built for explicit targets runs only on those
+capabilities it targets (its ComputeCapability enum: 7.5, 8.0, 8.6, 8.9, 12.0, 12.1 in 1.7, of which
+calib builds for 8.6, 8.9 and 12.0); it does not run on 9.0 (H100/H200), and an engine built for
+explicit targets runs only on those
 (https://docs.nvidia.com/deeplearning/tensorrt-rtx/latest/inference-library/cpu-engines.html,
 https://docs.nvidia.com/deeplearning/tensorrt-rtx/latest/getting-started/support-matrix.html).
 """

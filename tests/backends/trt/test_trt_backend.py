@@ -61,6 +61,7 @@ def test_rtx_can_run_here_or_says_why_in_one_line():
 
 
 @pytest.mark.parametrize("gpu, runs", [(RTX_4090, True), (RTX_3090, True), (H200, False),
+                                       (Gpu("NVIDIA A100", (8, 0)), False),   # no SM80 engines from calib
                                        ("PyTorch 2.x is a CPU build", False)])
 def test_rtx_can_run_by_compute_capability(monkeypatch, gpu, runs):
     backend = rtx_backend()
@@ -69,6 +70,7 @@ def test_rtx_can_run_by_compute_capability(monkeypatch, gpu, runs):
     assert ok is runs and (why == "") is runs
     if gpu is H200:
         assert "does not run on NVIDIA H200 (compute capability 9.0)" in why
+        assert "8.6, 8.9, 12.0" in why
 
 
 def test_rtx_load_refuses_in_one_line_without_a_supported_gpu(monkeypatch, tmp_path):
