@@ -1,23 +1,14 @@
-"""Backends: ONNX Runtime (CPU, the default) and TensorRT (GPU, optional)."""
+"""Backends: ONNX Runtime (CPU, the default), TensorRT and TensorRT-RTX (optional), and plug-ins.
+
+Chosen by name from one registry (`registry.py`); nothing here imports TensorRT.
+"""
 
 from __future__ import annotations
 
 from calib.backends.base import Backend, Runner, Timing, time_runner
-from calib.errors import CalibError
+from calib.backends.registry import BUILTINS, backend_class, backend_names, get_backend, register
 
-BACKENDS = ("ort", "tensorrt")
+BACKENDS = BUILTINS  # the built-in names: ("ort", "tensorrt", "tensorrt-rtx")
 
-
-def get_backend(name: str) -> Backend:
-    if name == "ort":
-        from calib.backends.ort import OrtBackend
-
-        return OrtBackend()
-    if name == "tensorrt":
-        from calib.backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend()
-    raise CalibError(f"unknown backend '{name}' (choose from: {', '.join(BACKENDS)})")
-
-
-__all__ = ["BACKENDS", "Backend", "Runner", "Timing", "get_backend", "time_runner"]
+__all__ = ["BACKENDS", "Backend", "Runner", "Timing", "backend_class", "backend_names", "get_backend",
+           "register", "time_runner"]

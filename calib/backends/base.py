@@ -1,4 +1,10 @@
-"""The backend interface shared by ONNX Runtime and TensorRT: build, save/load, run, time."""
+"""The backend interface shared by ONNX Runtime and the TensorRT family: build, load, run, time.
+
+A backend turns an ONNX model into its artifact (`build`), loads an artifact into a `Runner`
+(`load`), names the Q/DQ flavor it builds from (`qdq_flavor`) and says whether it can execute
+engines on this machine (`can_run`), so that a command can refuse in one line before it
+calibrates anything.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -21,7 +28,8 @@ class Runner(ABC):
 
 
 class Backend(ABC):
-    name: str
+    name: ClassVar[str]          # the registry name (`--backend NAME`)
+    qdq_flavor: ClassVar[str]    # the Q/DQ flavor this backend builds INT8 models from
 
     @abstractmethod
     def build(self, onnx_path: Path, out: Path, precision: str = "fp32", **options) -> Path:
@@ -33,6 +41,10 @@ class Backend(ABC):
 
     def artifact_suffix(self) -> str:
         return ".onnx"
+
+    def can_run(self) -> tuple[bool, str]:
+        """(True, "") when artifacts can be executed here, else (False, one line saying why)."""
+        return True, ""
 
 
 @dataclass

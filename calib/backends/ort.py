@@ -24,6 +24,7 @@ class OrtRunner(Runner):
 
 class OrtBackend(Backend):
     name = "ort"
+    qdq_flavor = "ort"   # uint8 activations, int32 bias: what its integer CPU kernels run fastest
 
     def build(self, onnx_path: Path, out: Path, precision: str = "fp32", **options) -> Path:
         # ONNX Runtime builds at load time; the artifact is the ONNX file itself.

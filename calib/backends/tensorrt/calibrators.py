@@ -21,7 +21,8 @@ https://docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt_500rc/tensorrt-a
 in NVIDIA/TensorRT). TensorRT deprecated calibrators in 10.1 and removed them in 11.0
 (https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/c-api/deprecated.html,
 https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html);
-asking for one on TensorRT 11 raises a CalibError that points to the explicit Q/DQ path.
+asking for one where IBuilderConfig has no `int8_calibrator` (TensorRT 11, and TensorRT-RTX,
+which never had calibrators) raises a CalibError that points to the explicit Q/DQ path.
 
 TensorRT needs every calibration batch full: a shorter last batch (or one that lost undecodable
 images) is dropped, and the images actually used are what the metadata records.
@@ -35,10 +36,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from calib.backends.tensorrt import import_tensorrt, trt_major
 from calib.cache import CacheEntry, CacheKey, CacheMetadata, CacheStore, TrtCache, load_cache, parse
 from calib.cache.trt_format import version_string
 from calib.errors import CalibError
+
+from .plan import QDQ_PATH
+from .probe import TENSORRT, import_product, probe
 
 # Cache header algorithm word -> TensorRT calibrator base class.
 BASES = {"EntropyCalibration2": "IInt8EntropyCalibrator2",
@@ -65,22 +68,26 @@ def cache_bytes_for(cache: TrtCache, trt_version: str) -> bytes:
 def metadata_for_trt_cache(cache: TrtCache, key: CacheKey, model, dataset, samples: int, skipped: int,
                            batch_size: int, seconds: float) -> CacheMetadata:
     """Metadata for scales TensorRT computed: amax = scale * 127; min/max are not known."""
-    from calib.calibration import model_inputs
-
     tensors = {name: {"scale": s, "amax": s * 127.0, "min": None, "max": None, "nonfinite": None}
                for name, s in cache.scales.items()}
-    return CacheMetadata(key=key, model_name=model.name, model_inputs=model_inputs(model),
+    return CacheMetadata(key=key, model_name=model.name, model_inputs=_model_inputs(model),
                          dataset_description=dataset.source.description, samples=samples, skipped=skipped,
                          batch_size=batch_size, trt_version=version_string(cache.version_code),
                          algorithm=cache.algorithm, tensors=tensors, seconds=round(seconds, 3))
 
 
+def _model_inputs(model) -> list[dict]:
+    # As calib's own cache metadata records the model input.
+    return [{"name": model.input_name, "shape": [d if isinstance(d, int) else str(d) for d in model.input_shape]}]
+
+
 def _tensorrt_for_calibration():
-    trt = import_tensorrt()
-    if trt_major(trt.__version__) >= 11:
-        raise CalibError(f"TensorRT {trt.__version__} has no INT8 calibrators (removed in TensorRT 11): "
-                         f"build from the Q/DQ model (`calib build --flavor tensorrt`), which carries "
-                         f"calib's scales (explicit quantization)")
+    """The `tensorrt` module, where it still has implicit INT8 (IBuilderConfig.int8_calibrator
+    and the calibrator base classes; removed in TensorRT 11, absent from TensorRT-RTX)."""
+    trt = import_product(TENSORRT)
+    features = probe(trt, TENSORRT)
+    if not features.int8_calibrator:
+        raise CalibError(f"{features.display} has no INT8 calibrators (removed in TensorRT 11): {QDQ_PATH}")
     return trt
 
 
@@ -216,3 +223,17 @@ def cache_calibrator(cache: TrtCache | CacheEntry | str | Path, batch_size: int 
     calibrator = _calibrator_class(trt, base_for(cache.algorithm))(batch_size, None, lambda: data, keep)
     calibrator.cache, calibrator.written = cache, None
     return calibrator
+
+
+def raise_calibrator_problem(calibrator) -> None:
+    """Errors inside calibrator callbacks are kept there (see above): raise them after the build."""
+    if calibrator is None:
+        return
+    error = getattr(calibrator, "error", None)
+    if isinstance(error, CalibError):
+        raise error
+    if error is not None:
+        raise CalibError(f"INT8 calibration failed: {type(error).__name__}: {error}") from error
+    if getattr(calibrator, "asked_for_data", False):
+        raise CalibError("TensorRT did not accept the calibration cache (made for another model or "
+                         "TensorRT version, or tensors missing) and had no data to calibrate with")
