@@ -62,13 +62,15 @@ class RunConfig:
 
 def default_flavor(backend: str) -> str:
     """The Q/DQ flavor a backend builds (TensorRT: symmetric int8; ONNX Runtime: its own layout)."""
-    return "tensorrt" if backend.startswith("tensorrt") else "ort"
+    from calib.backends import backend_class
+
+    return backend_class(backend).qdq_flavor
 
 
 def check_config(config: RunConfig) -> None:
     """Every option that can be checked without the model or the images, checked first: a typo
     must not cost a model export, a calibration pass or a sensitivity ranking before it fails."""
-    from calib.backends import BACKENDS
+    from calib.backends import backend_class
     from calib.calibration import calibrator_params_for
     from calib.calibrators import get_calibrator
     from calib.quantize.flavors import FLAVORS
@@ -76,8 +78,7 @@ def check_config(config: RunConfig) -> None:
 
     # Unknown names and bad parameters (--percentile 150) fail here, naming what is accepted.
     get_calibrator(config.calibrator, **calibrator_params_for(config.calibrator, config.calibrator_params))
-    if config.backend not in BACKENDS:
-        raise CalibError(f"unknown backend '{config.backend}' (choose from: {', '.join(BACKENDS)})")
+    backend_class(config.backend)  # unknown names fail here, naming the choices
     if config.qdq_flavor is not None and config.qdq_flavor not in FLAVORS:
         raise CalibError(f"unknown Q/DQ flavor '{config.qdq_flavor}' (choose from: {', '.join(FLAVORS)})")
     if config.samples < 1:

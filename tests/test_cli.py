@@ -158,3 +158,29 @@ def test_bad_options_fail_before_any_work(tmp_path, extra, words):
                  "--cache-dir", tmp_path / "caches", "--out", tmp_path / "out", *extra, check=False, cwd=tmp_path)
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "caches").exists() and not (tmp_path / "out").exists()
+
+
+def test_build_a_tensorrt_rtx_engine_without_a_gpu(first_run, tmp_path):
+    """TensorRT-RTX's real parser and builder, on a machine without a GPU: the engine and its
+    sidecar are written; a refused flavor or compute capability leaves nothing behind."""
+    pytest.importorskip("tensorrt_rtx_bindings", reason="calib[tensorrt-rtx] is not installed")
+    work, _ = first_run
+    cache = next((work / "caches").glob("*.cache"))
+    proc = calib("build", "--cache", cache, "--backend", "tensorrt-rtx", "--compute-capability", 86,
+                 "--out", tmp_path / "m.engine")
+    assert proc.stdout.strip() == str(tmp_path / "m.engine")
+    side = json.loads((tmp_path / "m.engine.calib.json").read_text())
+    assert (tmp_path / "m.engine").stat().st_size > 1_000_000 and (tmp_path / "m.onnx").is_file()
+    assert "86" in json.dumps(side)
+    for extra, words in ((["--compute-capability", 90], ["compute capability", "90"]),
+                         (["--qdq-flavor", "ort"], ["--qdq-flavor tensorrt"])):
+        bad = tmp_path / "bad"
+        proc = calib("build", "--cache", cache, "--backend", "tensorrt-rtx", *extra, "--out", bad / "x.engine",
+                     check=False)
+        assert_one_line_error(proc, *words)
+        assert not bad.exists() or not list(bad.iterdir())
+    # Running an engine needs an RTX GPU: said in one line, before any calibration work.
+    proc = calib("run", "--backend", "tensorrt-rtx", "--out", tmp_path / "run", "--cache-dir", tmp_path / "c",
+                 check=False)
+    assert_one_line_error(proc, "tensorrt-rtx")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()

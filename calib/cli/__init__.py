@@ -155,6 +155,7 @@ def build(
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="TensorRT profile: largest batch"),
     workspace_mib: Optional[int] = typer.Option(None, "--workspace-mib", help="TensorRT workspace limit"),
     timing_cache: o.TimingCache = None,
+    compute_capability: o.ComputeCapability = None,
 ) -> None:
     """Build the INT8 model from a cache alone (no dataset), after validating the cache."""
     from calib.commands.build import build_from_cache
@@ -164,7 +165,8 @@ def build(
     m = resolve_model(model, preprocess)
     result = build_from_cache(m, prepared_model(m), Path(cache), qdq_flavor or default_flavor(backend),
                               Path(out), backend=backend, force=force, bias_correction=bias_correction,
-                              **_trt_options(backend, min_batch, opt_batch, max_batch, workspace_mib, timing_cache))
+                              **_trt_options(backend, min_batch, opt_batch, max_batch, workspace_mib, timing_cache,
+                                             compute_capability))
     for problem in result.validation.problems():
         typer.echo(f"warning: {problem}", err=True)
     for name in result.left_in_float:
@@ -269,9 +271,11 @@ def cache_export(cache: str = typer.Argument(..., help="cache file"),
     typer.echo(str(export_cache(Path(cache), trt_version, Path(out))))
 
 
-def _trt_options(backend: str, min_batch, opt_batch, max_batch, workspace_mib, timing_cache) -> dict:
+def _trt_options(backend: str, min_batch, opt_batch, max_batch, workspace_mib, timing_cache,
+                 compute_capability=None) -> dict:
     given = {k: v for k, v in dict(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                                    workspace_mib=workspace_mib).items() if v is not None}
+                                    workspace_mib=workspace_mib, compute_capability=compute_capability).items()
+             if v is not None}
     if timing_cache:
         given["timing_cache"] = Path(timing_cache)
     if given and not backend.startswith("tensorrt"):

@@ -38,6 +38,8 @@ BiasCorrection = Annotated[bool, typer.Option(
 Out = Annotated[Optional[str], typer.Option("--out", help="report folder (default runs/<time>-<model>-<what>)")]
 TimingCache = Annotated[Optional[str], typer.Option(
     "--timing-cache", help="TensorRT timing cache file, reused across builds")]
+ComputeCapability = Annotated[Optional[int], typer.Option(
+    "--compute-capability", help="TensorRT-RTX: the GPU generation to build for: 86, 89 (default) or 120")]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 

@@ -46,7 +46,7 @@ def _onnx_input(model_path: Path) -> tuple[int | str, tuple[int, int, int], str]
 
 def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds: float,
                 precision: str | None = None, *, engine: Path | None = None, **build_options) -> list[dict]:
-    """Time `model_path` on `backend` ("ort" or "tensorrt") at each batch size for `seconds` each.
+    """Time `model_path` on `backend` (ort, tensorrt, tensorrt-rtx) at each batch size for `seconds` each.
 
     Returns one dict per batch size: backend, model, precision, batch_size, iterations,
     latency_ms_p50/p90/p99 and throughput (images/s). Each row's precision is what was timed:
@@ -64,9 +64,13 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
         raise CalibError(f"seconds must be positive, got {seconds}")
     batch_sizes = [int(b) for b in batch_sizes]
     impl = get_backend(backend)
+    builds_engines = impl.artifact_suffix() != ".onnx"
     is_engine = model_path.suffix.lower() in (".engine", ".plan", ".trt")
-    if is_engine and backend != "tensorrt":
-        raise CalibError(f"{model_path} is a TensorRT engine: bench it with backend tensorrt")
+    if is_engine and not builds_engines:
+        raise CalibError(f"{model_path} is a TensorRT engine: bench it with --backend tensorrt or tensorrt-rtx")
+    runnable, why = impl.can_run()
+    if not runnable:
+        raise CalibError(f"cannot time on {backend} here: {why}")
 
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
         shape = None
@@ -83,7 +87,7 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             if batch != "dynamic" and set(batch_sizes) != {batch}:
                 raise CalibError(f"{model_path} has a fixed batch size of {batch}: bench it with "
                                  f"--batch-sizes {batch}, or export it with a dynamic batch axis")
-            if backend == "tensorrt":
+            if builds_engines:
                 options = {"min_batch": min(batch_sizes), "max_batch": max(batch_sizes),
                            "opt_batch": max(batch_sizes)} if batch == "dynamic" else {}
                 options.update(build_options)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from calib.backends import get_backend
 from calib.cache import load_cache
 from calib.cache.inspect import Validation, validate
 from calib.errors import CalibError
@@ -44,14 +45,19 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
     means = entry.metadata.channel_means if bias_correction and entry.metadata else None
     qdq, left = quantize_model(prepared, entry.cache.amax(), flavor, allow_missing=force, channel_means=means)
     out = Path(out)
-    if backend == "ort":
+    b = get_backend(backend)
+    if b.artifact_suffix() == ".onnx":
         with atomic_path(out) as tmp:
             onnx.save(qdq, str(tmp))
-    else:
-        from calib.backends import get_backend
-
-        b = get_backend(backend)
-        with atomic_path(out.with_suffix(".onnx")) as tmp:
-            onnx.save(qdq, str(tmp))
-        b.build(out.with_suffix(".onnx"), out, "int8", **backend_options)
+        return BuildResult(out, report, left)
+    # An engine is built from the Q/DQ model, kept beside it (the engine's sidecar names it); a
+    # failed build (a refused flavor or option) takes the model it wrote away again.
+    qdq_path = out.with_suffix(".onnx")
+    with atomic_path(qdq_path) as tmp:
+        onnx.save(qdq, str(tmp))
+    try:
+        b.build(qdq_path, out, "int8", **backend_options)
+    except BaseException:
+        qdq_path.unlink(missing_ok=True)
+        raise
     return BuildResult(out, report, left)

@@ -56,6 +56,9 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
     if chosen is not None and chosen not in names:
         raise CalibError(f"--chosen {chosen} is not one of the compared calibrators ({', '.join(names)})")
     backend = get_backend(config.backend)
+    runnable, why = backend.can_run()
+    if not runnable:  # evaluation runs the engines: say so before any calibration work
+        raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, out, "compare")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     started = time.perf_counter()

@@ -14,6 +14,7 @@ from calib.calibration import CalibrationOutcome, calibrate
 from calib.data import Dataset
 from calib.diagnostics.histograms import pick_tensors, tensor_histograms
 from calib.diagnostics.sqnr import activation_sqnr
+from calib.errors import CalibError
 from calib.evaluate.models import evaluate_models
 from calib.evaluate.sqnr import finite_or_none
 from calib.models import Model
@@ -30,6 +31,9 @@ from calib.session import RunConfig, bias_means, setup, staged_output, versions
 def run(config: RunConfig) -> RunReport:
     budget = config.max_drop is not None or config.min_agreement is not None
     backend = get_backend(config.backend)
+    runnable, why = backend.can_run()
+    if not runnable:  # evaluation runs the engines: say so before any calibration work
+        raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     with staged_output(out) as stage:
