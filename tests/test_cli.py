@@ -59,6 +59,34 @@ def test_run_writes_report_cache_and_int8_model(first_run):
     assert not list(work.glob(".*partial"))
 
 
+def test_run_report_carries_intervals_speed_size_and_a_verdict(first_run):
+    work, _ = first_run
+    r = json.loads((work / "a" / "report.json").read_text())
+    assert r["schema_version"] == 2
+    p = r["paired"]
+    n, broken, fixed = p["n"], p["discordant"]["a_only"], p["discordant"]["b_only"]
+    assert n == r["eval"]["samples"] == 40
+    # The drop is exactly the discordant images' balance, and its interval contains it.
+    assert abs(r["top1_drop"] - (broken - fixed) / n) < 1e-12
+    lo, hi = r["top1_drop_ci95"]
+    assert lo <= r["top1_drop"] <= hi and hi - lo > 0.01  # 40 images cannot pin a drop to a point
+    lo, hi = r["agreement_ci95"]
+    assert lo <= r["agreement"] <= hi <= 1.0
+    for name in ("fp32", "int8"):
+        assert r["speed"][name]["latency_ms_b1"] > 0 and r["speed"][name]["throughput_b32"] > 0
+    assert 0 < r["size_mb"]["int8"] < 0.5 * r["size_mb"]["fp32"]  # int8 weights: about a quarter
+    assert r["logits_sqnr_db"] is not None and r["logits_sqnr_db"] > 10
+    assert r["verdict"]["action"] in {"ship_int8", "ship_fp32", "evaluate_more"}
+    assert r["verdict"]["accuracy"]["n"] == 40
+    c = r["classes"]
+    assert c["images_broken"] == broken and c["images_fixed"] == fixed
+    text = (work / "a" / "report.html").read_text()
+    for section in ("verdict", "summary", "speed", "classes"):
+        assert f'<section id="{section}">' in text
+    assert (work / "a" / "report.md").read_text().startswith("# calib run")
+    assert "## Verdict" in (work / "a" / "report.md").read_text()
+
+
 def test_second_run_reuses_the_cache_and_builds_identical_bytes(first_run):
     work, args = first_run
     calib(*args, "--out", work / "b")

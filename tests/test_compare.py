@@ -124,3 +124,23 @@ def test_walkthrough_notebook_runs_top_to_bottom(imagenet_sample, tmp_path, monk
     assert set(compared["results"]) == set(CALIBRATORS)
     assert compared["fp32"]["top1"] > 0.5  # real images, correct preprocessing
     assert json.loads((out / "sensitivity" / "sensitivity.json").read_text())["sensitivity"]["rows"]
+
+
+def test_compare_ranks_by_logits_sqnr_with_intervals(tmp_path, tiny_classifier):
+    """The ranking covers every calibrator, is ordered by the logits SQNR on the evaluation images,
+    each interval contains its estimate, and the detailed sections follow the top of it."""
+    cfg = _config(tmp_path, tiny_classifier)
+    r = compare(cfg, ["entropy", "minmax"], tmp_path / "r", sqnr_images=2).to_json()
+    ranking = r["ranking"]
+    assert [x["name"] for x in ranking] and {x["name"] for x in ranking} == {"entropy", "minmax"}
+    sq = [x["logits_sqnr_db"] for x in ranking]
+    assert all(v is not None for v in sq) and sq == sorted(sq, reverse=True)
+    for x in ranking:
+        lo, hi = x["logits_sqnr_db_ci95"]
+        assert lo <= x["logits_sqnr_db"] <= hi
+        lo, hi = x["agreement_ci95"]
+        assert lo <= x["agreement"] <= hi
+        assert r["results"][x["name"]]["agreement_ci95"] == x["agreement_ci95"]
+    assert r["chosen"] == ranking[0]["name"]
+    md = (tmp_path / "r" / "compare.md").read_text()
+    assert "significantly better than" in md and "95% CI" in md
