@@ -98,3 +98,19 @@ def test_a_budget_no_fallback_can_reach_fails_in_one_line_before_any_work(setup,
     for bad in ({"max_drop": 2.0}, {"min_agreement": 1.5}, {}):
         with pytest.raises(CalibError):
             fallback_to_budget(model, amax, "ort", evaluation, workers=0, progress=False, **bad)
+
+
+def test_run_reports_the_fallback_model_on_held_out_images_only(tmp_path, tiny_classifier):
+    """calib run with a budget: the search and the final figures use disjoint images, and the
+    report's accuracy figures are the held-out ones (not the images the search saw)."""
+    from calib.commands.run import run
+    from calib.session import RunConfig
+
+    cfg = RunConfig(model=str(tiny_classifier), dataset="demo", samples=8, cache_dir=str(tmp_path / "c"),
+                    out=str(tmp_path / "out"), batch_size=4, workers=0, progress=False, min_agreement=1.0,
+                    html=False, speed_seconds=0)
+    r = run(cfg).to_json()
+    fb = r["fallback"]
+    assert fb["search"]["images"] + fb["final_images"] == 5  # the demo's five evaluation photos
+    assert r["eval"]["samples"] == fb["final_images"] == fb["final"]["images"]
+    assert r["paired"]["n"] == fb["final_images"]

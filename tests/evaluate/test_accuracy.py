@@ -1,0 +1,56 @@
+"""Top-1, top-5 and agreement against answers worked out by hand, and the per-image logits powers
+behind the logits SQNR."""
+
+import numpy as np
+import pytest
+
+from calib.backends.base import Runner
+from calib.evaluate.accuracy import Evaluation, Predictions, evaluate, top5
+
+
+def test_top5_is_best_first_and_handles_few_classes():
+    logits = np.array([[0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.0],
+                       [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0]], np.float32)
+    assert top5(logits).tolist() == [[1, 5, 3, 2, 4], [0, 1, 2, 3, 4]]
+    # 3 classes: every class, best first (this crashed with a traceback before)
+    assert top5(np.array([[0.2, 0.5, 0.3]], np.float32)).tolist() == [[1, 2, 0]]
+    assert top5(np.array([[1, 4, 2, 3, 0]], np.float32)).tolist() == [[1, 3, 2, 0, 4]]
+
+
+def test_top1_top5_and_agreement_known_answers():
+    labels = np.array([0, 1, 2, 3])
+    a = Predictions(labels, np.array([[0, 9, 8, 7, 6], [5, 1, 8, 7, 6], [9, 8, 7, 6, 5], [3, 1, 2, 0, 4]]))
+    b = Predictions(labels, np.array([[0, 1, 2, 3, 4], [1, 0, 2, 3, 4], [9, 8, 7, 6, 2], [2, 3, 1, 0, 4]]))
+    assert a.top1_accuracy == 0.5          # images 0 and 3
+    assert a.top5_accuracy == 0.75         # image 2 misses
+    assert b.top1_accuracy == 0.5          # images 0 and 1
+    assert b.top5_accuracy == 1.0
+    ev = Evaluation(["a", "b", "c", "d"], [], {"fp32": a, "int8": b})
+    assert ev.agreement() == 0.5            # top-1 equal on images 0 and 2
+    assert ev.summary("int8") == {"top1": 0.5, "top5": 1.0}
+
+
+class _Fixed(Runner):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def run(self, images):
+        return self.fn(images)
+
+
+def test_evaluate_keeps_per_image_logits_powers(tmp_path, monkeypatch):
+    """Noise per image is sum((fp32 - int8)^2) and signal sum(fp32^2), so the logits SQNR over
+    the run is the ratio of their sums."""
+    import calib.evaluate.accuracy as accuracy
+    from calib.data.loader import Batch
+
+    images = np.arange(4 * 3, dtype=np.float32).reshape(4, 3, 1, 1)
+    batches = [Batch(images[:2], np.array([0, 1]), ["a", "b"]), Batch(images[2:], np.array([2, 0]), ["c", "d"])]
+    monkeypatch.setattr(accuracy, "iter_batches", lambda *a, **k: iter(batches))
+    fp32 = _Fixed(lambda x: x.reshape(len(x), 3))
+    int8 = _Fixed(lambda x: x.reshape(len(x), 3) + 1.0)
+    ev = evaluate({"fp32": fp32, "int8": int8}, dataset=None, batch_size=2, progress=None)
+    ref = images.reshape(4, 3).astype(np.float64)
+    assert np.allclose(ev.signal, (ref * ref).sum(1)) and np.allclose(ev.noise["int8"], 3.0)
+    assert ev.logits_sqnr_db() == pytest.approx(10 * np.log10((ref * ref).sum() / 12.0))
+    assert ev.keys == ["a", "b", "c", "d"] and ev.predictions["int8"].labels.tolist() == [0, 1, 2, 0]
