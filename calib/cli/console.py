@@ -35,10 +35,13 @@ def compare_summary(r: dict) -> None:
     if r["demo"]:
         typer.echo(DEMO_LINE)
     typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%} ({r['eval']['samples']} images)")
-    for name in r["calibrators"]:
+    order = [row["name"] for row in r.get("ranking") or []] or r["calibrators"]
+    for name in order:  # best logits SQNR first
         x = r["results"][name]
-        typer.echo(f"{name:12} top-1 {x['top1']:.2%}  drop {100 * x['top1_drop']:.2f} pts  agreement "
-                   f"{x['agreement']:.2%}{'  <- chosen' if name == r['chosen'] else ''}")
+        sq = x.get("eval_logits_sqnr_db", x["logits_sqnr_db"])
+        typer.echo(f"{name:12} logits SQNR {'inf' if sq is None else f'{sq:.1f}'} dB  top-1 {x['top1']:.2%}  "
+                   f"drop {100 * x['top1_drop']:.2f} pts  agreement {x['agreement']:.2%}"
+                   f"{'  <- chosen' if name == r['chosen'] else ''}")
     typer.echo(f"report: {os.path.join(r['out'], 'report.html')}")
 
 

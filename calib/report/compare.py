@@ -68,7 +68,7 @@ def render_markdown(r: dict) -> str:
     for n in r["calibrators"]:
         x = r["results"][n]
         mark = " **(chosen)**" if n == r["chosen"] else ""
-        sq = "∞" if x["logits_sqnr_db"] is None else f"{x['logits_sqnr_db']:.1f}"
+        sq = db(x.get("eval_logits_sqnr_db", x["logits_sqnr_db"]))
         lines.append(f"| {n}{mark} | {pct(x['top1'])} | {pct(x['top5'])} | {100 * x['top1_drop']:.2f} | "
                      f"{pct(x['agreement'])} | {sq} | {x['calibration_seconds']:.1f}"
                      f"{' (cache reused)' if x['reused'] else ''} |")
@@ -109,7 +109,7 @@ def render_html(r: dict, figures: list[dict]) -> str:
         drop_cls = "bad" if x["top1_drop"] > 0.01 else ""
         rows.append([f'<span style="color:{palette[n]}">■</span> {esc(n)}' + (" (chosen)" if n == chosen else ""),
                      pct(x["top1"]), pct(x["top5"]), f'<span class="{drop_cls}">{100 * x["top1_drop"]:.2f}</span>',
-                     pct(x["agreement"]), db(x["logits_sqnr_db"]),
+                     pct(x["agreement"]), db(x.get("eval_logits_sqnr_db", x["logits_sqnr_db"])),
                      f"{x['calibration_seconds']:.1f}" + (" (cache reused)" if x["reused"] else "")])
         classes.append("chosen" if n == chosen else "")
     summary = [table(["calibrator", "top-1", "top-5", "drop (pts)", "agreement", "logits SQNR (dB)",

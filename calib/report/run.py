@@ -146,7 +146,11 @@ def render_html(r: dict, extras: dict | None = None) -> str:
                f"{cal['samples']} calibration images; calibration {cal['seconds']:.1f} s"
                f"{' (cache reused)' if cal['reused'] else ''}; cache <code>{esc(cal['cache'])}</code>; "
                f"INT8 model <code>{esc(r['int8_model'])}</code>.</p>"]
-    if extras.get("logits_sqnr_db", math.nan) is not None and "logits_sqnr_db" in extras:
+    if r.get("logits_sqnr_db_ci95"):  # over every evaluation image
+        ci = r["logits_sqnr_db_ci95"]
+        summary.append(f"<p>Logits SQNR against FP32: {db(r['logits_sqnr_db'])} dB (95% CI {db(ci[0])} to "
+                       f"{db(ci[1])}) on the {ev['samples']} evaluation images.</p>")
+    elif extras.get("logits_sqnr_db", math.nan) is not None and "logits_sqnr_db" in extras:
         summary.append(f"<p>Logits SQNR against FP32: {db(extras['logits_sqnr_db'])} dB "
                        f"(on {extras['sqnr_images']} images).</p>")
     if r.get("top1_drop_ci95"):
