@@ -51,7 +51,7 @@ def int8_view(qdq: onnx.ModelProto, tensors: list[str]) -> dict[str, str]:
 
 def float_name(tensor: str) -> str:
     """What float readers of a folded-ReLU tensor read in a partially quantized model
-    (calib.sensitivity restores the ReLU for them under this name)."""
+    (calib.restore.ranker restores the ReLU for them under this name)."""
     return f"{tensor}_float"
 
 
@@ -61,7 +61,7 @@ def activation_sqnr(prepared: onnx.ModelProto, qdq_models: dict[str, onnx.ModelP
     """Per-tensor SQNR (dB) of each INT8 model against FP32 on `dataset` (decoded once for all).
 
     The same tensors are exposed in the FP32 model and in each Q/DQ model; in the Q/DQ model we
-    read each tensor's DequantizeLinear output (see `calib.sqnr.int8_view`). The Q/DQ models run
+    read each tensor's DequantizeLinear output (see `int8_view` above). The Q/DQ models run
     under ORT_ENABLE_BASIC so the Q/DQ nodes stay as written (simulated INT8, no fusion). The
     logits (the model output) are included under their own name. One Q/DQ session at a time,
     without memory arenas, `batch_size` images per run: peak memory stays ~2 x batch_size x the

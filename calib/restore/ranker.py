@@ -21,7 +21,7 @@ entangled with the 50-odd others, so a deliberately broken layer stands out by t
 while leave-one-out would move the already-noisy full-INT8 logits by a fraction of a dB;
 (2) quantization noise of independent layers adds up roughly in power, so the layers with the
 largest isolated noise are the ones whose fallback buys the most, which is the order
-`calib.fallback` needs; (3) a single-layer model runs at FP32 speed, so ranking the 60 layers
+`calib.restore.search` needs; (3) a single-layer model runs at FP32 speed, so ranking the 60 layers
 of EfficientNet-Lite0 on 64 images takes a minute or two on 2 CPU cores.
 Ranked by the logits SQNR (dB, lower = more damage); top-1 agreement with FP32 is reported
 beside it but is too coarse to rank by (one layer alone rarely flips a prediction).

@@ -18,7 +18,7 @@ from calib.evaluate.paired import (agreement_interval, bootstrap_sums, clopper_p
                                    mcnemar_exact, mean_difference_ci, paired, paired_from_evaluation, paired_top1,
                                    pairwise_calibrators, rank_calibrators, sqnr_ci, sqnr_difference_ci, tango_interval,
                                    tango_score, z_value)
-from calib.sqnr import sqnr_db
+from calib.evaluate.sqnr import sqnr_db
 
 Z = z_value()
 
