@@ -199,14 +199,14 @@ def test_sigkill_during_a_first_save_leaves_nothing_or_the_new_pair(tmp_path):
         assert _leftovers(root) == []
 
 
-@pytest.mark.parametrize("where", ["cache text", "sidecar"])
+@pytest.mark.parametrize("where", ["cache-text", "sidecar"])
 def test_killed_by_the_kernel_in_the_middle_of_writing(old_pair, where):
     """RLIMIT_FSIZE: the kernel kills the writer (SIGXFSZ) inside write(2) once a file reaches
     the limit: half-way through the cache text, or through the sidecar (written second, larger)."""
     text = next(old_pair.glob("*.cache")).stat().st_size
     side = next(p for p in old_pair.glob("*.json") if p.name != "index.json")
-    limit = text // 2 if where == "cache text" else (text + side.stat().st_size) // 2
-    assert (0 < limit < text) if where == "cache text" else (text < limit < side.stat().st_size)
+    limit = text // 2 if where == "cache-text" else (text + side.stat().st_size) // 2
+    assert (0 < limit < text) if where == "cache-text" else (text < limit < side.stat().st_size)
     proc = _child("fsize", old_pair, "B", limit)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGXFSZ, err
