@@ -34,7 +34,8 @@ def scale_table(entry: CacheEntry) -> list[dict]:
             flags.append("invalid")
         elif median and s > OUTLIER_FACTOR * median:
             flags.append(f">{OUTLIER_FACTOR:g}x median")
-        observed = max(abs(info.get("min", 0.0)), abs(info.get("max", 0.0)))
+        # TensorRT-written caches record no observed range (None).
+        observed = max(abs(info.get("min") or 0.0), abs(info.get("max") or 0.0))
         if observed and math.isfinite(s) and s * 127 < 0.05 * observed:
             flags.append("clips >95% of observed range")
         if info.get("nonfinite"):

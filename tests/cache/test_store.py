@@ -223,3 +223,4 @@ def test_reuse_never_crosses_calibrator_parameters_or_sample_lists(tmp_path, sma
     store.save(TrtCache.from_scales(scales, "EntropyCalibration2"), meta)
     assert store.find(keys[("first", 99.9)]) is not None
     assert [store.find(k) for name, k in keys.items() if name != ("first", 99.9)] == [None, None, None]
+
