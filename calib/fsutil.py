@@ -72,7 +72,8 @@ def make_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort: some file systems refuse a folder fsync)."""
     with contextlib.suppress(OSError):
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
@@ -131,7 +132,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise CalibError(f"cannot write {path}: {e.strerror or e}") from None
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -149,7 +150,7 @@ def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
         if out.is_dir():
             out.rmdir()  # an empty folder named by --out (check_output_dir allowed it)
         stage.rename(out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -36,7 +36,7 @@ from calib.cache.metadata import CacheKey, CacheMetadata
 from calib.cache.trt_format import TrtCache
 from calib.cache.validate import RECALIBRATE, InvalidCache, validate_entry
 from calib.errors import CalibError
-from calib.fsutil import _fsync_dir, atomic_path, atomic_write_text, make_dir, temp_target
+from calib.fsutil import fsync_dir, atomic_path, atomic_write_text, make_dir, temp_target
 
 __all__ = ["CacheEntry", "CacheStore", "INDEX", "LOCK", "load_cache", "read_trt_cache", "sidecar_path"]
 
@@ -136,7 +136,7 @@ class CacheStore:
                         if _consistent(tmp, meta):
                             with contextlib.suppress(OSError):
                                 os.replace(tmp, dest)
-                                _fsync_dir(self.root)
+                                fsync_dir(self.root)
                             break
             for tmp in paths:
                 with contextlib.suppress(OSError):

@@ -139,7 +139,7 @@ def _assert_whole(root, allowed):
     assert version in allowed
     assert len(found.cache.hex_scales) == TENSORS
     factor = 1.0 if version == "A" else 2.0
-    assert found.cache.scales[f"/blocks.0/conv:0 out"] == factor / 1024.0
+    assert found.cache.scales["/blocks.0/conv:0 out"] == factor / 1024.0
     rows = store.entries()                              # the next store operation: tidies up
     assert [r["file"] for r in rows] == [caches[0].name] and rows[0]["valid"]
     assert _leftovers(root) == []
