@@ -36,7 +36,7 @@ from calib.cache.metadata import CacheKey, CacheMetadata
 from calib.cache.trt_format import TrtCache
 from calib.cache.validate import RECALIBRATE, InvalidCache, validate_entry
 from calib.errors import CalibError
-from calib.fsutil import fsync_dir, atomic_path, atomic_write_text, make_dir, temp_target
+from calib.fsutil import atomic_path, atomic_write_text, fsync_dir, make_dir, temp_target
 
 __all__ = ["CacheEntry", "CacheStore", "INDEX", "LOCK", "load_cache", "read_trt_cache", "sidecar_path"]
 
