@@ -36,7 +36,7 @@ from calib.cache.metadata import CacheKey, CacheMetadata
 from calib.cache.trt_format import TrtCache
 from calib.cache.validate import RECALIBRATE, InvalidCache, validate_entry
 from calib.errors import CalibError
-from calib.fsutil import atomic_path, atomic_write_text, fsync_dir, make_dir, temp_target
+from calib.fsutil import atomic_path, atomic_write_text, file_mode, fsync_dir, make_dir, temp_target
 
 __all__ = ["CacheEntry", "CacheStore", "INDEX", "LOCK", "load_cache", "read_trt_cache", "sidecar_path"]
 
@@ -84,9 +84,23 @@ class CacheStore:
 
     # -- locking and tidying up ---------------------------------------------------------------
 
+    def _lock_path(self) -> str:
+        # Created here, readable and writable as the umask allows (0664 under umask 002), so
+        # every user sharing the folder can take the lock: older filelock releases create it
+        # 0644 whatever the umask.
+        path = self.root / LOCK
+        if not path.exists():
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+                try:
+                    os.fchmod(fd, file_mode())
+                finally:
+                    os.close(fd)
+        return str(path)
+
     def lock(self) -> FileLock:
         make_dir(self.root)
-        return FileLock(str(self.root / LOCK))
+        return FileLock(self._lock_path())
 
     @contextlib.contextmanager
     def _maybe_locked(self):
@@ -95,7 +109,7 @@ class CacheStore:
         lock = None
         try:
             if self.root.is_dir():
-                lock = FileLock(str(self.root / LOCK), timeout=LOCK_WAIT_S)
+                lock = FileLock(self._lock_path(), timeout=LOCK_WAIT_S)
                 lock.acquire()
         except Exception:  # Timeout, PermissionError, read-only file system
             lock = None

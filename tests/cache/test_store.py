@@ -146,7 +146,7 @@ def test_saved_files_follow_the_umask(tmp_path):
         path, _ = _save(CacheStore(tmp_path / "shared"))
     finally:
         os.umask(old)
-    for p in (path, path.with_suffix(".json"), path.parent / INDEX):
+    for p in (path, path.with_suffix(".json"), path.parent / INDEX, path.parent / ".calib.lock"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o664, p.name
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o775
 
