@@ -1,15 +1,88 @@
-"""Atomic file writes (a reader sees the old file or the whole new one, never a part) and file
-hashing."""
+"""Files calib writes: atomic writes (a reader sees the old file or the whole new one, never a
+part), staged output folders, permissions that follow the umask, output paths checked before
+any work starts, and file hashing.
+
+Permissions: `tempfile.mkstemp` creates 0600 files and `mkdtemp` 0700 folders whatever the
+umask, which made caches and reports unreadable to the other users and CI jobs sharing a cache
+folder. Every file and folder calib creates ends as an ordinary `open`/`mkdir` would make it:
+0666 & ~umask, 0777 & ~umask (POSIX open(2), mkdir(2)).
+
+Overwriting: calib replaces an existing file only when calib wrote it, or when the user says
+`--overwrite`. How a command recognizes its own files is the `written_by_calib` callable it
+passes to `check_output_file`; the rules calib uses:
+- a calibration cache: its text is a TensorRT calibration cache and its JSON sidecar is calib
+  metadata (`calib.cache.files.is_calib_cache`); for `cache export`, also a TensorRT cache
+  holding exactly the scales being exported (a previous export of the same cache: nothing lost);
+- an ONNX model: its `metadata_props` carry the key `calib` (`mark_calib_onnx` writes it,
+  `is_calib_onnx` reads it);
+- a TensorRT engine: the calib sidecar beside it (calib.backends.tensorrt).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from calib.errors import CalibError
+
+ONNX_PROVENANCE_KEY = "calib"
+
+
+# -- permissions ----------------------------------------------------------------------------
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is a
+    set-and-return, racy with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~current_umask()
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """Create `path` and its parents (0777 & ~umask); a one-line CalibError when it cannot be."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    _check_ancestors(path, path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CalibError(f"{path} is a file, not a folder") from None
+    except OSError as e:
+        raise CalibError(f"cannot create folder {path}: {e.strerror or e}") from None
+    return path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort: some file systems refuse a folder fsync)."""
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# -- atomic files and folders ---------------------------------------------------------------
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
@@ -23,27 +96,156 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def temp_target(name: str) -> str | None:
+    """The file name a temporary file of `atomic_path` stands for, or None if `name` is not one
+    ('.<target>.<random>.tmp')."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    parts = name[1:].rsplit(".", 2)
+    return parts[0] if len(parts) == 3 and parts[0] else None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path` (and fsync the
-    folder), on any exception remove it. Temp names start with '.' and end with '.tmp'."""
+    folder), on any exception remove it. Temp names are '.<name>.<random>.tmp' (`temp_target`
+    reads them back). The file ends with mode 0666 & ~umask, like any file `open` creates."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    make_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CalibError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise CalibError(f"cannot write {path}: {e.strerror or e}") from None
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Write a whole output folder in a hidden sibling ('.<name>.<random>.partial') and rename
+    it to `out` only on success, so a failed or interrupted command leaves no half-written
+    folder. `out` may not exist yet or be an empty folder; checked before anything is created.
+    The folder ends with mode 0777 & ~umask."""
+    out = check_output_dir(out)
+    make_dir(out.parent)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        os.chmod(stage, dir_mode())
+        yield stage
+        if out.is_dir():
+            out.rmdir()  # an empty folder named by --out (check_output_dir allowed it)
+        stage.rename(out)
+        fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# -- output paths, checked before work starts ----------------------------------------------
+
+def _writable(folder: Path) -> bool:
+    # A real probe, not os.access: root passes os.access everywhere, and /proc or a read-only
+    # mount refuse files whatever the mode bits say. TemporaryFile uses O_TMPFILE on Linux
+    # (nothing visible is created) and unlinks at once elsewhere.
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _check_ancestors(path: Path, target: Path) -> None:
+    """The nearest existing one of `path` and its ancestors must be a folder we can create
+    files in (the rest will be created)."""
+    for parent in [path, *path.parents]:
+        if not os.path.lexists(parent):
+            continue
+        if not parent.is_dir():
+            raise CalibError(f"cannot write {target}: {parent} is a file, not a folder")
+        if not _writable(parent):
+            raise CalibError(f"cannot write {target}: no permission to create files in {parent}")
+        return
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool = False,
+                      written_by_calib: Callable[[Path], bool] | None = None) -> Path:
+    """Check, before any work, that `path` can be written as a file: not a folder, its parent
+    a folder (or creatable) we may write in, and not an existing file calib did not write
+    (`written_by_calib(path)` says which are calib's) unless `overwrite`. One-line CalibError."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CalibError(f"{path} is a folder, not a file (name a file to write)")
+    if os.path.lexists(path) and not path.is_file() and path.exists():
+        raise CalibError(f"{path} is not a regular file (name a file to write)")
+    _check_ancestors(path.parent, path)
+    if path.is_file() and not overwrite:
+        ours = False
+        if written_by_calib is not None:
+            with contextlib.suppress(Exception):  # an unreadable or odd file is simply not ours
+                ours = bool(written_by_calib(path))
+        if not ours:
+            raise CalibError(f"{path} already exists and calib did not write it (pass --overwrite to replace it)")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, empty: bool = True) -> Path:
+    """Check, before any work, that `path` can be an output folder: not a file, its parent a
+    folder we may write in, and (with `empty`) not a folder that already holds files. A
+    folder that exists without `empty` (a cache folder) must be writable. One-line CalibError."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CalibError(f"{path} is a file, not a folder")
+    if path.is_dir():
+        if empty and any(path.iterdir()):
+            raise CalibError(f"output folder {path} already exists and is not empty (choose another --out)")
+        if not _writable(path):
+            raise CalibError(f"cannot write in {path}: no permission to create files there")
+        if empty:
+            _check_ancestors(path.parent, path)  # the staged sibling and the rename need the parent
+        return path
+    _check_ancestors(path.parent, path)
+    return path
+
+
+# -- calib's own ONNX files -----------------------------------------------------------------
+
+def mark_calib_onnx(model, **info) -> None:
+    """Record calib's provenance in an ONNX ModelProto's metadata_props (key 'calib', a JSON
+    object), so a later `--out` naming this file recognizes it as calib's."""
+    from calib import __version__
+
+    record = {"calib_version": __version__, **info}
+    props = {p.key: p for p in model.metadata_props}
+    if ONNX_PROVENANCE_KEY in props:
+        props[ONNX_PROVENANCE_KEY].value = json.dumps(record, sort_keys=True)
+    else:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = ONNX_PROVENANCE_KEY, json.dumps(record, sort_keys=True)
+
+
+def is_calib_onnx(path: str | os.PathLike) -> bool:
+    """True for an ONNX model whose metadata_props carry calib's provenance key."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX at all: not ours
+        return False
+    return any(p.key == ONNX_PROVENANCE_KEY for p in model.metadata_props)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

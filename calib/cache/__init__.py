@@ -1,8 +1,11 @@
-"""Calibration caches: TensorRT text format, metadata sidecar, a locked folder of them."""
+"""Calibration caches: TensorRT text format, metadata sidecar, one validation, a locked folder of them."""
 
+from calib.cache.files import CacheEntry, is_calib_cache, load_cache, sidecar_path
 from calib.cache.metadata import CacheKey, CacheMetadata
-from calib.cache.store import CacheEntry, CacheStore, load_cache, sidecar_path
-from calib.cache.trt_format import DEFAULT_TRT_VERSION, TrtCache, parse, version_code
+from calib.cache.store import CacheStore
+from calib.cache.trt_format import DEFAULT_TRT_VERSION, TrtCache, parse, released_version, version_code
+from calib.cache.validate import InvalidCache, Validation, load_valid_cache, validate_entry
 
-__all__ = ["CacheEntry", "CacheKey", "CacheMetadata", "CacheStore", "DEFAULT_TRT_VERSION", "TrtCache",
-           "load_cache", "parse", "sidecar_path", "version_code"]
+__all__ = ["CacheEntry", "CacheKey", "CacheMetadata", "CacheStore", "DEFAULT_TRT_VERSION", "InvalidCache",
+           "TrtCache", "Validation", "is_calib_cache", "load_cache", "load_valid_cache", "parse",
+           "released_version", "sidecar_path", "validate_entry", "version_code"]

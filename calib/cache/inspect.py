@@ -1,56 +1,23 @@
-"""Looking at caches: validation against a model, scale tables with outliers, differences."""
+"""Looking at caches: scale tables with outliers, differences. (Validation against a model is
+`calib.cache.validate`; `validate` here is its full-check form.)"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from calib.cache.store import CacheEntry
+from calib.cache.files import CacheEntry
+from calib.cache.validate import Validation, validate_entry
 
 # A scale this many times the median of its cache is shown as an outlier (a range blown up by
 # a few extreme activations costs that tensor most of its resolution).
 OUTLIER_FACTOR = 20.0
 
 
-@dataclass
-class Validation:
-    model_sha256: str
-    cache_model_sha256: str | None
-    missing: list[str] = field(default_factory=list)      # quantized tensors without a scale
-    bad_scales: list[str] = field(default_factory=list)   # not finite or not positive
-    extra: list[str] = field(default_factory=list)        # scales for tensors the model lacks
-
-    @property
-    def hash_matches(self) -> bool:
-        return self.cache_model_sha256 is None or self.cache_model_sha256 == self.model_sha256
-
-    @property
-    def ok(self) -> bool:
-        return self.hash_matches and not self.missing and not self.bad_scales
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.hash_matches:
-            out.append(f"model hash {self.model_sha256[:16]}… does not match the cache's "
-                       f"{self.cache_model_sha256[:16]}… (calibrated for another model)")
-        if self.missing:
-            out.append(f"{len(self.missing)} quantized tensor(s) have no scale: {', '.join(self.missing[:5])}"
-                       + (" …" if len(self.missing) > 5 else ""))
-        if self.bad_scales:
-            out.append(f"{len(self.bad_scales)} scale(s) are not finite and positive: {', '.join(self.bad_scales[:5])}")
-        return out
-
-
 def validate(entry: CacheEntry, model_sha256: str, required: list[str], activations: list[str]) -> Validation:
-    scales = entry.cache.scales
-    cache_sha = entry.metadata.key.model_sha256 if entry.metadata else None
-    return Validation(
-        model_sha256, cache_sha,
-        missing=[t for t in required if t not in scales],
-        bad_scales=[t for t, s in scales.items() if not (math.isfinite(s) and s > 0)],
-        extra=[t for t in scales if t not in set(activations)])
+    """`validate_entry` with every check (kept for callers of the old signature)."""
+    return validate_entry(entry, required, model_sha256, activations)
 
 
 def scale_table(entry: CacheEntry) -> list[dict]:
@@ -67,7 +34,8 @@ def scale_table(entry: CacheEntry) -> list[dict]:
             flags.append("invalid")
         elif median and s > OUTLIER_FACTOR * median:
             flags.append(f">{OUTLIER_FACTOR:g}x median")
-        observed = max(abs(info.get("min", 0.0)), abs(info.get("max", 0.0)))
+        # TensorRT-written caches record no observed range (None).
+        observed = max(abs(info.get("min") or 0.0), abs(info.get("max") or 0.0))
         if observed and math.isfinite(s) and s * 127 < 0.05 * observed:
             flags.append("clips >95% of observed range")
         if info.get("nonfinite"):

@@ -27,6 +27,11 @@ class Dataset:
     def fingerprint(self) -> str:
         return self.source.fingerprint(self.samples)
 
+    @property
+    def unlabeled(self) -> list[str]:
+        """Images the source found but left out for lack of a label (reports show the count)."""
+        return getattr(self.source, "unlabeled", [])
+
     def __len__(self) -> int:
         return len(self.samples)
 

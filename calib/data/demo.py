@@ -2,7 +2,10 @@
 
 It lets `calib run` work offline on a fresh machine. Five photos are far too few for a real
 accuracy figure; the report says so and points at ImageNet. Calibration uses flipped and
-re-cropped variants of the photos, evaluation the photos themselves, so the two sets differ.
+re-cropped variants of the photos, evaluation the photos themselves: the two sets are NOT
+disjoint (every calibration image is derived from an evaluation photo). Each variant's
+`origin` is its photo and `derived` is true, so calib.data.overlap counts all five evaluation
+photos as overlapping and the report says so.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ def demo_photos() -> list[tuple[str, int]]:
     return photos
 
 
+def _split(key: str) -> tuple[str, str]:
+    """'<photo path>#<variant index>' -> (path, index); a photo's key -> (path, '')."""
+    path, sep, variant = key.rpartition("#")
+    return (path, variant) if sep and variant.isdigit() else (key, "")
+
+
 class DemoSource(ImageSource):
     """Demo photos; with `variants=True`, flipped/cropped variants of them for calibration."""
 
@@ -61,11 +70,15 @@ class DemoSource(ImageSource):
             samples = [Sample(f"{path}#{i}", label) for path, label in photos for i in range(len(_VARIANTS))]
         else:
             samples = [Sample(path, label) for path, label in photos]
-        kind = "calibration variants" if variants else "photos"
-        super().__init__(samples, "demo", f"embedded demo {kind} ({len(samples)} images)")
+        if variants:
+            description = (f"embedded demo calibration variants ({len(samples)} images: flipped/cropped "
+                           f"copies of the {len(photos)} evaluation photos)")
+        else:
+            description = f"embedded demo photos ({len(samples)} images)"
+        super().__init__(samples, "demo", description)
 
     def open(self, sample: Sample) -> Image.Image:
-        path, _, variant = sample.key.partition("#")
+        path, variant = _split(sample.key)
         image = Image.open(path)
         image.load()
         if not variant:
@@ -75,6 +88,16 @@ class DemoSource(ImageSource):
         image = image.crop((int(x0 * w), int(y0 * h), int(x1 * w), int(y1 * h)))
         return ImageOps.mirror(image) if flip else image
 
+    def origin(self, sample: Sample) -> str:
+        # A variant is an image of its photo: same origin, so overlap counts it.
+        return os.path.realpath(_split(sample.key)[0])
+
+    def derived(self, sample: Sample) -> bool:
+        return bool(_split(sample.key)[1])
+
+    def content_path(self, sample: Sample) -> str | None:
+        return None if self.derived(sample) else sample.key
+
     def relative_key(self, sample: Sample) -> str:
-        path, _, variant = sample.key.partition("#")
+        path, variant = _split(sample.key)
         return os.path.basename(path) + (f"#{variant}" if variant else "")

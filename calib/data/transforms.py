@@ -67,15 +67,58 @@ class Preprocess:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Grayscale, palette, CMYK and alpha images become plain RGB."""
+    """Grayscale, palette, CMYK, alpha and high-bit-depth images become plain 8-bit RGB.
+
+    PIL's own convert("RGB") clips 16-bit and 32-bit values at 255 (a 16-bit PNG comes out
+    nearly white), so those are scaled to 0..255 first (`_to_8bit`). Transparent pixels are
+    composited on white. 16-bit RGB(A) PNGs already open as 8-bit RGB(A) in Pillow.
+    """
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return _to_8bit(image).convert("RGB")
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def _bit_depth(image: Image.Image) -> int | None:
+    """Bits per sample of a single-channel integer image, where the file says."""
+    if image.mode.startswith("I;16"):
+        return 16
+    if getattr(image, "format", None) == "PNG":
+        return 16  # PNG's only grayscale depth above 8 bits (8-bit grayscale opens as "L")
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None:
+        bits = tags.get(258)  # TIFF BitsPerSample
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        if isinstance(bits, int) and bits > 0:
+            return bits
+    return None
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float single-channel image scaled into an 8-bit "L" image.
+
+    Integers are scaled by their type's full range (2**bits - 1; the file's BitsPerSample, or
+    the smallest of 8/16/32 bits that holds the values when the file does not say). Floats are
+    taken as 0..1 when they fit, else as 8-bit or 16-bit values by the same rule.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(x.max()) if x.size else 0.0
+    if image.mode == "F":
+        peak = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0 if top <= 65535.0 else top
+    else:
+        bits = _bit_depth(image)
+        if bits is None:
+            bits = 8 if top <= 255 else 16 if top <= 65535 else 32
+        peak = float(2 ** bits - 1)
+    y = np.clip(np.rint(x * (255.0 / peak)), 0, 255).astype(np.uint8)
+    return Image.fromarray(y)  # uint8, 2-D: mode "L"
 
 
 def efficientnet_lite(size: int = 224) -> Preprocess:

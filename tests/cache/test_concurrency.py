@@ -1,7 +1,9 @@
-"""Real processes against one cache folder: concurrent writers, and writers killed mid-calibration."""
+"""Real processes against one cache folder: concurrent writers, writers killed mid-calibration,
+and writers killed in the middle of saving a cache (at every rename, mid-write(2), at random)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +42,7 @@ def test_concurrent_writers_never_corrupt_or_interleave(tmp_path, small_imagenet
     assert _leftovers(cache_dir) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_killed_mid_calibration_leaves_nothing(sig, tmp_path, imagenet_sample):
     cache_dir = tmp_path / "caches"
@@ -63,4 +66,171 @@ def test_killed_mid_calibration_leaves_nothing(sig, tmp_path, imagenet_sample):
         assert proc.returncode == -signal.SIGKILL
     files = [p.name for p in cache_dir.iterdir()] if cache_dir.exists() else []
     assert [f for f in files if f.endswith((".cache", ".json"))] == []
-    assert _leftovers(cache_dir) if cache_dir.exists() else [] == []
+    assert (_leftovers(cache_dir) if cache_dir.exists() else []) == []
+
+
+# -- killed while saving ------------------------------------------------------------------------
+# The child saves a large cache (version B) over an existing one with the same key (version A).
+# Whatever point it dies at, a reader must find A or B whole, never a partial file, two halves
+# of a pair, or an index row for something that is not there; the next store operation
+# (`entries`, i.e. `calib cache list`, or a save) leaves no temp file behind.
+
+TENSORS = 20000
+CHILD = r"""
+import os, resource, signal, sys
+mode, root, version, arg = sys.argv[1:5]
+from calib.cache import CacheKey, CacheMetadata, CacheStore, TrtCache
+
+def pair(version):
+    factor = 1.0 if version == "A" else 2.0
+    scales = {f"/blocks.{i // 7}/conv:{i} out": factor * (i + 1) / 1024.0 for i in range(int(os.environ["TENSORS"]))}
+    key = CacheKey("a" * 64, {"name": "p"}, "imagenet-val", "f" * 64, "entropy", {})
+    meta = CacheMetadata(key=key, model_name="m", model_inputs=[], dataset_description=version,
+                         samples=100 if version == "A" else 200, skipped=0, batch_size=4, trt_version="10.3.0",
+                         algorithm="EntropyCalibration2",
+                         tensors={n: {"scale": s, "amax": s * 127, "min": 0.0, "max": s * 127, "nonfinite": 0}
+                                  for n, s in scales.items()})
+    return TrtCache.from_scales(scales, "EntropyCalibration2"), meta
+
+store = CacheStore(root)
+if mode == "pause":          # stop before every rename until the parent says go (or kills us)
+    real = os.replace
+    def paused(src, dst, *a, **k):
+        print("replace", os.path.basename(dst), flush=True)
+        sys.stdin.readline()
+        return real(src, dst, *a, **k)
+    os.replace = paused
+elif mode == "fsize":        # the kernel kills us (SIGXFSZ) when a file we write reaches `arg` bytes
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(arg), int(arg)))
+elif mode == "loop":         # save A and B alternately until killed
+    pairs = [pair("A"), pair("B")]
+    for i in range(10 ** 6):
+        print("saving", i, flush=True)
+        store.save(*pairs[i % 2])
+store.save(*pair(version))
+print("saved", flush=True)
+"""
+
+
+def _child(mode, root, version="B", arg="0", **kw):
+    env = {**os.environ, "TENSORS": str(TENSORS), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen([sys.executable, "-c", CHILD, mode, str(root), version, str(arg)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _assert_whole(root, allowed):
+    """The store holds one complete, valid pair from `allowed` (or nothing, if None is allowed)."""
+    from calib.cache import CacheStore, load_cache, validate_entry
+    from calib.cache.store import INDEX
+
+    store = CacheStore(root)
+    caches = sorted(root.glob("*.cache"))
+    if not caches:
+        assert None in allowed, "the old cache is gone"
+        return None
+    assert len(caches) == 1
+    entry = load_cache(caches[0])                       # parses: no partial text
+    assert entry.metadata is not None
+    found = store.find(entry.metadata.key)              # rolls an interrupted save forward
+    assert found is not None and validate_entry(found).ok
+    version = found.metadata.dataset_description
+    assert version in allowed
+    assert len(found.cache.hex_scales) == TENSORS
+    factor = 1.0 if version == "A" else 2.0
+    assert found.cache.scales["/blocks.0/conv:0 out"] == factor / 1024.0
+    rows = store.entries()                              # the next store operation: tidies up
+    assert [r["file"] for r in rows] == [caches[0].name] and rows[0]["valid"]
+    assert _leftovers(root) == []
+    index = json.loads((root / INDEX).read_text())
+    assert [r["file"] for r in index] == [caches[0].name]
+    return version
+
+
+@pytest.fixture()
+def old_pair(tmp_path):
+    root = tmp_path / "store"
+    proc = _child("plain", root, "A")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return root
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3])
+def test_sigkill_at_each_rename_of_a_save(old_pair, kill_at):
+    """Renames: 1 the sidecar (commit point), 2 the cache text, 3 the index."""
+    proc = _child("pause", old_pair, "B")
+    renames = []
+    for _ in range(kill_at):
+        line = proc.stdout.readline()
+        assert line.startswith("replace"), line + proc.stderr.read()
+        renames.append(line.split()[1])
+        if len(renames) < kill_at:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    expected = {1: lambda n: n.endswith(".json") and n != "index.json", 2: lambda n: n.endswith(".cache"),
+                3: lambda n: n == "index.json"}[kill_at]
+    assert expected(renames[-1]), renames
+    assert _leftovers(old_pair) != []  # it died with temp files on disk
+    # Before the sidecar's rename the old pair stands; from it on, the new one.
+    assert _assert_whole(old_pair, {"A"} if kill_at == 1 else {"B"}) == ("A" if kill_at == 1 else "B")
+
+
+def test_sigkill_during_a_first_save_leaves_nothing_or_the_new_pair(tmp_path):
+    root = tmp_path / "store"
+    for kill_at in (1, 2):
+        shutil.rmtree(root, ignore_errors=True)
+        proc = _child("pause", root, "B")
+        for i in range(kill_at):
+            assert proc.stdout.readline().startswith("replace")
+            if i + 1 < kill_at:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+        proc.kill()
+        proc.communicate(timeout=60)
+        from calib.cache import CacheStore
+
+        CacheStore(root).entries()  # the next store operation
+        assert _assert_whole(root, {None} if kill_at == 1 else {"B"}) == (None if kill_at == 1 else "B")
+        assert _leftovers(root) == []
+
+
+@pytest.mark.parametrize("where", ["cache-text", "sidecar"])
+def test_killed_by_the_kernel_in_the_middle_of_writing(old_pair, where):
+    """RLIMIT_FSIZE: the kernel kills the writer (SIGXFSZ) inside write(2) once a file reaches
+    the limit: half-way through the cache text, or through the sidecar (written second, larger)."""
+    text = next(old_pair.glob("*.cache")).stat().st_size
+    side = next(p for p in old_pair.glob("*.json") if p.name != "index.json")
+    limit = text // 2 if where == "cache-text" else (text + side.stat().st_size) // 2
+    assert (0 < limit < text) if where == "cache-text" else (text < limit < side.stat().st_size)
+    proc = _child("fsize", old_pair, "B", limit)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGXFSZ, err
+    assert any(old_pair.joinpath(n).stat().st_size == limit for n in _leftovers(old_pair)), "not killed mid-write"
+    assert _assert_whole(old_pair, {"A"}) == "A"
+
+
+def test_sigkill_at_random_moments_of_repeated_saves(tmp_path):
+    import random
+
+    root = tmp_path / "store"
+    rng = random.Random(0)
+    seen = set()
+    for attempt in range(3):
+        proc = _child("loop", root)
+        target = 2 + attempt
+        while True:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            if line.split()[-1] == str(target):
+                break
+        time.sleep(rng.uniform(0.0, 0.4))   # somewhere inside save number `target` (or the next)
+        proc.kill()
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        seen.add(_assert_whole(root, {"A", "B"}))
+    assert seen <= {"A", "B"}

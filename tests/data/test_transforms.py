@@ -40,3 +40,57 @@ def test_unknown_preset():
     with pytest.raises(CalibError, match="unknown preprocessing preset"):
         get_preset("nope")
     assert get_preset("efficientnet-lite", 240).size == 240
+
+
+def _png(width, height, bit_depth, color_type, rows) -> bytes:
+    """A PNG written by hand (PIL cannot write 16-bit RGB)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rows)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L"])
+def test_16_bit_gray_is_scaled_not_clipped(mode):
+    values = np.array([[0, 257, 32896, 65535]], np.uint16)
+    img = Image.frombytes(mode, (4, 1), values.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+    out = np.asarray(to_rgb(img))
+    assert out.shape == (1, 4, 3) and out[0, :, 0].tolist() == [0, 1, 128, 255]
+
+
+def test_16_bit_png_files_of_every_colour_type(tmp_path):
+    import io
+
+    gray = np.array([[0, 40000, 65535]], np.uint16)
+    rgb = np.zeros((1, 3, 3), np.uint16)
+    rgb[0, :, 0], rgb[0, :, 1], rgb[0, :, 2] = 65535, 32768, 2570
+    la = np.stack([gray, np.full_like(gray, 65535)], axis=-1)
+    for color_type, rows, expect in ((0, gray, [[0, 0, 0], [156, 156, 156], [255, 255, 255]]),
+                                     (2, rgb.reshape(1, 9), [[255, 128, 10]] * 3),
+                                     (4, la.reshape(1, 6), [[0, 0, 0], [156, 156, 156], [255, 255, 255]])):
+        img = Image.open(io.BytesIO(_png(3, 1, 16, color_type, rows)))
+        out = np.asarray(to_rgb(img)).astype(int)
+        assert np.abs(out[0] - np.array(expect)).max() <= 1, (color_type, out)
+
+
+def test_32_bit_and_float_images():
+    assert np.asarray(to_rgb(Image.fromarray(np.full((2, 2), 200, np.int32))))[0, 0, 0] == 200     # 8-bit values
+    assert np.asarray(to_rgb(Image.fromarray(np.full((2, 2), 40000, np.int32))))[0, 0, 0] == 156   # 16-bit values
+    assert np.asarray(to_rgb(Image.fromarray(np.full((2, 2), 0.5, np.float32))))[0, 0, 0] == 128   # 0..1 floats
+    assert np.asarray(to_rgb(Image.fromarray(np.full((2, 2), np.nan, np.float32))))[0, 0, 0] == 0
+
+
+def test_transparent_palette_la_and_cmyk():
+    assert to_rgb(Image.new("LA", (2, 2), (0, 0))).getpixel((0, 0)) == (255, 255, 255)        # on white
+    pa = Image.new("RGBA", (2, 2), (10, 200, 30, 255)).convert("PA")
+    assert np.abs(np.subtract(to_rgb(pa).getpixel((0, 0)), (10, 200, 30))).max() < 8
+    p = Image.new("P", (2, 2), 0)
+    p.putpalette([10, 200, 30] + [0] * 765)
+    p.info["transparency"] = 0
+    assert to_rgb(p).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("CMYK", (2, 2), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)

@@ -1,0 +1,164 @@
+"""The one validation every use of a cache goes through (reuse, build, export, import, compare,
+sensitivity, verify).
+
+A cache may be used only when:
+- its header is one TensorRT writes: a known calibration algorithm (TensorRT's
+  CalibrationAlgoType names) and a version number that reads back as itself;
+- it holds at least one scale (a header-only file is not a cache);
+- every scale is finite and positive (scale = amax/127: NaN, inf, zero or negative scales
+  quantize everything to garbage; TensorRT's own calibrators never write one);
+- with a sidecar, the sidecar describes this very text: the same tensors, the same scales bit
+  for bit, the same algorithm and TensorRT version (a cache edited by hand, or a pair half
+  replaced, disagrees);
+- with `model_sha256`, the sidecar names that model;
+- with `required`, every tensor the model quantizes has a scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from calib.cache.files import CacheEntry, load_cache
+from calib.cache.trt_format import ALGORITHMS, scale_to_hex, version_code, version_string
+from calib.errors import CalibError
+
+RECALIBRATE = "--recalibrate replaces it"
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(f"'{n[:80]}'" for n in names[:limit]) + (" …" if len(names) > limit else "")
+
+
+@dataclass
+class Validation:
+    model_sha256: str | None
+    cache_model_sha256: str | None
+    missing: list[str] = field(default_factory=list)      # quantized tensors without a scale
+    bad_scales: list[str] = field(default_factory=list)   # not finite or not positive
+    extra: list[str] = field(default_factory=list)        # scales for tensors the model lacks
+    header: list[str] = field(default_factory=list)       # what is wrong with the header / the file
+    sidecar: list[str] = field(default_factory=list)      # how the sidecar disagrees with the text
+    sidecar_tensors: list[str] = field(default_factory=list)  # tensors the disagreement is about
+    path: Path | None = None
+    scales: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def hash_matches(self) -> bool:
+        return self.model_sha256 is None or self.cache_model_sha256 is None or \
+            self.cache_model_sha256 == self.model_sha256
+
+    @property
+    def ok(self) -> bool:
+        return not self.header and not self.sidecar and self.hash_matches and not self.missing \
+            and not self.bad_scales
+
+    @property
+    def tensor(self) -> str | None:
+        """The first tensor a problem is about (for the one-line error)."""
+        for names in (self.bad_scales, self.sidecar_tensors, self.missing):
+            if names:
+                return names[0]
+        return None
+
+    def problems(self) -> list[str]:
+        """One phrase per problem; the bad-scale one last, the missing one just before (build
+        names the last)."""
+        out = list(self.header) + list(self.sidecar)
+        if not self.hash_matches:
+            out.append(f"model hash {self.model_sha256[:16]}… does not match the cache's "
+                       f"{self.cache_model_sha256[:16]}… (calibrated for another model)")
+        if self.missing:
+            out.append(f"{len(self.missing)} quantized tensor(s) have no scale: {_names(self.missing)}")
+        if self.bad_scales:
+            shown = [f"'{n[:80]}' = {self.scales.get(n, float('nan')):g}" for n in self.bad_scales[:5]]
+            out.append(f"{len(self.bad_scales)} scale(s) are not finite and positive: {', '.join(shown)}"
+                       + (" …" if len(self.bad_scales) > 5 else ""))
+        return out
+
+    def error(self, advice: str | None = RECALIBRATE) -> "InvalidCache":
+        return InvalidCache(self.path, self.problems(), self.tensor, advice)
+
+
+class InvalidCache(CalibError):
+    """A cache that must not be used: names the file, what is wrong (and the first tensor it
+    is about), and what to do."""
+
+    def __init__(self, path: Path | str | None, problems: list[str], tensor: str | None = None,
+                 advice: str | None = RECALIBRATE):
+        self.path = Path(path) if path is not None else None
+        self.problems = list(problems) or ["invalid"]
+        self.tensor = tensor
+        self.advice = advice
+        where = f"{path}: " if path is not None else ""
+        message = f"{where}invalid calibration cache: {'; '.join(self.problems)}"
+        super().__init__(message + (f" ({advice})" if advice else ""))
+
+
+def validate_entry(entry: CacheEntry, required: list[str] | None = None, model_sha256: str | None = None,
+                   activations: list[str] | None = None) -> Validation:
+    """Everything that must hold before `entry` is used (see the module docstring)."""
+    cache, meta = entry.cache, entry.metadata
+    scales = cache.scales
+    v = Validation(model_sha256, meta.key.model_sha256 if meta else None, path=entry.path, scales=scales)
+    if cache.algorithm not in ALGORITHMS:
+        v.header.append(f"header names calibrator '{cache.algorithm}', which TensorRT does not have "
+                        f"({', '.join(ALGORITHMS)})")
+    try:
+        if version_code(version_string(cache.version_code)) != cache.version_code:
+            raise CalibError("")
+    except CalibError:
+        v.header.append(f"header version {cache.version_code} is not a TensorRT version number")
+    if not cache.hex_scales:
+        v.header.append("no scales (a header without tensors)")
+    v.bad_scales = [t for t, s in scales.items() if not (math.isfinite(s) and s > 0)]
+    if meta is not None:
+        _check_sidecar(v, entry)
+    if required is not None:
+        v.missing = [t for t in required if t not in scales]
+    if activations is not None:
+        known = set(activations)
+        v.extra = [t for t in scales if t not in known]
+    return v
+
+
+def _check_sidecar(v: Validation, entry: CacheEntry) -> None:
+    cache, meta, side = entry.cache, entry.metadata, entry.sidecar.name
+    if meta.algorithm != cache.algorithm:
+        v.sidecar.append(f"sidecar {side} says algorithm {meta.algorithm}, the header {cache.algorithm}")
+    try:
+        if version_code(meta.trt_version) != cache.version_code:
+            v.sidecar.append(f"sidecar {side} says TensorRT {meta.trt_version}, the header {cache.version_code}")
+    except CalibError:
+        v.sidecar.append(f"sidecar {side} names no valid TensorRT version ('{meta.trt_version}')")
+    only_cache = [t for t in cache.hex_scales if t not in meta.tensors]
+    only_side = [t for t in meta.tensors if t not in cache.hex_scales]
+    if only_cache or only_side:
+        v.sidecar.append(f"cache and sidecar {side} disagree on {len(only_cache) + len(only_side)} tensor(s): "
+                         f"{_names(only_cache + only_side, 3)}")
+    differ = []
+    for name, h in cache.hex_scales.items():
+        info = meta.tensors.get(name)
+        if info is None:
+            continue
+        try:
+            same = scale_to_hex(float(info["scale"])) == h
+        except (KeyError, TypeError, ValueError, OverflowError):
+            same = False
+        if not same:
+            differ.append(name)
+    if differ:
+        v.sidecar.append(f"{len(differ)} scale(s) differ from sidecar {side}: {_names(differ, 3)}")
+    v.sidecar_tensors = only_cache + only_side + differ
+
+
+def load_valid_cache(path: str | Path, required: list[str] | None = None, model_sha256: str | None = None,
+                     advice: str | None = None, require_metadata: bool = False) -> CacheEntry:
+    """`load_cache` then `validate_entry`: the entry, or InvalidCache (a CalibError) saying why
+    it may not be used."""
+    entry = load_cache(path, require_metadata=require_metadata)
+    v = validate_entry(entry, required, model_sha256)
+    if not v.ok:
+        raise v.error(advice)
+    return entry

@@ -1,0 +1,118 @@
+"""The one validation every use of a cache goes through: each rule, and the typed error."""
+
+import json
+
+import pytest
+
+from calib.cache import (CacheKey, CacheMetadata, CacheStore, InvalidCache, TrtCache, load_cache, load_valid_cache,
+                         validate_entry)
+from calib.cache.inspect import validate
+from calib.errors import CalibError
+
+SCALES = {"input": 0.5, "conv:out": 0.25, "add out": 0.125}
+
+
+def _meta(scales=SCALES, algorithm="EntropyCalibration2", trt_version="10.3.0") -> CacheMetadata:
+    key = CacheKey("a" * 64, {"name": "p"}, "imagenet-val", "f" * 64, "entropy", {})
+    return CacheMetadata(key=key, model_name="m", model_inputs=[], dataset_description="test", samples=10,
+                         skipped=0, batch_size=4, trt_version=trt_version, algorithm=algorithm,
+                         tensors={n: {"scale": s, "amax": s * 127, "min": -1, "max": 1, "nonfinite": 0}
+                                  for n, s in scales.items()})
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    return CacheStore(tmp_path).save(TrtCache.from_scales(SCALES, "EntropyCalibration2"), _meta())
+
+
+def _set_hex(path, tensor, hex_value):
+    lines = path.read_text().splitlines()
+    lines = [f"{tensor}: {hex_value}" if line.rpartition(":")[0] == tensor else line for line in lines]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_saved_cache_is_valid(saved):
+    v = validate_entry(load_cache(saved), required=list(SCALES), model_sha256="a" * 64)
+    assert v.ok and v.problems() == [] and v.tensor is None
+
+
+@pytest.mark.parametrize("hex_value,shown", [("7fc00000", "nan"), ("7f800000", "inf"), ("ff800000", "-inf"),
+                                             ("bd418306", "-0.0472"), ("00000000", "= 0"), ("80000000", "-0")])
+def test_non_finite_zero_and_negative_scales_are_invalid(saved, hex_value, shown):
+    # Edit both the text and the sidecar, so only the scale itself is wrong.
+    _set_hex(saved, "conv:out", hex_value)
+    side = saved.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["tensors"]["conv:out"]["scale"] = float(TrtCache("x", 1, {"t": hex_value}).scales["t"])
+    side.write_text(json.dumps(meta))
+    v = validate_entry(load_cache(saved))
+    assert not v.ok and v.bad_scales == ["conv:out"] and v.sidecar == []
+    assert v.tensor == "conv:out" and shown in v.problems()[-1]
+    with pytest.raises(InvalidCache, match="conv:out") as e:
+        load_valid_cache(saved)
+    assert e.value.tensor == "conv:out" and "\n" not in str(e.value)
+
+
+def test_a_tiny_positive_denormal_scale_is_valid(tmp_path):
+    path = CacheStore(tmp_path).save(TrtCache("MinMaxCalibration", 100300, {"t": "00000001"}),
+                                     _meta({"t": TrtCache("x", 1, {"t": "00000001"}).scales["t"]}, "MinMaxCalibration"))
+    assert validate_entry(load_cache(path)).ok
+
+
+def test_a_scale_edited_in_the_text_disagrees_with_the_sidecar(saved):
+    _set_hex(saved, "add out", "3e000001")  # finite and positive: only the sidecar can tell
+    v = validate_entry(load_cache(saved))
+    assert not v.ok and v.bad_scales == [] and v.tensor == "add out"
+    assert "differ from sidecar" in v.problems()[0]
+
+
+def test_tensor_sets_algorithm_and_version_must_agree_with_the_sidecar(saved):
+    text = saved.read_text()
+    saved.write_text(text + "extra: 3f800000\n")
+    assert "disagree on 1 tensor" in " ".join(validate_entry(load_cache(saved)).problems())
+    saved.write_text(text.replace("EntropyCalibration2", "MinMaxCalibration"))
+    assert "algorithm" in " ".join(validate_entry(load_cache(saved)).problems())
+    saved.write_text(text.replace("TRT-100300", "TRT-8601"))
+    assert "TensorRT 10.3.0" in " ".join(validate_entry(load_cache(saved)).problems())
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("TRT-100300-EntropyCalibration2\n", "no scales"),
+    ("TRT-100300-FancyCalibration\nt: 3f800000\n", "TensorRT does not have"),
+    ("TRT-12345-EntropyCalibration2\nt: 3f800000\n", "not a TensorRT version number"),
+])
+def test_bad_headers_and_header_only_files(tmp_path, text, problem):
+    path = tmp_path / "bare.cache"
+    path.write_text(text)
+    v = validate_entry(load_cache(path))
+    assert not v.ok and problem in " ".join(v.problems())
+
+
+def test_missing_quantized_tensors_with_required(saved):
+    v = validate_entry(load_cache(saved), required=["input", "conv:out", "gemm in", "other"])
+    assert not v.ok and v.missing == ["gemm in", "other"] and v.tensor == "gemm in"
+    assert "2 quantized tensor(s) have no scale" in v.problems()[-1]
+    with pytest.raises(InvalidCache, match="gemm in"):
+        load_valid_cache(saved, required=["input", "gemm in"])
+    assert validate_entry(load_cache(saved)).ok  # without `required`, nothing is required
+
+
+def test_model_hash_and_the_old_signature(saved):
+    v = validate(load_cache(saved), "b" * 64, ["input"], ["input", "conv:out"])
+    assert not v.hash_matches and not v.ok and v.extra == ["add out"]
+    assert validate(load_cache(saved), "a" * 64, list(SCALES), list(SCALES)).ok
+
+
+def test_load_cache_still_reads_a_broken_cache_for_inspection(saved):
+    _set_hex(saved, "input", "7fc00000")
+    entry = load_cache(saved)           # cache show / diff
+    assert entry.cache.hex_scales["input"] == "7fc00000"
+    with pytest.raises(InvalidCache, match="--recalibrate"):
+        load_valid_cache(saved, advice="--recalibrate replaces it")
+
+
+def test_invalid_cache_is_a_calib_error_with_one_line(saved):
+    _set_hex(saved, "input", "ff800000")
+    with pytest.raises(CalibError) as e:
+        load_valid_cache(saved)
+    assert isinstance(e.value, InvalidCache) and str(saved) in str(e.value) and "\n" not in str(e.value)
