@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from calib.cache import CacheEntry, CacheKey, CacheMetadata, CacheStore, TrtCache, load_cache
+from calib.cache import CacheEntry, CacheKey, CacheMetadata, CacheStore, TrtCache, load_valid_cache
 from calib.cache.trt_format import DEFAULT_TRT_VERSION
 from calib.calibrators import Calibrator, TensorStatistics, calibrator_class, get_calibrator
 from calib.collect import collect
@@ -67,7 +67,9 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
     key = cache_key(model, dataset, calibrator)
     if not recalibrate:
         start = time.perf_counter()
-        found = store.find(key)
+        # An invalid cache with this key (a NaN scale, a missing tensor) raises InvalidCache, naming
+        # the tensor and that --recalibrate replaces it: it is never reused, never skipped silently.
+        found = store.find(key, required=calibrated_tensors(prepared))
         if found is not None:
             return CalibrationOutcome(found, True, time.perf_counter() - start, found.metadata.samples, [])
     means = ChannelMeans(weighted_inputs(prepared))
@@ -98,7 +100,8 @@ def save_calibration(model: Model, dataset: Dataset, calibrator: Calibrator, sto
                          algorithm=calibrator.trt_algorithm, tensors=meta_tensors, seconds=round(seconds, 3),
                          channel_means=channel_means)
     path = store.save(cache, meta)
-    return CalibrationOutcome(load_cache(path), False, seconds, images, skipped, calibrator)
+    entry = load_valid_cache(path, required=list(scales), model_sha256=model.sha256)  # as read back
+    return CalibrationOutcome(entry, False, seconds, images, skipped, calibrator)
 
 
 def calibrator_params_for(name: str, params: dict) -> dict:
@@ -128,7 +131,7 @@ def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: li
         probe = get_calibrator(name, **calibrator_params_for(name, params))
         if not recalibrate:
             start = time.perf_counter()
-            found = store.find(cache_key(model, dataset, probe))
+            found = store.find(cache_key(model, dataset, probe), required=calibrated_tensors(prepared))
             if found is not None:
                 outcomes[name] = CalibrationOutcome(found, True, time.perf_counter() - start,
                                                     found.metadata.samples, [])

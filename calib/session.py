@@ -1,26 +1,24 @@
-"""What every command that touches a model and images shares: the run configuration, the
-resolved model / Q/DQ flavor / data plan / prepared FP32 graph, the output folder (named,
-staged, renamed into place only on success) and the versions a report records.
+"""What every command that touches a model and images shares: the run configuration (checked
+before any work), the resolved model / Q/DQ flavor / data plan / prepared FP32 graph, the output
+folder (named and checked here; written through calib.fsutil.staged_dir) and the versions a
+report records.
 
 Commands (`calib.commands.*`) build on this; nothing here knows about any one command.
 """
 
 from __future__ import annotations
 
-import contextlib
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import onnx
 
 from calib.cache import CacheStore
 from calib.data.plan import DataPlan, plan_data
 from calib.errors import CalibError
+from calib.fsutil import check_output_dir
 from calib.models import ZOO, Model, prepared_model, resolve_model
 
 
@@ -97,6 +95,22 @@ def bias_means(entry, enabled: bool = True) -> dict | None:
     return entry.metadata.channel_means if enabled and entry.metadata is not None else None
 
 
+def eval_section(ev, calibration, evaluation, notes: list[str]) -> dict:
+    """The "eval" entry of a report: how many images were evaluated and skipped, and whether they
+    overlap the calibration images, computed from the files (calib.data.overlap), never assumed.
+    An overlap also goes into `notes`, since it makes every accuracy figure optimistic."""
+    from calib.data.overlap import overlap
+
+    o = overlap(calibration, evaluation)
+    if not o.disjoint:
+        notes.append(f"{o.describe()}: the accuracy figures are optimistic (evaluate on images calibration "
+                     "never saw, e.g. --eval-data-dir with another folder)")
+    unlabeled = len(getattr(evaluation, "unlabeled", []) or [])
+    return {"samples": len(ev.keys), "skipped": len(ev.skipped), "skipped_files": ev.skipped,
+            "disjoint_from_calibration": o.disjoint, "overlap": o.to_dict(), "overlap_text": o.describe(),
+            "unlabeled": unlabeled, "seconds": round(ev.seconds, 3)}
+
+
 def default_out(config: RunConfig, kind: str | None = None) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     stem = config.model if config.model in ZOO else Path(config.model).stem
@@ -127,26 +141,11 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     """What run, compare and sensitivity share: the model, the Q/DQ flavor, the calibration and
     evaluation data, the prepared FP32 graph and the output folder."""
     check_config(config)
+    out = Path(out) if out else default_out(config, kind)
+    check_output_dir(out)                              # before any model export or calibration
+    check_output_dir(config.cache_dir, empty=False)
     model = resolve_model(config.model, config.preprocess)
     flavor = config.qdq_flavor or default_flavor(config.backend)
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
                      config.eval_data_dir, config.eval_samples)
-    out = Path(out) if out else default_out(config, kind)
     return RunSetup(model, flavor, data, prepared_model(model), out)
-
-
-@contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """Write into a hidden sibling folder and rename it to `out` only on success, so a failed
-    or interrupted run leaves no half-written report behind."""
-    if out.exists() and any(out.iterdir()):
-        raise CalibError(f"output folder {out} already exists and is not empty (choose another --out)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        yield stage
-        if out.exists():
-            out.rmdir()
-        stage.rename(out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)

@@ -156,6 +156,7 @@ def build(
     workspace_mib: Optional[int] = typer.Option(None, "--workspace-mib", help="TensorRT workspace limit"),
     timing_cache: o.TimingCache = None,
     compute_capability: o.ComputeCapability = None,
+    overwrite: o.Overwrite = False,
 ) -> None:
     """Build the INT8 model from a cache alone (no dataset), after validating the cache."""
     from calib.commands.build import build_from_cache
@@ -165,6 +166,7 @@ def build(
     m = resolve_model(model, preprocess)
     result = build_from_cache(m, prepared_model(m), Path(cache), qdq_flavor or default_flavor(backend),
                               Path(out), backend=backend, force=force, bias_correction=bias_correction,
+                              overwrite=overwrite,
                               **_trt_options(backend, min_batch, opt_batch, max_batch, workspace_mib, timing_cache,
                                              compute_capability))
     for problem in result.validation.problems():
@@ -215,12 +217,18 @@ def cache_show(cache: str = typer.Argument(..., help="cache file"), as_json: o.J
     from calib.cache import load_cache
     from calib.cache.inspect import scale_table
 
+    from calib.cache import validate_entry
+
     entry = load_cache(cache)
     rows = scale_table(entry)
+    problems = validate_entry(entry).problems()  # shown, not fatal: show is how one looks at a bad cache
     if as_json:
         meta = json.loads(entry.metadata.to_json()) if entry.metadata else None
-        typer.echo(json.dumps({"header": entry.cache.header, "metadata": meta, "scales": rows}, indent=1))
+        typer.echo(json.dumps({"header": entry.cache.header, "metadata": meta, "scales": rows,
+                               "problems": problems}, indent=1))
         return
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
     console.cache_show(entry, rows)
 
 
@@ -251,24 +259,39 @@ def cache_diff(a: str = typer.Argument(..., help="first cache"), b: str = typer.
 
 @cache_app.command("import")
 def cache_import(file: str = typer.Argument(..., help="a cache written by TensorRT"), model: o.Model = "efficientnet_lite0",
-                 preprocess: o.Preprocess = None, cache_dir: o.CacheDir = "caches") -> None:
+                 preprocess: o.Preprocess = None, cache_dir: o.CacheDir = "caches",
+                 force: bool = typer.Option(False, "--force", help="import a cache that lacks scales for some quantized tensors (they stay float)")) -> None:
     """Attach metadata to a TensorRT-written cache and add it to the cache folder."""
     from calib.cache import CacheStore
     from calib.cache.interop import import_cache
     from calib.models import resolve_model
 
-    entry = import_cache(Path(file), resolve_model(model, preprocess), CacheStore(cache_dir))
-    typer.echo(str(entry.path))
+    from calib.models import prepared_model
+    from calib.quantize.flavors import required_tensors
+
+    m = resolve_model(model, preprocess)
+    result = import_cache(Path(file), m, CacheStore(cache_dir), required=required_tensors(prepared_model(m), "tensorrt"),
+                          force=force)
+    if result.missing:
+        typer.echo(f"warning: imported with --force: {len(result.missing)} quantized tensor(s) have no scale and "
+                   f"stay float in builds: {', '.join(result.missing[:5])}" + (" …" if len(result.missing) > 5 else ""),
+                   err=True)
+    typer.echo(str(result.path))
 
 
 @cache_app.command("export")
 def cache_export(cache: str = typer.Argument(..., help="cache file"),
                  trt_version: str = typer.Option(..., "--trt-version", help="TensorRT version, e.g. 10.3 or 8.6.1"),
-                 out: str = typer.Option(..., "--out", help="where to write the cache for TensorRT")) -> None:
+                 out: str = typer.Option(..., "--out", help="where to write the cache for TensorRT"),
+                 assume_version: bool = typer.Option(False, "--assume-version", help="write a TensorRT version calib does not know as released (with a warning)"),
+                 overwrite: o.Overwrite = False) -> None:
     """Write the cache with the header a TensorRT <= 10 build expects (trtexec --int8 --calib=FILE)."""
     from calib.cache.interop import export_cache
 
-    typer.echo(str(export_cache(Path(cache), trt_version, Path(out))))
+    result = export_cache(Path(cache), trt_version, Path(out), assume=assume_version, overwrite=overwrite)
+    for w in result.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(str(result.path))
 
 
 def _trt_options(backend: str, min_batch, opt_batch, max_batch, workspace_mib, timing_cache,

@@ -63,10 +63,11 @@ def cache_list_table(rows: list[dict], cache_dir: str) -> None:
     if not rows:
         typer.echo(f"no caches in {cache_dir}")
         return
-    typer.echo(f"{'file':60} {'model':20} {'dataset':14} {'calibrator':11} {'samples':>7} created")
+    typer.echo(f"{'file':60} {'model':20} {'dataset':14} {'calibrator':11} {'samples':>7} {'created':20} status")
     for r in rows:
-        typer.echo(f"{r['file']:60} {r['model'][:20]:20} {r['dataset'][:14]:14} {r['calibrator'][:11]:11} "
-                   f"{r['samples']:>7} {r['created']}")
+        status = "ok" if r.get("valid", True) else f"INVALID: {r.get('problem') or 'see calib cache show'}"
+        typer.echo(f"{str(r['file']):60} {str(r['model'])[:20]:20} {str(r['dataset'])[:14]:14} "
+                   f"{str(r['calibrator'])[:11]:11} {str(r['samples']):>7} {str(r['created'])[:20]:20} {status}")
 
 
 def cache_show(entry, rows: list[dict]) -> None:

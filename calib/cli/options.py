@@ -40,6 +40,7 @@ TimingCache = Annotated[Optional[str], typer.Option(
     "--timing-cache", help="TensorRT timing cache file, reused across builds")]
 ComputeCapability = Annotated[Optional[int], typer.Option(
     "--compute-capability", help="TensorRT-RTX: the GPU generation to build for: 86, 89 (default) or 120")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing output file calib did not write")]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import onnx
 
 from calib.backends import get_backend
-from calib.cache import load_cache
-from calib.cache.inspect import Validation, validate
+from calib.cache import Validation, load_cache, validate_entry
 from calib.errors import CalibError
-from calib.fsutil import atomic_path
+from calib.fsutil import atomic_path, check_output_file, is_calib_onnx, mark_calib_onnx
 from calib.models import Model
 from calib.quantize.flavors import quantize_model, required_tensors
 from calib.quantize.graph import GraphIndex
@@ -26,26 +25,38 @@ class BuildResult:
 
 
 def check_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, flavor: str):
+    """The cache and its validation against the model and the flavor's quantized tensors (one
+    validation for every use of a cache: calib.cache.validate_entry)."""
     entry = load_cache(cache_path)
-    report = validate(entry, model.sha256, required_tensors(prepared, flavor), GraphIndex(prepared).activations())
+    report = validate_entry(entry, required_tensors(prepared, flavor), model.sha256,
+                            GraphIndex(prepared).activations())
     return entry, report
+
+
+def is_calib_artifact(path: Path) -> bool:
+    """An output calib wrote (so --out may replace it): an ONNX model with calib's provenance,
+    or an engine with its calib sidecar."""
+    return is_calib_onnx(path) or Path(str(path) + ".calib.json").is_file()
 
 
 def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, flavor: str, out: Path,
                      backend: str = "ort", force: bool = False, bias_correction: bool = True,
-                     **backend_options) -> BuildResult:
+                     overwrite: bool = False, **backend_options) -> BuildResult:
+    out = check_output_file(out, overwrite, is_calib_artifact)
+    b = get_backend(backend)
+    if b.artifact_suffix() != ".onnx":
+        check_output_file(out.with_suffix(".onnx"), overwrite, is_calib_onnx)
     entry, report = check_cache(model, prepared, cache_path, flavor)
+    if report.header or report.sidecar or report.bad_scales:
+        raise report.error("nothing built")
     if not report.hash_matches and not force:
         raise CalibError(f"cache {cache_path} was calibrated for model sha256 {report.cache_model_sha256}, "
                          f"not {model.name} ({report.model_sha256}); use --force to build anyway")
-    if report.bad_scales:
-        raise CalibError(f"cache {cache_path}: " + report.problems()[-1])
     if report.missing and not force:
         raise CalibError(f"cache {cache_path}: {report.problems()[-1]}; use --force to leave them in float")
     means = entry.metadata.channel_means if bias_correction and entry.metadata else None
     qdq, left = quantize_model(prepared, entry.cache.amax(), flavor, allow_missing=force, channel_means=means)
-    out = Path(out)
-    b = get_backend(backend)
+    mark_calib_onnx(qdq, qdq_flavor=flavor, cache=Path(cache_path).name)
     if b.artifact_suffix() == ".onnx":
         with atomic_path(out) as tmp:
             onnx.save(qdq, str(tmp))

@@ -30,7 +30,8 @@ from calib.quantize.flavors import quantize_model, required_tensors
 from calib.report.compare import write_compare_report
 from calib.report.plots import histogram_figures
 from calib.report.schema import CompareReport, ReportHeader
-from calib.session import RunConfig, bias_means, setup, staged_output, versions
+from calib.fsutil import mark_calib_onnx, staged_dir
+from calib.session import RunConfig, bias_means, eval_section, setup, versions
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 
@@ -62,7 +63,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
     s = setup(config, out, "compare")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     started = time.perf_counter()
-    with staged_output(out) as stage:
+    with staged_dir(out) as stage:
         shared = calibrate_many(model, prepared, data.calibration, names, config.cache_store(),
                                 config.calibrator_params, config.calib_batch_size, config.workers,
                                 config.recalibrate, config.progress)
@@ -72,6 +73,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
         for n in names:
             qdq[n], _ = quantize_model(prepared, amaxes[n], flavor,
                                        channel_means=bias_means(shared.outcomes[n].entry, config.bias_correction))
+            mark_calib_onnx(qdq[n], qdq_flavor=flavor, cache=shared.outcomes[n].entry.path.name)
             onnx_models[n] = stage / f"int8-{n}.onnx"
             onnx.save(qdq[n], str(onnx_models[n]))
         ev, artifacts = evaluate_models(backend, onnx_models, data.evaluation, stage, config.batch_size,
@@ -144,8 +146,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
                          "note": "Calibrators calibrated in this run share one pass over the images; "
                                  "their calibration seconds are that pass plus their own computation "
                                  "(for a reused cache: the seconds recorded when it was made)"},
-            eval={"samples": len(ev.keys), "skipped": len(ev.skipped), "skipped_files": ev.skipped,
-                  "disjoint_from_calibration": True},
+            eval=eval_section(ev, data.calibration, data.evaluation, header.notes),
             fp32=fp32, results=rows,
             sqnr={"images": len(sqnr_set), "tensors": order,
                   "what": "DequantizeLinear output of each quantized tensor vs the FP32 tensor; "

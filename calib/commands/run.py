@@ -25,7 +25,8 @@ from calib.report.schema import FallbackReport, ReportHeader, RunReport
 from calib.restore.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
 from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
-from calib.session import RunConfig, bias_means, setup, staged_output, versions
+from calib.fsutil import mark_calib_onnx, staged_dir
+from calib.session import RunConfig, bias_means, eval_section, setup, versions
 
 
 def run(config: RunConfig) -> RunReport:
@@ -36,7 +37,7 @@ def run(config: RunConfig) -> RunReport:
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
-    with staged_output(out) as stage:
+    with staged_dir(out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
                             batch_size=config.calib_batch_size, workers=config.workers, recalibrate=config.recalibrate,
                             calibrator_params=config.calibrator_params, progress=config.progress)
@@ -50,12 +51,14 @@ def run(config: RunConfig) -> RunReport:
                                           batch_size=config.batch_size, workers=config.workers, seed=config.seed,
                                           progress=config.progress, channel_means=means)
             qdq = fallback.model  # evaluated below on the held-out subset only
+        mark_calib_onnx(qdq, qdq_flavor=flavor, cache=outcome.entry.path.name)
         onnx.save(qdq, str(int8_onnx))
         ev, artifacts = evaluate_models(backend, {"fp32": model.path, "int8": int8_onnx},
                                         fallback.final_dataset if fallback else data.evaluation, stage,
                                         config.batch_size, config.workers, config.progress)
         fp32_artifact, int8_artifact = (out / a.name if a.parent == stage else a for a in artifacts.values())
-        report = build_report(config, model, flavor, data, outcome, ev, fp32_artifact, int8_artifact)
+        report = build_report(config, model, flavor, data, outcome, ev, fp32_artifact, int8_artifact,
+                              fallback.final_dataset if fallback else data.evaluation)
         if config.backend == "ort":
             report.ort_kernels = integer_kernel_check(int8_onnx)
         if fallback is not None:
@@ -133,7 +136,10 @@ def integer_kernel_check(int8_onnx: Path) -> dict:
 
 
 def build_report(config: RunConfig, model: Model, flavor: str, data, outcome: CalibrationOutcome, ev,
-                 fp32_artifact: Path, int8_artifact: Path) -> RunReport:
+                 fp32_artifact: Path, int8_artifact: Path, evaluated: Dataset | None = None) -> RunReport:
+    """The run report; `evaluated` is the dataset the figures come from (the held-out part of the
+    evaluation images with a fallback budget; all of them otherwise)."""
+    evaluated = evaluated if evaluated is not None else data.evaluation
     fp32, int8 = ev.summary("fp32"), ev.summary("int8")
     header = ReportHeader(model=model.name, dataset=config.dataset_label(), demo=data.demo, backend=config.backend,
                           qdq_flavor=flavor, notes=list(data.notes), versions=versions(), model_sha256=model.sha256)
@@ -147,8 +153,7 @@ def build_report(config: RunConfig, model: Model, flavor: str, data, outcome: Ca
         calibration={"samples": outcome.samples, "seconds": round(outcome.seconds, 3),
                      "cache": str(outcome.entry.path), "reused": outcome.reused,
                      "skipped": len(outcome.skipped), "requested_samples": data.requested_samples},
-        eval={"samples": len(ev.keys), "skipped": len(ev.skipped), "skipped_files": ev.skipped,
-              "disjoint_from_calibration": True, "seconds": round(ev.seconds, 3)},
+        eval=eval_section(ev, data.calibration, evaluated, header.notes),
         fp32=fp32,
         int8=int8,
         bias_correction=bool(bias_means(outcome.entry, config.bias_correction)),

@@ -12,7 +12,8 @@ from calib.evaluate.images import load_images
 from calib.report.schema import ReportHeader, SensitivityReport
 from calib.report.sensitivity import write_sensitivity_report
 from calib.restore.ranker import rank_layers
-from calib.session import RunConfig, bias_means, setup, staged_output, versions
+from calib.fsutil import staged_dir
+from calib.session import RunConfig, bias_means, setup, versions
 
 
 def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 64,
@@ -23,7 +24,7 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
         raise CalibError("--images must be at least 1")
     s = setup(config, out, "sensitivity")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
-    with staged_output(out) as stage:
+    with staged_dir(out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
                             batch_size=config.calib_batch_size, workers=config.workers,
                             recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,

@@ -61,8 +61,8 @@ def render_markdown(r: dict) -> str:
         lines += ["> **Demo data**: 5 embedded photos; the figures say the pipeline works, not how accurate "
                   "INT8 is.", ""]
     lines += [f"FP32: top-1 {pct(r['fp32']['top1'])}, top-5 {pct(r['fp32']['top5'])} on "
-              f"{r['eval']['samples']} evaluation images ({r['dataset']}, disjoint from the "
-              f"{r['calibration']['samples']} calibration images).", "",
+              f"{r['eval']['samples']} evaluation images ({r['dataset']}); "
+              + r["eval"].get("overlap_text", f"{r['calibration']['samples']} calibration images") + ".", "",
               "| calibrator | top-1 | top-5 | drop (pts) | agreement | logits SQNR (dB) | calibration (s) |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for n in r["calibrators"]:

@@ -37,7 +37,8 @@ def render_markdown(r: dict) -> str:
         f"| INT8 | {pct(r['int8']['top1'])} | {pct(r['int8']['top5'])} |", "",
         f"- top-1 drop (FP32 − INT8): **{100 * r['top1_drop']:.2f} points**" + _ci_points(r.get("top1_drop_ci95")),
         f"- top-1 agreement INT8 vs FP32: **{pct(r['agreement'])}**" + _ci_pct(r.get("agreement_ci95")),
-        f"- evaluated on {ev['samples']} images ({ev['skipped']} skipped), {r['dataset']}",
+        f"- evaluated on {ev['samples']} images ({ev['skipped']} skipped), {r['dataset']}"
+        + (f"; {ev['overlap_text']}" if ev.get("overlap_text") else ""),
         f"- calibrated on {cal['samples']} images in {cal['seconds']:.1f} s"
         + (" (cache reused)" if cal["reused"] else ""),
         f"- cache: `{cal['cache']}`",
@@ -142,8 +143,8 @@ def render_html(r: dict, extras: dict | None = None) -> str:
             ["INT8", pct(r["int8"]["top1"]), pct(r["int8"]["top5"]), f"{100 * r['top1_drop']:.2f}",
              pct(r["agreement"])]]
     summary = [table(["model", "top-1", "top-5", "drop (pts)", "agreement"], rows),
-               f"<p>Evaluated on {ev['samples']} images ({ev['skipped']} skipped), disjoint from the "
-               f"{cal['samples']} calibration images; calibration {cal['seconds']:.1f} s"
+               f"<p>Evaluated on {ev['samples']} images ({ev['skipped']} skipped); "
+               f"{esc(ev.get('overlap_text', ''))}; calibration {cal['seconds']:.1f} s"
                f"{' (cache reused)' if cal['reused'] else ''}; cache <code>{esc(cal['cache'])}</code>; "
                f"INT8 model <code>{esc(r['int8_model'])}</code>.</p>"]
     if r.get("logits_sqnr_db_ci95"):  # over every evaluation image

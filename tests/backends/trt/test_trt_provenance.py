@@ -70,6 +70,6 @@ def test_write_engine_writes_both_or_neither(tmp_path, monkeypatch):
 def test_unwritable_destination_is_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(CalibError, match="cannot write the engine") as info:
+    with pytest.raises(CalibError, match="cannot write .*a_file") as info:
         write_engine(blocker / "m.engine", b"data", {})
     assert "\n" not in str(info.value)
