@@ -194,6 +194,10 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
                        "skipped": result.skipped, "seconds": result.seconds, "tensors": result.tensors}
         results.put((rank, payload, None))
     except BaseException as e:  # the parent raises it as one line
+        try:
+            task["barrier"].abort()   # nobody waits for a rank that will never arrive
+        except Exception:
+            pass
         results.put((rank, None, f"{type(e).__name__}: {e}"))
 
 
@@ -220,11 +224,16 @@ def _run_ranks(devices: list[str], tasks: list[dict]) -> tuple[list[dict], float
         p.start()
         procs.append(p)
     try:
-        barrier.wait()            # every rank has loaded its models
+        import threading
+
+        try:
+            barrier.wait(timeout=900)   # every rank has loaded its models
+        except threading.BrokenBarrierError:
+            pass                        # a rank failed: its error is in the queue
         start = time.perf_counter()
         out: list = [None] * len(devices)
         for _ in devices:
-            rank, payload, error = results.get()
+            rank, payload, error = results.get(timeout=1800)
             if error is not None:
                 raise CalibError(f"GPU {devices[rank]} failed: {error}")
             out[rank] = payload

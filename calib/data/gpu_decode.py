@@ -204,25 +204,47 @@ def _to_device(a: np.ndarray, device) -> "torch.Tensor":
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
+def _compact(plan: AxisPlan, interpolation: str) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(first source pixel, span, per-output offset from `first`, weights (count, ksize)) of
+    the kept outputs: the dense matrix of `axis_weights`, without its zeros."""
+    xmin, kk = _coefficients(plan.in_size, float(plan.in0), float(plan.in1), plan.out_size, interpolation)
+    xmin, kk = xmin[plan.keep:plan.keep + plan.count], kk[plan.keep:plan.keep + plan.count]
+    first = int(xmin.min())
+    taps = np.nonzero(kk.any(axis=0))[0]
+    span = max(int((xmin[:, None] + np.arange(kk.shape[1])[None, :])[kk != 0].max(initial=first)) + 1 - first, 1)
+    return first, span, xmin - first, kk[:, :int(taps.max()) + 1 if taps.size else 1]
+
+
+def _dense_on_device(offsets: np.ndarray, weights: np.ndarray, span: int, device) -> "torch.Tensor":
+    """(n, S, span) float64 weight matrices built on the device from compact weights: only
+    (n, S, ksize) numbers cross the bus."""
+    import torch
+
+    n, s, k = weights.shape
+    w = _to_device(weights.astype(np.float64), device)
+    idx = _to_device(offsets, device).unsqueeze(2) + torch.arange(k, device=w.device).view(1, 1, k)
+    idx = idx.clamp_(0, span - 1)   # taps past the span carry weight 0: adding them is harmless
+    return torch.zeros((n, s, span), dtype=torch.float64, device=w.device).scatter_add_(2, idx, w)
+
+
 def _resample_group(images, plans, preprocess: Preprocess, v_first: bool) -> "torch.Tensor":
     import torch
 
     device = images[0].device
-    s = preprocess.size
-    xs = [axis_weights(p[0], preprocess.interpolation) for p in plans]
-    ys = [axis_weights(p[1], preprocess.interpolation) for p in plans]
-    span_x = max(w.shape[1] for _, w in xs)
-    span_y = max(w.shape[1] for _, w in ys)
-    n = len(images)
-    wx = np.zeros((n, s, span_x), dtype=np.float64)
-    wy = np.zeros((n, s, span_y), dtype=np.float64)
+    xs = [_compact(p[0], preprocess.interpolation) for p in plans]
+    ys = [_compact(p[1], preprocess.interpolation) for p in plans]
+    span_x, span_y = max(x[1] for x in xs), max(y[1] for y in ys)
+    kx, ky = max(x[3].shape[1] for x in xs), max(y[3].shape[1] for y in ys)
+    n, s = len(images), preprocess.size
+    wx, wy = np.zeros((n, s, kx), np.int64), np.zeros((n, s, ky), np.int64)
+    ox, oy = np.zeros((n, s), np.int64), np.zeros((n, s), np.int64)
     crops = torch.zeros((n, 3, span_y, span_x), dtype=torch.uint8, device=device)
-    for i, (im, (x0, mx), (y0, my)) in enumerate(zip(images, xs, ys)):
-        wx[i, :, :mx.shape[1]] = mx
-        wy[i, :, :my.shape[1]] = my
-        crops[i, :, :my.shape[1], :mx.shape[1]] = im[:, y0:y0 + my.shape[1], x0:x0 + mx.shape[1]]
-    wx_t = _to_device(wx, device).transpose(1, 2).unsqueeze(1)   # (n, 1, Wx, S)
-    wy_t = _to_device(wy, device).unsqueeze(1)                   # (n, 1, S, Hy)
+    for i, (im, (x0, sx, offx, kkx), (y0, sy, offy, kky)) in enumerate(zip(images, xs, ys)):
+        wx[i, :, :kkx.shape[1]], ox[i] = kkx, offx
+        wy[i, :, :kky.shape[1]], oy[i] = kky, offy
+        crops[i, :, :sy, :sx] = im[:, y0:y0 + sy, x0:x0 + sx]
+    wx_t = _dense_on_device(ox, wx, span_x, device).transpose(1, 2).unsqueeze(1)   # (n, 1, Wx, S)
+    wy_t = _dense_on_device(oy, wy, span_y, device).unsqueeze(1)                   # (n, 1, S, Hy)
     x = crops.to(torch.float64)
     # Each pass is a product of integers (exact in float64), rounded to 8 bits like Pillow.
     if v_first:
