@@ -182,6 +182,17 @@ def run(args) -> None:
         res["fp32_alone"] = timed_run(fp32, x)
         res["int8_alone"] = timed_run(int8, x)
         res["pair_sequential_bound"] = 1 / (1 / res["fp32_alone"] + 1 / res["int8_alone"])
+        from calib.backends.ort import cuda_session
+
+        class _Exhaustive(OrtRunner):   # ORT's default algorithm search, for reference
+            def __init__(self, path):
+                self.kind, self.device_id = "cuda", 0
+                self.session = cuda_session(str(path), 0, algo_search="EXHAUSTIVE")
+                self.input_name = self.session.get_inputs()[0].name
+                self._outputs = {}
+
+        res["fp32_alone[exhaustive algo search]"] = timed_run(_Exhaustive(args.fp32), x)
+        res["int8_alone[exhaustive algo search]"] = timed_run(_Exhaustive(args.int8), x)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(2) as pool:
@@ -259,10 +270,23 @@ def run(args) -> None:
         res["seconds[cpu provider]"] = time.perf_counter() - t
         cache["stats_nvjpeg"] = stats["nvjpeg"]
         for label in ("pil_inputs", "nvjpeg"):
-            for cal in ("entropy", "minmax"):
+            moved = 0.0   # the largest fraction of a tensor's values that landed in another bin
+            for name in st_cpu.names():
+                a, b = st_cpu._entries[name], stats[label]._entries[name]
+                if a.counts is None or a.exp is None or b.exp is None:
+                    continue
+                ca, cb = a.counts.copy(), b.counts.copy()
+                from calib.calibrators import _histogram as H
+
+                e = max(a.exp, b.exp)
+                H.fold(ca, e - a.exp)
+                H.fold(cb, e - b.exp)
+                moved = max(moved, float(np.abs(ca - cb).sum()) / 2 / max(a.count, 1))
+            res[f"histogram_moved_fraction_max[gpu {label} vs cpu]"] = moved
+            for cal in ("entropy", "minmax", "percentile"):
                 g = get_calibrator(cal, stats[label]).compute()
                 c = get_calibrator(cal, st_cpu).compute()
-                worst_stats_bins, worst_cal_bins, worst_name = 0.0, 0.0, None
+                worst_stats_bins, worst_cal_bins, worst_name, within = 0.0, 0.0, None, 0
                 for name in c:
                     s = st_cpu.summary(name)
                     if s.peak == 0:
@@ -274,9 +298,11 @@ def run(args) -> None:
                     if d / stat_bin > worst_stats_bins:
                         worst_stats_bins, worst_name = d / stat_bin, name
                     worst_cal_bins = max(worst_cal_bins, d / cal_bin)
+                    within += d <= stat_bin
                 res[f"amax_max_diff_in_stats_bins[{cal}, gpu {label} vs cpu]"] = worst_stats_bins
                 res[f"amax_max_diff_in_2048_bins[{cal}, gpu {label} vs cpu]"] = worst_cal_bins
                 res[f"worst_tensor[{cal}, gpu {label} vs cpu]"] = worst_name
+                res[f"tensors_within_one_bin[{cal}, gpu {label} vs cpu]"] = f"{within}/{len(c)}"
         return res
 
     @section("multi_gpu", out)

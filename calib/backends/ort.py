@@ -11,9 +11,11 @@ cuDNN and cuBLAS from the `nvidia-*` wheels that torch already brings when
 On CUDA, `run_device` binds a torch CUDA tensor as the input and torch CUDA tensors as the
 outputs with IOBinding (https://onnxruntime.ai/docs/api/python/api_summary.html#iobinding), so
 batches decoded on the GPU are never copied to the host. cuDNN's convolution algorithm is
-chosen by its heuristics (`cudnn_conv_algo_search=DEFAULT`), not by timing each one: the choice
-then depends only on the shapes, so two runs (or two GPUs) compute the same activations bit for
-bit. TF32 is off unless asked for: FP32 means FP32 (calibration statistics, FP32 baselines).
+chosen by its heuristics (`cudnn_conv_algo_search=HEURISTIC`), not by timing each one
+(EXHAUSTIVE, ORT's default): the choice then depends only on the shapes, so two runs (or two
+GPUs) compute the same activations bit for bit. Not "DEFAULT": ORT >= 1.20 maps it to cuDNN's
+fallback engines (its log says "running in Fallback mode"), measured 15x slower on
+EfficientNet-Lite0 on an H200. TF32 is off unless asked for: FP32 means FP32 (calibration statistics, FP32 baselines).
 """
 
 from __future__ import annotations
@@ -86,12 +88,13 @@ def require_cuda_provider():
     return ort
 
 
-def cuda_session(model, device_id: int = 0, level: str = "all", tf32: bool = False):
+def cuda_session(model, device_id: int = 0, level: str = "all", tf32: bool = False,
+                 algo_search: str = "HEURISTIC"):
     """An ONNX Runtime session on CUDA device `device_id`; a clear error if CUDA cannot load."""
     from calib.onnx_io import ort_session
 
     ort = require_cuda_provider()
-    options = {"device_id": str(device_id), "cudnn_conv_algo_search": "DEFAULT",
+    options = {"device_id": str(device_id), "cudnn_conv_algo_search": algo_search,
                "use_tf32": "1" if tf32 else "0"}
     try:
         session = ort_session(model, level, providers=(("CUDAExecutionProvider", options),

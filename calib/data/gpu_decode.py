@@ -331,6 +331,8 @@ class GpuDecoder:
         if decoder not in ("nvjpeg", "pil"):
             raise CalibError(f"unknown GPU decoder '{decoder}' (choose from: nvjpeg, pil)")
         self.torch, self.device = require_torch_cuda(device)
+        if self.device.index is None:   # "cuda": the current device, named (threads need the index)
+            self.device = self.torch.device("cuda", self.torch.cuda.current_device())
         if decoder == "nvjpeg":
             try:
                 import torchvision.io  # noqa: F401
