@@ -29,6 +29,13 @@ in TensorRT's samples (device allocations, streams, page-locked memory, async co
 pycuda ships no wheels for every CUDA version (it compiles against a local CUDA toolkit), while
 the torch wheel that already runs the model carries its own CUDA runtime.
 
+With `decode="nvjpeg"` step 1 moves to the GPU (`calib.data.gpu_decode`): a producer thread
+reads the files (a small I/O thread pool), decodes them with nvJPEG and preprocesses them on a
+CUDA stream of its own, and hands finished device batches over through a bounded queue with a
+CUDA event each; step 3 becomes a device-to-device copy into the slot. `gpu_batches` is the
+same producer without the fixed slots, for consumers that need no stable pointer (ORT with
+IOBinding, the calibration statistics).
+
 A batch handed out is a view into a reused buffer: it is valid until the next batch is asked
 for. Clone it to keep it. Use it on the stream that was current when it was handed out (or
 record that stream's work before asking for the next batch), since that is the stream the
@@ -37,7 +44,10 @@ release event is recorded on.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
@@ -45,6 +55,7 @@ import numpy as np
 
 from calib.data.dataset import Dataset
 from calib.data.loader import Batch, SkipLog, iter_batches
+from calib.data.sources import ImageSource, Sample
 from calib.errors import CalibError, MissingDependency
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,14 +122,20 @@ class GpuBatchStream:
     may hold fewer than `batch_size` images: `DeviceBatch.size` tells.
     """
 
+    DECODERS = ("cpu", "nvjpeg")
+
     def __init__(self, dataset: Dataset, batch_size: int, workers: int | None = None,
                  device: str = "cuda", depth: int = 2, progress: str | None = None,
-                 skips: SkipLog | None = None) -> None:
+                 skips: SkipLog | None = None, decode: str = "cpu", resample: str = "pil") -> None:
         if batch_size < 1:
             raise CalibError(f"batch size must be at least 1, not {batch_size}")
         if depth < 2:
             raise CalibError(f"GPU stream depth must be at least 2 (double buffering), not {depth}")
+        if decode not in self.DECODERS:
+            raise CalibError(f"unknown decoder '{decode}' (choose from: {', '.join(self.DECODERS)})")
         self._torch, self.device = require_torch_cuda(device)
+        self.decode = decode
+        self.resample = resample
         self.dataset = dataset
         self.batch_size = batch_size
         self.workers = workers
@@ -174,9 +191,20 @@ class GpuBatchStream:
 
     # -- pipeline ----------------------------------------------------------------------------
 
+    @property
+    def decode_path(self) -> str:
+        """How the pixels were made ("pil", or e.g. "nvjpeg+pil-bicubic"): part of the cache key."""
+        from calib.data.gpu_decode import decode_path
+
+        return decode_path(self.dataset.preprocess, "pil" if self.decode == "cpu" else "nvjpeg", self.resample)
+
     def _batches(self) -> Iterator[DeviceBatch]:
-        source = iter_batches(self.dataset, self.batch_size, self.workers, progress=self.progress,
-                              skips=self.skips)
+        if self.decode == "nvjpeg":
+            source = _DecodeThread(self.dataset, self.batch_size, self.device, self.resample,
+                                   progress=self.progress).batches(self.skips)
+        else:
+            source = iter_batches(self.dataset, self.batch_size, self.workers, progress=self.progress,
+                                  skips=self.skips)
         pending: deque[tuple[_Slot, Batch]] = deque()
         slots: list[_Slot] = []   # each pass owns its buffers: two passes never share a slot
         count = 0
@@ -209,9 +237,21 @@ class GpuBatchStream:
                              f"then {tuple(chw)}")
         return slots[index % self.depth]
 
-    def _fill(self, slot: _Slot, batch: Batch) -> None:
+    def _fill(self, slot: _Slot, batch: "Batch | _Decoded") -> None:
         torch = self._torch
         n = len(batch.keys)
+        if isinstance(batch, _Decoded):  # already on the device: one device-to-device copy
+            with torch.cuda.stream(self._copy_stream):
+                if slot.was_released:
+                    self._copy_stream.wait_event(slot.released)
+                self._copy_stream.wait_event(batch.event)
+                slot.device[:n].copy_(batch.images, non_blocking=True)
+                batch.images.record_stream(self._copy_stream)
+                if n < self.batch_size:
+                    slot.device[n:].zero_()
+                slot.copy_done.record(self._copy_stream)
+            slot.copied = True
+            return
         if slot.copied:
             slot.copy_done.synchronize()   # the last copy out of this pinned buffer has finished
         # One thread, GIL released: torch's copy_ would fan out to every intra-op thread and take
@@ -237,3 +277,146 @@ class GpuBatchStream:
     def _release(self, slot: _Slot) -> None:
         slot.released.record(self._torch.cuda.current_stream(self.device))
         slot.was_released = True
+
+
+# --------------------------------------------------------------------------- GPU decoding
+@dataclass
+class _Decoded:
+    """A batch the decode thread finished on its stream; `event` marks the end of its work."""
+    images: "torch.Tensor"
+    labels: np.ndarray
+    keys: list[str]
+    skipped: list[str]
+    event: object
+
+
+def _reads_files(source: ImageSource) -> bool:
+    """Sources whose samples are files opened by path (the base class's `open`)."""
+    return type(source).open is ImageSource.open
+
+
+def read_items(source: ImageSource, samples: list[Sample]) -> list:
+    """Encoded bytes per sample for file sources; otherwise a callable that opens it (PIL)."""
+    if not _reads_files(source):
+        return [(lambda s=s: source.open(s)) for s in samples]
+    items: list = []
+    for s in samples:
+        try:
+            with open(s.key, "rb") as f:
+                items.append(f.read())
+        except OSError:
+            items.append(b"")   # unreadable: skipped by the decoder like an undecodable file
+    return items
+
+
+class _DecodeThread:
+    """Read (I/O threads) -> nvJPEG decode + preprocess (this thread, its own CUDA stream) ->
+    bounded queue of finished device batches, in dataset order."""
+
+    _END = object()
+
+    def __init__(self, dataset: Dataset, batch_size: int, device, resample: str = "pil",
+                 depth: int = 3, io_threads: int = 4, progress: str | None = None,
+                 decoder: str = "nvjpeg") -> None:
+        from calib.data.gpu_decode import GpuDecoder
+
+        self.dataset = dataset
+        self.chunks = [dataset.samples[i:i + batch_size] for i in range(0, len(dataset.samples), batch_size)]
+        self.decoder = GpuDecoder(dataset.preprocess, str(device), resample, decoder)
+        self.device = self.decoder.device
+        self.io_threads = io_threads
+        self.depth = depth
+        self.progress = progress
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def _work(self) -> None:
+        torch = self.decoder.torch
+        try:
+            torch.cuda.set_device(self.device)
+            stream = torch.cuda.Stream(device=self.device)
+            source = self.dataset.source
+            with ThreadPoolExecutor(self.io_threads, thread_name_prefix="calib-read") as pool:
+                pending: deque = deque()
+                todo = iter(self.chunks)
+                for chunk in todo:
+                    pending.append((chunk, pool.submit(read_items, source, chunk)))
+                    if len(pending) > self.depth:
+                        break
+                while pending and not self.stop.is_set():
+                    chunk, future = pending.popleft()
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        pending.append((nxt, pool.submit(read_items, source, nxt)))
+                    items = future.result()
+                    with torch.cuda.stream(stream):
+                        images, ok, bad = self.decoder(items)
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    decoded = _Decoded(images, np.asarray([chunk[i].label for i in ok], np.int64),
+                                       [chunk[i].key for i in ok], [chunk[i].key for i in bad], event)
+                    self._put(decoded)
+        except BaseException as e:  # re-raised in the consumer
+            self._put(e)
+            return
+        self._put(self._END)
+
+    def _put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def batches(self, skips: SkipLog) -> Iterator[_Decoded]:
+        """Finished batches (images may be None when no image of a chunk decoded: skipped)."""
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(self.dataset.samples), desc=self.progress, unit="img",
+                   disable=self.progress is None, file=sys.stderr, leave=False, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 5.0)
+        self.thread = threading.Thread(target=self._work, name="calib-gpu-decode", daemon=True)
+        self.thread.start()
+        try:
+            while True:
+                item = self.queue.get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                skips.add(item.skipped)
+                bar.update(len(item.keys) + len(item.skipped))
+                if item.images is not None:
+                    yield item
+        finally:
+            bar.close()
+            self.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+
+def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", resample: str = "pil",
+                depth: int = 3, io_threads: int = 4, progress: str | None = None,
+                skips: SkipLog | None = None, decoder: str = "nvjpeg") -> Iterator[DeviceBatch]:
+    """Batches decoded and preprocessed on the GPU (nvJPEG; Pillow per image where nvJPEG cannot),
+    in dataset order, as `DeviceBatch`es whose `images` are ready on the caller's current stream.
+
+    Each batch is a fresh tensor (the caching allocator recycles them), valid for as long as the
+    caller keeps it. `decoder="pil"` decodes with Pillow on the CPU but still resizes on the GPU
+    (the same pixels as the CPU path, bit for bit). Undecodable images are logged in `skips`."""
+    skips = skips if skips is not None else SkipLog()
+    producer = _DecodeThread(dataset, batch_size, device, resample, depth, io_threads, progress, decoder)
+    torch = producer.decoder.torch
+    current = torch.cuda.current_stream(producer.device)
+    for item in producer.batches(skips):
+        current.wait_event(item.event)
+        item.images.record_stream(current)  # freed only after the caller's work on it
+        yield DeviceBatch(item.images, item.images, item.labels, item.keys, item.skipped, item.event)

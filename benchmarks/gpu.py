@@ -1,0 +1,435 @@
+"""GPU benchmark: decode paths, FP32+INT8 evaluation end to end, calibration, several GPUs.
+
+    python benchmarks/gpu.py --images DIR --fp32 M.onnx --int8 M-int8.onnx [--repeat-to 50000]
+    python benchmarks/gpu.py --render benchmarks/gpu.json   # -> the RESULTS section (markdown)
+
+Runs on a machine with an NVIDIA GPU, torchvision and onnxruntime-gpu. Everything is measured
+in one run, each figure next to the ceilings it is bounded by:
+
+1. decode paths on the sample images: the CPU path (Pillow) against nvJPEG + Pillow-exact GPU
+   resize, nvJPEG + torch's antialiased resize, and Pillow decode + GPU resize (which must be
+   exact); mean / 99th percentile / max absolute difference in 8-bit levels; FP32 top-1 on each
+   path and their agreement;
+2. INT8 on the GPU (CUDA provider) vs on the CPU (CPU provider), same (Pillow) inputs;
+3. ceilings at batch 256: decode alone (nvJPEG stream), each model alone, both models in two
+   threads; then FP32+INT8 evaluation end to end over the sample folder repeated to
+   `--repeat-to` images (decode included), with the two models run one after the other and
+   overlapped;
+4. calibration: the 500-image pass (entropy + minmax statistics and the channel means, as
+   `calib calibrate` collects them) in the CUDA provider, seconds after the model is loaded;
+   the cache scales against the CPU path's on the same (Pillow) inputs, in histogram bins;
+5. with two or more GPUs: the same evaluation and calibration split over them, the speed-up,
+   and whether the merged statistics and the cache are bit-identical to one GPU's.
+
+Writes `--out` (JSON) after every section, so a run cut short still reports what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS: dict = {}
+
+
+def save(out: Path) -> None:
+    out.write_text(json.dumps(RESULTS, indent=2, default=float) + "\n")
+
+
+def section(name: str, out: Path):
+    def wrap(fn):
+        def run(*a, **k):
+            t = time.perf_counter()
+            try:
+                RESULTS[name] = fn(*a, **k)
+            except Exception as e:  # a failed section is reported, the others still run
+                RESULTS[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]}
+                print(f"[{name}] FAILED: {type(e).__name__}: {e}", flush=True)
+            RESULTS.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t, 2)
+            save(out)
+            print(f"[{name}] {time.perf_counter() - t:.1f} s", flush=True)
+            return RESULTS[name]
+        return run
+    return wrap
+
+
+def levels(a: np.ndarray, b: np.ndarray, std) -> dict:
+    d = np.abs(a - b) * np.asarray(std, np.float32)[None, :, None, None]
+    return {"mean": float(d.mean()), "p99": float(np.percentile(d, 99)), "max": float(d.max()),
+            "exact_fraction": float(np.mean(d < 1e-3))}
+
+
+def timed_run(runner, x, iters: int = 30) -> float:
+    import torch
+
+    for _ in range(3):
+        runner.run_device(x)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        runner.run_device(x)
+    torch.cuda.synchronize()
+    return x.shape[0] * iters / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=Path)
+    p.add_argument("--fp32", type=Path)
+    p.add_argument("--int8", type=Path)
+    p.add_argument("--repeat-to", type=int, default=50_000)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--calib-batch", type=int, default=64)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "gpu.json")
+    p.add_argument("--render", type=Path, help="print the markdown section for a gpu.json")
+    p.add_argument("--skip", nargs="*", default=[])
+    args = p.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return
+    run(args)
+
+
+def run(args) -> None:
+    import torch
+
+    from calib.backends.ort import OrtRunner, require_cuda_provider
+    from calib.data.dataset import Dataset
+    from calib.data.sources import imagenet_val
+    from calib.data.transforms import get_preset
+
+    out = args.out
+    ort = require_cuda_provider()
+    import torchvision
+
+    RESULTS["environment"] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "gpu": torch.cuda.get_device_name(0),
+        "gpus": torch.cuda.device_count(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(), "pillow": __import__("PIL").__version__,
+        "images": str(args.images), "batch": args.batch}
+    save(out)
+    pre = get_preset("efficientnet-lite")
+    sample = Dataset.of(imagenet_val(args.images), pre)
+    n = len(sample)
+    repeats = max(1, -(-args.repeat_to // n))
+    big = sample.subset((sample.samples * repeats)[:args.repeat_to])
+    RESULTS["environment"].update(sample_images=n, large_set=len(big))
+    fp32 = OrtRunner(args.fp32, device="cuda:0")
+    int8 = OrtRunner(args.int8, device="cuda:0")
+    cache: dict = {}
+
+    @section("decode_paths", out)
+    def decode_paths():
+        from calib.collect_gpu import device_batches
+        from calib.data.loader import iter_batches
+
+        ref = np.concatenate([b.images for b in iter_batches(sample, 64, workers=8)])
+        cache["pil"] = ref
+        res = {}
+        for label, decode, resample in (("nvjpeg+pil-bicubic", "nvjpeg", "pil"),
+                                        ("nvjpeg+torch-bicubic-aa", "nvjpeg", "torch"),
+                                        ("pil+gpu-pil-bicubic", "pil-gpu", "pil")):
+            got = np.concatenate([b.images.cpu().numpy() for b in device_batches(sample, 64, "cuda:0", decode, resample)])
+            cache[label] = got
+            res[label] = levels(got, ref, pre.std)
+        return res
+
+    @section("accuracy_paths", out)
+    def accuracy_paths():
+        labels = np.asarray([s.label for s in sample.samples])
+        res = {}
+        preds = {}
+        for label in ("pil", "nvjpeg+pil-bicubic", "nvjpeg+torch-bicubic-aa"):
+            x = torch.from_numpy(cache[label]).cuda()
+            logits = torch.cat([fp32.run_device(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)])
+            preds[label] = logits.argmax(1).cpu().numpy()
+            res[f"fp32_top1[{label}]"] = float(np.mean(preds[label] == labels))
+        for label in ("nvjpeg+pil-bicubic", "nvjpeg+torch-bicubic-aa"):
+            res[f"fp32_agreement[pil vs {label}]"] = float(np.mean(preds["pil"] == preds[label]))
+        # INT8: CUDA provider vs CPU provider, the same (Pillow) inputs.
+        x = torch.from_numpy(cache["pil"]).cuda()
+        gpu8 = torch.cat([int8.run_device(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)]).cpu().numpy()
+        cpu8_runner = OrtRunner(args.int8)
+        cpu8 = np.concatenate([cpu8_runner.run(cache["pil"][i:i + 50]) for i in range(0, n, 50)])
+        cpu32 = np.concatenate([OrtRunner(args.fp32).run(cache["pil"][i:i + 50]) for i in range(0, n, 50)])
+        res["int8_top1[gpu]"] = float(np.mean(gpu8.argmax(1) == labels))
+        res["int8_top1[cpu]"] = float(np.mean(cpu8.argmax(1) == labels))
+        res["int8_agreement[gpu vs cpu]"] = float(np.mean(gpu8.argmax(1) == cpu8.argmax(1)))
+        res["int8_logit_max_abs_diff[gpu vs cpu]"] = float(np.abs(gpu8 - cpu8).max())
+        res["fp32_top1[cpu provider, pil]"] = float(np.mean(cpu32.argmax(1) == labels))
+        res["fp32_agreement[gpu vs cpu provider]"] = float(np.mean(cpu32.argmax(1) == preds["pil"]))
+        return res
+
+    @section("ceilings", out)
+    def ceilings():
+        from calib.data.gpu_stream import gpu_batches
+
+        res = {}
+        x = torch.randn((args.batch, 3, pre.size, pre.size), device="cuda:0")
+        res["fp32_alone"] = timed_run(fp32, x)
+        res["int8_alone"] = timed_run(int8, x)
+        res["pair_sequential_bound"] = 1 / (1 / res["fp32_alone"] + 1 / res["int8_alone"])
+        from calib.backends.ort import cuda_session
+
+        class _Exhaustive(OrtRunner):   # ORT's default algorithm search, for reference
+            def __init__(self, path):
+                self.kind, self.device_id = "cuda", 0
+                self.session = cuda_session(str(path), 0, algo_search="EXHAUSTIVE")
+                self.input_name = self.session.get_inputs()[0].name
+                self._outputs = {}
+
+        res["fp32_alone[exhaustive algo search]"] = timed_run(_Exhaustive(args.fp32), x)
+        res["int8_alone[exhaustive algo search]"] = timed_run(_Exhaustive(args.int8), x)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(3):
+                list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(30):
+                list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+            torch.cuda.synchronize()
+            res["pair_overlapped"] = args.batch * 30 / (time.perf_counter() - t)
+        for label, resample in (("decode_nvjpeg_pil_resize", "pil"), ("decode_nvjpeg_torch_resize", "torch")):
+            subset = big.subset(big.samples[:min(len(big), 20_000)])
+            t = time.perf_counter()
+            count = 0
+            for b in gpu_batches(subset, args.batch, "cuda:0", resample=resample):
+                count += b.size
+            torch.cuda.synchronize()
+            res[label] = count / (time.perf_counter() - t)
+        from calib.data.gpu_stream import GpuBatchStream
+
+        subset = big.subset(big.samples[:3000])
+        t = time.perf_counter()
+        with GpuBatchStream(subset, args.batch, workers=min(15, os.cpu_count() - 1)) as s:
+            count = sum(b.size for b in s)
+        torch.cuda.synchronize()
+        res["decode_cpu_workers_stream"] = count / (time.perf_counter() - t)
+        return res
+
+    @section("end_to_end", out)
+    def end_to_end():
+        from calib.distributed import evaluate_device
+
+        res = {}
+        for label, concurrent in (("overlapped", True), ("sequential", False)):
+            r = evaluate_device({"fp32": fp32, "int8": int8}, big, args.batch, "cuda:0", concurrent=concurrent)
+            ev = r.evaluation
+            res[label] = {"images": r.images, "seconds": r.seconds, "images_per_s": r.images / r.seconds,
+                          "decode_path": r.decode_path, "fp32_top1": ev.summary("fp32")["top1"],
+                          "int8_top1": ev.summary("int8")["top1"], "agreement": ev.agreement(),
+                          "logit_max_abs_diff": r.logit_max_abs_diff, "skipped": len(ev.skipped)}
+        return res
+
+    @section("calibration", out)
+    def calibration():
+        import onnx
+
+        from calib.calibrators import get_calibrator
+        from calib.calibrators.channel_means import ChannelMeans, Observers
+        from calib.calibrators.statistics import TensorStatistics
+        from calib.calibration import calibrated_tensors, weighted_inputs
+        from calib.collect import collect
+        from calib.collect_gpu import collect_gpu, exposed_with_shapes
+
+        prepared = onnx.load(str(args.fp32))
+        tensors = calibrated_tensors(prepared)
+        wi = weighted_inputs(prepared)
+        t = time.perf_counter()
+        exposed, _ = exposed_with_shapes(prepared, tensors)
+        runner = OrtRunner(exposed.SerializeToString(), device="cuda:0")
+        res = {"tensors": len(tensors), "model_load_seconds": time.perf_counter() - t, "batch": args.calib_batch}
+        stats = {}
+        for label, decode in (("nvjpeg", "nvjpeg"), ("nvjpeg_again", "nvjpeg"), ("pil_inputs", "cpu")):
+            st = TensorStatistics()
+            means = ChannelMeans(wi)
+            r = collect_gpu(prepared, sample, Observers(st, means), args.calib_batch, "cuda:0", tensors, None,
+                            decode, runner=runner)
+            res[f"seconds[{label}]"] = r.seconds
+            res[f"images[{label}]"] = r.images
+            stats[label] = st
+        st_cpu = TensorStatistics()
+        t = time.perf_counter()
+        collect(prepared, sample, Observers(st_cpu, ChannelMeans(wi)), batch_size=16, workers=8, progress=None,
+                tensors=tensors)
+        res["seconds[cpu provider]"] = time.perf_counter() - t
+        cache["stats_nvjpeg"] = stats["nvjpeg"]
+        for label in ("pil_inputs", "nvjpeg"):
+            moved = 0.0   # the largest fraction of a tensor's values that landed in another bin
+            for name in st_cpu.names():
+                a, b = st_cpu._entries[name], stats[label]._entries[name]
+                if a.counts is None or a.exp is None or b.exp is None:
+                    continue
+                ca, cb = a.counts.copy(), b.counts.copy()
+                from calib.calibrators import _histogram as H
+
+                e = max(a.exp, b.exp)
+                H.fold(ca, e - a.exp)
+                H.fold(cb, e - b.exp)
+                moved = max(moved, float(np.abs(ca - cb).sum()) / 2 / max(a.count, 1))
+            res[f"histogram_moved_fraction_max[gpu {label} vs cpu]"] = moved
+            for cal in ("entropy", "minmax", "percentile"):
+                g = get_calibrator(cal, stats[label]).compute()
+                c = get_calibrator(cal, st_cpu).compute()
+                worst_stats_bins, worst_cal_bins, worst_name, within = 0.0, 0.0, None, 0
+                for name in c:
+                    s = st_cpu.summary(name)
+                    if s.peak == 0:
+                        continue
+                    exp = st_cpu._entries[name].exp
+                    stat_bin = 2.0 ** exp / st_cpu.bins
+                    cal_bin = s.peak / 2048
+                    d = abs(g[name].amax - c[name].amax)
+                    if d / stat_bin > worst_stats_bins:
+                        worst_stats_bins, worst_name = d / stat_bin, name
+                    worst_cal_bins = max(worst_cal_bins, d / cal_bin)
+                    within += d <= stat_bin
+                res[f"amax_max_diff_in_stats_bins[{cal}, gpu {label} vs cpu]"] = worst_stats_bins
+                res[f"amax_max_diff_in_2048_bins[{cal}, gpu {label} vs cpu]"] = worst_cal_bins
+                res[f"worst_tensor[{cal}, gpu {label} vs cpu]"] = worst_name
+                res[f"tensors_within_one_bin[{cal}, gpu {label} vs cpu]"] = f"{within}/{len(c)}"
+        return res
+
+    @section("multi_gpu", out)
+    def multi_gpu():
+        import onnx
+
+        from calib.calibrators.channel_means import ChannelMeans, Observers
+        from calib.calibrators.statistics import TensorStatistics
+        from calib.calibration import calibrated_tensors, save_calibration, weighted_inputs
+        from calib.cache import CacheStore
+        from calib.calibrators import get_calibrator
+        from calib.collect_gpu import collect_gpu
+        from calib.distributed import collect_multi, evaluate_multi
+        from calib.models import resolve_model
+
+        gpus = torch.cuda.device_count()
+        if gpus < 2:
+            return {"skipped": f"{gpus} GPU"}
+        res = {}
+        models = {"fp32": str(args.fp32), "int8": str(args.int8)}
+        one = evaluate_multi(models, big, ["cuda:0"], args.batch)
+        two = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch)
+        res["eval_images"] = one[1].images
+        res["eval_seconds[1 gpu]"] = one[1].seconds
+        res[f"eval_seconds[{gpus} gpus]"] = two[1].seconds
+        res["eval_rank_seconds"] = two[1].rank_seconds
+        res["eval_speedup"] = one[1].seconds / two[1].seconds
+        res["eval_images_per_s[all gpus]"] = two[1].images / two[1].seconds
+        res["eval_predictions_identical"] = bool(all(np.array_equal(one[0].predictions[k].top5, two[0].predictions[k].top5)
+                                                     for k in models))
+        prepared = onnx.load(str(args.fp32))
+        tensors = calibrated_tensors(prepared)
+        wi = weighted_inputs(prepared)
+        calset = big.subset(big.samples[:5000])
+        single_st = TensorStatistics()
+        single_means = ChannelMeans(wi)
+        r = collect_gpu(prepared, calset, Observers(single_st, single_means), args.calib_batch, "cuda:0", tensors, None)
+        st1, m1, r1, order1 = collect_multi(prepared, calset, ["cuda:0"], args.calib_batch, tensors, wi)
+        st2, m2, r2, order2 = collect_multi(prepared, calset, [f"cuda:{i}" for i in range(gpus)], args.calib_batch,
+                                            tensors, wi)
+        res["calib_images"] = r2.images
+        res["calib_seconds[in-process 1 gpu]"] = r.seconds
+        res["calib_seconds[1 gpu]"] = r1.seconds
+        res[f"calib_seconds[{gpus} gpus]"] = r2.seconds
+        res["calib_speedup"] = r1.seconds / r2.seconds
+
+        def same_stats(a, b):
+            da, db = a.state_dict(), b.state_dict()
+            return list(da["tensors"]) == list(db["tensors"]) and all(
+                da["tensors"][k]["min"] == db["tensors"][k]["min"] and da["tensors"][k]["max"] == db["tensors"][k]["max"]
+                and da["tensors"][k]["exp"] == db["tensors"][k]["exp"]
+                and np.array_equal(da["tensors"][k]["counts"], db["tensors"][k]["counts"]) for k in da["tensors"])
+
+        res["stats_identical[multi vs single]"] = same_stats(st2, single_st)
+        res["means_identical[multi vs single]"] = all(np.array_equal(m2.sums[k], single_means.sums[k])
+                                                      for k in single_means.sums) and m2.counts == single_means.counts
+        model = resolve_model(str(args.fp32), "efficientnet-lite")
+        texts = []
+        for label, st, means in (("single", single_st, single_means), ("multi", st2, m2)):
+            with tempfile.TemporaryDirectory() as tmp:
+                cal = get_calibrator("entropy", st)
+                o = save_calibration(model, calset, cal, CacheStore(tmp), r2.images, [], order2, args.calib_batch,
+                                     0.0, means.means())
+                sidecar = json.loads(o.entry.sidecar.read_text())
+                sidecar.pop("seconds", None)
+                texts.append((Path(o.entry.path).read_bytes(), json.dumps(sidecar, sort_keys=True)))
+        res["cache_bit_identical"] = texts[0][0] == texts[1][0]
+        res["sidecar_bit_identical"] = texts[0][1] == texts[1][1]
+        return res
+
+    for name, fn in (("decode_paths", decode_paths), ("accuracy_paths", accuracy_paths),
+                     ("ceilings", ceilings), ("end_to_end", end_to_end), ("calibration", calibration),
+                     ("multi_gpu", multi_gpu)):
+        if name not in args.skip:
+            fn()
+    print(render(RESULTS))
+
+
+def render(r: dict) -> str:
+    """The GPU section of benchmarks/RESULTS.md from a gpu.json."""
+    def f(v, fmt="{:,.0f}"):
+        return "n/a" if v is None else fmt.format(v)
+
+    env = r.get("environment", {})
+    lines = ["## GPU", "",
+             f"- Date {env.get('date')}; {env.get('gpus')} x {env.get('gpu')}, {env.get('cpus')} CPUs; torch "
+             f"{env.get('torch')}, torchvision {env.get('torchvision')}, onnxruntime-gpu {env.get('onnxruntime')}, "
+             f"Pillow {env.get('pillow')}",
+             f"- Images: {env.get('sample_images')} sample images; the large set repeats them to "
+             f"{env.get('large_set')}; batch {env.get('batch')}", ""]
+    dp = r.get("decode_paths", {})
+    if dp and "error" not in dp:
+        lines += ["| decode path vs Pillow (CPU path) | mean abs diff (levels) | p99 | max | exact pixels |",
+                  "|---|---|---|---|---|"]
+        for k, v in dp.items():
+            lines.append(f"| {k} | {v['mean']:.3f} | {v['p99']:.1f} | {v['max']:.0f} | {v['exact_fraction']:.1%} |")
+        lines.append("")
+    ap = r.get("accuracy_paths", {})
+    if ap and "error" not in ap:
+        lines += ["| accuracy figure | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.2%} |" if isinstance(v, float) and v <= 1 and "diff" not in k else f"| {k} | {v:.4g} |"
+                  for k, v in ap.items()]
+        lines.append("")
+    c, e = r.get("ceilings", {}), r.get("end_to_end", {})
+    if c and "error" not in c:
+        lines += ["| throughput (images/s) | value |", "|---|---|"]
+        lines += [f"| ceiling: {k} | {f(v)} |" for k, v in c.items()]
+        if e and "error" not in e:
+            for k, v in e.items():
+                lines.append(f"| FP32+INT8 end to end ({k}, {v['decode_path']}, {v['images']:,} images) | "
+                             f"{f(v['images_per_s'])} |")
+        lines.append("")
+    cal = r.get("calibration", {})
+    if cal and "error" not in cal:
+        lines += ["| calibration figure | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in cal.items()]
+        lines.append("")
+    mg = r.get("multi_gpu", {})
+    if mg and "error" not in mg:
+        lines += ["| several GPUs | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in mg.items()]
+        lines.append("")
+    for k, v in r.items():
+        if isinstance(v, dict) and "error" in v:
+            lines.append(f"- {k}: not measured ({v['error']})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,408 @@
+"""JPEG decoding and preprocessing on the GPU: nvJPEG, then crop + resize + normalise in torch.
+
+Why: on a GPU machine the CPU decode workers feed about 500-1,000 images/s, while nvJPEG
+(through `torchvision.io.decode_jpeg(list_of_tensors, device="cuda")`, torchvision's batched
+decoder; https://pytorch.org/vision/stable/generated/torchvision.io.decode_jpeg.html) plus the
+resize on the GPU reach over ten thousand.
+
+Preprocessing must not drift from the CPU path (`calib.data.transforms.Preprocess`, PIL):
+
+- the crop arithmetic is the CPU path's, integer for integer (`crop_plan`);
+- `resample="pil"` (the default) reproduces Pillow's resampling exactly: the same filter
+  coefficients (Pillow's `src/libImaging/Resample.c`: `precompute_coeffs`, bicubic a = -0.5,
+  support scaled by the downscale factor, i.e. antialiased), the same 22-bit fixed-point weights
+  (`normalize_coeffs_8bpc`), horizontal pass first, rounding and clamping to 8 bits after each
+  pass. Both passes are float64 matrix products of integers below 2**53, so every sum is exact
+  and the GPU output equals Pillow's bit for bit on the same decoded pixels;
+- `resample="torch"` uses `torch.nn.functional.interpolate(..., antialias=True)` instead (close
+  to, not equal to, Pillow: kept to measure the difference);
+- normalisation is the same float32 `(x - mean) / std`.
+
+What is left is the decoder: nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's
+(what Pillow uses) by about one 8-bit level on average. That difference is why the decode path
+is part of the cache key (`decode_path`): a run calibrates and evaluates through one path.
+
+Images that are not baseline/progressive 8-bit 1- or 3-channel JPEGs (PNG, CMYK JPEG, ...) and
+any image nvJPEG rejects are decoded by Pillow on the CPU, one by one, and resized on the GPU
+like the others; what Pillow cannot decode either is skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from calib.data.transforms import Preprocess, to_rgb
+from calib.errors import CalibError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+CPU_DECODE_PATH = "pil"
+RESAMPLERS = ("pil", "torch")
+PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images (Resample.c)
+_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
+
+
+def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg", resample: str = "pil") -> str:
+    """A short name of how pixels were produced; part of the cache key, shown in reports.
+
+    "pil" for the CPU path; e.g. "nvjpeg+pil-bicubic" (nvJPEG decode, Pillow-exact resampling)
+    or "nvjpeg+torch-bicubic-aa" (torch's antialiased interpolate)."""
+    if decoder in ("pil", "cpu"):
+        return CPU_DECODE_PATH
+    if resample not in RESAMPLERS:
+        raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")
+    interp = preprocess.interpolation if preprocess is not None else "bicubic"
+    return f"{decoder}+{resample}-{interp}" + ("-aa" if resample == "torch" else "")
+
+
+# --------------------------------------------------------------------------- crop arithmetic
+@dataclass(frozen=True)
+class AxisPlan:
+    """One axis of Pillow's `resize(box=...)` followed by an integer crop.
+
+    The source interval [in0, in1) of an axis of `in_size` pixels is resampled to `out_size`
+    pixels, of which `count` starting at `keep` are kept."""
+    in_size: int
+    in0: float
+    in1: float
+    out_size: int
+    keep: int
+    count: int
+
+
+def crop_plan(preprocess: Preprocess, width: int, height: int) -> tuple[AxisPlan, AxisPlan]:
+    """(x, y) plans with exactly the arithmetic of `Preprocess.__call__`."""
+    size = preprocess.size
+    if preprocess.crop == "padded":
+        side = int(size / (size + preprocess.crop_padding) * min(width, height))
+        left, top = (width - side + 1) // 2, (height - side + 1) // 2
+        return (AxisPlan(width, left, left + side, size, 0, size),
+                AxisPlan(height, top, top + side, size, 0, size))
+    scale = preprocess.resize_to / min(width, height)
+    nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return (AxisPlan(width, 0, width, nw, left, size), AxisPlan(height, 0, height, nh, top, size))
+
+
+def _filter(x: np.ndarray, interpolation: str) -> np.ndarray:
+    """Pillow's bicubic (a = -0.5) and bilinear (triangle) filters, operation for operation."""
+    x = np.abs(x)
+    if interpolation == "bilinear":
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+    a = -0.5
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+@lru_cache(maxsize=4096)
+def _coefficients(in_size: int, in0: float, in1: float, out_size: int, interpolation: str):
+    """Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: (first source index per output,
+    int64 fixed-point weights (out_size, ksize)). Cached: image sizes repeat across a dataset."""
+    if interpolation not in _SUPPORT:
+        raise CalibError(f"GPU resampling supports {', '.join(_SUPPORT)}, not '{interpolation}'")
+    scale = (in1 - in0) / out_size
+    filterscale = max(scale, 1.0)
+    support = _SUPPORT[interpolation] * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = in0 + (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    ss = 1.0 / filterscale
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    xmax = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - xmin
+    taps = np.arange(ksize, dtype=np.int64)
+    valid = taps[None, :] < xmax[:, None]
+    w = _filter(((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * ss, interpolation)
+    w = np.where(valid, w, 0.0)
+    ww = np.zeros(out_size, dtype=np.float64)
+    for j in range(ksize):  # left to right, as Pillow sums (float addition is not associative)
+        ww += w[:, j]
+    k = np.where(ww[:, None] != 0.0, w / np.where(ww == 0.0, 1.0, ww)[:, None], w)
+    one = float(1 << PRECISION_BITS)
+    kk = np.where(k < 0, np.trunc(-0.5 + k * one), np.trunc(0.5 + k * one)).astype(np.int64)
+    return xmin, kk
+
+
+def axis_weights(plan: AxisPlan, interpolation: str) -> tuple[int, np.ndarray]:
+    """(first source pixel, int64 weights (count, span)): the kept outputs of one axis as a
+    dense matrix over the source pixels [first, first + span) they read."""
+    xmin, kk = _coefficients(plan.in_size, float(plan.in0), float(plan.in1), plan.out_size, interpolation)
+    xmin, kk = xmin[plan.keep:plan.keep + plan.count], kk[plan.keep:plan.keep + plan.count]
+    nonzero = kk != 0
+    last = np.where(nonzero, xmin[:, None] + np.arange(kk.shape[1])[None, :] + 1, 0).max()
+    first = int(xmin.min())
+    span = max(int(last) - first, 1)
+    dense = np.zeros((plan.count, span), dtype=np.int64)
+    rows, taps = np.nonzero(nonzero)
+    dense[rows, xmin[rows] - first + taps] = kk[rows, taps]
+    return first, dense
+
+
+# --------------------------------------------------------------------------- resampling (torch)
+def _round_fixed(t: "torch.Tensor") -> "torch.Tensor":
+    """Pillow's clip8: (sum + 2**21) >> 22, clamped to [0, 255] (exact in float64)."""
+    half = float(1 << (PRECISION_BITS - 1))
+    return t.add_(half).div_(float(1 << PRECISION_BITS)).floor_().clamp_(0.0, 255.0)
+
+
+@lru_cache(maxsize=1)
+def pillow_orders_passes() -> bool:
+    """Whether the installed Pillow runs the vertical pass first when the height shrinks more
+    than twice as much as the width (newer Pillow's `ImagingResampleInner`; older ones always
+    go horizontal first). Probed once on a small image where the two orders differ."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (340, 250), dtype=np.uint8)
+    ref = np.asarray(Image.fromarray(pixels, "L").resize((224, 224), Image.Resampling.BICUBIC,
+                                                        box=(16, 61, 234, 279))).astype(np.int64)
+    x0, wx = axis_weights(AxisPlan(250, 16, 234, 224, 0, 224), "bicubic")
+    y0, wy = axis_weights(AxisPlan(340, 61, 279, 224, 0, 224), "bicubic")
+    crop = pixels[y0:y0 + wy.shape[1], x0:x0 + wx.shape[1]].astype(np.int64)
+
+    def rnd(v):
+        return np.clip((v + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS, 0, 255)
+
+    vertical_first = rnd(rnd(wy @ crop) @ wx.T)
+    return bool(np.array_equal(vertical_first, ref))
+
+
+def vertical_first(px: AxisPlan, py: AxisPlan) -> bool:
+    """Pillow's pass order for one image (`horizontal_first` in Resample.c, when it has one)."""
+    if not pillow_orders_passes():
+        return False
+    shrink_y, shrink_x = py.in_size - py.out_size, px.in_size - px.out_size
+    return shrink_y > 0 and shrink_y > shrink_x * 2
+
+
+def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess) -> "torch.Tensor":
+    """Pillow-exact crop + resize of uint8 (3, H, W) tensors (one device) -> uint8 (N, 3, S, S)."""
+    import torch
+
+    s = preprocess.size
+    plans = [crop_plan(preprocess, int(im.shape[2]), int(im.shape[1])) for im in images]
+    order = [vertical_first(px, py) for px, py in plans]
+    if all(order) or not any(order):
+        return _resample_group(images, plans, preprocess, order[0])
+    out = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=images[0].device)
+    for flag in (False, True):
+        idx = [i for i, o in enumerate(order) if o == flag]
+        out[idx] = _resample_group([images[i] for i in idx], [plans[i] for i in idx], preprocess, flag)
+    return out
+
+
+def _to_device(a: np.ndarray, device) -> "torch.Tensor":
+    import torch
+
+    t = torch.from_numpy(a)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def _compact(plan: AxisPlan, interpolation: str) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(first source pixel, span, per-output offset from `first`, weights (count, ksize)) of
+    the kept outputs: the dense matrix of `axis_weights`, without its zeros."""
+    xmin, kk = _coefficients(plan.in_size, float(plan.in0), float(plan.in1), plan.out_size, interpolation)
+    xmin, kk = xmin[plan.keep:plan.keep + plan.count], kk[plan.keep:plan.keep + plan.count]
+    first = int(xmin.min())
+    taps = np.nonzero(kk.any(axis=0))[0]
+    span = max(int((xmin[:, None] + np.arange(kk.shape[1])[None, :])[kk != 0].max(initial=first)) + 1 - first, 1)
+    return first, span, xmin - first, kk[:, :int(taps.max()) + 1 if taps.size else 1]
+
+
+def _dense_on_device(offsets: np.ndarray, weights: np.ndarray, span: int, device) -> "torch.Tensor":
+    """(n, S, span) float64 weight matrices built on the device from compact weights: only
+    (n, S, ksize) numbers cross the bus."""
+    import torch
+
+    n, s, k = weights.shape
+    w = _to_device(weights.astype(np.float64), device)
+    idx = _to_device(offsets, device).unsqueeze(2) + torch.arange(k, device=w.device).view(1, 1, k)
+    idx = idx.clamp_(0, span - 1)   # taps past the span carry weight 0: adding them is harmless
+    return torch.zeros((n, s, span), dtype=torch.float64, device=w.device).scatter_add_(2, idx, w)
+
+
+def _resample_group(images, plans, preprocess: Preprocess, v_first: bool) -> "torch.Tensor":
+    import torch
+
+    device = images[0].device
+    xs = [_compact(p[0], preprocess.interpolation) for p in plans]
+    ys = [_compact(p[1], preprocess.interpolation) for p in plans]
+    span_x, span_y = max(x[1] for x in xs), max(y[1] for y in ys)
+    kx, ky = max(x[3].shape[1] for x in xs), max(y[3].shape[1] for y in ys)
+    n, s = len(images), preprocess.size
+    wx, wy = np.zeros((n, s, kx), np.int64), np.zeros((n, s, ky), np.int64)
+    ox, oy = np.zeros((n, s), np.int64), np.zeros((n, s), np.int64)
+    crops = torch.zeros((n, 3, span_y, span_x), dtype=torch.uint8, device=device)
+    for i, (im, (x0, sx, offx, kkx), (y0, sy, offy, kky)) in enumerate(zip(images, xs, ys)):
+        wx[i, :, :kkx.shape[1]], ox[i] = kkx, offx
+        wy[i, :, :kky.shape[1]], oy[i] = kky, offy
+        crops[i, :, :sy, :sx] = im[:, y0:y0 + sy, x0:x0 + sx]
+    wx_t = _dense_on_device(ox, wx, span_x, device).transpose(1, 2).unsqueeze(1)   # (n, 1, Wx, S)
+    wy_t = _dense_on_device(oy, wy, span_y, device).unsqueeze(1)                   # (n, 1, S, Hy)
+    x = crops.to(torch.float64)
+    # Each pass is a product of integers (exact in float64), rounded to 8 bits like Pillow.
+    if v_first:
+        return _round_fixed(torch.matmul(_round_fixed(torch.matmul(wy_t, x)), wx_t)).to(torch.uint8)
+    return _round_fixed(torch.matmul(wy_t, _round_fixed(torch.matmul(x, wx_t)))).to(torch.uint8)
+
+
+def resample_torch(images: Sequence["torch.Tensor"], preprocess: Preprocess) -> "torch.Tensor":
+    """Same crop, torch's antialiased interpolate (per image: sizes differ), rounded to 8 bits."""
+    import torch
+    import torch.nn.functional as F
+
+    s = preprocess.size
+    out = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=images[0].device)
+    for i, im in enumerate(images):
+        px, py = crop_plan(preprocess, int(im.shape[2]), int(im.shape[1]))
+        # The box is integer in both presets: crop it, resize it, then take the kept window.
+        region = im[:, int(py.in0):int(py.in1), int(px.in0):int(px.in1)].unsqueeze(0).float()
+        r = F.interpolate(region, size=(py.out_size, px.out_size), mode=preprocess.interpolation,
+                          antialias=True, align_corners=False)
+        r = r[:, :, py.keep:py.keep + s, px.keep:px.keep + s]
+        out[i] = r.round_().clamp_(0, 255).to(torch.uint8)[0]
+    return out
+
+
+def normalise(pixels: "torch.Tensor", preprocess: Preprocess) -> "torch.Tensor":
+    """uint8 (N, 3, S, S) -> float32, the CPU path's `(x - mean) / std` (same float32 ops)."""
+    import torch
+
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.to(torch.float32) - mean) / std
+
+
+# --------------------------------------------------------------------------- decoding
+def jpeg_components(data: bytes) -> int | None:
+    """The component count of an 8-bit JPEG's frame header (1 gray, 3 YCbCr, 4 CMYK), or None
+    when `data` is not a JPEG nvJPEG should see (not JPEG, 12-bit, lossless, truncated)."""
+    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    i = 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:          # fill byte
+            i += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
+            if i + 10 > n or data[i + 4] != 8:
+                return None
+            return data[i + 9]
+        if 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return None              # lossless / arithmetic coding: leave to Pillow
+        if marker == 0xDA:           # scan before any frame header: malformed
+            return None
+        i += 2 + length
+    return None
+
+
+def pil_pixels(image) -> np.ndarray:
+    """A PIL image as the CPU path sees it (plain RGB), uint8 (3, H, W)."""
+    return np.ascontiguousarray(np.asarray(to_rgb(image), dtype=np.uint8).transpose(2, 0, 1))
+
+
+class GpuDecoder:
+    """Decode + preprocess batches on one CUDA device.
+
+    `__call__(items)` takes, per image, the encoded bytes or a zero-argument callable returning a
+    PIL image (sources that do not read files), and returns (float32 (n, 3, S, S) on the device,
+    indices of the items that made it, indices skipped)."""
+
+    def __init__(self, preprocess: Preprocess, device: str = "cuda", resample: str = "pil",
+                 decoder: str = "nvjpeg") -> None:
+        from calib.data.gpu_stream import require_torch_cuda
+
+        if resample not in RESAMPLERS:
+            raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")
+        if decoder not in ("nvjpeg", "pil"):
+            raise CalibError(f"unknown GPU decoder '{decoder}' (choose from: nvjpeg, pil)")
+        self.torch, self.device = require_torch_cuda(device)
+        if self.device.index is None:   # "cuda": the current device, named (threads need the index)
+            self.device = self.torch.device("cuda", self.torch.cuda.current_device())
+        if decoder == "nvjpeg":
+            try:
+                import torchvision.io  # noqa: F401
+            except ImportError:
+                from calib.errors import MissingDependency
+                raise MissingDependency("torchvision", "nvJPEG decoding on the GPU") from None
+        self.preprocess = preprocess
+        self.resample = resample
+        self.decoder = decoder
+        self.path = decode_path(preprocess, decoder, resample)
+        self.fallbacks = 0   # images Pillow decoded because nvJPEG could not
+
+    def decode(self, items: Sequence[bytes | Callable]) -> list["torch.Tensor | None"]:
+        """uint8 (3, H, W) device tensors, None for images that cannot be decoded."""
+        out: list = [None] * len(items)
+        jpegs = []
+        if self.decoder == "nvjpeg":
+            jpegs = [i for i, it in enumerate(items)
+                     if isinstance(it, (bytes, bytearray, memoryview)) and jpeg_components(it) in (1, 3)]
+        if jpegs:
+            for i, t in zip(jpegs, self._nvjpeg([items[i] for i in jpegs])):
+                out[i] = t
+        for i, it in enumerate(items):
+            if out[i] is None:
+                out[i] = self._pil(it)
+        return out
+
+    def _nvjpeg(self, datas: list) -> list:
+        torch = self.torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        try:
+            return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device))
+        except RuntimeError:
+            pass  # one bad image fails the whole batch: retry one by one
+        out = []
+        for t in tensors:
+            try:
+                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device))
+            except RuntimeError:
+                out.append(None)
+        return out
+
+    def _pil(self, item) -> "torch.Tensor | None":
+        from PIL import Image
+
+        try:
+            if callable(item):
+                image = item()
+            else:
+                image = Image.open(io.BytesIO(bytes(item)))
+                image.load()
+            pixels = pil_pixels(image)
+        except Exception:  # corrupt or unsupported: skipped, as on the CPU path
+            return None
+        if self.decoder == "nvjpeg":
+            self.fallbacks += 1
+        return self.torch.from_numpy(pixels).to(self.device, non_blocking=False)
+
+    def pixels(self, decoded: Sequence["torch.Tensor"]) -> "torch.Tensor":
+        """Crop + resize decoded uint8 images to uint8 (n, 3, S, S)."""
+        if self.resample == "pil":
+            return resample_pil(decoded, self.preprocess)
+        return resample_torch(decoded, self.preprocess)
+
+    def __call__(self, items: Sequence[bytes | Callable]) -> tuple["torch.Tensor | None", list[int], list[int]]:
+        decoded = self.decode(items)
+        ok = [i for i, t in enumerate(decoded) if t is not None]
+        bad = [i for i, t in enumerate(decoded) if t is None]
+        if not ok:
+            return None, ok, bad
+        return normalise(self.pixels([decoded[i] for i in ok]), self.preprocess), ok, bad

@@ -1,0 +1,109 @@
+"""OrtRunner on ONNX Runtime's CUDA provider: device parsing, the one-line errors when CUDA
+cannot load, output shapes for IOBinding, and (on a GPU with onnxruntime-gpu) device runs that
+match the CPU provider."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calib.backends.ort import OrtRunner, cuda_provider_available, output_shapes, parse_device
+from calib.errors import CalibError, MissingDependency
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and cuda_provider_available()
+
+
+gpu = pytest.mark.skipif(not _cuda(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
+
+
+def test_parse_device():
+    assert parse_device("cpu") == ("cpu", 0)
+    assert parse_device("cuda") == ("cuda", 0)
+    assert parse_device("cuda:3") == ("cuda", 3)
+    for bad in ("gpu", "cuda:x", "cpu:1", "cuda:0,1"):
+        with pytest.raises(CalibError, match="unknown device"):
+            parse_device(bad)
+
+
+def test_cpu_runner_is_unchanged(tiny_classifier):
+    from calib.onnx_io import ort_session
+
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16), dtype=np.float32)
+    runner = OrtRunner(tiny_classifier)
+    assert runner.session.get_providers() == ["CPUExecutionProvider"]
+    ref = ort_session(tiny_classifier, "all").run(None, {"input": x})[0]
+    np.testing.assert_array_equal(runner.run(x), ref)
+    with pytest.raises(CalibError, match="CUDA device"):
+        runner.run_device(None)
+
+
+@pytest.mark.skipif(cuda_provider_available(), reason="this onnxruntime has a CUDA provider")
+def test_missing_cuda_provider_is_a_one_line_install_hint(tiny_classifier):
+    with pytest.raises(MissingDependency) as info:
+        OrtRunner(tiny_classifier, device="cuda")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "pip install 'calib[gpu]'" in message and "must never share an environment" in message
+
+
+def test_cuda_provider_that_silently_falls_back_is_an_error(tiny_classifier, monkeypatch):
+    import onnxruntime as ort
+
+    import calib.backends.ort as backend
+
+    class FakeSession:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(backend, "require_cuda_provider", lambda: ort)
+    monkeypatch.setattr("calib.onnx_io.ort_session", lambda *a, **k: FakeSession())
+    with pytest.raises(CalibError, match="could not load") as info:
+        backend.cuda_session(tiny_classifier, 0)
+    assert "calib[gpu]" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_output_shapes_take_the_batch(tiny_classifier):
+    import torch
+
+    from calib.onnx_io import ort_session
+
+    shapes = output_shapes(ort_session(tiny_classifier), (5, 3, 16, 16))
+    assert shapes["logits"] == ([5, 10], torch.float32)
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_runner_matches_cpu(tiny_classifier):
+    import torch
+
+    x = np.random.default_rng(1).standard_normal((7, 3, 16, 16), dtype=np.float32)
+    cpu = OrtRunner(tiny_classifier).run(x)
+    runner = OrtRunner(tiny_classifier, device="cuda:0")
+    assert runner.session.get_providers()[0] == "CUDAExecutionProvider"
+    np.testing.assert_allclose(runner.run(x), cpu, rtol=1e-4, atol=1e-4)
+    (logits,) = runner.run_device(torch.from_numpy(x).cuda())
+    assert logits.is_cuda and tuple(logits.shape) == (7, 10)
+    np.testing.assert_allclose(logits.cpu().numpy(), cpu, rtol=1e-4, atol=1e-4)
+    # A second shape (a short last batch) gets its own buffers.
+    (short,) = runner.run_device(torch.from_numpy(x[:2]).cuda())
+    np.testing.assert_allclose(short.cpu().numpy(), cpu[:2], rtol=1e-4, atol=1e-4)
+    with pytest.raises(CalibError, match="input is on"):
+        runner.run_device(torch.from_numpy(x))
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_runs_are_deterministic(tiny_classifier):
+    import torch
+
+    x = torch.randn((16, 3, 16, 16), device="cuda:0")
+    runner = OrtRunner(tiny_classifier, device="cuda:0")
+    a = runner.run_device(x)[0].clone()
+    b = runner.run_device(x)[0].clone()
+    assert torch.equal(a, b)
