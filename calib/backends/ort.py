@@ -34,8 +34,23 @@ from calib.errors import CalibError, MissingDependency
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-GPU_INSTALL = ("pip install 'calib[gpu]' (onnxruntime-gpu; uninstall the CPU onnxruntime package first: "
-               "the two must never share an environment)")
+GPU_INSTALL = ("pip install 'calib[gpu]' && pip uninstall -y onnxruntime && pip install --force-reinstall "
+               "--no-deps onnxruntime-gpu (the CPU onnxruntime package and onnxruntime-gpu must never share an "
+               "environment: they write the same files)")
+
+
+def _both_onnxruntimes() -> bool:
+    """True when the CPU onnxruntime and onnxruntime-gpu distributions are both installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = 0
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            version(dist)
+            found += 1
+        except PackageNotFoundError:
+            pass
+    return found == 2
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
@@ -71,6 +86,9 @@ def require_cuda_provider():
         import onnxruntime as ort
     except ImportError:
         raise MissingDependency("onnxruntime-gpu", "running on a GPU", GPU_INSTALL) from None
+    if _both_onnxruntimes():
+        raise CalibError("onnxruntime and onnxruntime-gpu are both installed here and overwrite each other's "
+                         "files: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise MissingDependency("onnxruntime-gpu", f"running on a GPU (onnxruntime {ort.__version__} here has "
                                 f"no CUDA provider)", GPU_INSTALL)

@@ -324,7 +324,7 @@ class GpuDecoder:
 
     def __init__(self, preprocess: Preprocess, device: str = "cuda", resample: str = "pil",
                  decoder: str = "nvjpeg") -> None:
-        from calib.data.gpu_stream import require_torch_cuda
+        from calib.data.cuda import require_torch_cuda
 
         if resample not in RESAMPLERS:
             raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")

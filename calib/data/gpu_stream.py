@@ -53,10 +53,11 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from calib.data.cuda import require_torch_cuda
 from calib.data.dataset import Dataset
 from calib.data.loader import Batch, SkipLog, iter_batches
 from calib.data.sources import ImageSource, Sample
-from calib.errors import CalibError, MissingDependency
+from calib.errors import CalibError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -96,21 +97,6 @@ class _Slot:
         self.released = torch.cuda.Event()
         self.copied = False     # copy_done has been recorded at least once
         self.was_released = False
-
-
-def require_torch_cuda(device: str):
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependency("torch", "GPU batch streaming") from None
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        raise CalibError(f"GPU batch streaming needs a CUDA device, not '{device}' "
-                         f"(for CPU batches use calib.data.loader.iter_batches)")
-    if not torch.cuda.is_available():
-        raise CalibError(f"GPU batch streaming needs an NVIDIA GPU with CUDA, and torch {torch.__version__} "
-                         f"sees none (for CPU batches use calib.data.loader.iter_batches)")
-    return torch, dev
 
 
 class GpuBatchStream:

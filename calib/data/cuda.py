@@ -1,0 +1,21 @@
+"""torch with a CUDA device, or a one-line error saying why not: what every GPU data path needs
+first (the batch stream, nvJPEG decoding, the TensorRT runner's device buffers)."""
+
+from __future__ import annotations
+
+from calib.errors import CalibError, MissingDependency
+
+
+def require_torch_cuda(device: str):
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependency("torch", "GPU batch streaming") from None
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise CalibError(f"GPU batch streaming needs a CUDA device, not '{device}' "
+                         f"(for CPU batches use calib.data.loader.iter_batches)")
+    if not torch.cuda.is_available():
+        raise CalibError(f"GPU batch streaming needs an NVIDIA GPU with CUDA, and torch {torch.__version__} "
+                         f"sees none (for CPU batches use calib.data.loader.iter_batches)")
+    return torch, dev
