@@ -23,7 +23,7 @@ from typing import ClassVar, Mapping
 
 import onnx
 
-from calib.quantize.graph import GraphIndex
+from calib.quantize.graph import FLOAT_TYPES, GraphIndex
 from calib.quantize.qdq import ActivationQuant
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -33,9 +33,10 @@ def weight_axis(index: GraphIndex, node: onnx.NodeProto) -> int | None:
     """The output-channel axis of a weighted op's constant weight (input 1), None if not constant."""
     if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or index.is_activation(node.input[1]):
         return None
-    w = index.initializer_array(node.input[1])
-    if w is None or w.dtype.kind != "f" or w.ndim < 1:
+    spec = index.constant_spec(node.input[1])
+    if spec is None or spec[0] not in FLOAT_TYPES or len(spec[1]) < 1:
         return None
+    ndim = len(spec[1])
     if node.op_type == "Conv":
         return 0
     if node.op_type == "ConvTranspose":
@@ -43,7 +44,7 @@ def weight_axis(index: GraphIndex, node: onnx.NodeProto) -> int | None:
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
-    return w.ndim - 1  # MatMul: per output column
+    return ndim - 1  # MatMul: per output column
 
 
 @dataclass

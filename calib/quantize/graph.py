@@ -14,6 +14,7 @@ as is everything computed only from static tensors.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -36,8 +37,8 @@ _SHAPE_OPS = {"Shape", "Size"}
 _INT64_OUTPUT_OPS = {"Shape", "Size", "ArgMax", "ArgMin", "NonZero", "NonMaxSuppression"}
 _BOOL_OUTPUT_OPS = {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or",
                     "Xor", "IsNaN", "IsInf"}
-# Initializers larger than this are emptied in the copy given to shape inference (types only).
-_INFERENCE_KEEP_BYTES = 4096
+# Initializers with more values than this are emptied in the copy given to shape inference.
+_INFERENCE_KEEP_VALUES = 1024
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -66,7 +67,7 @@ def _inference_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     g.value_info.extend(src.value_info)
     g.node.extend(src.node)
     for init in src.initializer:
-        small = init.data_location != TensorProto.EXTERNAL and init.ByteSize() <= _INFERENCE_KEEP_BYTES
+        small = init.data_location != TensorProto.EXTERNAL and math.prod(init.dims) <= _INFERENCE_KEEP_VALUES
         if small:
             g.initializer.append(init)
         else:
@@ -182,6 +183,17 @@ class GraphIndex:
             value = _attr(self.constants[name], "value")
             if isinstance(value, TensorProto):
                 return numpy_helper.to_array(value)
+        return None
+
+    def constant_spec(self, name: str) -> tuple[int, tuple[int, ...]] | None:
+        """(element type, dims) of a constant, without converting its values (weights can be big)."""
+        if name in self.initializers:
+            init = self.initializers[name]
+            return init.data_type, tuple(init.dims)
+        if name in self.constants:
+            value = _attr(self.constants[name], "value")
+            if isinstance(value, TensorProto):
+                return value.data_type, tuple(value.dims)
         return None
 
     def activations(self) -> list[str]:

@@ -65,7 +65,7 @@ def corrected_bias(builder: QDQBuilder, node: onnx.NodeProto, axis: int,
     if not channel_means or node.input[0] not in channel_means or len(node.input) < 3 or not node.input[2]:
         return None
     bias = builder.index.initializer_array(node.input[2])
-    shift = bias_shift(node, axis, builder.weight_errors[node.input[1]], channel_means[node.input[0]])
+    shift = bias_shift(node, axis, builder.weight_error(node.input[1]), channel_means[node.input[0]])
     if bias is None or shift is None or shift.shape != bias.shape:
         return None
     return bias.astype(np.float64) - shift

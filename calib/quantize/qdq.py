@@ -55,7 +55,7 @@ class QDQBuilder:
         self.replaced_initializers: set[str] = set()
         self._position = {id(n): i for i, n in enumerate(self.model.graph.node)}
         self.weight_scales: dict[str, np.ndarray] = {}
-        self.weight_errors: dict[str, np.ndarray] = {}  # dequantized - float, for bias correction
+        self._quantized_weights: dict[str, tuple[np.ndarray, int]] = {}  # name -> (int8 values, axis)
 
     def position(self, node: onnx.NodeProto) -> int:
         return self._position[id(node)]
@@ -89,12 +89,26 @@ class QDQBuilder:
         scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
         shape = [1] * w.ndim
         shape[axis] = -1
-        q = np.clip(np.rint(w / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
+        # In place on one float32 buffer: large weights (VGG's 100M-value FC) stay cheap.
+        t = w / scale.reshape(shape)
+        np.rint(t, out=t)
+        np.clip(t, -INT8_MAX, INT8_MAX, out=t)
+        q = t.astype(np.int8)
+        del t
         out = self._dequantize_constant(name, q, scale, np.zeros_like(scale, np.int8), axis)
         self.weight_inputs[(self.position(node), input_pos)] = out
         self.weight_scales[name] = scale
-        self.weight_errors[name] = q.astype(np.float64) * scale.reshape(shape) - w
+        self._quantized_weights[name] = (q, axis)
         return scale
+
+    def weight_error(self, name: str) -> np.ndarray:
+        """Dequantized minus float weight `name` (float64), for bias correction: computed on
+        request only, since it is 8 bytes per weight."""
+        q, axis = self._quantized_weights[name]
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        w = self.index.initializer_array(name).astype(np.float32)
+        return q.astype(np.float64) * self.weight_scales[name].reshape(shape) - w
 
     def replace_bias(self, node: onnx.NodeProto, input_pos: int, value: np.ndarray) -> None:
         """Feed `node` a new float bias (corrected for the weight-quantization shift)."""
