@@ -7,8 +7,8 @@ Exports come as NVIDIA's TensorRT walkthroughs write them (`dynamic_axes={"input
 optimization can fold BatchNorm and the shape subgraphs into constants, which calibration and
 per-channel weight scales need:
 - `fix_input_shape`: the image input gets the calibration H and W (the batch axis is left as it
-  is, dynamic in every model calib writes); ONNX shape inference then propagates the sizes, so the
-  Shape/Gather/Concat chains that computed them from the input fold away;
+  is, dynamic in every model calib writes); ONNX shape inference then propagates the sizes (what
+  is left of the Shape/Gather/Concat arithmetic is integer and never observed: calib.quantize.graph);
 - `initializers_as_constants`: initializers are removed from the graph inputs (IR >= 4), else ONNX
   Runtime treats them as overridable inputs and folds nothing that reads them;
 - `upgrade_opset`: per-channel QuantizeLinear/DequantizeLinear need opset 13 (ONNX's version
