@@ -115,8 +115,9 @@ class Corpus:
         key = arch, exporter
         if key not in self.results:
             path = self.folder / f"{arch}-{exporter}.onnx"
+            model = self.model(arch)
             start = time.perf_counter()
-            corpus_pipeline.export(self.model(arch), path, exporter, arch in corpus_archs.FIXED_SIZE)
+            corpus_pipeline.export(model, path, exporter, arch in corpus_archs.FIXED_SIZE)
             seconds = time.perf_counter() - start
             self.results[key] = corpus_pipeline.run(arch, exporter, path, seconds, self.data.calibration,
                                                     self.data.images)
