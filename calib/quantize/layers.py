@@ -80,6 +80,14 @@ class LayerMap:
         # Data movement nodes of the plan: passthrough ops that read a plan tensor and write one.
         self.movers = {id(n): n for tensor in plan.activations for n in plan.readers.get(tensor, ())
                        if n.op_type in plan.passthrough and any(o in plan.activations for o in n.output)}
+        self.units = {id(n) for n in self.layer_node.values()}
+        position = {o: i for i, n in enumerate(self.nodes) for o in n.output}
+        self.topological = sorted(plan.activations, key=lambda t: position.get(t, -1))
+        # Read by something other than a layer (a data movement op or a float op).
+        self.nonlayer = {t: any(id(n) not in self.units for n in self.index.consumers.get(t, []))
+                         for t in plan.activations}
+        self.written_by_mover = {t: self.index.producer[t] for t in plan.activations
+                                 if id(self.index.producer.get(t)) in self.movers}
 
     def select(self, layer_ids: set[str]) -> tuple[dict[str, list[onnx.NodeProto] | None], set[int]]:
         """The Q/DQ of a model with exactly `layer_ids` quantized: tensor -> readers of its
@@ -87,37 +95,26 @@ class LayerMap:
         unknown = sorted(layer_ids - set(self.layer_node))
         if unknown:
             raise CalibError(f"unknown layer(s) {', '.join(unknown[:3])} for this model and Q/DQ flavor")
-        plan = self.plan
+        plan, units = self.plan, self.units
         on = {id(self.layer_node[lid]) for lid in layer_ids}
-        units = {id(n) for n in self.layer_node.values()}
-
-        def others(tensor: str) -> list[onnx.NodeProto]:
-            """Readers of `tensor` that are neither layers nor data movement of the plan."""
-            return [n for n in self.index.consumers.get(tensor, []) if id(n) not in units and id(n) not in self.movers]
-
         quantized: set[str] = set()
         movers_on: set[int] = set()
-        changed = True
-        while changed:  # a fixpoint: rules (a)-(d) of the module docstring only ever add
-            changed = False
-            for tensor in plan.activations:
-                if tensor in quantized:
-                    continue
-                readers = plan.readers.get(tensor, ())
-                owner = plan.outputs.get(tensor)
-                producer = self.index.producer.get(tensor)
-                nonlayer = bool(others(tensor)) or any(id(n) in self.movers for n in self.index.consumers.get(tensor, []))
-                if (any(id(n) in on for n in readers)
-                        or any(id(n) in movers_on for n in readers)
-                        or (owner is not None and id(owner) in on and nonlayer)
-                        or (producer is not None and id(producer) in self.movers and producer.input[0] in quantized
-                            and nonlayer)):
-                    quantized.add(tensor)
-                    changed = True
-            for mid, mover in self.movers.items():
-                if mid not in movers_on and any(o in quantized for o in mover.output):
-                    movers_on.add(mid)
-                    changed = True
+        # Rules (a)-(c) of the module docstring look at readers: walk the tensors from the last.
+        for tensor in reversed(self.topological):
+            readers = plan.readers.get(tensor, ())
+            owner = plan.outputs.get(tensor)
+            if (any(id(n) in on or id(n) in movers_on for n in readers)
+                    or (owner is not None and id(owner) in on and self.nonlayer[tensor])):
+                quantized.add(tensor)
+                if tensor in self.written_by_mover:
+                    movers_on.add(id(self.written_by_mover[tensor]))
+        # Rule (d) looks at the writer: walk them from the first.
+        for tensor in self.topological:
+            mover = self.written_by_mover.get(tensor)
+            if (tensor not in quantized and mover is not None and mover.input[0] in quantized
+                    and self.nonlayer[tensor]):
+                quantized.add(tensor)
+                movers_on.add(id(mover))
         selection: dict[str, list[onnx.NodeProto] | None] = {}
         for tensor, consumers in plan.activations.items():
             if tensor not in quantized:
