@@ -53,7 +53,7 @@ def _value_info_type(vi: onnx.ValueInfoProto) -> int | None:
     return t.tensor_type.elem_type if t.HasField("tensor_type") and t.tensor_type.elem_type else None
 
 
-def _inference_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def inference_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` without the data of large initializers: inference needs their types
     and dims (and the values of small ones, such as Reshape's shape), never weight values."""
     skeleton = onnx.ModelProto()
@@ -94,7 +94,7 @@ def infer_types(model: onnx.ModelProto) -> dict[str, int]:
         if t is not None:
             types.setdefault(vi.name, t)
     try:
-        inferred = onnx.shape_inference.infer_shapes(_inference_skeleton(model), strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(inference_skeleton(model), strict_mode=False)
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
             t = _value_info_type(vi)
             if t is not None:

@@ -4,8 +4,8 @@ Exports come as NVIDIA's TensorRT walkthroughs write them (`dynamic_axes={"input
 "batch_size", 2: "height", 3: "width"}}`), from torch's dynamo exporter (weights in a
 `model.onnx.data` side file, loaded by `calib.onnx_io.load_model`), or from the old ONNX model zoo
 (IR 3, opset 7-9, every initializer also listed as a graph input). Before ONNX Runtime's basic
-optimization can fold BatchNorm and the shape subgraphs into constants, which calibration and
-per-channel weight scales need:
+optimization (calib.models.simplify) folds BatchNorm, Pad and constant subgraphs into the weights,
+which calibration and per-channel weight scales need, they get:
 - `fix_input_shape`: the image input gets the calibration H and W (the batch axis is left as it
   is, dynamic in every model calib writes); ONNX shape inference then propagates the sizes (what
   is left of the Shape/Gather/Concat arithmetic is integer and never observed: calib.quantize.graph);
@@ -21,7 +21,7 @@ from __future__ import annotations
 import onnx
 
 from calib.errors import CalibError
-from calib.quantize.graph import _inference_skeleton
+from calib.quantize.graph import inference_skeleton
 
 MIN_OPSET = 13
 
@@ -63,7 +63,7 @@ def infer_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with the value_info ONNX shape inference finds (on a copy without large initializer
     data, so models with external data or over 2 GB infer too); unchanged where inference fails."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(_inference_skeleton(model), strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(inference_skeleton(model), strict_mode=False)
     except Exception:
         return model
     inits = {i.name for i in model.graph.initializer}

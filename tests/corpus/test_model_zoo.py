@@ -21,9 +21,9 @@ from calib.data.transforms import torchvision_imagenet
 from calib.onnx_io import load_model, ort_session
 from calib.quantize import flavor_names, get_flavor, plan_for, quantize_model
 from calib.quantize.graph import GraphIndex
+from calib.quantize.prepare import prepare_model
 
 from corpus_pipeline import not_float, optimize, quantized_tensor_types
-from calib.quantize.prepare import prepare_model
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 ZOO = sorted(LIGHT.glob("*.onnx"))
