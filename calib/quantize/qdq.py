@@ -14,6 +14,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from calib.quantize.graph import GraphIndex
+from calib.quantize.naming import (DEQUANTIZE_NODE, QUANTIZE_NODE, bias_corrected_name, dequantized_name,
+                                   quantized_constant_name, quantized_name, scale_name, zero_point_name)
 
 INT8_MAX = 127
 
@@ -41,10 +43,10 @@ def _onnx_dtype(name: str) -> int:
 
 
 class QDQBuilder:
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, types: dict[str, int] | None = None):
         # Edits `model` in place: callers pass a copy they own (plans refer to its nodes).
         self.model = model
-        self.index = GraphIndex(self.model)
+        self.index = GraphIndex(self.model, types)
         # tensor -> (params, consumer node positions or None for every consumer)
         self.activations: dict[str, tuple[ActivationQuant, set[int] | None]] = {}
         self.weight_inputs: dict[tuple[int, int], str] = {}   # (node pos, input pos) -> new name
@@ -53,7 +55,7 @@ class QDQBuilder:
         self.replaced_initializers: set[str] = set()
         self._position = {id(n): i for i, n in enumerate(self.model.graph.node)}
         self.weight_scales: dict[str, np.ndarray] = {}
-        self.weight_errors: dict[str, np.ndarray] = {}  # dequantized - float, for bias correction
+        self._quantized_weights: dict[str, tuple[np.ndarray, int]] = {}  # name -> (int8 values, axis)
 
     def position(self, node: onnx.NodeProto) -> int:
         return self._position[id(node)]
@@ -87,21 +89,40 @@ class QDQBuilder:
         scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
         shape = [1] * w.ndim
         shape[axis] = -1
-        q = np.clip(np.rint(w / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
+        # In place on one float32 buffer: large weights (VGG's 100M-value FC) stay cheap.
+        t = w / scale.reshape(shape)
+        np.rint(t, out=t)
+        np.clip(t, -INT8_MAX, INT8_MAX, out=t)
+        q = t.astype(np.int8)
+        del t
         out = self._dequantize_constant(name, q, scale, np.zeros_like(scale, np.int8), axis)
         self.weight_inputs[(self.position(node), input_pos)] = out
         self.weight_scales[name] = scale
-        self.weight_errors[name] = q.astype(np.float64) * scale.reshape(shape) - w
+        self._quantized_weights[name] = (q, axis)
         return scale
 
-    def replace_constant(self, node: onnx.NodeProto, input_pos: int, value: np.ndarray, suffix: str) -> None:
-        """Feed `node` a new float constant instead of its input `input_pos` (e.g. a corrected bias)."""
-        name = f"{node.input[input_pos]}_{suffix}"
+    def weight_error(self, name: str) -> np.ndarray:
+        """Dequantized minus float weight `name` (float64), for bias correction: computed on
+        request only, since it is 8 bytes per weight."""
+        q, axis = self._quantized_weights[name]
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        w = self.index.initializer_array(name).astype(np.float32)
+        return q.astype(np.float64) * self.weight_scales[name].reshape(shape) - w
+
+    def replace_bias(self, node: onnx.NodeProto, input_pos: int, value: np.ndarray) -> None:
+        """Feed `node` a new float bias (corrected for the weight-quantization shift)."""
+        name = bias_corrected_name(node.input[input_pos])
         if any(i.name == name for i in self.new_initializers):
             name = f"{name}_{self.position(node)}"
         self.new_initializers.append(numpy_helper.from_array(value.astype(np.float32), name))
         self.replaced_initializers.add(node.input[input_pos])
         self.weight_inputs[(self.position(node), input_pos)] = name
+
+    def replace_constant(self, node: onnx.NodeProto, input_pos: int, value: np.ndarray, suffix: str) -> None:
+        """Old name of replace_bias, for calib.sensitivity until it uses calib.quantize (delete then)."""
+        assert suffix == "bias_corrected"
+        self.replace_bias(node, input_pos, value)
 
     def quantize_bias(self, node: onnx.NodeProto, input_pos: int, scale: np.ndarray,
                       values: np.ndarray | None = None) -> None:
@@ -117,27 +138,27 @@ class QDQBuilder:
                              zero_point: np.ndarray, axis: int) -> str:
         base = f"{name}_{len(self.weight_nodes)}" if name in self.replaced_initializers else name
         self.replaced_initializers.add(name)
-        q_name, s_name, z_name = f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"
-        out = f"{base}_DequantizeLinear_Output"
+        q_name, s_name, z_name = quantized_constant_name(base), scale_name(base), zero_point_name(base)
+        out = dequantized_name(base)
         self.new_initializers += [numpy_helper.from_array(q, q_name),
                                   numpy_helper.from_array(scale, s_name),
                                   numpy_helper.from_array(zero_point, z_name)]
         attrs = {"axis": axis} if scale.size > 1 else {}
         self.weight_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out],
-                                                  name=f"{base}_DequantizeLinear", **attrs))
+                                                  name=f"{base}{DEQUANTIZE_NODE}", **attrs))
         return out
 
     # -- output ------------------------------------------------------------------------------
     def _activation_pair(self, tensor: str, params: ActivationQuant) -> tuple[list, list, str]:
-        s_name, z_name = f"{tensor}_scale", f"{tensor}_zero_point"
+        s_name, z_name = scale_name(tensor), zero_point_name(tensor)
         zp_dtype = np.int8 if params.dtype == "int8" else np.uint8
         inits = [numpy_helper.from_array(np.array(params.scale, np.float32), s_name),
                  numpy_helper.from_array(np.array(params.zero_point, zp_dtype), z_name)]
-        q_out, dq_out = f"{tensor}_QuantizeLinear_Output", f"{tensor}_DequantizeLinear_Output"
+        q_out, dq_out = quantized_name(tensor), dequantized_name(tensor)
         nodes = [helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [q_out],
-                                  name=f"{tensor}_QuantizeLinear"),
+                                  name=f"{tensor}{QUANTIZE_NODE}"),
                  helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
-                                  name=f"{tensor}_DequantizeLinear")]
+                                  name=f"{tensor}{DEQUANTIZE_NODE}")]
         return nodes, inits, dq_out
 
     def build(self) -> onnx.ModelProto:

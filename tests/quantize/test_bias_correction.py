@@ -5,7 +5,7 @@ from onnx import helper
 
 from calib.calibrators.channel_means import ChannelMeans
 from calib.collect import expose_activations
-from calib.quantize.flavors import bias_shift, quantize_model
+from calib.quantize import bias_shift, quantize_model
 
 
 def _conv_node(groups):

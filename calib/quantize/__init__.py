@@ -1,0 +1,30 @@
+"""Q/DQ materialization: calibrated ranges in, INT8 Q/DQ ONNX models out, in registered flavors.
+
+    from calib.quantize import quantize_model, quantizable_layers, get_flavor
+    qdq, missing = quantize_model(prepared, amax, "tensorrt")              # full INT8
+    layers = quantizable_layers(prepared, "ort")
+    qdq, _ = quantize_model(prepared, amax, "ort", float_layers=[layers[0].id])  # one layer float
+
+Modules, bottom up: `naming` (the names of added tensors), `graph` (producers, consumers, element
+types, activations, signs), `qdq` (the graph surgery), `patterns` (residual Adds, gates, read off
+the structure), `flavor` (the Flavor contract and its Plan), `registry` (name -> flavor),
+`flavor_tensorrt` and `flavor_ort` (the built-ins), `layers` (which Q/DQ a layer owns, for
+partial models), `materialize` (the one materializer), `prepare` (fixed input size, opset, external
+data: what a user's export needs before calibration). The placement rules: docs/quantization.md.
+"""
+
+from calib.quantize.flavor import Flavor, Plan, WEIGHTED_OPS, weight_axis
+from calib.quantize.registry import (ENTRY_POINT_GROUP, flavor_class, flavor_names, get_flavor, register_flavor,
+                                     reload_plugins)
+
+# Built-ins register themselves on import.
+from calib.quantize.flavor_ort import OrtFlavor  # noqa: E402
+from calib.quantize.flavor_tensorrt import TensorRTFlavor  # noqa: E402
+from calib.quantize.layers import Layer, quantizable_layers  # noqa: E402
+from calib.quantize.materialize import MissingScales, bias_shift, plan_for, quantize_model, required_tensors  # noqa: E402
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "Flavor", "Layer", "MissingScales", "OrtFlavor", "Plan", "TensorRTFlavor", "WEIGHTED_OPS",
+    "bias_shift", "flavor_class", "flavor_names", "get_flavor", "plan_for", "quantizable_layers", "quantize_model",
+    "register_flavor", "reload_plugins", "required_tensors", "weight_axis",
+]
