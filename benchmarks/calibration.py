@@ -147,7 +147,7 @@ def child_fold_calib(p) -> dict:
     from calib.calibrators.channel_means import ChannelMeans, Observers
     from calib.collect import collect
     from calib.models import prepared_model
-    from calib.quantize.flavors import quantize_model
+    from calib.quantize import quantize_model
 
     m = _model(p)
     prepared, ds = prepared_model(m), _dataset(p, f"fold{p['fold']}-calib")
@@ -195,7 +195,7 @@ def child_speed(p) -> dict:
     from calib.cache import load_cache
     from calib.models import prepared_model
     from calib.session import bias_means
-    from calib.quantize.flavors import quantize_model
+    from calib.quantize import quantize_model
 
     m = _model(p)
     models = {"fp32": str(m.path)}

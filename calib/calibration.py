@@ -20,7 +20,7 @@ from calib.data import Dataset
 from calib.errors import CalibError
 from calib.models import Model
 from calib.calibrators.channel_means import ChannelMeans, Observers
-from calib.quantize.flavors import plan_for, required_tensors
+from calib.quantize import flavor_names, plan_for, required_tensors
 from calib.quantize.graph import GraphIndex
 from calib.quantize.qdq import activation_scale
 
@@ -36,10 +36,10 @@ class CalibrationOutcome:
 
 
 def calibrated_tensors(prepared: onnx.ModelProto) -> list[str]:
-    """The activations either Q/DQ flavor quantizes. Conv outputs that only feed a ReLU6 are
-    left out (TensorRT fuses them away; the ort flavor folds the ReLU): observing them would
-    cost a third more time for scales nothing uses."""
-    need = set(required_tensors(prepared, "tensorrt")) | set(required_tensors(prepared, "ort"))
+    """The activations any registered Q/DQ flavor quantizes (one cache serves them all). Conv
+    outputs that only feed a ReLU6 are left out (TensorRT fuses them away; the ort flavor folds
+    the ReLU): observing them would cost a third more time for scales nothing uses."""
+    need = {t for name in flavor_names() for t in required_tensors(prepared, name)}
     return [t for t in GraphIndex(prepared).activations() if t in need]
 
 

@@ -71,14 +71,14 @@ def check_config(config: RunConfig) -> None:
     from calib.backends import backend_class
     from calib.calibration import calibrator_params_for
     from calib.calibrators import get_calibrator
-    from calib.quantize.flavors import FLAVORS
+    from calib.quantize import get_flavor
     from calib.restore.budget import check_budget
 
     # Unknown names and bad parameters (--percentile 150) fail here, naming what is accepted.
     get_calibrator(config.calibrator, **calibrator_params_for(config.calibrator, config.calibrator_params))
     backend_class(config.backend)  # unknown names fail here, naming the choices
-    if config.qdq_flavor is not None and config.qdq_flavor not in FLAVORS:
-        raise CalibError(f"unknown Q/DQ flavor '{config.qdq_flavor}' (choose from: {', '.join(FLAVORS)})")
+    if config.qdq_flavor is not None:
+        get_flavor(config.qdq_flavor)  # unknown names fail here, naming the choices
     if config.samples < 1:
         raise CalibError(f"--samples must be at least 1, got {config.samples}")
     if config.eval_samples is not None and config.eval_samples < 1:

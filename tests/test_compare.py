@@ -17,7 +17,7 @@ from calib.models import resolve_model
 from calib.models import prepared_model
 from calib.fsutil import mark_calib_onnx
 from calib.session import RunConfig
-from calib.quantize.flavors import quantize_model
+from calib.quantize import quantize_model
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATORS = ["entropy", "minmax", "percentile", "mse"]

@@ -15,7 +15,7 @@ from calib.errors import CalibError
 from calib.evaluate import evaluate
 from calib.commands.run import fallback_report
 from calib.report.fallback import render_markdown
-from calib.restore.ranker import quantizable_layers
+from calib.quantize import quantizable_layers
 from calib.restore.search import fallback_to_budget
 from calib.restore.subset import split_search_final
 

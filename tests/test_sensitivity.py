@@ -9,11 +9,16 @@ import pytest
 from calib.calibrators.channel_means import ChannelMeans
 from calib.collect import expose_activations
 from calib.errors import CalibError
-from calib.quantize.flavors import quantize_model
-from calib.evaluate.sqnr import sqnr
 from calib.evaluate.images import Images
+from calib.evaluate.sqnr import sqnr
 from calib.onnx_io import ort_session
-from calib.restore.ranker import build_partial, quantizable_layers, rank_layers
+from calib.quantize import quantizable_layers, quantize_model
+from calib.restore.ranker import rank_layers
+
+
+def build_partial(*args, **kwargs):
+    """The Q/DQ model of quantize_model (the one materializer) with some layers float."""
+    return quantize_model(*args, **kwargs)[0]
 
 
 def _activations(model: onnx.ModelProto, x: np.ndarray):

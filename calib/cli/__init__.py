@@ -267,7 +267,7 @@ def cache_import(file: str = typer.Argument(..., help="a cache written by Tensor
     from calib.models import resolve_model
 
     from calib.models import prepared_model
-    from calib.quantize.flavors import required_tensors
+    from calib.quantize import required_tensors
 
     m = resolve_model(model, preprocess)
     result = import_cache(Path(file), m, CacheStore(cache_dir), required=required_tensors(prepared_model(m), "tensorrt"),

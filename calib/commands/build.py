@@ -13,7 +13,7 @@ from calib.cache import Validation, load_cache, validate_entry
 from calib.errors import CalibError
 from calib.fsutil import atomic_path, check_output_file, is_calib_onnx, mark_calib_onnx
 from calib.models import Model
-from calib.quantize.flavors import quantize_model, required_tensors
+from calib.quantize import quantize_model, required_tensors
 from calib.quantize.graph import GraphIndex
 
 

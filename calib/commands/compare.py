@@ -26,7 +26,7 @@ from calib.evaluate.classes import class_changes
 from calib.evaluate.models import evaluate_models
 from calib.evaluate.paired import rank_calibrators
 from calib.evaluate.sqnr import finite_or_none
-from calib.quantize.flavors import quantize_model, required_tensors
+from calib.quantize import quantize_model, required_tensors
 from calib.report.compare import write_compare_report
 from calib.report.plots import histogram_figures
 from calib.report.schema import CompareReport, ReportHeader

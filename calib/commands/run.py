@@ -18,7 +18,7 @@ from calib.errors import CalibError
 from calib.evaluate.models import evaluate_models
 from calib.evaluate.sqnr import finite_or_none
 from calib.models import Model
-from calib.quantize.flavors import quantize_model, required_tensors
+from calib.quantize import quantize_model, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
 from calib.report.schema import FallbackReport, ReportHeader, RunReport

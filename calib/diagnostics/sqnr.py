@@ -8,6 +8,7 @@ import onnx
 from calib.data import Dataset
 from calib.evaluate.sqnr import SqnrAccumulator
 from calib.onnx_io import ort_session
+from calib.quantize.naming import dequantized_name, float_name
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -20,11 +21,6 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
             out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             existing.add(name)
     return out
-
-
-def dequantized_name(tensor: str) -> str:
-    """The name QDQBuilder gives the DequantizeLinear output of activation `tensor`."""
-    return f"{tensor}_DequantizeLinear_Output"
 
 
 def int8_view(qdq: onnx.ModelProto, tensors: list[str]) -> dict[str, str]:
@@ -47,12 +43,6 @@ def int8_view(qdq: onnx.ModelProto, tensors: list[str]) -> dict[str, str]:
                 view[t] = candidate
                 break
     return view
-
-
-def float_name(tensor: str) -> str:
-    """What float readers of a folded-ReLU tensor read in a partially quantized model
-    (calib.restore.ranker restores the ReLU for them under this name)."""
-    return f"{tensor}_float"
 
 
 def activation_sqnr(prepared: onnx.ModelProto, qdq_models: dict[str, onnx.ModelProto], dataset: Dataset,

@@ -119,11 +119,6 @@ class QDQBuilder:
         self.replaced_initializers.add(node.input[input_pos])
         self.weight_inputs[(self.position(node), input_pos)] = name
 
-    def replace_constant(self, node: onnx.NodeProto, input_pos: int, value: np.ndarray, suffix: str) -> None:
-        """Old name of replace_bias, for calib.sensitivity until it uses calib.quantize (delete then)."""
-        assert suffix == "bias_corrected"
-        self.replace_bias(node, input_pos, value)
-
     def quantize_bias(self, node: onnx.NodeProto, input_pos: int, scale: np.ndarray,
                       values: np.ndarray | None = None) -> None:
         """int32 bias with scale input_scale * weight_scale, as integer Conv/Gemm kernels need."""

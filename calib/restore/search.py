@@ -28,7 +28,8 @@ from calib.evaluate import top5
 from calib.evaluate.images import load_images, run_logits
 from calib.onnx_io import ort_session
 from calib.restore.budget import budget_text, check_budget, meets
-from calib.restore.ranker import build_partial, quantizable_layers, rank_layers
+from calib.quantize import quantizable_layers, quantize_model
+from calib.restore.ranker import rank_layers
 from calib.restore.subset import split_search_final
 
 STRATEGY = "bisection over k, the number of top-ranked layers left in float"
@@ -84,7 +85,7 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
 
     def attempt(k: int) -> dict:
         if k not in cache:
-            model = build_partial(prepared, amax, flavor, float_layers=ranking[:k], channel_means=channel_means)
+            model, _ = quantize_model(prepared, amax, flavor, channel_means=channel_means, float_layers=ranking[:k])
             cache[k] = _metrics(fp32_logits, run_logits(ort_session(model, "all"), images, batch_size), images.labels)
             models[k] = model
         return cache[k]

@@ -91,7 +91,7 @@ def test_bench_tensorrt_without_tensorrt(tmp_path):
 def test_bench_reports_the_precision_of_the_model_it_timed(tmp_path):
     """An INT8 Q/DQ model is timed and labelled int8; asking ONNX Runtime for another precision
     than the model's own is refused (it would time the model as it is under a false label)."""
-    from calib.quantize.flavors import quantize_model, required_tensors
+    from calib.quantize import quantize_model, required_tensors
 
     fp32 = tiny_classifier(tmp_path / "tiny.onnx")
     proto = onnx.load(str(fp32))

@@ -8,7 +8,7 @@ from calib.data.demo import DemoSource
 from calib.data.transforms import get_preset
 from calib.diagnostics.sqnr import activation_sqnr
 from calib.evaluate.sqnr import sqnr, sqnr_db
-from calib.quantize.flavors import quantize_model, required_tensors
+from calib.quantize import quantize_model, required_tensors
 
 
 def test_sqnr_of_known_signals():

@@ -19,7 +19,7 @@ from calib.evaluate import evaluate
 from calib.restore.search import fallback_to_budget
 from calib.models import resolve_model
 from calib.models import prepared_model
-from calib.quantize.flavors import quantize_model
+from calib.quantize import quantize_model
 from calib.commands.sensitivity import rank_sensitivity as sensitivity
 from calib.report.run import render_html as render_run_html, write_run_report
 from calib.session import RunConfig

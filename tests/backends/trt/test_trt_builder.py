@@ -266,7 +266,7 @@ def test_rtx_leaves_timing_caches_alone(rtx, tmp_path):
 @pytest.mark.slow
 def test_rtx_builds_efficientnet_lite0_tensorrt_flavor(rtx, tmp_path):
     from calib.models import prepared_model, resolve_model
-    from calib.quantize.flavors import quantize_model
+    from calib.quantize import quantize_model
     from trt_fakes import amax_for
 
     prepared = prepared_model(resolve_model("efficientnet_lite0"))

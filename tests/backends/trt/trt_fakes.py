@@ -34,14 +34,14 @@ def expected_logits(x: np.ndarray, classes: int = CLASSES) -> np.ndarray:
 
 def amax_for(model: onnx.ModelProto, flavor: str) -> dict[str, float]:
     """Any positive amax per tensor the flavor quantizes (the mechanics need no real statistics)."""
-    from calib.quantize.flavors import required_tensors
+    from calib.quantize import required_tensors
 
     return {name: 1.0 + 0.25 * i for i, name in enumerate(required_tensors(model, flavor))}
 
 
 def qdq_model(folder: Path, flavor: str = "tensorrt", fp32: Path | None = None) -> Path:
     """The `flavor` Q/DQ model of make_classifier, written to `folder`."""
-    from calib.quantize.flavors import quantize_model
+    from calib.quantize import quantize_model
 
     fp32 = fp32 or make_classifier(folder / "fp32.onnx")
     q, missing = quantize_model(onnx.load(str(fp32)), amax_for(onnx.load(str(fp32)), flavor), flavor)
@@ -55,7 +55,7 @@ def calibrated_amax(model_path: Path, images: np.ndarray, flavor: str = "tensorr
     """max |x| of every tensor the flavor quantizes, from ONNX Runtime on `images`."""
     import onnxruntime as ort
 
-    from calib.quantize.flavors import required_tensors
+    from calib.quantize import required_tensors
 
     model = onnx.load(str(model_path))
     names = required_tensors(model, flavor)
