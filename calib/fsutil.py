@@ -239,10 +239,10 @@ def mark_calib_onnx(model, **info) -> None:
 
 def is_calib_onnx(path: str | os.PathLike) -> bool:
     """True for an ONNX model whose metadata_props carry calib's provenance key."""
-    import onnx
+    from calib.onnx_io import load_model
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = load_model(path, external_data=False)
     except Exception:  # not ONNX at all: not ours
         return False
     return any(p.key == ONNX_PROVENANCE_KEY for p in model.metadata_props)

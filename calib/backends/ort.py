@@ -273,12 +273,10 @@ def optimized_op_counts(model_path: Path) -> Counter:
     convolutions run as integer kernels (QLinearConv) rather than float Conv."""
     import tempfile
 
-    import onnx
-
-    from calib.onnx_io import ort_session
+    from calib.onnx_io import load_model, ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         ort_session(model_path, "all", optimized_path=optimized)
-        graph = onnx.load(str(optimized), load_external_data=False).graph
+        graph = load_model(optimized, external_data=False).graph
         return Counter(n.op_type for n in graph.node)

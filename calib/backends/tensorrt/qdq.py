@@ -79,12 +79,9 @@ def ort_flavor_evidence(model) -> str | None:
 
 
 def inspect_qdq(onnx_path: Path) -> QdqFacts:
-    import onnx
+    from calib.onnx_io import load_model
 
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception:
-        raise CalibError(f"{onnx_path} is not a readable ONNX model") from None
+    model = load_model(onnx_path, external_data=False)
     nodes = list(model.graph.node)
     for fn in model.functions:
         nodes.extend(fn.node)
