@@ -137,8 +137,6 @@ def collect(model: onnx.ModelProto, dataset: Dataset, observer: Observer, batch_
     workers and the observer thread before it propagates."""
     import os
 
-    from calib.onnx_io import ort_session
-
     if intra_op_threads is None:
         # Leave one core to the observer thread: on 2 cores this is ~20% faster than letting
         # ONNX Runtime take both and the histograms fight it for them.

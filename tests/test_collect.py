@@ -38,7 +38,8 @@ def _shape_arithmetic_model() -> onnx.ModelProto:
         helper.make_node("Where", ["mask", "scaled", "back"], ["mixed"]),
         helper.make_node("ReduceMean", ["mixed", "minus_one"], ["output"], keepdims=1),
     ]
-    g = helper.make_graph(nodes, "shapes", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+    g = helper.make_graph(nodes, "shapes",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
                           [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 

@@ -25,7 +25,7 @@ import numpy as np
 from calib.data.dataset import Dataset
 from calib.data.sources import ImageSource, Sample
 from calib.data.transforms import Preprocess
-from calib.errors import CalibError
+from calib.errors import CalibError, InternalError
 
 
 @dataclass
@@ -104,7 +104,7 @@ class _WorkerPool:
                     raise CalibError(f"an image decoding process ended unexpectedly ({how}; out of memory?)") from None
                 continue
             if not ok:
-                raise CalibError(f"image decoding failed in a worker process: {payload}")
+                raise InternalError(f"image decoding failed in a worker process: {payload}")
             return index, payload
 
     def close(self, grace: float = 2.0) -> None:

@@ -81,6 +81,20 @@ def _zoo_model(spec: str, preprocess: str | None, size: tuple[int, int] | None) 
     return Model(spec, path, pre, name, dims, model_sha256(path, proto))
 
 
+def parse_input_size(text: str | None) -> tuple[int, int] | None:
+    """`--input-size` as typed: "224" (square) or "224x224" / "224,224" (height x width)."""
+    if text is None or not str(text).strip():
+        return None
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=0) <= 0:
+        raise CalibError(f"--input-size must be a side (224) or height x width (224x224), not '{text}'")
+    return (values[0], values[-1])
+
+
 def _parse_size(input_size) -> tuple[int, int] | None:
     if input_size is None:
         return None

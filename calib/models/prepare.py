@@ -26,6 +26,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from calib.models import files
 from calib.models.files import needs_external_data, save_model, user_cache_dir
 from calib.models.intake import Model
 from calib.models.zoo import ZOO
+
+if TYPE_CHECKING:
+    import onnx
 
 PREPARE_RECIPE = "prepare v1: image input only, batch dynamic, H/W fixed, opset>=13, ORT basic, (N,K) output"
 MIN_OPSET = 13  # per-channel Q/DQ
@@ -72,7 +76,7 @@ def prepared_path(model: Model) -> Path:
     return out
 
 
-def prepared_model(model: Model) -> "onnx.ModelProto":  # noqa: F821 (onnx is imported lazily)
+def prepared_model(model: Model) -> "onnx.ModelProto":
     """The FP32 graph that calibration and Q/DQ insertion work on (see the module docstring)."""
     from calib.onnx_io import load_model
 

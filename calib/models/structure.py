@@ -12,6 +12,8 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto
 
+from calib.errors import InternalError
+
 STUB_BYTES = 1 << 16          # tensors above this become stubs
 _STUB_LOCATION = "calib-skeleton-stub"
 
@@ -61,7 +63,7 @@ def restore(light: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
                 e.key == "location" and e.value == _STUB_LOCATION for e in t.external_data):
             source = real.get(t.name)
             if source is None or list(source.dims) != list(t.dims):
-                raise RuntimeError(f"a graph pass changed weight tensor {t.name}; cannot restore it")
+                raise InternalError(f"a graph pass changed weight tensor {t.name}; cannot restore it")
             t.CopyFrom(source)
     return light
 

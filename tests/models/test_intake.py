@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from calib.errors import CalibError
 from calib.fsutil import file_sha256
-from calib.models import check_classes, prepared_model, resolve_model
+from calib.models import check_classes, parse_input_size, prepared_model, resolve_model
 from tests.conftest import make_classifier
 
 
@@ -197,3 +197,12 @@ def test_check_classes_on_a_dynamic_class_axis(tmp_path):
     path = _pool_model(tmp_path, out_shape=("N", "K"))
     m = resolve_model(str(path), input_size=8)
     assert check_classes(m, 3, "three labels") == 3
+
+
+def test_parse_input_size():
+    assert parse_input_size(None) is None
+    assert parse_input_size("224") == (224, 224)
+    assert parse_input_size("256x192") == (256, 192) and parse_input_size("256,192") == (256, 192)
+    for bad in ("x", "0", "224x", "a1", "1x2x3", "-5"):
+        with pytest.raises(CalibError, match="--input-size must be"):
+            parse_input_size(bad)
