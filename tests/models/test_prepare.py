@@ -177,3 +177,15 @@ def test_old_model_zoo_graphs(name):
     _check_form(p, 224, 1000, "batch")
     y = _run(p, _images(2, 224))
     assert y.shape == (2, 1000) and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("arch,exporter,opset", [("vit", "legacy", 9), ("vit", "legacy", 11), ("squeezenet", "legacy", 12),
+                                                 ("vit", "dynamo", 21)])
+def test_opsets_9_to_21(export_model, arch, exporter, opset):
+    path = export_model(arch, exporter, opset=opset)
+    assert onnx.load(str(path), load_external_data=False).opset_import[0].version == opset
+    p = prepared_model(resolve_model(str(path), input_size=32))
+    _check_form(p, 32, 10, "batch_size")
+    x = _images(2, 32)
+    want = _run(str(path), x).reshape(2, 10)
+    np.testing.assert_allclose(_run(p, x), want, rtol=1e-4, atol=1e-5 * (1 + np.abs(want).max()))
