@@ -141,11 +141,15 @@ def _worker_main(tasks, results, source: ImageSource, preprocess: Preprocess, pa
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
+        if os.getppid() != parent:
+            # The parent died without closing the pool (SIGKILL): do not outlive it, nor wait at
+            # exit to flush results no one will read (the worker holds the parent's stdout and
+            # stderr: whoever waits for them to close would wait for it too).
+            results.cancel_join_thread()
+            return
         try:
             item = tasks.get(timeout=_WorkerPool.POLL)
         except queue.Empty:
-            if os.getppid() != parent:
-                return  # the parent died without closing the pool (SIGKILL): do not outlive it
             continue
         if item is None:
             return

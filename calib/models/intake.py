@@ -145,7 +145,7 @@ def _image_input(path: Path, proto) -> tuple[str, tuple]:
     expected = "expected one float32 NCHW image input (N, 3, H, W)"
     if len(inputs) != 1:
         found = ", ".join(f"{i.name} {_fmt(_dims(i))} {_type_name(i.type.tensor_type.elem_type)}" for i in inputs)
-        raise CalibError(f"{path} is not a single-input image classifier: {expected}, "
+        raise CalibError(f"{path} is not an ONNX image classifier: {expected}, "
                          f"found {len(inputs)} inputs{': ' + found if found else ''}")
     image = inputs[0]
     elem, dims = image.type.tensor_type.elem_type, _dims(image)
@@ -162,7 +162,7 @@ def _image_input(path: Path, proto) -> tuple[str, tuple]:
 def _check_output(path: Path, proto) -> None:
     outputs = proto.graph.output
     if len(outputs) != 1:
-        raise CalibError(f"{path} is not an image classifier: expected one output of class scores, "
+        raise CalibError(f"{path} is not an ONNX image classifier: expected one output of class scores, "
                          f"found {len(outputs)} outputs ({', '.join(o.name for o in outputs)})")
     out = outputs[0]
     elem = out.type.tensor_type.elem_type
@@ -172,7 +172,7 @@ def _check_output(path: Path, proto) -> None:
     if dims is None:
         return  # rank unknown until shape inference: prepared_model checks it
     if not (len(dims) == 2 or (len(dims) == 4 and dims[2:] == (1, 1))):
-        raise CalibError(f"{path} is not an image classifier: its output {out.name} must be class scores "
+        raise CalibError(f"{path} is not an ONNX image classifier: its output {out.name} must be class scores "
                          f"(N, K) or (N, K, 1, 1), found {_fmt(dims)}")
 
 

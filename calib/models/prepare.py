@@ -257,7 +257,7 @@ def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool
                          f"({_first_line(e)}); is that the input size it takes?") from None
     shape = singles[0].shape
     if not (len(shape) == 2 or (len(shape) == 4 and shape[2:] == (1, 1))) or shape[0] != 1:
-        raise CalibError(f"{model.path} is not an image classifier: its output must be class scores (N, K) or "
+        raise CalibError(f"{model.path} is not an ONNX image classifier: its output must be class scores (N, K) or "
                          f"(N, K, 1, 1), found {tuple(shape)} for one image")
     fix = (f"export it with a dynamic batch axis (dynamic_axes={{'{name}': {{0: 'batch'}}}})")
     try:

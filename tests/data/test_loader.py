@@ -99,10 +99,11 @@ def test_workers_ignore_ctrl_c_and_do_not_inherit_the_parents_sigterm_handler(tm
     assert not _live_children()
 
 
-def run_watching_children(script: str, tmp_path: Path, send: int | None = None, after_children: int = 1):
+def run_watching_children(script: str, tmp_path: Path, send: int | None = None, after_children: int = 1,
+                          delay: float = 0.0):
     """Run `script` in a fresh interpreter (this checkout's calib), remembering every process it
-    starts; optionally send it signal `send` once it has `after_children` children. Returns
-    (exit code, stderr, every child it had)."""
+    starts; optionally send it signal `send` `delay` seconds after it has `after_children`
+    children. Returns (exit code, stderr, every child it had)."""
     err_path = tmp_path / "stderr.txt"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with open(err_path, "w") as err:
@@ -110,7 +111,7 @@ def run_watching_children(script: str, tmp_path: Path, send: int | None = None, 
                                 stdout=subprocess.DEVNULL, stderr=err)
     parent = psutil.Process(proc.pid)
     seen: dict[int, psutil.Process] = {}
-    sent, deadline = False, time.monotonic() + HANG
+    sent, deadline, ready = False, time.monotonic() + HANG, None
     while proc.poll() is None:
         if time.monotonic() > deadline:
             for p in [parent, *seen.values()]:
@@ -120,7 +121,9 @@ def run_watching_children(script: str, tmp_path: Path, send: int | None = None, 
         with contextlib.suppress(psutil.Error):
             for child in parent.children(recursive=True):
                 seen.setdefault(child.pid, child)
-        if send is not None and not sent and len(seen) >= after_children:
+        if ready is None and len(seen) >= after_children:
+            ready = time.monotonic()
+        if send is not None and not sent and ready is not None and time.monotonic() >= ready + delay:
             proc.send_signal(send)
             sent = True
         time.sleep(0.02)
@@ -155,7 +158,8 @@ SLOW_CONSUMER = """
     from test_loader import image_dataset
     from calib.data import iter_batches
     {handler}
-    for batch in iter_batches(image_dataset(Path({folder!r}), 60), 2, workers=2):
+    # Batches of 4 images at 224x224 (2.4 MB) overflow a pipe: a worker's result waits in it.
+    for batch in iter_batches(image_dataset(Path({folder!r}), 60, size=224), 4, workers=2):
         time.sleep(0.2)
     """
 
@@ -166,14 +170,15 @@ def test_sigterm_handled_like_ctrl_c_ends_the_run_and_its_workers(tmp_path):
                "    signal.signal(signal.SIGTERM, stop)")
     code, err, children = run_watching_children(
         SLOW_CONSUMER.format(tests=str(Path(__file__).parent), handler=handler, folder=str(tmp_path / "img")),
-        tmp_path, send=signal.SIGTERM, after_children=2)
+        tmp_path, send=signal.SIGTERM, after_children=2, delay=1.0)
     assert "Interrupted: interrupted" in err
     assert code != 0 and len(children) == 2 and not still_running(children)
 
 
 def test_a_parent_killed_outright_leaves_no_worker_behind(tmp_path):
+    # Killed a second into the stream: results wait in the pipe that no one will read again.
     code, _, children = run_watching_children(
         SLOW_CONSUMER.format(tests=str(Path(__file__).parent), handler="", folder=str(tmp_path / "img")),
-        tmp_path, send=signal.SIGKILL, after_children=2)
+        tmp_path, send=signal.SIGKILL, after_children=2, delay=1.0)
     assert code == -signal.SIGKILL and len(children) == 2
     assert not still_running(children, wait=10)  # orphans notice within a poll interval (0.5 s)
