@@ -1,17 +1,22 @@
 """Batches of preprocessed images, decoded in worker processes with bounded prefetch.
 
 Prefetch is a fixed window of batches in flight, so memory does not grow with the number of
-images (multiprocessing's imap would run ahead and queue every decoded image).
+images (multiprocessing's imap would run ahead and queue every decoded image). Any failure of
+the consumer, of a worker, or a signal ends the workers within seconds: nothing is left running
+or defunct (see _WorkerPool).
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
+import queue
 import signal
 import sys
+import time
 import warnings
-from collections import deque
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -20,6 +25,7 @@ import numpy as np
 from calib.data.dataset import Dataset
 from calib.data.sources import ImageSource, Sample
 from calib.data.transforms import Preprocess
+from calib.errors import CalibError, InternalError
 
 
 @dataclass
@@ -57,24 +63,102 @@ def _decode(source: ImageSource, preprocess: Preprocess, samples: list[Sample]):
     return images, np.asarray(labels, np.int64), keys, skipped
 
 
-# Worker state, set once per process so each task pickles only its sample list.
-_WORKER: tuple[ImageSource, Preprocess] | None = None
+class _WorkerPool:
+    """Decoding processes fed from one task queue; results come back tagged with their chunk's
+    index. Written for teardown rather than taken from multiprocessing.Pool, which waits forever
+    for the task of a worker that was killed (CPython issue 22393) and whose terminate() joins
+    handler threads that interpreter shutdown may already have frozen: here a dead worker is an
+    error within a second, and close() ends every worker (SIGTERM, then SIGKILL) and reaps it."""
+
+    POLL = 0.5  # seconds between checks that the workers are alive
+
+    def __init__(self, workers: int, source: ImageSource, preprocess: Preprocess):
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self.tasks = ctx.Queue()
+        self.results = ctx.Queue()
+        self.procs = []
+        _LIVE_POOLS.add(self)
+        try:
+            for i in range(workers):
+                p = ctx.Process(target=_worker_main, name=f"calib-decode-{i}", daemon=True,
+                                args=(self.tasks, self.results, source, preprocess, os.getpid()))
+                p.start()
+                self.procs.append(p)
+        except BaseException:
+            self.close()
+            raise
+
+    def submit(self, index: int, chunk: list[Sample]) -> None:
+        self.tasks.put((index, chunk))
+
+    def get(self):
+        """The next finished chunk as (index, decoded); raises if a worker died or failed."""
+        while True:
+            try:
+                index, ok, payload = self.results.get(timeout=self.POLL)
+            except queue.Empty:
+                dead = [p for p in self.procs if p.exitcode is not None]
+                if dead:
+                    code = dead[0].exitcode
+                    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                    raise CalibError(f"an image decoding process ended unexpectedly ({how}; out of memory?)") from None
+                continue
+            if not ok:
+                raise InternalError(f"image decoding failed in a worker process: {payload}")
+            return index, payload
+
+    def close(self, grace: float = 2.0) -> None:
+        _LIVE_POOLS.discard(self)
+        for p in self.procs:
+            if p.exitcode is None:
+                p.terminate()
+        deadline = time.monotonic() + grace
+        for p in self.procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.exitcode is None:
+                p.kill()
+                p.join(grace)
+        for q in (self.tasks, self.results):
+            q.cancel_join_thread()  # never wait at exit to flush tasks no worker will read
+            q.close()
 
 
-def _init_worker(source: ImageSource, preprocess: Preprocess) -> None:
-    global _WORKER
-    _WORKER = (source, preprocess)
-    # Ctrl-C is the parent's to handle (it tears the pool down); workers printing their own
-    # KeyboardInterrupt tracebacks would bury the one-line message. SIGTERM is how the pool
-    # ends its workers: restore its default, which a forked worker may have inherited as the
-    # CLI's "terminated" handler (that would keep the worker alive and the pool waiting on it).
+_LIVE_POOLS: "weakref.WeakSet[_WorkerPool]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pools() -> None:
+    """Last resort for a consumer that never closed its batches (an uncaught exception): end the
+    workers while the interpreter is still whole."""
+    for pool in list(_LIVE_POOLS):
+        pool.close(grace=0.5)
+
+
+def _worker_main(tasks, results, source: ImageSource, preprocess: Preprocess, parent: int) -> None:
+    # Ctrl-C reaches the whole process group; the parent handles it and ends the workers (their
+    # own KeyboardInterrupt tracebacks would bury its one-line message). SIGTERM ends a worker
+    # at once, whatever handler it inherited from the parent through fork.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _decode_in_worker(samples: list[Sample]):
-    assert _WORKER is not None
-    return _decode(_WORKER[0], _WORKER[1], samples)
+    while True:
+        if os.getppid() != parent:
+            # The parent died without closing the pool (SIGKILL): do not outlive it, nor wait at
+            # exit to flush results no one will read (the worker holds the parent's stdout and
+            # stderr: whoever waits for them to close would wait for it too).
+            results.cancel_join_thread()
+            return
+        try:
+            item = tasks.get(timeout=_WorkerPool.POLL)
+        except queue.Empty:
+            continue
+        if item is None:
+            return
+        index, chunk = item
+        try:
+            out = (index, True, _decode(source, preprocess, chunk))
+        except Exception as e:  # not a bad image (those are skipped): a bug worth one line
+            out = (index, False, f"{type(e).__name__}: {e}")
+        results.put(out)
 
 
 def default_workers() -> int:
@@ -86,8 +170,11 @@ def iter_batches(dataset: Dataset, batch_size: int, workers: int | None = None,
                  prefetch: int = 2) -> Iterator[Batch]:
     """Yield preprocessed batches in dataset order. Undecodable images are skipped, logged in `skips`.
 
-    workers=0 decodes in this process (tests, tiny sets); otherwise a pool of `workers` processes
-    keeps at most `workers * prefetch` batches in flight.
+    workers=0 decodes in this process (tests, tiny sets); otherwise `workers` processes keep at
+    most `workers * prefetch` batches in flight. The workers end when the generator is
+    exhausted or closed: a consumer that may stop early should close it (`with
+    contextlib.closing(iter_batches(...)) as batches:`), so that its failure ends them at once
+    rather than when the generator is collected.
     """
     from tqdm import tqdm
 
@@ -102,24 +189,26 @@ def iter_batches(dataset: Dataset, batch_size: int, workers: int | None = None,
             results = (_decode(dataset.source, dataset.preprocess, c) for c in chunks)
             yield from _emit(results, bar, skips)
             return
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker,
-                      initargs=(dataset.source, dataset.preprocess)) as pool:
-            pending: deque = deque()
-            todo = iter(chunks)
-            window = max(2, workers * prefetch)
-
-            def results():
-                for chunk in todo:
-                    pending.append(pool.apply_async(_decode_in_worker, (chunk,)))
-                    if len(pending) >= window:
-                        yield pending.popleft().get()
-                while pending:
-                    yield pending.popleft().get()
-
-            yield from _emit(results(), bar, skips)
+        pool = _WorkerPool(min(workers, len(chunks)), dataset.source, dataset.preprocess)
+        try:
+            yield from _emit(_in_order(pool, chunks, max(2, workers * prefetch)), bar, skips)
+        finally:
+            pool.close()
     finally:
         bar.close()
+
+
+def _in_order(pool: _WorkerPool, chunks: list[list[Sample]], window: int):
+    """Decoded chunks in dataset order, at most `window` submitted and not yet handed out."""
+    submitted, done = 0, {}
+    for index in range(len(chunks)):
+        while submitted < len(chunks) and submitted - index < window:
+            pool.submit(submitted, chunks[submitted])
+            submitted += 1
+        while index not in done:
+            i, decoded = pool.get()
+            done[i] = decoded
+        yield done.pop(index)
 
 
 def _emit(results, bar, skips: SkipLog) -> Iterator[Batch]:

@@ -1,0 +1,318 @@
+"""The FP32 graph calibration and Q/DQ insertion work on, made once per model and input size.
+
+What users bring differs from what calib writes in ways that matter to a quantizer:
+- IR < 4 files (the ONNX model zoo's) list every weight as a graph input too; ONNX Runtime then
+  treats them as inputs one may feed. Only the image is an input here.
+- Dynamic height and width (NVIDIA's walkthrough export) become the model's resolved size, so
+  ONNX Runtime folds the shape arithmetic; the batch axis stays dynamic (a fixed batch becomes
+  dynamic, and the graph is checked to give the same scores batched as one by one).
+- Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset >= 13
+  (https://onnx.ai/onnx/operators/onnx__QuantizeLinear.html): older graphs are converted with
+  onnx.version_converter.
+- BatchNormalization, Pad and constants are folded with ONNX Runtime's basic level (standard
+  ONNX ops only; https://onnxruntime.ai/docs/performance/model-optimizations/graph-optimizations.html),
+  so per-channel weight scales see the weights that really run.
+- A (N, K, 1, 1) classifier output (SqueezeNet, the model zoo's DenseNet) is flattened to
+  (N, K) by a Flatten node: every model calib writes from it has (N, K) scores.
+- External data is read in; the result is written as one file unless it needs external data
+  (files.save_model). ONNX shape inference fills value_info.
+
+The zoo's exports are already in this form and are used as they are (byte for byte).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from calib.errors import CalibError
+from calib.models import files
+from calib.models.files import needs_external_data, save_model, user_cache_dir
+from calib.models.intake import Model
+from calib.models.zoo import ZOO
+
+if TYPE_CHECKING:
+    import onnx
+
+PREPARE_RECIPE = "prepare v1: image input only, batch dynamic, H/W fixed, opset>=13, ORT basic, (N,K) output"
+MIN_OPSET = 13  # per-channel Q/DQ
+
+
+def simplify(src: Path, dst: Path) -> None:
+    """Fold constants, BatchNorm and Pad into Conv with ONNX Runtime's basic level, which keeps
+    standard ONNX ops only, and drop the opset imports ORT adds."""
+    import onnx
+
+    from calib.onnx_io import ort_session
+
+    ort_session(src, "basic", optimized_path=dst)
+    proto = onnx.load(str(dst))
+    _drop_foreign_opsets(proto)
+    onnx.save(proto, str(dst))
+
+
+def is_zoo(model: Model) -> bool:
+    return model.name in ZOO and model.path.parent.resolve() == (user_cache_dir() / "models").resolve()
+
+
+def prepared_path(model: Model) -> Path:
+    """The prepared FP32 model file (made on first use, then cached under the user cache folder,
+    keyed by the model's hash, its input size and batch name, and this module's recipe). This is
+    the FP32 model to evaluate and build engines from: its output is (N, K) like the INT8 models'."""
+    if is_zoo(model):
+        return model.path
+    h, w = model.size
+    key = hashlib.sha256(f"{model.sha256}\n{h}x{w}\n{model.input_shape[0]}\n{PREPARE_RECIPE}".encode()).hexdigest()
+    out = user_cache_dir() / "prepared" / f"{key[:24]}.onnx"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".prepare-") as tmp:
+            _prepare(model, Path(tmp), out)
+    return out
+
+
+def prepared_model(model: Model) -> "onnx.ModelProto":
+    """The FP32 graph that calibration and Q/DQ insertion work on (see the module docstring)."""
+    from calib.onnx_io import load_model
+
+    return load_model(prepared_path(model))
+
+
+def _prepare(model: Model, tmp: Path, out: Path) -> None:
+    from calib.models.structure import infer_shapes
+    from calib.onnx_io import load_model
+
+    proto = load_model(model.path)
+    fixed_batch = _set_image_input(proto, model)
+    _forget_shapes(proto)
+    if fixed_batch is not None:
+        _free_batch_in_reshapes(proto, fixed_batch)
+    proto = _upgrade_opset(proto, model.path)
+    large = needs_external_data(proto)
+    src = tmp / "input.onnx"
+    save_model(proto, src)
+    del proto
+    optimized = tmp / "optimized.onnx"
+    _ort_basic(src, optimized, large, model.path)
+    classes, spatial = _probe(optimized, model, fixed_batch)
+    proto = load_model(optimized)
+    _drop_foreign_opsets(proto)
+    if spatial:
+        _flatten_output(proto)
+    infer_shapes(proto)
+    _set_output_shape(proto, model.input_shape[0], classes)
+    written = save_model(proto, tmp / out.name)
+    for f in reversed(written):  # the side file first: a reader that sees the .onnx sees its data
+        os.replace(f, out.parent / f.name)
+
+
+def _set_image_input(proto, model: Model) -> int | None:
+    """Keep only the image as a graph input; batch symbolic, H and W fixed. Returns the batch
+    size the file fixed, if it did."""
+    import onnx
+
+    g = proto.graph
+    inits = {t.name for t in g.initializer}
+    keep = []
+    for vi in g.input:
+        if vi.name not in inits:
+            copy = onnx.ValueInfoProto()
+            copy.CopyFrom(vi)
+            keep.append(copy)
+    del g.input[:]
+    g.input.extend(keep)
+    proto.ir_version = max(proto.ir_version, 4)  # IR 4: initializers need not be inputs
+    dims = g.input[0].type.tensor_type.shape.dim
+    fixed = dims[0].dim_value if dims[0].HasField("dim_value") else None
+    dims[0].Clear()
+    dims[0].dim_param = str(model.input_shape[0])
+    for d, v in zip((dims[2], dims[3]), model.size):
+        d.Clear()
+        d.dim_value = v
+    return fixed
+
+
+def _forget_shapes(proto) -> None:
+    """Shapes recorded at other sizes (a fixed batch, symbolic H/W) would contradict the new input."""
+    del proto.graph.value_info[:]
+    for o in proto.graph.output:
+        o.type.tensor_type.ClearField("shape")
+
+
+def _static_tensors(graph) -> set[str]:
+    static = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" or (node.input and all(not i or i in static for i in node.input)):
+            static.update(node.output)
+    return static
+
+
+def _constant_array(graph, name: str) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    for t in graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def _free_batch_in_reshapes(proto, batch: int) -> None:
+    """Files exported at a fixed batch write it into Reshape targets ((1, -1) before the
+    classifier, (1, groups, C/groups, H, W) in a channel shuffle); 0 copies the batch instead
+    (Reshape's allowzero=0 semantics, https://onnx.ai/onnx/operators/onnx__Reshape.html)."""
+    from onnx import numpy_helper
+
+    g = proto.graph
+    static = _static_tensors(g)
+    for node in g.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] in static:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        shape = _constant_array(g, node.input[1])
+        if shape is None or shape.ndim != 1 or len(shape) < 2 or int(shape[0]) != batch:
+            continue
+        freed = shape.astype(np.int64).copy()
+        freed[0] = 0
+        name = f"{node.input[1]}_calib_dynamic_batch"
+        if name not in {t.name for t in g.initializer}:
+            g.initializer.append(numpy_helper.from_array(freed, name))
+        node.input[1] = name
+
+
+def _default_opset(proto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _upgrade_opset(proto, path: Path):
+    from onnx import helper
+
+    from calib.models.structure import convert_opset
+
+    version = _default_opset(proto)
+    if version >= MIN_OPSET:
+        return proto
+    try:
+        converted = convert_opset(proto, MIN_OPSET)
+    except Exception as e:
+        raise CalibError(f"{path}: cannot convert it from opset {version} to {MIN_OPSET}, which per-channel "
+                         f"Q/DQ needs ({_first_line(e)})") from None
+    converted.ir_version = max(converted.ir_version,
+                               helper.find_min_ir_version_for(list(converted.opset_import), ignore_unknown=True))
+    return converted
+
+
+def _ort_basic(src: Path, dst: Path, large: bool, original: Path) -> None:
+    from calib.onnx_io import ort_session
+
+    try:
+        if large:
+            _ort_basic_external(src, dst)
+        else:
+            ort_session(src, "basic", optimized_path=dst)
+    except CalibError:
+        raise
+    except Exception as e:
+        raise CalibError(f"ONNX Runtime cannot load {original}: {_first_line(e)}") from None
+
+
+def _ort_basic_external(src: Path, dst: Path) -> None:
+    """ONNX Runtime saves an optimized model over 2 GB only with its initializers in a side file,
+    which takes session config entries that calib.onnx_io.ort_session does not pass (yet)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(dst)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                   str(files.EXTERNAL_TENSOR_MIN_BYTES))
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+
+
+def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool]:
+    """Run the optimized model on two random images, one by one and as a batch: the class count,
+    whether the output is (N, K, 1, 1), and proof that the batch axis really is dynamic."""
+    from calib.onnx_io import ort_session
+
+    h, w = model.size
+    session = ort_session(path, "disabled")
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((2, 3, h, w)).astype(np.float32)
+    try:
+        singles = [session.run(None, {name: x[i:i + 1]})[0] for i in range(2)]
+    except Exception as e:
+        raise CalibError(f"{model.path}: ONNX Runtime cannot run it on {h}x{w} images "
+                         f"({_first_line(e)}); is that the input size it takes?") from None
+    shape = singles[0].shape
+    if not (len(shape) == 2 or (len(shape) == 4 and shape[2:] == (1, 1))) or shape[0] != 1:
+        raise CalibError(f"{model.path} is not an ONNX image classifier: its output must be class scores (N, K) or "
+                         f"(N, K, 1, 1), found {tuple(shape)} for one image")
+    fix = (f"export it with a dynamic batch axis (dynamic_axes={{'{name}': {{0: 'batch'}}}})")
+    try:
+        pair = session.run(None, {name: x})[0]
+    except Exception as e:
+        if fixed_batch is not None:
+            raise CalibError(f"{model.path}: its graph fixes the batch size at {fixed_batch} and calib writes "
+                             f"models with a dynamic batch: {fix}") from None
+        raise CalibError(f"{model.path}: ONNX Runtime cannot run it on a batch of 2 ({_first_line(e)})") from None
+    single = np.concatenate(singles)
+    scale = float(np.nanmax(np.abs(single))) if single.size else 0.0
+    if pair.shape != single.shape or not np.allclose(pair, single, rtol=1e-3, atol=1e-4 * (1 + scale), equal_nan=True):
+        if fixed_batch is not None:
+            raise CalibError(f"{model.path}: its graph fixes the batch size at {fixed_batch} (a batch of 2 gives "
+                             f"output {tuple(pair.shape)}) and calib writes models with a dynamic batch: {fix}")
+        raise CalibError(f"{model.path}: its scores for a batch of 2 differ from those of the images one by one "
+                         f"(output {tuple(pair.shape)}); calib writes models with a dynamic batch: {fix}")
+    return int(shape[1]), len(shape) == 4
+
+
+def _drop_foreign_opsets(proto) -> None:
+    """ORT's optimized models import every domain it knows; keep those the graph uses."""
+    used = {n.domain for n in proto.graph.node}
+    keep = [o for o in proto.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(keep)
+
+
+def _flatten_output(proto) -> None:
+    from onnx import helper
+
+    g = proto.graph
+    out = g.output[0].name
+    names = {n for node in g.node for n in list(node.input) + list(node.output)}
+    inner = f"{out}_nk11"
+    while inner in names:
+        inner += "_"
+    for node in g.node:
+        for i, n in enumerate(node.output):
+            if n == out:
+                node.output[i] = inner
+        for i, n in enumerate(node.input):
+            if n == out:
+                node.input[i] = inner
+    g.node.append(helper.make_node("Flatten", [inner], [out], axis=1, name="calib_flatten_scores"))
+
+
+def _set_output_shape(proto, batch: str, classes: int) -> None:
+    t = proto.graph.output[0].type.tensor_type
+    t.elem_type = 1
+    t.ClearField("shape")
+    d = t.shape.dim.add()
+    d.dim_param = str(batch)
+    t.shape.dim.add().dim_value = classes
+
+
+def _first_line(e: BaseException) -> str:
+    return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
