@@ -34,13 +34,15 @@ def load_model(path: str | os.PathLike, external_data: bool = True) -> onnx.Mode
 
 def ort_session(model: onnx.ModelProto | bytes | str | os.PathLike, level: str = "all", threads: int = 0,
                 arena: bool = True, optimized_path: str | os.PathLike | None = None,
-                providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+                providers: tuple[str, ...] = ("CPUExecutionProvider",), config: dict[str, str] | None = None):
     """An ONNX Runtime session.
 
     `level` "basic" keeps Q/DQ nodes as they are (simulated quantization: every DequantizeLinear
     output is exactly what an integer kernel would read); "all" lets ONNX Runtime fuse them into
     integer kernels (what production runs). `arena=False` returns memory after each run (for
-    sessions that expose many large tensors). `optimized_path` saves the optimized graph there."""
+    sessions that expose many large tensors). `optimized_path` saves the optimized graph there;
+    `config` sets session config entries (e.g. where an optimized model past 2 GB writes its
+    external data)."""
     import onnxruntime as ort
 
     if level not in LEVELS:
@@ -56,6 +58,8 @@ def ort_session(model: onnx.ModelProto | bytes | str | os.PathLike, level: str =
     options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif not isinstance(model, bytes):

@@ -19,7 +19,7 @@ from calib.cache import CacheStore
 from calib.data.plan import DataPlan, plan_data
 from calib.errors import CalibError
 from calib.fsutil import check_output_dir
-from calib.models import ZOO, Model, prepared_model, resolve_model
+from calib.models import ZOO, Model, check_classes, parse_input_size, prepared_model, resolve_model
 
 
 @dataclass
@@ -27,6 +27,7 @@ class RunConfig:
     """The options of `calib run` (and of compare/sensitivity, which ignore what they do not use)."""
     model: str = "efficientnet_lite0"
     preprocess: str | None = None
+    input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
     dataset: str = "demo"
     data_dir: str | None = None
     samples: int = 500
@@ -144,8 +145,20 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     out = Path(out) if out else default_out(config, kind)
     check_output_dir(out)                              # before any model export or calibration
     check_output_dir(config.cache_dir, empty=False)
-    model = resolve_model(config.model, config.preprocess)
+    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
     flavor = config.qdq_flavor or default_flavor(config.backend)
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
                      config.eval_data_dir, config.eval_samples)
-    return RunSetup(model, flavor, data, prepared_model(model), out)
+    prepared = prepared_model(model)
+    check_model_classes(model, data.calibration, prepared)
+    return RunSetup(model, flavor, data, prepared, out)
+
+
+def check_model_classes(model: Model, dataset, prepared: onnx.ModelProto) -> None:
+    """A classifier whose class count is not the dataset's label count would score 0% top-1 and
+    say nothing: refused in one line before any calibration."""
+    from calib.data.classes import imagenet_classes
+
+    source = dataset.source
+    labels = len(getattr(source, "class_names", None) or imagenet_classes())
+    check_classes(model, labels, source.description, prepared=prepared)

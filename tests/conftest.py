@@ -36,7 +36,7 @@ def small_imagenet(tmp_path, imagenet_sample) -> Path:
     return root
 
 
-def make_classifier(path: Path, classes: int = 10, size: int = 16, seed: int = 0) -> Path:
+def make_classifier(path: Path, classes: int = 1000, size: int = 16, seed: int = 0) -> Path:
     """A small float ONNX image classifier with the structures the Q/DQ flavors care about:
     Conv -> Clip(0, 6) (ReLU6), a depthwise Conv, a residual Add, GlobalAveragePool, Reshape, Gemm."""
     rng = np.random.default_rng(seed)

@@ -42,7 +42,8 @@ def _main(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
 
 @app.command()
 def run(
-    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, dataset: o.Dataset = "demo",
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, input_size: o.InputSize = None,
+    dataset: o.Dataset = "demo",
     data_dir: o.DataDir = None, samples: o.Samples = 500, eval_data_dir: o.EvalDataDir = None,
     eval_samples: o.EvalSamples = None, calibrator: o.Calibrator = "minmax", percentile: o.Percentile = None,
     backend: o.Backend = "ort", qdq_flavor: o.QdqFlavor = None, batch_size: o.BatchSize = 32,
@@ -58,7 +59,7 @@ def run(
     from calib.commands.run import run as run_command
 
     report = run_command(o.run_config(
-        model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
+        model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator=calibrator, percentile=percentile,
         backend=backend, qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size,
         cache_dir=cache_dir, out=out, seed=seed, recalibrate=recalibrate, workers=workers,
@@ -69,7 +70,8 @@ def run(
 
 @app.command()
 def compare(
-    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, dataset: o.Dataset = "demo",
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, input_size: o.InputSize = None,
+    dataset: o.Dataset = "demo",
     data_dir: o.DataDir = None, samples: o.Samples = 500, eval_data_dir: o.EvalDataDir = None,
     eval_samples: o.EvalSamples = None,
     calibrators: str = typer.Option("entropy,minmax,percentile,mse", "--calibrators", help="comma-separated calibrators to compare"),
@@ -84,7 +86,7 @@ def compare(
     from calib.commands.compare import compare_calibrators
 
     config = o.run_config(
-        model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
+        model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, percentile=percentile, backend=backend,
         qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
         seed=seed, recalibrate=recalibrate, workers=workers, bias_correction=bias_correction)
@@ -95,7 +97,8 @@ def compare(
 
 @app.command()
 def sensitivity(
-    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, dataset: o.Dataset = "demo",
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, input_size: o.InputSize = None,
+    dataset: o.Dataset = "demo",
     data_dir: o.DataDir = None, samples: o.Samples = 500, eval_data_dir: o.EvalDataDir = None,
     calibrator: o.Calibrator = "minmax", percentile: o.Percentile = None,
     backend: o.Backend = "ort",
@@ -110,7 +113,7 @@ def sensitivity(
     from calib.commands.sensitivity import rank_sensitivity
 
     config = o.run_config(
-        model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
+        model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         eval_data_dir=eval_data_dir, calibrator=calibrator, percentile=percentile, backend=backend,
         qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
         seed=seed, recalibrate=recalibrate, workers=workers, bias_correction=bias_correction)
@@ -120,7 +123,8 @@ def sensitivity(
 
 @app.command()
 def calibrate(
-    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, dataset: o.Dataset = "demo",
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, input_size: o.InputSize = None,
+    dataset: o.Dataset = "demo",
     data_dir: o.DataDir = None, samples: o.Samples = 500, calibrator: o.Calibrator = "minmax",
     percentile: o.Percentile = None, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
     seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None,
@@ -129,7 +133,7 @@ def calibrate(
     from calib.commands.calibrate import calibrate_only
 
     outcome, data = calibrate_only(o.run_config(
-        model=model, preprocess=preprocess, dataset=dataset, data_dir=data_dir, samples=samples,
+        model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         calibrator=calibrator, percentile=percentile, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
         seed=seed, recalibrate=recalibrate, workers=workers))
     for note in data.notes:
@@ -145,7 +149,7 @@ app.add_typer(cache_app, name="cache")
 @app.command()
 def build(
     cache: str = typer.Option(..., "--cache", help="calibration cache (.cache, with its .json sidecar)"),
-    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None,
+    model: o.Model = "efficientnet_lite0", preprocess: o.Preprocess = None, input_size: o.InputSize = None,
     backend: o.Backend = "ort", qdq_flavor: o.QdqFlavor = None,
     out: str = typer.Option(..., "--out", help="INT8 Q/DQ ONNX file (ort) or engine file (tensorrt)"),
     force: bool = typer.Option(False, "--force", help="build even if the model hash differs; tensors without a scale stay float"),
@@ -160,10 +164,10 @@ def build(
 ) -> None:
     """Build the INT8 model from a cache alone (no dataset), after validating the cache."""
     from calib.commands.build import build_from_cache
-    from calib.models import prepared_model, resolve_model
+    from calib.models import parse_input_size, prepared_model, resolve_model
     from calib.session import default_flavor
 
-    m = resolve_model(model, preprocess)
+    m = resolve_model(model, preprocess, parse_input_size(input_size))
     result = build_from_cache(m, prepared_model(m), Path(cache), qdq_flavor or default_flavor(backend),
                               Path(out), backend=backend, force=force, bias_correction=bias_correction,
                               overwrite=overwrite,
@@ -178,7 +182,7 @@ def build(
 
 @app.command()
 def bench(
-    model: o.Model = "efficientnet_lite0",
+    model: o.Model = "efficientnet_lite0", input_size: o.InputSize = None,
     backend: o.Backend = "ort",
     batch_sizes: str = typer.Option("1,32", "--batch-sizes", help="comma-separated batch sizes"),
     seconds: float = typer.Option(3.0, "--seconds", help="timed seconds per batch size"),
@@ -188,7 +192,7 @@ def bench(
 ) -> None:
     """Latency percentiles and throughput at the given batch sizes, for either backend."""
     from calib.commands.bench import bench_model
-    from calib.models import ZOO, resolve_model
+    from calib.models import ZOO, parse_input_size, resolve_model
 
     path = resolve_model(model).path if model in ZOO else Path(model)
     try:
@@ -196,7 +200,7 @@ def bench(
     except ValueError:
         raise CalibError(f"--batch-sizes must be integers separated by commas, not '{batch_sizes}'") from None
     extra = {"timing_cache": Path(timing_cache)} if timing_cache else {}
-    rows = bench_model(path, backend, sizes, seconds, precision, **extra)
+    rows = bench_model(path, backend, sizes, seconds, precision, input_size=parse_input_size(input_size), **extra)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -234,13 +238,13 @@ def cache_show(cache: str = typer.Argument(..., help="cache file"), as_json: o.J
 
 @cache_app.command("verify")
 def cache_verify(cache: str = typer.Argument(..., help="cache file"), model: o.Model = "efficientnet_lite0",
-                 preprocess: o.Preprocess = None,
+                 preprocess: o.Preprocess = None, input_size: o.InputSize = None,
                  qdq_flavor: str = typer.Option("tensorrt", "--qdq-flavor", help="flavor whose tensors must have scales")) -> None:
     """Exit 0 only if the cache is valid for the model."""
     from calib.commands.build import check_cache
-    from calib.models import prepared_model, resolve_model
+    from calib.models import parse_input_size, prepared_model, resolve_model
 
-    m = resolve_model(model, preprocess)
+    m = resolve_model(model, preprocess, parse_input_size(input_size))
     _, report = check_cache(m, prepared_model(m), Path(cache), qdq_flavor)
     if not report.ok:
         raise CalibError(f"{cache} is not valid for {m.name}: " + "; ".join(report.problems()))
@@ -259,17 +263,17 @@ def cache_diff(a: str = typer.Argument(..., help="first cache"), b: str = typer.
 
 @cache_app.command("import")
 def cache_import(file: str = typer.Argument(..., help="a cache written by TensorRT"), model: o.Model = "efficientnet_lite0",
-                 preprocess: o.Preprocess = None, cache_dir: o.CacheDir = "caches",
+                 preprocess: o.Preprocess = None, input_size: o.InputSize = None, cache_dir: o.CacheDir = "caches",
                  force: bool = typer.Option(False, "--force", help="import a cache that lacks scales for some quantized tensors (they stay float)")) -> None:
     """Attach metadata to a TensorRT-written cache and add it to the cache folder."""
     from calib.cache import CacheStore
     from calib.cache.interop import import_cache
     from calib.models import resolve_model
 
-    from calib.models import prepared_model
+    from calib.models import parse_input_size, prepared_model
     from calib.quantize import required_tensors
 
-    m = resolve_model(model, preprocess)
+    m = resolve_model(model, preprocess, parse_input_size(input_size))
     result = import_cache(Path(file), m, CacheStore(cache_dir), required=required_tensors(prepared_model(m), "tensorrt"),
                           force=force)
     if result.missing:

@@ -17,6 +17,9 @@ DataDir = Annotated[Optional[str], typer.Option(
 Samples = Annotated[int, typer.Option("--samples", help="calibration images")]
 EvalDataDir = Annotated[Optional[str], typer.Option("--eval-data-dir", help="separate evaluation folder")]
 EvalSamples = Annotated[Optional[int], typer.Option("--eval-samples", min=1, help="limit evaluation images")]
+InputSize = Annotated[Optional[str], typer.Option(
+    "--input-size", help="height and width for a model with dynamic H/W: 224 or 256x256 (default: the "
+                         "preprocessing preset's size)")]
 Calibrator = Annotated[str, typer.Option(
     "--calibrator", help="minmax (default, as ModelOpt and ONNX Runtime), entropy (TensorRT EntropyCalibration2), "
                          "percentile, mse, or a plug-in")]

@@ -28,8 +28,9 @@ def model_precision(proto) -> str:
     return "fp32"
 
 
-def _onnx_input(model_path: Path) -> tuple[int | str, tuple[int, int, int], str]:
-    """(batch dim, (C, H, W), precision) of the ONNX model's single image input."""
+def _onnx_input(model_path: Path, input_size: tuple[int, int] | None = None) -> tuple[int | str, tuple[int, int, int], str]:
+    """(batch dim, (C, H, W), precision) of the ONNX model's single image input; a dynamic H/W
+    takes `input_size`."""
     from calib.onnx_io import load_model
 
     proto = load_model(model_path, external_data=False)
@@ -38,14 +39,24 @@ def _onnx_input(model_path: Path) -> tuple[int | str, tuple[int, int, int], str]
     if len(inputs) != 1:
         raise CalibError(f"{model_path}: expected one image input, found {len(inputs)}")
     dims = [d.dim_param or d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
-        raise CalibError(f"{model_path}: input must be (N, C, H, W) with fixed C, H, W, found {dims}")
+    if len(dims) == 4 and input_size is not None:
+        for axis, want in zip((2, 3), input_size):
+            if isinstance(dims[axis], int) and dims[axis] > 0 and dims[axis] != want:
+                raise CalibError(f"{model_path} takes {dims[2]}x{dims[3]} images, not --input-size "
+                                 f"{input_size[0]}x{input_size[1]}")
+        dims = [dims[0], dims[1], *input_size]
+    if len(dims) != 4 or not (isinstance(dims[1], int) and dims[1] > 0):
+        raise CalibError(f"{model_path}: input must be (N, C, H, W) with a fixed C, found {dims}")
+    if not all(isinstance(d, int) and d > 0 for d in dims[2:]):
+        raise CalibError(f"{model_path} has a dynamic height/width ({dims[2]}x{dims[3]}): give the size to time "
+                         f"with --input-size, e.g. --input-size 224")
     batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else "dynamic"
     return batch, (dims[1], dims[2], dims[3]), model_precision(proto)
 
 
 def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds: float,
-                precision: str | None = None, *, engine: Path | None = None, **build_options) -> list[dict]:
+                precision: str | None = None, *, engine: Path | None = None,
+                input_size: tuple[int, int] | None = None, **build_options) -> list[dict]:
     """Time `model_path` on `backend` (ort, tensorrt, tensorrt-rtx) at each batch size for `seconds` each.
 
     Returns one dict per batch size: backend, model, precision, batch_size, iterations,
@@ -78,7 +89,7 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             artifact = model_path
             precision = precision or "engine"
         else:
-            batch, shape, own = _onnx_input(model_path)
+            batch, shape, own = _onnx_input(model_path, input_size)
             if backend == "ort" and precision not in (None, own):
                 raise CalibError(f"--precision {precision} does not apply to ONNX Runtime, which runs {model_path.name} "
                                  f"as it is ({own}); bench the {precision} model itself (calib build writes the "

@@ -3,6 +3,8 @@ Q/DQ model (or a backend engine). No dataset is touched."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from calib.backends import get_backend
 from calib.cache import Validation, load_cache, validate_entry
 from calib.errors import CalibError
 from calib.fsutil import atomic_path, check_output_file, is_calib_onnx, mark_calib_onnx
-from calib.models import Model
+from calib.models import Model, needs_external_data, save_model
 from calib.quantize import quantize_model, required_tensors
 from calib.quantize.graph import GraphIndex
 
@@ -39,6 +41,19 @@ def is_calib_artifact(path: Path) -> bool:
     return is_calib_onnx(path) or Path(str(path) + ".calib.json").is_file()
 
 
+def save_atomically(model: onnx.ModelProto, out: Path) -> None:
+    """Write an ONNX model so that a reader sees the old file or the whole new one; a model past
+    2 GB (external data) is written under its final names in a hidden folder beside `out`, then
+    its data file and the .onnx are moved into place, in that order."""
+    if not needs_external_data(model):
+        with atomic_path(out) as tmp:
+            save_model(model, tmp)
+        return
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        for written in reversed(save_model(model, Path(tmp) / out.name)):
+            os.replace(written, out.parent / written.name)
+
+
 def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, flavor: str, out: Path,
                      backend: str = "ort", force: bool = False, bias_correction: bool = True,
                      overwrite: bool = False, **backend_options) -> BuildResult:
@@ -58,14 +73,12 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
     qdq, left = quantize_model(prepared, entry.cache.amax(), flavor, allow_missing=force, channel_means=means)
     mark_calib_onnx(qdq, qdq_flavor=flavor, cache=Path(cache_path).name)
     if b.artifact_suffix() == ".onnx":
-        with atomic_path(out) as tmp:
-            onnx.save(qdq, str(tmp))
+        save_atomically(qdq, out)
         return BuildResult(out, report, left)
     # An engine is built from the Q/DQ model, kept beside it (the engine's sidecar names it); a
     # failed build (a refused flavor or option) takes the model it wrote away again.
     qdq_path = out.with_suffix(".onnx")
-    with atomic_path(qdq_path) as tmp:
-        onnx.save(qdq, str(tmp))
+    save_atomically(qdq, qdq_path)
     try:
         b.build(qdq_path, out, "int8", **backend_options)
     except BaseException:

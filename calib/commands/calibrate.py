@@ -5,14 +5,14 @@ from __future__ import annotations
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data.plan import DataPlan, plan_data
 from calib.fsutil import check_output_dir
-from calib.models import prepared_model, resolve_model
+from calib.models import parse_input_size, prepared_model, resolve_model
 from calib.session import RunConfig, check_config
 
 
 def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     check_config(config)
     check_output_dir(config.cache_dir, empty=False)
-    model = resolve_model(config.model, config.preprocess)
+    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed, evaluate=False)
     outcome = calibrate(model, prepared_model(model), data.calibration, config.calibrator,
                         config.cache_store(), batch_size=config.calib_batch_size, workers=config.workers,

@@ -13,8 +13,6 @@ import math
 import time
 from pathlib import Path
 
-import onnx
-
 from calib.backends import get_backend
 from calib.calibration import calibrate_many
 from calib.calibrators import calibrator_class
@@ -24,6 +22,7 @@ from calib.errors import CalibError
 from calib.data.classes import class_name
 from calib.evaluate.classes import class_changes
 from calib.evaluate.models import evaluate_models
+from calib.models import prepared_path, save_model
 from calib.evaluate.paired import rank_calibrators
 from calib.evaluate.sqnr import finite_or_none
 from calib.quantize import quantize_model, required_tensors
@@ -69,13 +68,13 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
                                 config.recalibrate, config.progress)
         amaxes = {n: shared.outcomes[n].entry.cache.amax() for n in names}
         qdq = {}
-        onnx_models = {"fp32": model.path}
+        onnx_models = {"fp32": prepared_path(model)}
         for n in names:
             qdq[n], _ = quantize_model(prepared, amaxes[n], flavor,
                                        channel_means=bias_means(shared.outcomes[n].entry, config.bias_correction))
             mark_calib_onnx(qdq[n], qdq_flavor=flavor, cache=shared.outcomes[n].entry.path.name)
             onnx_models[n] = stage / f"int8-{n}.onnx"
-            onnx.save(qdq[n], str(onnx_models[n]))
+            save_model(qdq[n], onnx_models[n])
         ev, artifacts = evaluate_models(backend, onnx_models, data.evaluation, stage, config.batch_size,
                                         config.workers, config.progress, stems={n: f"int8-{n}" for n in names})
         fp32 = ev.summary("fp32")

@@ -17,7 +17,7 @@ from calib.diagnostics.sqnr import activation_sqnr
 from calib.errors import CalibError
 from calib.evaluate.models import evaluate_models
 from calib.evaluate.sqnr import finite_or_none
-from calib.models import Model
+from calib.models import Model, prepared_path, save_model
 from calib.quantize import quantize_model, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
@@ -52,8 +52,9 @@ def run(config: RunConfig) -> RunReport:
                                           progress=config.progress, channel_means=means)
             qdq = fallback.model  # evaluated below on the held-out subset only
         mark_calib_onnx(qdq, qdq_flavor=flavor, cache=outcome.entry.path.name)
-        onnx.save(qdq, str(int8_onnx))
-        ev, artifacts = evaluate_models(backend, {"fp32": model.path, "int8": int8_onnx},
+        save_model(qdq, int8_onnx)  # external data past 2 GB
+        fp32_onnx = prepared_path(model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
+        ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx},
                                         fallback.final_dataset if fallback else data.evaluation, stage,
                                         config.batch_size, config.workers, config.progress)
         fp32_artifact, int8_artifact = (out / a.name if a.parent == stage else a for a in artifacts.values())
@@ -64,7 +65,7 @@ def run(config: RunConfig) -> RunReport:
         if fallback is not None:
             report.fallback = fallback_report(fallback, ev)
         add_decision_figures(report, config, backend, flavor, prepared, ev, artifacts,
-                             {"fp32": model.path, "int8": int8_onnx}, fallback)
+                             {"fp32": fp32_onnx, "int8": int8_onnx}, fallback)
         figures = None
         if config.html:
             figures = run_figures(prepared, qdq, outcome, flavor, data.calibration, data.evaluation,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import onnx
@@ -23,10 +24,12 @@ def tensor_histograms(prepared: onnx.ModelProto, dataset: Dataset, tensors: list
     input_name = sess.get_inputs()[0].name
     subset = dataset if limit is None else dataset.subset(dataset.samples[:limit])
     count = 0
-    for batch in iter_batches(subset, batch_size, workers=workers, progress=progress, skips=SkipLog()):
-        for name, value in zip(tensors, sess.run(tensors, {input_name: batch.images})):
-            stats.observe(name, value)
-        count += len(batch.keys)
+    with contextlib.closing(iter_batches(subset, batch_size, workers=workers, progress=progress,
+                                         skips=SkipLog())) as batches:
+        for batch in batches:
+            for name, value in zip(tensors, sess.run(tensors, {input_name: batch.images})):
+                stats.observe(name, value)
+            count += len(batch.keys)
     return stats, count
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from dataclasses import dataclass, field
 
@@ -71,19 +73,22 @@ def evaluate(runners: dict[str, Runner], dataset: Dataset, batch_size: int = 32,
     tops: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     signal: list[np.ndarray] = []
     noise: dict[str, list[np.ndarray]] = {name: [] for name in runners if name != "fp32"}
-    for batch in iter_batches(dataset, batch_size, workers=workers, progress=progress, skips=skips):
-        keys += batch.keys
-        labels.append(batch.labels)
-        logits = {name: np.asarray(runner.run(batch.images), np.float32).reshape(len(batch.keys), -1)
-                  for name, runner in runners.items()}
-        for name, x in logits.items():
-            tops[name].append(top5(x))
-        if "fp32" in logits:
-            ref = logits["fp32"].astype(np.float64)
-            signal.append(np.sum(ref * ref, axis=1))
-            for name in noise:
-                err = ref - logits[name]
-                noise[name].append(np.sum(err * err, axis=1))
+    # closing(): the decoding workers end as soon as this loop does, even on an exception
+    with contextlib.closing(iter_batches(dataset, batch_size, workers=workers, progress=progress,
+                                         skips=skips)) as batches:
+        for batch in batches:
+            keys += batch.keys
+            labels.append(batch.labels)
+            logits = {name: np.asarray(runner.run(batch.images), np.float32).reshape(len(batch.keys), -1)
+                      for name, runner in runners.items()}
+            for name, x in logits.items():
+                tops[name].append(top5(x))
+            if "fp32" in logits:
+                ref = logits["fp32"].astype(np.float64)
+                signal.append(np.sum(ref * ref, axis=1))
+                for name in noise:
+                    err = ref - logits[name]
+                    noise[name].append(np.sum(err * err, axis=1))
     all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     preds = {name: Predictions(all_labels, np.concatenate(t) if t else np.zeros((0, 5), np.int64))
              for name, t in tops.items()}

@@ -3,6 +3,8 @@ images (sensitivity ranking, the fallback search, per-tensor SQNR): decode once,
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -35,10 +37,13 @@ def load_images(dataset: Dataset, batch_size: int = 32, workers: int | None = No
                 progress: str | None = None) -> Images:
     skips = SkipLog()
     images, labels, keys = [], [], []
-    for batch in iter_batches(dataset, batch_size, workers=workers, progress=progress, skips=skips):
-        images.append(batch.images)
-        labels.append(batch.labels)
-        keys += batch.keys
+    # closing(): the decoding workers end as soon as this loop does, even on an exception
+    with contextlib.closing(iter_batches(dataset, batch_size, workers=workers, progress=progress,
+                                         skips=skips)) as batches:
+        for batch in batches:
+            images.append(batch.images)
+            labels.append(batch.labels)
+            keys += batch.keys
     if not keys:
         raise CalibError(f"no evaluation image could be decoded from {dataset.source.description}")
     return Images(np.concatenate(images), np.concatenate(labels), keys, skips.skipped)

@@ -208,18 +208,3 @@ def output_classes(prepared) -> int:
     if dims is None or len(dims) != 2 or not isinstance(dims[1], int) or dims[1] <= 0:
         raise CalibError(f"cannot tell the class count of the model's output {_fmt(dims)}")
     return dims[1]
-
-
-def check_classes(model: Model, num_classes: int, dataset_desc: str, prepared=None) -> int:
-    """The model's class count, which must equal the dataset's label count: top-1 compares the
-    argmax with the label index, so a 10-class model scored on ImageNet's 1000 labels would
-    report 0% and look like a success. `prepared` (the prepared model) saves a reload."""
-    if prepared is None:
-        from calib.models.prepare import prepared_model
-
-        prepared = prepared_model(model)
-    classes = output_classes(prepared)
-    if classes != num_classes:
-        raise CalibError(f"{model.name} outputs {classes} classes but {dataset_desc} has {num_classes} labels: "
-                         f"calib scores top-1 against the dataset's labels, so the two must match")
-    return classes

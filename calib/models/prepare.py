@@ -33,7 +33,8 @@ import numpy as np
 from calib.errors import CalibError
 from calib.models import files
 from calib.models.files import needs_external_data, save_model, user_cache_dir
-from calib.models.intake import Model
+from calib.models.structure import drop_foreign_opsets
+from calib.models.intake import Model, output_classes
 from calib.models.zoo import ZOO
 
 if TYPE_CHECKING:
@@ -41,19 +42,6 @@ if TYPE_CHECKING:
 
 PREPARE_RECIPE = "prepare v1: image input only, batch dynamic, H/W fixed, opset>=13, ORT basic, (N,K) output"
 MIN_OPSET = 13  # per-channel Q/DQ
-
-
-def simplify(src: Path, dst: Path) -> None:
-    """Fold constants, BatchNorm and Pad into Conv with ONNX Runtime's basic level, which keeps
-    standard ONNX ops only, and drop the opset imports ORT adds."""
-    import onnx
-
-    from calib.onnx_io import ort_session
-
-    ort_session(src, "basic", optimized_path=dst)
-    proto = onnx.load(str(dst))
-    _drop_foreign_opsets(proto)
-    onnx.save(proto, str(dst))
 
 
 def is_zoo(model: Model) -> bool:
@@ -101,7 +89,7 @@ def _prepare(model: Model, tmp: Path, out: Path) -> None:
     _ort_basic(src, optimized, large, model.path)
     classes, spatial = _probe(optimized, model, fixed_batch)
     proto = load_model(optimized)
-    _drop_foreign_opsets(proto)
+    drop_foreign_opsets(proto)
     if spatial:
         _flatten_output(proto)
     infer_shapes(proto)
@@ -228,17 +216,12 @@ def _ort_basic(src: Path, dst: Path, large: bool, original: Path) -> None:
 
 def _ort_basic_external(src: Path, dst: Path) -> None:
     """ONNX Runtime saves an optimized model over 2 GB only with its initializers in a side file,
-    which takes session config entries that calib.onnx_io.ort_session does not pass (yet)."""
-    import onnxruntime as ort
+    named through session config entries."""
+    from calib.onnx_io import ort_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.log_severity_level = 3
-    options.optimized_model_filepath = str(dst)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                   str(files.EXTERNAL_TENSOR_MIN_BYTES))
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    ort_session(src, "basic", optimized_path=dst, config={
+        "session.optimized_model_external_initializers_file_name": dst.name + ".data",
+        "session.optimized_model_external_initializers_min_size_in_bytes": str(files.EXTERNAL_TENSOR_MIN_BYTES)})
 
 
 def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool]:
@@ -278,14 +261,6 @@ def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool
     return int(shape[1]), len(shape) == 4
 
 
-def _drop_foreign_opsets(proto) -> None:
-    """ORT's optimized models import every domain it knows; keep those the graph uses."""
-    used = {n.domain for n in proto.graph.node}
-    keep = [o for o in proto.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
-    del proto.opset_import[:]
-    proto.opset_import.extend(keep)
-
-
 def _flatten_output(proto) -> None:
     from onnx import helper
 
@@ -316,3 +291,16 @@ def _set_output_shape(proto, batch: str, classes: int) -> None:
 
 def _first_line(e: BaseException) -> str:
     return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
+
+
+def check_classes(model: Model, num_classes: int, dataset_desc: str, prepared=None) -> int:
+    """The model's class count, which must equal the dataset's label count: top-1 compares the
+    argmax with the label index, so a 10-class model scored on ImageNet's 1000 labels would
+    report 0% and look like a success. `prepared` (the prepared model) saves a reload."""
+    if prepared is None:
+        prepared = prepared_model(model)
+    classes = output_classes(prepared)
+    if classes != num_classes:
+        raise CalibError(f"{model.name} outputs {classes} classes but {dataset_desc} has {num_classes} labels: "
+                         f"calib scores top-1 against the dataset's labels, so the two must match")
+    return classes

@@ -9,6 +9,8 @@ back by name afterwards. Small tensors (shapes, axes, scalars) stay, as inferenc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 from onnx import TensorProto
 
@@ -99,3 +101,24 @@ def convert_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
     from onnx import version_converter
 
     return restore(version_converter.convert_version(skeleton(model), version), model)
+
+
+def drop_foreign_opsets(proto) -> None:
+    """ORT's optimized models import every domain it knows; keep those the graph uses."""
+    used = {n.domain for n in proto.graph.node}
+    keep = [o for o in proto.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(keep)
+
+
+def simplify(src: Path, dst: Path) -> None:
+    """Fold constants, BatchNorm and Pad into Conv with ONNX Runtime's basic level, which keeps
+    standard ONNX ops only, and drop the opset imports ORT adds."""
+    import onnx
+
+    from calib.onnx_io import ort_session
+
+    ort_session(src, "basic", optimized_path=dst)
+    proto = onnx.load(str(dst))
+    drop_foreign_opsets(proto)
+    onnx.save(proto, str(dst))

@@ -39,7 +39,7 @@ ZOO = {
 
 def export_zoo_model(name: str) -> Path:
     """Export a zoo model once; later calls return the cached file."""
-    from calib.models.prepare import simplify
+    from calib.models.structure import simplify
 
     entry = ZOO[name]
     try:

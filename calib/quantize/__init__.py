@@ -9,8 +9,9 @@ Modules, bottom up: `naming` (the names of added tensors), `graph` (producers, c
 types, activations, signs), `qdq` (the graph surgery), `patterns` (residual Adds, gates, read off
 the structure), `flavor` (the Flavor contract and its Plan), `registry` (name -> flavor),
 `flavor_tensorrt` and `flavor_ort` (the built-ins), `layers` (which Q/DQ a layer owns, for
-partial models), `materialize` (the one materializer), `prepare` (fixed input size, opset, external
-data: what a user's export needs before calibration). The placement rules: docs/quantization.md.
+partial models), `materialize` (the one materializer). A user's export is made quantizable (fixed
+input size, opset, external data) by calib.models before it gets here. The placement rules:
+docs/quantization.md.
 """
 
 from calib.quantize.flavor import Flavor, Plan, WEIGHTED_OPS, weight_axis

@@ -74,7 +74,7 @@ def test_output_shapes_take_the_batch(tiny_classifier):
     from calib.onnx_io import ort_session
 
     shapes = output_shapes(ort_session(tiny_classifier), (5, 3, 16, 16))
-    assert shapes["logits"] == ([5, 10], torch.float32)
+    assert shapes["logits"] == ([5, 1000], torch.float32)
 
 
 @gpu

@@ -1,8 +1,8 @@
 """The conformance pipeline, step by step, as a user's export goes through calib.
 
-export (legacy or dynamo, the walkthrough's dynamic axes) -> prepare_model (fixed 64x64, opset,
-initializers as constants) -> ONNX Runtime's basic optimization (BatchNorm and shape subgraphs
-folded, as calib.models.prepared_model does) -> one calibration pass (calib.collect) serving
+export (legacy or dynamo, the walkthrough's dynamic axes) -> calib's intake (resolve_model with
+--input-size 64, prepared_model: fixed 64x64 with a dynamic batch, opset >= 13, BatchNorm and shape
+subgraphs folded by ONNX Runtime's basic level) -> one calibration pass (calib.collect) serving
 minmax and entropy -> both Q/DQ flavors -> ONNX Runtime.
 
 The SQNR floor. Each quantized tensor t adds noise: rounding, step s_t = amax_t/127 with the error
@@ -25,7 +25,6 @@ wrong tensor, scale, zero point or axis, a folded ReLU that was needed, an integ
 from __future__ import annotations
 
 import math
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +35,11 @@ import onnx
 from calib.calibrators import TensorStatistics, get_calibrator
 from calib.collect import collect
 from calib.data import Dataset
-from calib.models import simplify
+from calib.models import prepared_model, resolve_model
 from calib.onnx_io import load_model, ort_session
 from calib.quantize import Plan, flavor_names, get_flavor, plan_for, quantize_model
 from calib.quantize.graph import FLOAT_TYPES, GraphIndex
-from calib.quantize.prepare import prepare_model
-from calib.sqnr import sqnr
+from calib.evaluate.sqnr import sqnr
 
 SIZE = 64
 CALIBRATORS = ("minmax", "entropy")
@@ -62,15 +60,6 @@ def export(model, path: Path, exporter: str, fixed_size: bool) -> Path:
                           output_names=["output"], dynamic_axes=axes, opset_version=18 if dynamo else 17,
                           dynamo=dynamo, **({"verbose": False} if dynamo else {}))
     return path
-
-
-def optimize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX Runtime's basic level, as calib.models.prepared_model applies it to user models."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "src.onnx"
-        onnx.save(model, str(src))
-        simplify(src, Path(tmp) / "dst.onnx")
-        return load_model(Path(tmp) / "dst.onnx")
 
 
 def activation_noise(stats: TensorStatistics, tensor: str, amax: float) -> float:
@@ -146,7 +135,7 @@ def run(arch: str, exporter: str, path: Path, export_seconds: float, calibration
     import time
 
     raw = load_model(path)
-    prepared = optimize(prepare_model(raw, SIZE, SIZE))
+    prepared = prepared_model(resolve_model(str(path), "torchvision", SIZE))  # calib's own intake
     plans = {f: plan_for(prepared, f) for f in flavor_names()}
     need = list(dict.fromkeys(t for p in plans.values() for t in p.activations))
     stats = TensorStatistics(histogram=True)

@@ -21,9 +21,9 @@ from calib.data.transforms import torchvision_imagenet
 from calib.onnx_io import load_model, ort_session
 from calib.quantize import flavor_names, get_flavor, plan_for, quantize_model
 from calib.quantize.graph import GraphIndex
-from calib.quantize.prepare import prepare_model
+from calib.models import prepared_model, resolve_model
 
-from corpus_pipeline import not_float, optimize, quantized_tensor_types
+from corpus_pipeline import not_float, quantized_tensor_types
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 ZOO = sorted(LIGHT.glob("*.onnx"))
@@ -39,7 +39,7 @@ def test_old_model_zoo_graph_goes_through_both_flavors(path):
     raw = load_model(path)
     inits = {i.name for i in raw.graph.initializer}
     assert raw.ir_version < 4 and any(i.name in inits for i in raw.graph.input)  # what the zoo wrote
-    prepared = optimize(prepare_model(raw))
+    prepared = prepared_model(resolve_model(str(path)))  # calib's own intake: IR<4, opset 9, weight inputs
     index = GraphIndex(prepared)
     [image] = index.graph_inputs
     assert len(prepared.graph.input) == 1 and prepared.opset_import[0].version >= 13

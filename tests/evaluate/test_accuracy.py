@@ -46,7 +46,7 @@ def test_evaluate_keeps_per_image_logits_powers(tmp_path, monkeypatch):
 
     images = np.arange(4 * 3, dtype=np.float32).reshape(4, 3, 1, 1)
     batches = [Batch(images[:2], np.array([0, 1]), ["a", "b"]), Batch(images[2:], np.array([2, 0]), ["c", "d"])]
-    monkeypatch.setattr(accuracy, "iter_batches", lambda *a, **k: iter(batches))
+    monkeypatch.setattr(accuracy, "iter_batches", lambda *a, **k: (b for b in batches))
     fp32 = _Fixed(lambda x: x.reshape(len(x), 3))
     int8 = _Fixed(lambda x: x.reshape(len(x), 3) + 1.0)
     ev = evaluate({"fp32": fp32, "int8": int8}, dataset=None, batch_size=2, progress=None)

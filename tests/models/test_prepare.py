@@ -161,7 +161,7 @@ def test_an_input_size_the_model_cannot_run_is_one_line(export_model):
 
 
 def test_a_user_file_named_like_a_zoo_model_is_prepared(tmp_path):
-    path = make_classifier(tmp_path / "efficientnet_lite0.onnx")
+    path = make_classifier(tmp_path / "efficientnet_lite0.onnx", classes=10)
     m = resolve_model(str(path))
     assert prepared_path(m) != path
     _check_form(prepared_model(m), 16, 10, "batch")
