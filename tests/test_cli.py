@@ -198,7 +198,7 @@ def test_build_a_tensorrt_rtx_engine_without_a_gpu(first_run, tmp_path):
                  "--out", tmp_path / "m.engine")
     assert proc.stdout.strip() == str(tmp_path / "m.engine")
     side = json.loads((tmp_path / "m.engine.calib.json").read_text())
-    assert (tmp_path / "m.engine").stat().st_size > 1_000_000 and (tmp_path / "m.onnx").is_file()
+    assert (tmp_path / "m.engine").stat().st_size > 1_000_000 and (tmp_path / "m.qdq.onnx").is_file()
     assert "86" in json.dumps(side)
     for extra, words in ((["--compute-capability", 90], ["compute capability", "90"]),
                          (["--qdq-flavor", "ort"], ["--qdq-flavor tensorrt"])):

@@ -48,7 +48,7 @@ def _onnx_input(model_path: Path, input_size: tuple[int, int] | None = None) -> 
     if len(dims) != 4 or not (isinstance(dims[1], int) and dims[1] > 0):
         raise CalibError(f"{model_path}: input must be (N, C, H, W) with a fixed C, found {dims}")
     if not all(isinstance(d, int) and d > 0 for d in dims[2:]):
-        raise CalibError(f"{model_path} has a dynamic height/width ({dims[2]}x{dims[3]}): give the size to time "
+        raise CalibError(f"{model_path} has a dynamic height and width ({dims[2]}, {dims[3]}): give the size to time "
                          f"with --input-size, e.g. --input-size 224")
     batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else "dynamic"
     return batch, (dims[1], dims[2], dims[3]), model_precision(proto)

@@ -41,6 +41,12 @@ def is_calib_artifact(path: Path) -> bool:
     return is_calib_onnx(path) or Path(str(path) + ".calib.json").is_file()
 
 
+def qdq_path_for(engine: Path) -> Path:
+    """Where the Q/DQ model an engine is built from is kept: `m.engine` -> `m.qdq.onnx` (not
+    `m.onnx`, which is often the user's FP32 model beside it)."""
+    return engine.with_name(f"{engine.stem}.qdq.onnx")
+
+
 def save_atomically(model: onnx.ModelProto, out: Path) -> None:
     """Write an ONNX model so that a reader sees the old file or the whole new one; a model past
     2 GB (external data) is written under its final names in a hidden folder beside `out`, then
@@ -60,7 +66,7 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
     out = check_output_file(out, overwrite, is_calib_artifact)
     b = get_backend(backend)
     if b.artifact_suffix() != ".onnx":
-        check_output_file(out.with_suffix(".onnx"), overwrite, is_calib_onnx)
+        check_output_file(qdq_path_for(out), overwrite, is_calib_onnx)
     entry, report = check_cache(model, prepared, cache_path, flavor)
     if report.header or report.sidecar or report.bad_scales:
         raise report.error("nothing built")
@@ -77,7 +83,7 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
         return BuildResult(out, report, left)
     # An engine is built from the Q/DQ model, kept beside it (the engine's sidecar names it); a
     # failed build (a refused flavor or option) takes the model it wrote away again.
-    qdq_path = out.with_suffix(".onnx")
+    qdq_path = qdq_path_for(out)
     save_atomically(qdq, qdq_path)
     try:
         b.build(qdq_path, out, "int8", **backend_options)

@@ -133,7 +133,9 @@ def integer_kernel_check(int8_onnx: Path) -> dict:
 
     ops = optimized_op_counts(int8_onnx)
     return {"QLinearConv": ops.get("QLinearConv", 0), "float_conv": ops.get("Conv", 0) + ops.get("FusedConv", 0),
-            "QGemm": ops.get("QGemm", 0), "QLinearAdd": ops.get("QLinearAdd", 0)}
+            "QGemm": ops.get("QGemm", 0), "QLinearAdd": ops.get("QLinearAdd", 0),
+            "QLinearMatMul": ops.get("QLinearMatMul", 0) + ops.get("MatMulIntegerToFloat", 0),
+            "float_matmul": ops.get("MatMul", 0) + ops.get("FusedMatMul", 0) + ops.get("Gemm", 0)}
 
 
 def build_report(config: RunConfig, model: Model, flavor: str, data, outcome: CalibrationOutcome, ev,
