@@ -35,7 +35,7 @@ def entry_points(monkeypatch):
     """Pretend these (name, value) entry points are installed in group calib.backends."""
     def install(*pairs):
         points = [importlib.metadata.EntryPoint(n, v, registry.ENTRY_POINT_GROUP) for n, v in pairs]
-        monkeypatch.setattr(registry.importlib.metadata, "entry_points",
+        monkeypatch.setattr(importlib.metadata, "entry_points",
                             lambda group: points if group == registry.ENTRY_POINT_GROUP else [])
         registry.reload_plugins()
     yield install
