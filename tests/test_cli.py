@@ -38,6 +38,7 @@ def first_run(tmp_path_factory, imagenet_sample):
     return work, args
 
 
+@pytest.mark.slow
 def test_run_writes_report_cache_and_int8_model(first_run):
     work, _ = first_run
     report = json.loads((work / "a" / "report.json").read_text())
@@ -59,6 +60,7 @@ def test_run_writes_report_cache_and_int8_model(first_run):
     assert not list(work.glob(".*partial"))
 
 
+@pytest.mark.slow
 def test_run_report_carries_intervals_speed_size_and_a_verdict(first_run):
     work, _ = first_run
     r = json.loads((work / "a" / "report.json").read_text())
@@ -87,6 +89,7 @@ def test_run_report_carries_intervals_speed_size_and_a_verdict(first_run):
     assert "## Verdict" in (work / "a" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_cache_and_builds_identical_bytes(first_run):
     work, args = first_run
     calib(*args, "--out", work / "b")
@@ -104,6 +107,7 @@ def test_second_run_reuses_the_cache_and_builds_identical_bytes(first_run):
     assert (work / "c" / "int8.onnx").read_bytes() == (work / "a" / "int8.onnx").read_bytes()
 
 
+@pytest.mark.slow
 def test_cache_for_another_model_is_refused(first_run):
     work, _ = first_run
     cache = json.loads((work / "a" / "report.json").read_text())["calibration"]["cache"]
@@ -188,6 +192,7 @@ def test_bad_options_fail_before_any_work(tmp_path, extra, words):
     assert not (tmp_path / "caches").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_build_a_tensorrt_rtx_engine_without_a_gpu(first_run, tmp_path):
     """TensorRT-RTX's real parser and builder, on a machine without a GPU: the engine and its
     sidecar are written; a refused flavor or compute capability leaves nothing behind."""

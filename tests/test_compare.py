@@ -106,6 +106,7 @@ def test_bad_calibrator_lists_fail_before_any_work(tmp_path, tiny_classifier):
     assert not (tmp_path / "caches").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_walkthrough_notebook_runs_top_to_bottom(imagenet_sample, tmp_path, monkeypatch):
     """The one EfficientNet-Lite0 test: the notebook on a handful of the shared images."""
     import nbformat

@@ -21,6 +21,8 @@ from calib.quantize.graph import GraphIndex
 from corpus_archs import ARCHS, FIXED_SIZE
 from corpus_pipeline import CALIBRATORS, EXPORTERS, SIZE, not_float, quantized_tensor_types
 
+pytestmark = pytest.mark.slow  # ten architectures x two exporters: about a minute on 2 cores
+
 CASES = [pytest.param(arch, exporter, id=f"{arch}-{exporter}") for arch in ARCHS for exporter in EXPORTERS]
 # What ONNX Runtime runs in float when an integer kernel did not take a weighted op.
 FLOAT_WEIGHTED = {"Conv", "FusedConv", "ConvTranspose", "Gemm", "MatMul", "FusedMatMul", "FusedGemm"}
