@@ -15,8 +15,9 @@ import onnx
 from calib.cache import CacheEntry, CacheKey, CacheMetadata, CacheStore, TrtCache, load_valid_cache
 from calib.cache.trt_format import DEFAULT_TRT_VERSION
 from calib.calibrators import Calibrator, TensorStatistics, calibrator_class, get_calibrator
-from calib.collect import collect
+from calib.collect import CollectResult, collect
 from calib.data import Dataset
+from calib.data.gpu_decode import CPU_DECODE_PATH as CPU_DECODE
 from calib.errors import CalibError
 from calib.models import Model
 from calib.calibrators.channel_means import ChannelMeans, Observers
@@ -49,9 +50,47 @@ def weighted_inputs(prepared: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(node.input[0] for node, _ in plan.weights))
 
 
-def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator) -> CacheKey:
-    return CacheKey(model.sha256, model.preprocess.params, dataset.source.id, dataset.fingerprint(),
-                    calibrator.name, calibrator.params)
+def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator, decode: str = CPU_DECODE) -> CacheKey:
+    """What a cache is valid for. The decode path is part of it: nvJPEG + GPU resampling produce
+    slightly different pixels from Pillow, so a cache from one path is never reused by the other
+    (the CPU path adds nothing to the key, so caches from before GPU decoding keep their keys)."""
+    params = model.preprocess.params if decode == CPU_DECODE else {**model.preprocess.params, "decode": decode}
+    return CacheKey(model.sha256, params, dataset.source.id, dataset.fingerprint(), calibrator.name, calibrator.params)
+
+
+def decode_for(preprocess, devices: tuple[str, ...]) -> str:
+    """The decode path a calibration pass on `devices` uses: Pillow on the CPU, nvJPEG with
+    Pillow-exact resampling on a GPU (calib.data.gpu_decode)."""
+    if tuple(devices) == ("cpu",):
+        return CPU_DECODE
+    from calib.data.gpu_decode import decode_path
+
+    return decode_path(preprocess, "nvjpeg", "pil")
+
+
+def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: ChannelMeans, batch_size: int,
+                 workers: int | None, progress: str | None, tensors: list[str],
+                 devices: tuple[str, ...] = ("cpu",)) -> CollectResult:
+    """One pass over `dataset` feeding every exposed activation to `stats` (a calibrator or a
+    TensorStatistics) and the weighted ops' inputs to `means`: on the CPU (calib.collect), on one
+    GPU with the activations kept on the device (calib.collect_gpu), or sharded over several GPUs
+    and merged exactly (calib.distributed)."""
+    if tuple(devices) == ("cpu",):
+        return collect(prepared, dataset, Observers(stats, means), batch_size=batch_size, workers=workers,
+                       progress=progress, tensors=tensors)
+    if len(devices) == 1:
+        from calib.collect_gpu import collect_gpu
+
+        return collect_gpu(prepared, dataset, Observers(stats, means), batch_size=batch_size, device=devices[0],
+                           tensors=tensors, progress=progress)
+    from calib.distributed import collect_multi
+
+    merged, merged_means, multi, order = collect_multi(prepared, dataset, list(devices), batch_size, tensors=tensors,
+                                                       means_tensors=None if means.tensors is None else sorted(means.tensors))
+    target = getattr(stats, "stats", stats)  # a calibrator reads its TensorStatistics
+    target.merge(merged)
+    means.merge(merged_means)
+    return CollectResult(multi.images, multi.skipped, multi.seconds, order)
 
 
 def model_inputs(model: Model) -> list[dict]:
@@ -61,10 +100,12 @@ def model_inputs(model: Model) -> list[dict]:
 def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibrator_name: str,
               store: CacheStore, batch_size: int = 4, workers: int | None = None,
               recalibrate: bool = False, calibrator_params: dict | None = None,
-              trt_version: str = DEFAULT_TRT_VERSION, progress: bool = True) -> CalibrationOutcome:
-    """Reuse a matching cache from `store`, or calibrate and save one."""
+              trt_version: str = DEFAULT_TRT_VERSION, progress: bool = True,
+              devices: tuple[str, ...] = ("cpu",)) -> CalibrationOutcome:
+    """Reuse a matching cache from `store`, or calibrate (on `devices`) and save one."""
     calibrator = get_calibrator(calibrator_name, **(calibrator_params or {}))
-    key = cache_key(model, dataset, calibrator)
+    decode = decode_for(model.preprocess, devices)
+    key = cache_key(model, dataset, calibrator, decode)
     if not recalibrate:
         start = time.perf_counter()
         # An invalid cache with this key (a NaN scale, a missing tensor) raises InvalidCache, naming
@@ -73,19 +114,19 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
         if found is not None:
             return CalibrationOutcome(found, True, time.perf_counter() - start, found.metadata.samples, [])
     means = ChannelMeans(weighted_inputs(prepared))
-    result = collect(prepared, dataset, Observers(calibrator, means), batch_size=batch_size, workers=workers,
-                     progress=f"calibrating ({calibrator.name})" if progress else None,
-                     tensors=calibrated_tensors(prepared))
+    result = observe_pass(prepared, dataset, calibrator, means, batch_size, workers,
+                          f"calibrating ({calibrator.name})" if progress else None, calibrated_tensors(prepared),
+                          devices)
     if result.images == 0:
         raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
     return save_calibration(model, dataset, calibrator, store, result.images, result.skipped, result.tensors,
-                            batch_size, result.seconds, means.means(), trt_version)
+                            batch_size, result.seconds, means.means(), trt_version, decode)
 
 
 def save_calibration(model: Model, dataset: Dataset, calibrator: Calibrator, store: CacheStore, images: int,
                      skipped: list[str], tensors: list[str], batch_size: int, seconds: float,
                      channel_means: dict[str, list[float]] | None,
-                     trt_version: str = DEFAULT_TRT_VERSION) -> CalibrationOutcome:
+                     trt_version: str = DEFAULT_TRT_VERSION, decode: str = CPU_DECODE) -> CalibrationOutcome:
     """Compute `calibrator`'s ranges over its (already observed) statistics and save the cache
     and sidecar; `calib compare` calls this once per calibrator after one shared pass."""
     ranges = calibrator.compute()
@@ -94,7 +135,7 @@ def save_calibration(model: Model, dataset: Dataset, calibrator: Calibrator, sto
     hex_scales = cache.scales
     meta_tensors = {name: {"scale": hex_scales[name], "amax": ranges[name].amax, "min": ranges[name].min,
                            "max": ranges[name].max, "nonfinite": ranges[name].nonfinite} for name in scales}
-    meta = CacheMetadata(key=cache_key(model, dataset, calibrator), model_name=model.name,
+    meta = CacheMetadata(key=cache_key(model, dataset, calibrator, decode), model_name=model.name,
                          model_inputs=model_inputs(model), dataset_description=dataset.source.description,
                          samples=images, skipped=len(skipped), batch_size=batch_size, trt_version=trt_version,
                          algorithm=calibrator.trt_algorithm, tensors=meta_tensors, seconds=round(seconds, 3),
@@ -121,17 +162,19 @@ class SharedCalibration:
 
 def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: list[str], store: CacheStore,
                    calibrator_params: dict | None = None, batch_size: int = 4, workers: int | None = None,
-                   recalibrate: bool = False, progress: bool = True) -> SharedCalibration:
-    """Reuse every matching cache; calibrate the others in ONE collection pass whose
-    TensorStatistics all of them read, then save each one's cache."""
+                   recalibrate: bool = False, progress: bool = True,
+                   devices: tuple[str, ...] = ("cpu",)) -> SharedCalibration:
+    """Reuse every matching cache; calibrate the others in ONE collection pass (on `devices`)
+    whose TensorStatistics all of them read, then save each one's cache."""
     params = calibrator_params or {}
+    decode = decode_for(model.preprocess, devices)
     outcomes: dict[str, CalibrationOutcome] = {}
     fresh: list[str] = []
     for name in names:
         probe = get_calibrator(name, **calibrator_params_for(name, params))
         if not recalibrate:
             start = time.perf_counter()
-            found = store.find(cache_key(model, dataset, probe), required=calibrated_tensors(prepared))
+            found = store.find(cache_key(model, dataset, probe, decode), required=calibrated_tensors(prepared))
             if found is not None:
                 outcomes[name] = CalibrationOutcome(found, True, time.perf_counter() - start,
                                                     found.metadata.samples, [])
@@ -142,9 +185,9 @@ def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: li
     stats = TensorStatistics(histogram=True)  # the plots want histograms even for minmax
     calibrators = [get_calibrator(n, stats, **calibrator_params_for(n, params)) for n in fresh]
     means = ChannelMeans(weighted_inputs(prepared))  # the same observers and tensors as calibrate()
-    result = collect(prepared, dataset, Observers(stats, means), batch_size=batch_size, workers=workers,
-                     progress=f"calibrating ({', '.join(fresh)})" if progress else None,
-                     tensors=calibrated_tensors(prepared))
+    result = observe_pass(prepared, dataset, stats, means, batch_size, workers,
+                          f"calibrating ({', '.join(fresh)})" if progress else None, calibrated_tensors(prepared),
+                          devices)
     if result.images == 0:
         raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
     compute_seconds = {}
@@ -153,7 +196,7 @@ def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: li
         start = time.perf_counter()
         # Metadata seconds: the shared pass plus this calibrator's own computation.
         outcome = save_calibration(model, dataset, cal, store, result.images, result.skipped, result.tensors,
-                                   batch_size, result.seconds, channel_means)
+                                   batch_size, result.seconds, channel_means, decode=decode)
         compute_seconds[cal.name] = time.perf_counter() - start
         outcome.seconds = result.seconds + compute_seconds[cal.name]
         outcomes[cal.name] = outcome

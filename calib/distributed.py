@@ -115,6 +115,9 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
     keys: list[str] = []
     labels: list[np.ndarray] = []
     tops: dict[str, list] = {n: [] for n in names}
+    # Per-image logits powers against FP32 (the logits SQNR of the report), summed on the device.
+    signal: list = []
+    noise: dict[str, list] = {n: [] for n in names if n != "fp32"}
     diffs = {f"{a}/{b}": 0.0 for i, a in enumerate(names) for b in names[i + 1:]}
     pool = ThreadPoolExecutor(len(names)) if concurrent and len(names) > 1 else None
 
@@ -131,7 +134,13 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
             else:
                 logits = {n: run(n, batch.images) for n in names}
             for n in names:
-                tops[n].append(torch.topk(logits[n], 5, dim=1).indices)
+                tops[n].append(torch.topk(logits[n], min(5, logits[n].shape[1]), dim=1).indices)
+            if "fp32" in logits:
+                ref = logits["fp32"].double()
+                signal.append((ref * ref).sum(1))
+                for n in noise:
+                    err = ref - logits[n].double()
+                    noise[n].append((err * err).sum(1))
             for pair in diffs:
                 a, b = pair.split("/")
                 diffs[pair] = max(diffs[pair], float((logits[a] - logits[b]).abs().max()))
@@ -139,6 +148,8 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
             labels.append(batch.labels)
         host = {n: (torch.cat(t).cpu().numpy().astype(np.int64) if t else np.zeros((0, 5), np.int64))
                 for n, t in tops.items()}
+        host_signal = torch.cat(signal).cpu().numpy() if signal else None
+        host_noise = {n: torch.cat(v).cpu().numpy() for n, v in noise.items() if v}
     finally:
         if pool is not None:
             pool.shutdown()
@@ -148,7 +159,8 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
     path = decode_path(dataset.preprocess, "pil" if decode in ("cpu", "pil-gpu") else "nvjpeg", resample)
     if decode == "cpu":
         path = "pil"
-    return DeviceEvaluation(Evaluation(keys, skips.skipped, preds), seconds, len(keys), path, diffs)
+    evaluation = Evaluation(keys, skips.skipped, preds, host_signal, host_noise, seconds)
+    return DeviceEvaluation(evaluation, seconds, len(keys), path, diffs)
 
 
 # --------------------------------------------------------------------------- several GPUs

@@ -19,6 +19,7 @@ from calib.cache import CacheStore
 from calib.data.plan import DataPlan, plan_data
 from calib.errors import CalibError
 from calib.fsutil import check_output_dir
+from calib.report.schema import ReportHeader
 from calib.models import ZOO, Model, check_classes, parse_input_size, prepared_model, resolve_model
 
 
@@ -50,6 +51,18 @@ class RunConfig:
     min_agreement: float | None = None   # fallback budget: smallest top-1 agreement with FP32 (fraction)
     html: bool = True                    # report.html with histograms and per-tensor SQNR
     speed_seconds: float = 1.0           # timing per model and batch size for the report (0: skip)
+    device: str = "cpu"                  # cpu, cuda, cuda:N, cuda:0,1 (several GPUs) or auto
+
+    def devices(self) -> tuple[str, ...]:
+        """("cpu",) or the CUDA devices the calibration pass and the evaluation run on."""
+        return resolve_devices(self.device)
+
+    def pass_batch_sizes(self) -> tuple[int, int]:
+        """(calibration, evaluation) batch sizes: a GPU wants large batches (the results do not
+        depend on the batch size; only the speed does)."""
+        if self.devices() == ("cpu",):
+            return self.calib_batch_size, self.batch_size
+        return max(self.calib_batch_size, 64), max(self.batch_size, 256)
 
     def cache_store(self) -> CacheStore:
         """The cache folder of this configuration."""
@@ -64,6 +77,49 @@ def default_flavor(backend: str) -> str:
     from calib.backends import backend_class
 
     return backend_class(backend).qdq_flavor
+
+
+def resolve_devices(spec: str) -> tuple[str, ...]:
+    """"cpu" -> ("cpu",); "cuda" -> ("cuda:0",); "cuda:1"; "cuda:0,1" -> two GPUs; "auto" -> the
+    first GPU when torch sees one and ONNX Runtime has its CUDA provider, else the CPU."""
+    spec = (spec or "cpu").strip().lower()
+    if spec == "cpu":
+        return ("cpu",)
+    if spec == "auto":
+        try:
+            import torch
+
+            from calib.backends.ort import require_cuda_provider
+
+            if torch.cuda.is_available():
+                require_cuda_provider()
+                return ("cuda:0",)
+        except Exception:  # no GPU, no CUDA provider: auto means the CPU
+            pass
+        return ("cpu",)
+    if not spec.startswith("cuda"):
+        raise CalibError(f"unknown device '{spec}' (use cpu, cuda, cuda:N, cuda:0,1 or auto)")
+    from calib.distributed import parse_devices
+
+    return tuple(parse_devices(spec))
+
+
+def check_devices(config: RunConfig) -> tuple[str, ...]:
+    """The devices, usable here: a GPU run needs torch with CUDA, ONNX Runtime's CUDA provider
+    (calib[gpu]) and the ort backend (TensorRT backends run on the GPU by themselves)."""
+    devices = config.devices()
+    if devices == ("cpu",):
+        return devices
+    if config.backend != "ort":
+        raise CalibError(f"--device {config.device} runs ONNX Runtime's CUDA provider: use it with --backend ort "
+                         f"(the {config.backend} backend runs on the GPU by itself)")
+    from calib.backends.ort import require_cuda_provider
+    from calib.data.cuda import require_torch_cuda
+
+    for device in devices:
+        require_torch_cuda(device)
+    require_cuda_provider()
+    return devices
 
 
 def check_config(config: RunConfig) -> None:
@@ -88,6 +144,7 @@ def check_config(config: RunConfig) -> None:
         raise CalibError("batch sizes must be at least 1")
     if config.max_drop is not None or config.min_agreement is not None:
         check_budget(config.max_drop, config.min_agreement)
+    check_devices(config)
 
 
 def bias_means(entry, enabled: bool = True) -> dict | None:
@@ -127,6 +184,21 @@ def versions() -> dict:
 
     return {"calib": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
             "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...] = ("cpu",),
+                  gpu_parts: str | None = None) -> ReportHeader:
+    """The header every report shares: model, data, flavor, backend, where it ran and how the
+    images were decoded, versions, notes (`gpu_parts`: a note on what ran on the CPU anyway)."""
+    from calib.calibration import decode_for
+
+    notes = list(setup.data.notes)
+    if devices != ("cpu",) and gpu_parts:
+        notes.append(gpu_parts)
+    return ReportHeader(model=setup.model.name, dataset=config.dataset_label(), demo=setup.data.demo,
+                        backend=config.backend, qdq_flavor=setup.flavor, notes=notes, versions=versions(),
+                        model_sha256=setup.model.sha256, device=",".join(devices),
+                        decode_path=decode_for(setup.model.preprocess, devices))
 
 
 @dataclass

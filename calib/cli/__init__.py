@@ -48,7 +48,7 @@ def run(
     eval_samples: o.EvalSamples = None, calibrator: o.Calibrator = "minmax", percentile: o.Percentile = None,
     backend: o.Backend = "ort", qdq_flavor: o.QdqFlavor = None, batch_size: o.BatchSize = 32,
     calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches", out: o.Out = None,
-    seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None,
+    seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None, device: o.Device = "cpu",
     bias_correction: o.BiasCorrection = True,
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="accuracy budget: largest top-1 drop as a fraction (0.002 = 0.2 points); the most damaging layers stay in float until it is met"),
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="accuracy budget: smallest top-1 agreement with FP32 (0.995 = 99.5%)"),
@@ -62,7 +62,7 @@ def run(
         model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator=calibrator, percentile=percentile,
         backend=backend, qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size,
-        cache_dir=cache_dir, out=out, seed=seed, recalibrate=recalibrate, workers=workers,
+        cache_dir=cache_dir, out=out, seed=seed, recalibrate=recalibrate, workers=workers, device=device,
         bias_correction=bias_correction, max_drop=max_drop, min_agreement=min_agreement, html=html,
         speed_seconds=speed_seconds))
     console.run_summary(report.to_json(), html)
@@ -78,7 +78,7 @@ def compare(
     chosen: Optional[str] = typer.Option(None, "--chosen", help="calibrator the detailed sections show (default: best agreement)"),
     percentile: o.Percentile = None, backend: o.Backend = "ort", qdq_flavor: o.QdqFlavor = None,
     batch_size: o.BatchSize = 32, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
-    out: o.Out = None, seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None,
+    out: o.Out = None, seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None, device: o.Device = "cpu",
     bias_correction: o.BiasCorrection = True,
     sqnr_images: int = typer.Option(16, "--sqnr-images", min=1, help="evaluation images for the per-layer SQNR"),
 ) -> None:
@@ -89,7 +89,7 @@ def compare(
         model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, percentile=percentile, backend=backend,
         qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
-        seed=seed, recalibrate=recalibrate, workers=workers, bias_correction=bias_correction)
+        seed=seed, recalibrate=recalibrate, workers=workers, device=device, bias_correction=bias_correction)
     r = compare_calibrators(config, calibrators.split(","), Path(out) if out else None, chosen=chosen,
                             sqnr_images=sqnr_images)
     console.compare_summary(r.to_json())
@@ -106,7 +106,7 @@ def sensitivity(
     images: int = typer.Option(64, "--images", min=1, help="evaluation images the ranking runs on"),
     weighted_only: bool = typer.Option(False, "--weighted-only", help="rank Conv/Gemm/MatMul only"),
     batch_size: o.BatchSize = 32, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
-    out: o.Out = None, seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None,
+    out: o.Out = None, seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None, device: o.Device = "cpu",
     bias_correction: o.BiasCorrection = True,
 ) -> None:
     """Rank the quantized layers by the damage each does alone (logits SQNR against FP32)."""
@@ -116,7 +116,7 @@ def sensitivity(
         model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         eval_data_dir=eval_data_dir, calibrator=calibrator, percentile=percentile, backend=backend,
         qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
-        seed=seed, recalibrate=recalibrate, workers=workers, bias_correction=bias_correction)
+        seed=seed, recalibrate=recalibrate, workers=workers, device=device, bias_correction=bias_correction)
     d = rank_sensitivity(config, Path(out) if out else None, images=images, weighted_only=weighted_only)
     console.sensitivity_summary(d.to_json())
 
@@ -127,7 +127,7 @@ def calibrate(
     dataset: o.Dataset = "demo",
     data_dir: o.DataDir = None, samples: o.Samples = 500, calibrator: o.Calibrator = "minmax",
     percentile: o.Percentile = None, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
-    seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None,
+    seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None, device: o.Device = "cpu",
 ) -> None:
     """Calibrate only: write the cache (TensorRT format + metadata) and print its path."""
     from calib.commands.calibrate import calibrate_only
@@ -135,7 +135,7 @@ def calibrate(
     outcome, data = calibrate_only(o.run_config(
         model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         calibrator=calibrator, percentile=percentile, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
-        seed=seed, recalibrate=recalibrate, workers=workers))
+        seed=seed, recalibrate=recalibrate, workers=workers, device=device))
     for note in data.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(str(outcome.entry.path))
@@ -188,6 +188,7 @@ def bench(
     seconds: float = typer.Option(3.0, "--seconds", help="timed seconds per batch size"),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8: the precision TensorRT builds the engine in (default: the model's own; ONNX Runtime runs the model as it is)"),
     timing_cache: o.TimingCache = None,
+    device: o.Device = "cpu",
     as_json: o.Json = False,
 ) -> None:
     """Latency percentiles and throughput at the given batch sizes, for either backend."""
@@ -200,7 +201,8 @@ def bench(
     except ValueError:
         raise CalibError(f"--batch-sizes must be integers separated by commas, not '{batch_sizes}'") from None
     extra = {"timing_cache": Path(timing_cache)} if timing_cache else {}
-    rows = bench_model(path, backend, sizes, seconds, precision, input_size=parse_input_size(input_size), **extra)
+    rows = bench_model(path, backend, sizes, seconds, precision, input_size=parse_input_size(input_size),
+                       device=device, **extra)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return

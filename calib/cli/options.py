@@ -44,6 +44,9 @@ TimingCache = Annotated[Optional[str], typer.Option(
 ComputeCapability = Annotated[Optional[int], typer.Option(
     "--compute-capability", help="TensorRT-RTX: the GPU generation to build for: 86, 89 (default) or 120")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing output file calib did not write")]
+Device = Annotated[str, typer.Option(
+    "--device", help="cpu (default), cuda, cuda:N, cuda:0,1 (several GPUs) or auto: where the calibration pass and "
+                     "the evaluation run (GPU: nvJPEG decode and ONNX Runtime's CUDA provider; pip install 'calib[gpu]')")]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 

@@ -56,7 +56,7 @@ def _onnx_input(model_path: Path, input_size: tuple[int, int] | None = None) -> 
 
 def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds: float,
                 precision: str | None = None, *, engine: Path | None = None,
-                input_size: tuple[int, int] | None = None, **build_options) -> list[dict]:
+                input_size: tuple[int, int] | None = None, device: str = "cpu", **build_options) -> list[dict]:
     """Time `model_path` on `backend` (ort, tensorrt, tensorrt-rtx) at each batch size for `seconds` each.
 
     Returns one dict per batch size: backend, model, precision, batch_size, iterations,
@@ -82,6 +82,13 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
     runnable, why = impl.can_run()
     if not runnable:
         raise CalibError(f"cannot time on {backend} here: {why}")
+    if device != "cpu":
+        if backend != "ort":
+            raise CalibError(f"--device {device} selects ONNX Runtime's CUDA provider: use it with --backend ort")
+        from calib.backends.ort import parse_device, require_cuda_provider
+
+        parse_device(device)
+        require_cuda_provider()
 
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
         shape = None
@@ -108,7 +115,7 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
                 if build_options:
                     raise CalibError(f"build options apply to TensorRT only: {', '.join(sorted(build_options))}")
                 artifact = model_path
-        runner = impl.load(artifact)
+        runner = impl.load(artifact, device=device) if device != "cpu" else impl.load(artifact)
         try:
             if shape is None:
                 shape = tuple(runner.input_shape)
@@ -116,7 +123,7 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             for b in batch_sizes:
                 timing = time_runner(runner, shape, b, seconds)
                 rows.append({"backend": backend, "model": str(model_path), "precision": precision,
-                             **timing.as_dict()})
+                             "device": device, **timing.as_dict()})
             return rows
         finally:
             runner.close()

@@ -15,7 +15,7 @@ def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed, evaluate=False)
     outcome = calibrate(model, prepared_model(model), data.calibration, config.calibrator,
-                        config.cache_store(), batch_size=config.calib_batch_size, workers=config.workers,
+                        config.cache_store(), batch_size=config.pass_batch_sizes()[0], workers=config.workers,
                         recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,
-                        progress=config.progress)
+                        progress=config.progress, devices=config.devices())
     return outcome, data

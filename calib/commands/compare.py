@@ -28,11 +28,13 @@ from calib.evaluate.sqnr import finite_or_none
 from calib.quantize import quantize_model, required_tensors
 from calib.report.compare import write_compare_report
 from calib.report.plots import histogram_figures
-from calib.report.schema import CompareReport, ReportHeader
+from calib.report.schema import CompareReport
 from calib.fsutil import mark_calib_onnx, staged_dir
-from calib.session import RunConfig, bias_means, eval_section, setup, versions
+from calib.session import RunConfig, bias_means, eval_section, report_header, setup
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
+GPU_PARTS = ("on the GPU: the calibration pass and the evaluation (decoded once with nvJPEG); on the CPU "
+             "(Pillow decode): the per-tensor SQNR and the histograms")
 
 
 def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATORS,
@@ -62,10 +64,12 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
     s = setup(config, out, "compare")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     started = time.perf_counter()
+    devices = config.devices()
+    calib_batch, eval_batch = config.pass_batch_sizes()
     with staged_dir(out) as stage:
         shared = calibrate_many(model, prepared, data.calibration, names, config.cache_store(),
-                                config.calibrator_params, config.calib_batch_size, config.workers,
-                                config.recalibrate, config.progress)
+                                config.calibrator_params, calib_batch, config.workers,
+                                config.recalibrate, config.progress, devices=devices)
         amaxes = {n: shared.outcomes[n].entry.cache.amax() for n in names}
         qdq = {}
         onnx_models = {"fp32": prepared_path(model)}
@@ -75,14 +79,15 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
             mark_calib_onnx(qdq[n], qdq_flavor=flavor, cache=shared.outcomes[n].entry.path.name)
             onnx_models[n] = stage / f"int8-{n}.onnx"
             save_model(qdq[n], onnx_models[n])
-        ev, artifacts = evaluate_models(backend, onnx_models, data.evaluation, stage, config.batch_size,
-                                        config.workers, config.progress, stems={n: f"int8-{n}" for n in names})
+        ev, artifacts = evaluate_models(backend, onnx_models, data.evaluation, stage, eval_batch,
+                                        config.workers, config.progress, stems={n: f"int8-{n}" for n in names},
+                                        devices=devices)
         fp32 = ev.summary("fp32")
         rows = {}
         for n in names:
             o = shared.outcomes[n]
-            s = ev.summary(n)
-            rows[n] = {"top1": s["top1"], "top5": s["top5"], "top1_drop": fp32["top1"] - s["top1"],
+            summary = ev.summary(n)
+            rows[n] = {"top1": summary["top1"], "top5": summary["top5"], "top1_drop": fp32["top1"] - summary["top1"],
                        "agreement": ev.agreement("fp32", n),
                        # a reused cache: the seconds its calibration took when it was made
                        "calibration_seconds": round(o.entry.metadata.seconds if o.reused and o.entry.metadata
@@ -131,9 +136,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
         changes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], tops[chosen],
                                 names=class_name if imagenet else None).to_json()
         changed = {"fixed": changes["images_fixed"], "broken": changes["images_broken"]}
-        header = ReportHeader(model=model.name, dataset=config.dataset_label(), demo=data.demo,
-                              backend=config.backend, qdq_flavor=flavor, notes=list(data.notes),
-                              versions=versions(), model_sha256=model.sha256)
+        header = report_header(config, s, devices, GPU_PARTS)
         report = CompareReport(
             header=header, kind="compare", out=str(out),
             bias_correction={n: bool(bias_means(shared.outcomes[n].entry, config.bias_correction)) for n in names},

@@ -17,16 +17,16 @@ from calib.diagnostics.sqnr import activation_sqnr
 from calib.errors import CalibError
 from calib.evaluate.models import evaluate_models
 from calib.evaluate.sqnr import finite_or_none
-from calib.models import Model, prepared_path, save_model
+from calib.models import prepared_path, save_model
 from calib.quantize import quantize_model, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
-from calib.report.schema import FallbackReport, ReportHeader, RunReport
+from calib.report.schema import FallbackReport, RunReport
 from calib.restore.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
 from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
 from calib.fsutil import mark_calib_onnx, staged_dir
-from calib.session import RunConfig, bias_means, eval_section, setup, versions
+from calib.session import RunConfig, RunSetup, bias_means, eval_section, report_header, setup
 
 
 def run(config: RunConfig) -> RunReport:
@@ -37,10 +37,12 @@ def run(config: RunConfig) -> RunReport:
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
+    devices = config.devices()
+    calib_batch, eval_batch = config.pass_batch_sizes()
     with staged_dir(out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
-                            batch_size=config.calib_batch_size, workers=config.workers, recalibrate=config.recalibrate,
-                            calibrator_params=config.calibrator_params, progress=config.progress)
+                            batch_size=calib_batch, workers=config.workers, recalibrate=config.recalibrate,
+                            calibrator_params=config.calibrator_params, progress=config.progress, devices=devices)
         means = bias_means(outcome.entry, config.bias_correction)
         int8_onnx = stage / "int8.onnx"
         qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor, channel_means=means)
@@ -56,10 +58,10 @@ def run(config: RunConfig) -> RunReport:
         fp32_onnx = prepared_path(model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
         ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx},
                                         fallback.final_dataset if fallback else data.evaluation, stage,
-                                        config.batch_size, config.workers, config.progress)
+                                        eval_batch, config.workers, config.progress, devices=devices)
         fp32_artifact, int8_artifact = (out / a.name if a.parent == stage else a for a in artifacts.values())
-        report = build_report(config, model, flavor, data, outcome, ev, fp32_artifact, int8_artifact,
-                              fallback.final_dataset if fallback else data.evaluation)
+        report = build_report(config, s, outcome, ev, fp32_artifact, int8_artifact,
+                              fallback.final_dataset if fallback else data.evaluation, devices)
         if config.backend == "ort":
             report.ort_kernels = integer_kernel_check(int8_onnx)
         if fallback is not None:
@@ -138,14 +140,19 @@ def integer_kernel_check(int8_onnx: Path) -> dict:
             "float_matmul": ops.get("MatMul", 0) + ops.get("FusedMatMul", 0) + ops.get("Gemm", 0)}
 
 
-def build_report(config: RunConfig, model: Model, flavor: str, data, outcome: CalibrationOutcome, ev,
-                 fp32_artifact: Path, int8_artifact: Path, evaluated: Dataset | None = None) -> RunReport:
+GPU_PARTS = ("on the GPU: the calibration pass and the evaluation (decoded once with nvJPEG); on the CPU "
+             "(Pillow decode): the per-tensor SQNR and histograms of report.html, the fallback search, speed")
+
+
+def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev, fp32_artifact: Path,
+                 int8_artifact: Path, evaluated: Dataset | None = None,
+                 devices: tuple[str, ...] = ("cpu",)) -> RunReport:
     """The run report; `evaluated` is the dataset the figures come from (the held-out part of the
     evaluation images with a fallback budget; all of them otherwise)."""
+    model, data = s.model, s.data
     evaluated = evaluated if evaluated is not None else data.evaluation
     fp32, int8 = ev.summary("fp32"), ev.summary("int8")
-    header = ReportHeader(model=model.name, dataset=config.dataset_label(), demo=data.demo, backend=config.backend,
-                          qdq_flavor=flavor, notes=list(data.notes), versions=versions(), model_sha256=model.sha256)
+    header = report_header(config, s, devices, GPU_PARTS)
     return RunReport(
         header=header,
         calibrator=config.calibrator,

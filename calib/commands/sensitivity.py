@@ -9,11 +9,11 @@ from calib.calibration import calibrate
 from calib.data import take
 from calib.errors import CalibError
 from calib.evaluate.images import load_images
-from calib.report.schema import ReportHeader, SensitivityReport
+from calib.report.schema import SensitivityReport
 from calib.report.sensitivity import write_sensitivity_report
 from calib.restore.ranker import rank_layers
 from calib.fsutil import staged_dir
-from calib.session import RunConfig, bias_means, setup, versions
+from calib.session import RunConfig, bias_means, report_header, setup
 
 
 def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 64,
@@ -25,18 +25,18 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
     s = setup(config, out, "sensitivity")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     with staged_dir(out) as stage:
+        devices = config.devices()
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
-                            batch_size=config.calib_batch_size, workers=config.workers,
+                            batch_size=config.pass_batch_sizes()[0], workers=config.workers,
                             recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,
-                            progress=config.progress)
+                            progress=config.progress, devices=devices)
         subset = load_images(take(data.evaluation, images, config.seed), config.batch_size, config.workers,
                              "decoding" if config.progress else None)
         means = bias_means(outcome.entry, config.bias_correction)
         result = rank_layers(prepared, outcome.entry.cache.amax(), flavor, subset, config.batch_size,
                              weighted_only=weighted_only, progress=config.progress, channel_means=means)
-        header = ReportHeader(model=model.name, dataset=config.dataset_label(), demo=data.demo,
-                              backend=config.backend, qdq_flavor=flavor, notes=list(data.notes),
-                              versions=versions(), model_sha256=model.sha256)
+        header = report_header(config, s, devices, "on the GPU: the calibration pass; on the CPU (Pillow "
+                                                   "decode): the layer ranking")
         report = SensitivityReport(header=header, calibrator=config.calibrator, cache=str(outcome.entry.path),
                                    out=str(out), bias_correction=bool(means), sensitivity=result.as_dict())
         write_sensitivity_report(stage, report)

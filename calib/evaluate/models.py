@@ -14,9 +14,14 @@ from calib.evaluate.accuracy import Evaluation, evaluate
 
 def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset, stage: Path,
                     batch_size: int = 32, workers: int | None = None, progress: bool = True,
-                    stems: dict[str, str] | None = None) -> tuple[Evaluation, dict[str, Path]]:
+                    stems: dict[str, str] | None = None,
+                    devices: tuple[str, ...] = ("cpu",)) -> tuple[Evaluation, dict[str, Path]]:
     """Returns the evaluation and the artifact paths, keyed like `models`; engines are built in
-    `stage`, named by `stems` (default: the key)."""
+    `stage`, named by `stems` (default: the key). On GPU `devices` (ONNX Runtime's CUDA provider)
+    the images are decoded on the GPU once per batch and every model runs on that batch
+    (calib.distributed)."""
+    if tuple(devices) != ("cpu",):
+        return _evaluate_on_gpus(models, dataset, batch_size, progress, devices), {n: Path(p) for n, p in models.items()}
     suffix = backend.artifact_suffix()
     artifacts = {}
     for name, path in models.items():
@@ -36,3 +41,22 @@ def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset,
     if not ev.keys:
         raise CalibError("no evaluation image could be decoded")
     return ev, artifacts
+
+
+def _evaluate_on_gpus(models: dict[str, Path], dataset: Dataset, batch_size: int, progress: bool,
+                      devices: tuple[str, ...]) -> Evaluation:
+    from calib.distributed import evaluate_device, evaluate_multi, load_runners
+
+    if len(devices) > 1:
+        ev, _, _ = evaluate_multi({n: str(p) for n, p in models.items()}, dataset, list(devices), batch_size)
+    else:
+        runners = load_runners(models, devices[0])
+        try:
+            ev = evaluate_device(runners, dataset, batch_size, devices[0],
+                                 progress="evaluating" if progress else None).evaluation
+        finally:
+            for r in runners.values():
+                r.close()
+    if not ev.keys:
+        raise CalibError("no evaluation image could be decoded")
+    return ev

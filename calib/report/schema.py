@@ -27,6 +27,8 @@ class ReportHeader:
     notes: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
     model_sha256: str = ""
+    device: str = "cpu"          # where the calibration pass and the evaluation ran
+    decode_path: str = "pil"     # how images became pixels: "pil" (CPU) or e.g. "nvjpeg+pil-bicubic"
 
 
 class Report:

@@ -11,7 +11,7 @@ from calib.commands.bench import bench_model as bench
 from calib.errors import CalibError, MissingDependency
 
 ROW_KEYS = {"backend", "model", "precision", "batch_size", "iterations", "latency_ms_p50",
-            "latency_ms_p90", "latency_ms_p99", "throughput"}
+            "latency_ms_p90", "latency_ms_p99", "throughput", "device"}
 
 
 def tiny_classifier(path, batch="N", size=16, classes=5):

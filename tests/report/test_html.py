@@ -22,7 +22,7 @@ from calib.models import prepared_model
 from calib.quantize import quantize_model
 from calib.commands.sensitivity import rank_sensitivity as sensitivity
 from calib.report.run import render_html as render_run_html, write_run_report
-from calib.session import RunConfig
+from calib.session import RunConfig, RunSetup
 
 IMG = re.compile(r'<img\b[^>]*\bsrc="([^"]*)"')
 EXTERNAL = re.compile(r'\b(?:src|href|action|srcset|poster)\s*=\s*["\']?\s*(?:https?:)?//', re.I)
@@ -80,7 +80,8 @@ def test_run_report_with_figures_and_fallback(tmp_path, tiny_model):
                             throughput_seconds=0.05, progress=False)
     runners = {"fp32": OrtRunner(model.path), "int8": OrtRunner(fb.model.SerializeToString())}
     ev = evaluate(runners, fb.final_dataset, 8, 0, progress=None)
-    report = build_report(config, model, "ort", data, outcome, ev, model.path, tmp_path / "run" / "int8.onnx")
+    report = build_report(config, RunSetup(model, "ort", data, prepared, tmp_path / "run"), outcome, ev, model.path,
+                          tmp_path / "run" / "int8.onnx")
     report.fallback = fallback_report(fb, ev)
     qdq, _ = quantize_model(prepared, amax, "ort")
     extras = run_html_extras(prepared, qdq, outcome, "ort", data.calibration, data.evaluation, "entropy",

@@ -1,0 +1,56 @@
+"""The session: devices parsed and checked before any work, the decode path in the cache key."""
+
+import pytest
+
+from calib.errors import CalibError
+from calib.session import RunConfig, check_devices, resolve_devices
+
+
+def test_devices_are_parsed():
+    assert resolve_devices("cpu") == ("cpu",)
+    assert resolve_devices("cuda") == ("cuda:0",)
+    assert resolve_devices("cuda:1") == ("cuda:1",)
+    assert resolve_devices("cuda:0,1") == ("cuda:0", "cuda:1")
+    for bad in ("gpu", "cuda:x", "cuda:0,0", "tpu:1"):
+        with pytest.raises(CalibError):
+            resolve_devices(bad)
+
+
+def test_auto_falls_back_to_the_cpu_without_a_usable_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: auto picks it")
+    assert resolve_devices("auto") == ("cpu",)
+
+
+def test_a_gpu_run_is_refused_in_one_line_where_it_cannot_run():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(CalibError) as info:
+        check_devices(RunConfig(device="cuda"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(CalibError, match="--backend ort"):
+        check_devices(RunConfig(device="cuda", backend="tensorrt"))
+    assert RunConfig(device="cuda:0,1").pass_batch_sizes() == (64, 256)
+    assert RunConfig().pass_batch_sizes() == (4, 32)
+
+
+def test_the_decode_path_is_part_of_the_cache_key(tmp_path, tiny_classifier):
+    """A cache from the GPU decode path is never reused by the CPU path, and the CPU path's key is
+    the one it always had (caches made before GPU decoding keep their keys)."""
+    from calib.calibration import cache_key, decode_for
+    from calib.calibrators import get_calibrator
+    from calib.data.plan import plan_data
+    from calib.models import resolve_model
+
+    model = resolve_model(str(tiny_classifier))
+    data = plan_data("demo", None, model.preprocess, 8)
+    cal = get_calibrator("minmax")
+    cpu = cache_key(model, data.calibration, cal, decode_for(model.preprocess, ("cpu",)))
+    gpu = cache_key(model, data.calibration, cal, decode_for(model.preprocess, ("cuda:0",)))
+    assert decode_for(model.preprocess, ("cpu",)) == "pil"
+    assert decode_for(model.preprocess, ("cuda:0",)).startswith("nvjpeg")
+    assert cpu == cache_key(model, data.calibration, cal) and cpu.digest() != gpu.digest()
