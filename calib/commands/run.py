@@ -100,8 +100,9 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     report.size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
     shape = input_chw(prepared)
     if config.speed_seconds > 0:
-        report.speed = measure_speed(backend, artifacts, shape, config.speed_seconds)
-        report.speed["backend"] = config.backend
+        device = config.devices()[0]  # one GPU is what a deployment runs on
+        report.speed = measure_speed(backend, artifacts, shape, config.speed_seconds, device)
+        report.speed["backend"] = config.backend if device == "cpu" else f"{config.backend} on {device}"
         if config.backend != "ort":
             from calib.backends import get_backend
 
@@ -140,8 +141,8 @@ def integer_kernel_check(int8_onnx: Path) -> dict:
             "float_matmul": ops.get("MatMul", 0) + ops.get("FusedMatMul", 0) + ops.get("Gemm", 0)}
 
 
-GPU_PARTS = ("on the GPU: the calibration pass and the evaluation (decoded once with nvJPEG); on the CPU "
-             "(Pillow decode): the per-tensor SQNR and histograms of report.html, the fallback search, speed")
+GPU_PARTS = ("on the GPU: the calibration pass, the evaluation (decoded once with nvJPEG) and the speed figures; "
+             "on the CPU (Pillow decode): the per-tensor SQNR and histograms of report.html, the fallback search")
 
 
 def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev, fp32_artifact: Path,

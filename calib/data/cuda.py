@@ -18,4 +18,6 @@ def require_torch_cuda(device: str):
     if not torch.cuda.is_available():
         raise CalibError(f"GPU batch streaming needs an NVIDIA GPU with CUDA, and torch {torch.__version__} "
                          f"sees none (for CPU batches use calib.data.loader.iter_batches)")
+    if dev.index is None:  # "cuda": the current device, named by its index (set_device needs one)
+        dev = torch.device("cuda", torch.cuda.current_device())
     return torch, dev

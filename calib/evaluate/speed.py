@@ -10,12 +10,13 @@ from calib.backends import Backend, time_runner
 
 
 def measure_speed(backend: Backend, artifacts: dict[str, Path], shape: tuple[int, int, int],
-                  seconds: float = 1.0) -> dict[str, dict]:
+                  seconds: float = 1.0, device: str = "cpu") -> dict[str, dict]:
     """{name: {"latency_ms_b1", "throughput_b32"}} for each artifact (one at a time, so they do
-    not compete for the cores)."""
+    not compete for the cores), on `device` (ONNX Runtime's CUDA provider for a GPU; host input,
+    so the figures include the copies to and from the device)."""
     out = {}
     for name, artifact in artifacts.items():
-        runner = backend.load(artifact)
+        runner = backend.load(artifact, device=device) if device != "cpu" else backend.load(artifact)
         try:
             b1 = time_runner(runner, shape, 1, seconds)
             b32 = time_runner(runner, shape, 32, seconds)

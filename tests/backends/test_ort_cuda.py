@@ -88,7 +88,7 @@ def test_cuda_runner_matches_cpu(tiny_classifier):
     assert runner.session.get_providers()[0] == "CUDAExecutionProvider"
     np.testing.assert_allclose(runner.run(x), cpu, rtol=1e-4, atol=1e-4)
     (logits,) = runner.run_device(torch.from_numpy(x).cuda())
-    assert logits.is_cuda and tuple(logits.shape) == (7, 10)
+    assert logits.is_cuda and tuple(logits.shape) == (7, 1000)
     np.testing.assert_allclose(logits.cpu().numpy(), cpu, rtol=1e-4, atol=1e-4)
     # A second shape (a short last batch) gets its own buffers.
     (short,) = runner.run_device(torch.from_numpy(x[:2]).cuda())
