@@ -107,8 +107,11 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
             from calib.backends import get_backend
 
             report.speed_ort_cpu = measure_speed(get_backend("ort"), onnx_files, shape, config.speed_seconds)
-    # A tensorrt-flavor model timed on ONNX Runtime's CPU says nothing about its TensorRT speed.
-    representative = not (config.backend == "ort" and flavor != "ort")
+    # A tensorrt-flavor model timed on ONNX Runtime's CPU says nothing about its TensorRT speed, and
+    # ONNX Runtime's CUDA provider runs any Q/DQ model as dequantize + float kernels (no integer
+    # convolutions): there the INT8 speed previews nothing a deployment would run.
+    on_gpu = config.devices() != ("cpu",)
+    representative = config.backend != "ort" or (flavor == "ort" and not on_gpu)
     ev_fp32, ev_int8 = ev.predictions["fp32"], ev.predictions["int8"]
     imagenet = config.dataset in ("imagenet-val", "demo") or config.dataset.startswith("hf:")
     report.classes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], ev_int8.top5[:, 0],
@@ -117,8 +120,9 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     verdict = recommend(result, tolerance, report.speed if representative else None, report.size_mb,
                         fallback.float_layers if fallback else (), backend=config.backend).to_json()
     if not representative:
-        verdict["note"] = (f"speed not weighed: the {flavor} Q/DQ flavor is built for TensorRT and ONNX Runtime's "
-                           "CPU runs it in simulated INT8; time it on TensorRT (calib bench --backend tensorrt)")
+        why = ("ONNX Runtime's CUDA provider runs Q/DQ models as dequantize + float kernels" if on_gpu else
+               f"the {flavor} Q/DQ flavor is built for TensorRT and ONNX Runtime's CPU runs it in simulated INT8")
+        verdict["note"] = f"speed not weighed: {why}; time INT8 on TensorRT (calib bench --backend tensorrt)"
     report.verdict = verdict
 
 

@@ -20,4 +20,7 @@ def require_torch_cuda(device: str):
                          f"sees none (for CPU batches use calib.data.loader.iter_batches)")
     if dev.index is None:  # "cuda": the current device, named by its index (set_device needs one)
         dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.index >= torch.cuda.device_count():
+        raise CalibError(f"there is no GPU {device}: torch sees {torch.cuda.device_count()} "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return torch, dev
