@@ -1,0 +1,164 @@
+"""Issue 11's rows through the real command line: every bad input ends in one line on stderr and a
+non-zero exit, and leaves nothing behind (no output folder, no temp file, no unrelated file
+overwritten). Each case is a row of the issue; the library-level tests of the same promises are
+in tests/cache, tests/data and tests/test_fsutil.py."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import assert_one_line_error, calib
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden temp files and staged folders a failed command must not leave behind."""
+    return [str(p) for p in folder.rglob(".*") if p.name != ".calib.lock"
+            and (p.name.endswith(".tmp") or p.name.endswith(".partial") or ".partial" in p.name)]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, tiny_model):
+    """A valid cache (and its run) for the tiny 1000-class model on the demo photos."""
+    work = tmp_path_factory.mktemp("cal")
+    calib("run", "--model", tiny_model, "--samples", 8, "--cache-dir", work / "caches", "--out", work / "run",
+          "--no-html", "--speed-seconds", 0)
+    cache = next((work / "caches").glob("*.cache"))
+    return work, cache
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.conftest import make_classifier
+
+    return make_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx")
+
+
+def poison(cache: Path, folder: Path, hex_value: str) -> Path:
+    """A copy of `cache` and its sidecar in `folder` with the first scale set to `hex_value`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = cache.read_text().splitlines()
+    name, _ = lines[1].rsplit(": ", 1)
+    lines[1] = f"{name}: {hex_value}"
+    (folder / cache.name).write_text("\n".join(lines) + "\n")
+    side = json.loads(cache.with_suffix(".json").read_text())
+    side["tensors"][name]["scale"] = hex_value
+    (folder / cache.with_suffix(".json").name).write_text(json.dumps(side))
+    return folder / cache.name
+
+
+@pytest.mark.parametrize("hex_value", ["7fc00000", "bd418306"])  # NaN, negative
+def test_row1_a_corrupt_cache_is_never_reused(calibrated, tiny_model, tmp_path, hex_value):
+    _, cache = calibrated
+    poison(cache, tmp_path / "caches", hex_value)
+    proc = calib("run", "--model", tiny_model, "--samples", 8, "--cache-dir", tmp_path / "caches",
+                 "--out", tmp_path / "out", "--no-html", check=False)
+    assert_one_line_error(proc, "--recalibrate")
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+    # --recalibrate replaces it, and the run goes through.
+    calib("run", "--model", tiny_model, "--samples", 8, "--cache-dir", tmp_path / "caches", "--out", tmp_path / "ok",
+          "--no-html", "--speed-seconds", 0, "--recalibrate")
+    assert json.loads((tmp_path / "ok" / "report.json").read_text())["calibration"]["reused"] is False
+
+
+def test_row2_invalid_caches_are_refused_by_import_and_export(calibrated, tiny_model, tmp_path):
+    _, cache = calibrated
+    header_only = tmp_path / "header.cache"
+    header_only.write_text(cache.read_text().splitlines()[0] + "\n")
+    partial = tmp_path / "partial.cache"
+    partial.write_text("\n".join(cache.read_text().splitlines()[:3]) + "\n")
+    all_inf = tmp_path / "inf.cache"
+    all_inf.write_text("\n".join([cache.read_text().splitlines()[0]] + [
+        line.rsplit(": ", 1)[0] + ": 7f800000" for line in cache.read_text().splitlines()[1:]]) + "\n")
+    for bad, words in ((header_only, []), (partial, ["--force"]), (all_inf, [])):
+        proc = calib("cache", "import", bad, "--model", tiny_model, "--cache-dir", tmp_path / "store", check=False)
+        assert_one_line_error(proc, *words)
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("*.cache"))
+    nan = poison(cache, tmp_path / "nan", "7fc00000")
+    for args, words in ((["cache", "export", nan, "--trt-version", "10.3"], []),
+                        (["cache", "export", cache, "--trt-version", "99.99.99"], ["99.99.99"])):
+        proc = calib(*args, "--out", tmp_path / "exported.cache", check=False)
+        assert_one_line_error(proc, *words)
+        assert not (tmp_path / "exported.cache").exists()
+
+
+def test_row3_disjointness_is_computed_from_the_files(tiny_model, small_imagenet, tmp_path):
+    """Evaluating on the calibration folder itself: the report counts the overlap and says so."""
+    calib("run", "--model", tiny_model, "--dataset", "imagenet-val", "--data-dir", small_imagenet,
+          "--eval-data-dir", small_imagenet, "--samples", 5, "--cache-dir", tmp_path / "c", "--out", tmp_path / "r",
+          "--no-html", "--speed-seconds", 0, "--workers", 0)
+    r = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert r["eval"]["disjoint_from_calibration"] is False and r["eval"]["overlap"]["overlapping"] >= 5
+    assert any("optimistic" in note for note in r["notes"])
+
+
+def test_row3_the_demo_says_its_images_are_not_disjoint(calibrated):
+    work, _ = calibrated
+    r = json.loads((work / "run" / "report.json").read_text())
+    assert r["demo"] and r["eval"]["disjoint_from_calibration"] is False
+
+
+@pytest.mark.parametrize("case", ["out-is-a-file", "out-under-a-file", "out-unwritable", "cache-dir-is-a-file",
+                                  "cache-dir-unwritable"])
+def test_row4_output_paths_are_checked_before_any_work(case, tiny_model, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    out, cache_dir = tmp_path / "out", tmp_path / "caches"
+    if case == "out-is-a-file":
+        out = a_file
+    elif case == "out-under-a-file":
+        out = a_file / "sub"
+    elif case == "out-unwritable":
+        out = Path("/proc/self/calib-out")
+    elif case == "cache-dir-is-a-file":
+        cache_dir = a_file
+    else:
+        cache_dir = Path("/proc/self/calib-caches")
+    proc = calib("run", "--model", tiny_model, "--samples", 4, "--out", out, "--cache-dir", cache_dir, check=False)
+    assert_one_line_error(proc)
+    assert a_file.read_text() == "mine" and not leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_row5_build_and_export_never_overwrite_a_file_calib_did_not_write(calibrated, tiny_model, tmp_path):
+    _, cache = calibrated
+    theirs = tmp_path / "existing.txt"
+    theirs.write_text("someone's notes")
+    for args in (["build", "--model", tiny_model, "--cache", cache], ["cache", "export", cache, "--trt-version", "10.3"]):
+        proc = calib(*args, "--out", theirs, check=False)
+        assert_one_line_error(proc, "--overwrite")
+        assert theirs.read_text() == "someone's notes"
+    # calib's own output may be rebuilt in place, and --overwrite replaces another file.
+    calib("build", "--model", tiny_model, "--cache", cache, "--out", tmp_path / "int8.onnx")
+    calib("build", "--model", tiny_model, "--cache", cache, "--out", tmp_path / "int8.onnx")
+    calib("cache", "export", cache, "--trt-version", "10.3", "--out", theirs, "--overwrite")
+    assert theirs.read_text().startswith("TRT-100")
+
+
+def test_row6_a_folder_given_as_a_cache_is_named_as_such(tiny_model, tmp_path):
+    for args in (["build", "--model", tiny_model, "--out", tmp_path / "x.onnx", "--cache"], ["cache", "show"]):
+        proc = calib(*args, tmp_path, check=False)
+        assert_one_line_error(proc, "folder")
+
+
+def test_row8_cache_list_scans_the_folder_without_its_index(calibrated, tmp_path):
+    import shutil
+
+    _, cache = calibrated
+    folder = tmp_path / "caches"
+    folder.mkdir()
+    shutil.copy(cache, folder)
+    shutil.copy(cache.with_suffix(".json"), folder)
+    proc = calib("cache", "list", "--cache-dir", folder)
+    assert cache.name in proc.stdout and "no caches" not in proc.stdout
+    (folder / "index.json").write_text("{ not json")
+    assert cache.name in calib("cache", "list", "--cache-dir", folder).stdout
+
+
+def test_row11_version_and_plain_help():
+    from calib import __version__
+
+    assert calib("--version").stdout.strip() == f"calib {__version__}"
+    text = calib("run", "--help").stdout
+    assert "--recalibrate" in text and "<bool>" not in text
