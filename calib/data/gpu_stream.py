@@ -358,13 +358,10 @@ class _DecodeThread:
 
     def batches(self, skips: SkipLog) -> Iterator[_Decoded]:
         """Finished batches (images may be None when no image of a chunk decoded: skipped)."""
-        import sys
+        from calib.progress import progress_bar
 
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(self.dataset.samples), desc=self.progress, unit="img",
-                   disable=self.progress is None, file=sys.stderr, leave=False, dynamic_ncols=True,
-                   mininterval=0.1 if sys.stderr.isatty() else 5.0)
+        bar = progress_bar(total=len(self.dataset.samples), desc=self.progress, unit="img",
+                           enabled=self.progress is not None)
         self.thread = threading.Thread(target=self._work, name="calib-gpu-decode", daemon=True)
         self.thread.start()
         try:

@@ -176,13 +176,12 @@ def iter_batches(dataset: Dataset, batch_size: int, workers: int | None = None,
     contextlib.closing(iter_batches(...)) as batches:`), so that its failure ends them at once
     rather than when the generator is collected.
     """
-    from tqdm import tqdm
+    from calib.progress import progress_bar
 
     workers = default_workers() if workers is None else workers
     chunks = [dataset.samples[i:i + batch_size] for i in range(0, len(dataset.samples), batch_size)]
-    bar = tqdm(total=len(dataset.samples), desc=progress, unit="img", disable=progress is None,
-               file=sys.stderr, leave=False, dynamic_ncols=True,
-               mininterval=0.1 if sys.stderr.isatty() else 5.0)  # logs get a line per 5 s, not per batch
+    # In a log: whole lines, at most one per 5 s (calib.progress).
+    bar = progress_bar(total=len(dataset.samples), desc=progress, unit="img", enabled=progress is not None)
     skips = skips if skips is not None else SkipLog()
     try:
         if workers == 0 or len(chunks) <= 1:
