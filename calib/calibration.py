@@ -21,7 +21,7 @@ from calib.data.gpu_decode import CPU_DECODE_PATH as CPU_DECODE
 from calib.errors import CalibError
 from calib.models import Model
 from calib.calibrators.channel_means import ChannelMeans, Observers
-from calib.quantize import flavor_names, plan_for, required_tensors
+from calib.quantize import plan_for, registered_flavor_names, required_tensors
 from calib.quantize.graph import GraphIndex
 from calib.quantize.qdq import activation_scale
 
@@ -37,10 +37,13 @@ class CalibrationOutcome:
 
 
 def calibrated_tensors(prepared: onnx.ModelProto) -> list[str]:
-    """The activations any registered Q/DQ flavor quantizes (one cache serves them all). Conv
+    """The activations the built-in (registered) Q/DQ flavors quantize: one cache serves them all.
+    Entry-point plug-ins are not loaded here, so a broken one cannot break calibration, and an
+    installed one does not invalidate every existing cache; a plug-in that needs other tensors
+    gets a one-line MissingScales when it is used. Conv
     outputs that only feed a ReLU6 are left out (TensorRT fuses them away; the ort flavor folds
     the ReLU): observing them would cost a third more time for scales nothing uses."""
-    need = {t for name in flavor_names() for t in required_tensors(prepared, name)}
+    need = {t for name in registered_flavor_names() for t in required_tensors(prepared, name)}
     return [t for t in GraphIndex(prepared).activations() if t in need]
 
 
@@ -103,7 +106,8 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
               trt_version: str = DEFAULT_TRT_VERSION, progress: bool = True,
               devices: tuple[str, ...] = ("cpu",)) -> CalibrationOutcome:
     """Reuse a matching cache from `store`, or calibrate (on `devices`) and save one."""
-    calibrator = get_calibrator(calibrator_name, **(calibrator_params or {}))
+    # --percentile applies to the percentile calibrator only (as in calibrate_many)
+    calibrator = get_calibrator(calibrator_name, **calibrator_params_for(calibrator_name, calibrator_params or {}))
     decode = decode_for(model.preprocess, devices)
     key = cache_key(model, dataset, calibrator, decode)
     if not recalibrate:

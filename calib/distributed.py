@@ -183,7 +183,8 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
             payload = {"keys": ev.keys, "skipped": ev.skipped,
                        "top5": {n: p.top5 for n, p in ev.predictions.items()},
                        "labels": next(iter(ev.predictions.values())).labels if ev.predictions else None,
-                       "seconds": out.seconds, "diffs": out.logit_max_abs_diff, "path": out.decode_path}
+                       "seconds": out.seconds, "diffs": out.logit_max_abs_diff, "path": out.decode_path,
+                       "signal": ev.signal, "noise": ev.noise}
         else:
             import onnx
 
@@ -285,7 +286,11 @@ def evaluate_multi(models: dict[str, str], dataset: Dataset, devices: list[str],
     preds = {n: Predictions(labels, np.concatenate([o["top5"][n] for o in out])[order]) for n in names}
     skipped = [k for o in out for k in o["skipped"]]
     diffs = {p: max(o["diffs"][p] for o in out) for p in out[0]["diffs"]}
-    evaluation = Evaluation([keys[i] for i in order], skipped, preds)
+    signal, noise = None, {}
+    if all(o.get("signal") is not None for o in out):  # per-image logits powers, back in dataset order
+        signal = np.concatenate([o["signal"] for o in out])[order]
+        noise = {n: np.concatenate([o["noise"][n] for o in out])[order] for n in out[0]["noise"]}
+    evaluation = Evaluation([keys[i] for i in order], skipped, preds, signal, noise, seconds)
     return evaluation, MultiResult(seconds, [o["seconds"] for o in out], len(keys), skipped), diffs
 
 

@@ -76,6 +76,10 @@ class Registry(Generic[T]):
             self._points = found
         return self._points
 
+    def registered_names(self) -> list[str]:
+        """Built-ins and in-process registrations, without looking at entry points."""
+        return [*self.lazy, *sorted(set(self._registered) - set(self.lazy))]
+
     def names(self) -> list[str]:
         """The lazily imported built-ins in their order, then every other name, sorted."""
         others = sorted((set(self._registered) | set(self._plugins())) - set(self.lazy))

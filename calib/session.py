@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import onnx
@@ -54,15 +55,19 @@ class RunConfig:
     device: str = "cpu"                  # cpu, cuda, cuda:N, cuda:0,1 (several GPUs) or auto
 
     def devices(self) -> tuple[str, ...]:
-        """("cpu",) or the CUDA devices the calibration pass and the evaluation run on."""
+        """("cpu",) or the CUDA devices the calibration pass and the evaluation run on (auto: a
+        GPU only for the ort backend, whose CUDA provider runs there; TensorRT runs on its own)."""
+        if (self.device or "").strip().lower() == "auto" and self.backend != "ort":
+            return ("cpu",)
         return resolve_devices(self.device)
 
     def pass_batch_sizes(self) -> tuple[int, int]:
-        """(calibration, evaluation) batch sizes: a GPU wants large batches (the results do not
-        depend on the batch size; only the speed does)."""
+        """(calibration, evaluation) batch sizes: on a GPU the defaults become 64 and 256 (the
+        results do not depend on the batch size, only the speed does); sizes a user set stay."""
         if self.devices() == ("cpu",):
             return self.calib_batch_size, self.batch_size
-        return max(self.calib_batch_size, 64), max(self.batch_size, 256)
+        calib = 64 if self.calib_batch_size == RunConfig.calib_batch_size else self.calib_batch_size
+        return calib, 256 if self.batch_size == RunConfig.batch_size else self.batch_size
 
     def cache_store(self) -> CacheStore:
         """The cache folder of this configuration."""
@@ -77,6 +82,17 @@ def default_flavor(backend: str) -> str:
     from calib.backends import backend_class
 
     return backend_class(backend).qdq_flavor
+
+
+def class_names_of(dataset) -> "Callable[[int], str]":
+    """Class index -> name for reports: the dataset's own names (an hf: dataset has them), else
+    ImageNet's."""
+    from calib.data.classes import class_name
+
+    names = getattr(getattr(dataset, "source", None), "class_names", None)
+    if names:
+        return lambda i: names[i]
+    return class_name
 
 
 def resolve_devices(spec: str) -> tuple[str, ...]:

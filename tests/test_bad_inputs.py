@@ -162,3 +162,22 @@ def test_row11_version_and_plain_help():
     assert calib("--version").stdout.strip() == f"calib {__version__}"
     text = calib("run", "--help").stdout
     assert "--recalibrate" in text and "<bool>" not in text
+
+
+def test_percentile_applies_to_the_percentile_calibrator_only(tiny_model, tmp_path):
+    """--percentile with minmax was refused after the model was prepared; it is ignored for
+    calibrators that take no percentile, as compare always did."""
+    proc = calib("calibrate", "--model", tiny_model, "--samples", 4, "--percentile", 99.9,
+                 "--cache-dir", tmp_path / "c")
+    assert Path(proc.stdout.strip().splitlines()[-1]).is_file()
+
+
+def test_bench_takes_the_same_devices_as_run(tiny_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU here")
+    rows = json.loads(calib("bench", "--model", tiny_model, "--seconds", 0.05, "--batch-sizes", 1,
+                            "--device", "auto", "--json").stdout)
+    assert rows[0]["device"] == "cpu"
+    assert_one_line_error(calib("bench", "--model", tiny_model, "--device", "tpu", check=False), "tpu")

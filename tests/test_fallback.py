@@ -114,3 +114,17 @@ def test_run_reports_the_fallback_model_on_held_out_images_only(tmp_path, tiny_c
     assert fb["search"]["images"] + fb["final_images"] == 5  # the demo's five evaluation photos
     assert r["eval"]["samples"] == fb["final_images"] == fb["final"]["images"]
     assert r["paired"]["n"] == fb["final_images"]
+
+
+def test_a_100_point_budget_is_a_valid_verdict_tolerance(tmp_path, tiny_classifier):
+    """--max-drop 1 (any loss allowed) reached the verdict as a tolerance of 1.0, which it
+    refused with a traceback; --max-drop 0 was read as "no budget" for the verdict."""
+    from calib.commands.run import run
+    from calib.session import RunConfig
+
+    for budget, tolerance in ((1.0, 0.999), (0.0, 0.001)):
+        cfg = RunConfig(model=str(tiny_classifier), dataset="demo", samples=8, cache_dir=str(tmp_path / "c"),
+                        out=str(tmp_path / f"out{budget}"), batch_size=4, workers=0, progress=False,
+                        max_drop=budget, html=False, speed_seconds=0)
+        r = run(cfg).to_json()
+        assert r["verdict"]["accuracy"]["tolerance"] == tolerance

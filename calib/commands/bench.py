@@ -82,13 +82,13 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
     runnable, why = impl.can_run()
     if not runnable:
         raise CalibError(f"cannot time on {backend} here: {why}")
-    if device != "cpu":
-        if backend != "ort":
-            raise CalibError(f"--device {device} selects ONNX Runtime's CUDA provider: use it with --backend ort")
-        from calib.backends.ort import parse_device, require_cuda_provider
+    from calib.session import RunConfig, check_devices
 
-        parse_device(device)
-        require_cuda_provider()
+    # The same device rules as every other command (auto, cuda:N, checks before any work).
+    devices = check_devices(RunConfig(device=device, backend=backend))
+    if len(devices) > 1:
+        raise CalibError(f"calib bench times one device, not {device}: name one GPU (e.g. cuda:0)")
+    device = devices[0]
 
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
         shape = None

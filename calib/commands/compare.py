@@ -19,7 +19,6 @@ from calib.calibrators import calibrator_class
 from calib.diagnostics.histograms import pick_tensors, tensor_histograms
 from calib.diagnostics.sqnr import activation_sqnr
 from calib.errors import CalibError
-from calib.data.classes import class_name
 from calib.evaluate.classes import class_changes
 from calib.evaluate.models import evaluate_models
 from calib.models import prepared_path, save_model
@@ -30,7 +29,7 @@ from calib.report.compare import write_compare_report
 from calib.report.plots import histogram_figures
 from calib.report.schema import CompareReport
 from calib.fsutil import mark_calib_onnx, staged_dir
-from calib.session import RunConfig, bias_means, eval_section, report_header, setup
+from calib.session import RunConfig, bias_means, class_names_of, eval_section, report_header, setup
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 GPU_PARTS = ("on the GPU: the calibration pass and the evaluation (decoded once with nvJPEG); on the CPU "
@@ -108,8 +107,8 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
         # differences are significant (calib.evaluate.paired.rank_calibrators).
         ev_fp32 = ev.predictions["fp32"]
         tops = {n: ev.predictions[n].top5[:, 0] for n in names}
-        ranking = rank_calibrators(ev_fp32.labels, ev_fp32.top5[:, 0], tops, ev.signal,
-                                   {n: ev.noise[n] for n in names}, seed=config.seed)
+        noise = {n: ev.noise[n] for n in names} if ev.signal is not None else None  # None: rank by agreement
+        ranking = rank_calibrators(ev_fp32.labels, ev_fp32.top5[:, 0], tops, ev.signal, noise, seed=config.seed)
         for row in ranking:
             rows[row["name"]].update({"agreement_ci95": row["agreement_ci95"], "top1_drop_ci95": row["top1_drop_ci95"],
                                       "eval_logits_sqnr_db": row["logits_sqnr_db"],
@@ -132,9 +131,8 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
             hist_note = f"recollected on {hist_images} calibration images (caches were reused)"
         figures = histogram_figures(stats, picked, amaxes, chosen)
 
-        imagenet = config.dataset in ("imagenet-val", "demo") or config.dataset.startswith("hf:")
         changes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], tops[chosen],
-                                names=class_name if imagenet else None).to_json()
+                                names=class_names_of(data.evaluation)).to_json()
         changed = {"fixed": changes["images_fixed"], "broken": changes["images_broken"]}
         header = report_header(config, s, devices, GPU_PARTS)
         report = CompareReport(

@@ -26,7 +26,7 @@ from calib.restore.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
 from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
 from calib.fsutil import mark_calib_onnx, staged_dir
-from calib.session import RunConfig, RunSetup, bias_means, eval_section, report_header, setup
+from calib.session import RunConfig, RunSetup, bias_means, class_names_of, eval_section, report_header, setup
 
 
 def run(config: RunConfig) -> RunReport:
@@ -67,7 +67,8 @@ def run(config: RunConfig) -> RunReport:
         if fallback is not None:
             report.fallback = fallback_report(fallback, ev)
         add_decision_figures(report, config, backend, flavor, prepared, ev, artifacts,
-                             {"fp32": fp32_onnx, "int8": int8_onnx}, fallback)
+                             {"fp32": fp32_onnx, "int8": int8_onnx}, fallback,
+                             fallback.final_dataset if fallback else data.evaluation)
         figures = None
         if config.html:
             figures = run_figures(prepared, qdq, outcome, flavor, data.calibration, data.evaluation,
@@ -79,11 +80,10 @@ def run(config: RunConfig) -> RunReport:
 
 def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: str, prepared: onnx.ModelProto,
                          ev, artifacts: dict[str, Path], onnx_files: dict[str, Path],
-                         fallback: FallbackResult | None) -> None:
+                         fallback: FallbackResult | None, evaluated: Dataset) -> None:
     """What a deployment engineer decides from: paired intervals for the drop and agreement,
     logits SQNR, speed and size, per-class changes where a class has enough images, and the
     verdict built from them (calib.evaluate.verdict)."""
-    from calib.data.classes import class_name
     from calib.evaluate.classes import class_changes
     from calib.evaluate.paired import paired_from_evaluation, sqnr_ci
     from calib.evaluate.speed import measure_speed
@@ -113,10 +113,11 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     on_gpu = config.devices() != ("cpu",)
     representative = config.backend != "ort" or (flavor == "ort" and not on_gpu)
     ev_fp32, ev_int8 = ev.predictions["fp32"], ev.predictions["int8"]
-    imagenet = config.dataset in ("imagenet-val", "demo") or config.dataset.startswith("hf:")
     report.classes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], ev_int8.top5[:, 0],
-                                   names=class_name if imagenet else None).to_json()
-    tolerance = config.max_drop if config.max_drop else DEFAULT_TOLERANCE
+                                   names=class_names_of(evaluated)).to_json()
+    # The verdict's tolerance is the budget when one is set (kept inside (0, 1): a 0-point budget
+    # asks for a 0.1-point resolution, a 100-point one for 99.9).
+    tolerance = DEFAULT_TOLERANCE if config.max_drop is None else min(max(config.max_drop, 0.001), 0.999)
     verdict = recommend(result, tolerance, report.speed if representative else None, report.size_mb,
                         fallback.float_layers if fallback else (), backend=config.backend).to_json()
     if not representative:

@@ -16,7 +16,7 @@ docs/quantization.md.
 
 from calib.quantize.flavor import Flavor, Plan, WEIGHTED_OPS, weight_axis
 from calib.quantize.registry import (ENTRY_POINT_GROUP, flavor_class, flavor_names, get_flavor, register_flavor,
-                                     reload_plugins)
+                                     registered_flavor_names, reload_plugins)
 
 # Built-ins register themselves on import.
 from calib.quantize.flavor_ort import OrtFlavor  # noqa: E402
@@ -27,5 +27,5 @@ from calib.quantize.materialize import MissingScales, bias_shift, plan_for, quan
 __all__ = [
     "ENTRY_POINT_GROUP", "Flavor", "Layer", "MissingScales", "OrtFlavor", "Plan", "TensorRTFlavor", "WEIGHTED_OPS",
     "bias_shift", "flavor_class", "flavor_names", "get_flavor", "plan_for", "quantizable_layers", "quantize_model",
-    "register_flavor", "reload_plugins", "required_tensors", "weight_axis",
+    "register_flavor", "registered_flavor_names", "reload_plugins", "required_tensors", "weight_axis",
 ]

@@ -33,6 +33,11 @@ def flavor_names() -> list[str]:
     return _registry.names()
 
 
+def registered_flavor_names() -> list[str]:
+    """The built-in flavors (and any registered in this process), without loading plug-ins."""
+    return _registry.registered_names()
+
+
 def flavor_class(name: str) -> type[Flavor]:
     """The class registered under `name`; imports a plugin on first use."""
     return _registry.get(name)

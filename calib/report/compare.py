@@ -28,6 +28,16 @@ def _ci(ci, scale: float = 100.0, unit: str = "") -> str:
     return f"{scale * ci[0]:.1f} to {scale * ci[1]:.1f}{unit}"
 
 
+def no_class_rows(r: dict) -> str:
+    """Why the per-class table is empty: too few images per class, or really no change."""
+    summary = r.get("class_summary") or {}
+    if summary.get("classes") and not summary.get("classes_with_min_images"):
+        return (f"No class has {summary['min_images']} or more evaluation images: per-class changes would be "
+                f"noise. Over all {summary['classes']} classes, {summary['classes_gained']} gained and "
+                f"{summary['classes_lost']} lost top-1 accuracy.")
+    return "No class with enough images changed its top-1 accuracy."
+
+
 def ranking_rows(r: dict) -> list[list[str]]:
     """[rank, calibrator, logits SQNR (CI), agreement (CI), drop (CI), significantly better than]."""
     rows = []
@@ -80,7 +90,9 @@ def render_markdown(r: dict) -> str:
     if worst:
         lines.append("- lowest SQNR tensors (" + r["chosen"] + "): "
                      + ", ".join(f"`{t}` {v:.1f} dB" for v, t in worst))
-    if r["classes"]:
+    if not r["classes"]:
+        lines += ["", no_class_rows(r)]
+    else:
         lines += ["", f"Classes whose top-1 accuracy changed most ({r['chosen']}; "
                       f"images FP32 got right and INT8 gets wrong: {r['flips']['broken']}, the other way: "
                       f"{r['flips']['fixed']}):", "",
@@ -100,8 +112,8 @@ def render_html(r: dict, figures: list[dict]) -> str:
     palette = colors(names)
     body = [f"<h1>calib compare: {esc(r['model'])}</h1>",
             f"<p class=\"meta\">{esc(r['qdq_flavor'])} Q/DQ on {esc(r['backend'])}; calibration on "
-            f"{r['calibration']['samples']} images, evaluation on {r['eval']['samples']} other images of "
-            f"{esc(r['dataset'])}; FP32 top-1 <b>{pct(r['fp32']['top1'])}</b>, top-5 {pct(r['fp32']['top5'])}</p>"]
+            f"{r['calibration']['samples']} images, evaluation on {r['eval']['samples']} images of "
+            f"{esc(r['dataset'])} ({esc(r['eval'].get('overlap_text', ''))}); FP32 top-1 <b>{pct(r['fp32']['top1'])}</b>, top-5 {pct(r['fp32']['top5'])}</p>"]
     body += demo_banner(r)
     rows, classes = [], []
     for n in names:
@@ -149,7 +161,7 @@ def render_html(r: dict, figures: list[dict]) -> str:
              f"{r['flips']['fixed']} the other way round. Per class: top-1 accuracy of FP32 and INT8 on the "
              f"evaluation images of that class (largest changes first).</p>"]
     parts.append(table(["class", "images", "FP32 top-1", "INT8 top-1", "change (pts)"], cls_rows)
-                 if cls_rows else "<p>No class changed its top-1 accuracy.</p>")
+                 if cls_rows else f"<p>{esc(no_class_rows(r))}</p>")
     body.append(section("classes", "Classes whose accuracy changed most", parts))
     files = [f"<code>{esc(Path(res[n]['int8_model']).name)}</code> (cache <code>{esc(res[n]['cache'])}</code>)"
              for n in names]

@@ -64,6 +64,9 @@ def test_compare_report_is_complete(tmp_path, tiny_model):
     for name in r["calibrators"]:
         assert name in text
     assert "(chosen)" in text
+    # One image per class on the demo: the class section says why there is no per-class table,
+    # and the header does not claim the evaluation images are "other" than the calibration ones.
+    assert "No class has 10 or more evaluation images" in text and " other images of " not in text
 
 
 def test_run_report_with_figures_and_fallback(tmp_path, tiny_model):
