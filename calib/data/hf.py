@@ -35,9 +35,10 @@ class HFSource(ImageSource):
                 ds = datasets.load_dataset(spec)
         except Exception as e:  # the library raises many types; one line is enough for the user
             raise CalibError(f"cannot load Hugging Face dataset '{spec}': {str(e).splitlines()[0]}") from None
+        chosen = ""
         if isinstance(ds, datasets.DatasetDict):
-            name = split if split in ds else next(iter(ds))
-            ds = ds[name]
+            chosen = split if split in ds else next(iter(ds))
+            ds = ds[chosen]
         self.image_column = next((k for k, f in ds.features.items() if isinstance(f, datasets.Image)), None)
         self.label_column = next((k for k, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
         if self.image_column is None or self.label_column is None:
@@ -47,8 +48,11 @@ class HFSource(ImageSource):
         self._dataset = ds
         labels = ds[self.label_column]
         samples = [Sample(str(i), int(label)) for i, label in enumerate(labels)]
-        super().__init__(samples, f"hf:{spec}",
-                         f"Hugging Face '{spec}': labels from column '{self.label_column}' "
+        # The split is part of the id: two splits of one dataset are different images with the same
+        # row numbers (the cache key and the overlap check both go by the id).
+        super().__init__(samples, f"hf:{spec}" + (f"[{chosen}]" if chosen else ""),
+                         f"Hugging Face '{spec}'" + (f" split '{chosen}'" if chosen else "")
+                         + f": labels from column '{self.label_column}' "
                          f"({len(self.class_names)} classes in that feature's order)")
 
     def open(self, sample: Sample) -> Image.Image:
