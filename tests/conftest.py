@@ -85,3 +85,14 @@ def tiny_classifier(tmp_path) -> Path:
 def _isolated_user_cache(tmp_path_factory, monkeypatch):
     # Exports of zoo models are shared across tests (slow to redo); everything else is per test.
     monkeypatch.setenv("CALIB_HOME", str(tmp_path_factory.getbasetemp() / "calib-home"))
+
+
+def has_cuda_ort() -> bool:
+    """A CUDA GPU that torch sees and ONNX Runtime's CUDA provider: what the GPU tests need."""
+    try:
+        import torch
+
+        from calib.backends.ort import cuda_provider_available
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and cuda_provider_available()

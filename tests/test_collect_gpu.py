@@ -8,21 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import has_cuda_ort
+
 from calib.calibrators.channel_means import ChannelMeans, Observers
 from calib.calibrators.statistics import TensorStatistics
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        from calib.backends.ort import cuda_provider_available
-    except ImportError:
-        return False
-    return torch.cuda.is_available() and cuda_provider_available()
-
-
-gpu = pytest.mark.skipif(not _cuda(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
+gpu = pytest.mark.skipif(not has_cuda_ort(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
 
 
 def test_exposed_outputs_are_shaped(tiny_classifier):

@@ -7,19 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import has_cuda_ort
+
 from calib.backends.ort import OrtRunner, cuda_provider_available, output_shapes, parse_device
 from calib.errors import CalibError, MissingDependency
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available() and cuda_provider_available()
-
-
-gpu = pytest.mark.skipif(not _cuda(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
+gpu = pytest.mark.skipif(not has_cuda_ort(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
 
 
 def test_parse_device():
