@@ -181,13 +181,51 @@ def vertical_first(px: AxisPlan, py: AxisPlan) -> bool:
     return shrink_y > 0 and shrink_y > shrink_x * 2
 
 
+@dataclass(frozen=True)
+class ImagePlan:
+    """Everything the Pillow-exact resize needs for one image size: the crop window of the
+    source ([y0, y0 + sy) x [x0, x0 + sx)), each axis' compact weights (per-output offsets into
+    the window and fixed-point taps) and Pillow's pass order. Depends only on the image size
+    and the preset, so it is computed once per size (`image_plan`)."""
+    x0: int
+    sx: int
+    offx: np.ndarray
+    kkx: np.ndarray
+    y0: int
+    sy: int
+    offy: np.ndarray
+    kky: np.ndarray
+    v_first: bool
+
+
+def _preset_key(preprocess: Preprocess) -> tuple:
+    return (preprocess.size, preprocess.crop, preprocess.crop_padding, preprocess.resize_to,
+            preprocess.interpolation)
+
+
+@lru_cache(maxsize=8192)
+def _image_plan(key: tuple, width: int, height: int) -> ImagePlan:
+    size, crop, crop_padding, resize_to, interpolation = key
+    pre = Preprocess("plan", size, crop, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), interpolation, crop_padding, resize_to)
+    px, py = crop_plan(pre, width, height)
+    x0, sx, offx, kkx = _compact(px, interpolation)
+    y0, sy, offy, kky = _compact(py, interpolation)
+    return ImagePlan(x0, sx, offx, kkx, y0, sy, offy, kky, vertical_first(px, py))
+
+
+def image_plan(preprocess: Preprocess, width: int, height: int) -> ImagePlan:
+    """The cached `ImagePlan` of a `width` x `height` image (image sizes repeat across a dataset:
+    the per-image Python work of a batch is then a dictionary lookup)."""
+    return _image_plan(_preset_key(preprocess), width, height)
+
+
 def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess) -> "torch.Tensor":
     """Pillow-exact crop + resize of uint8 (3, H, W) tensors (one device) -> uint8 (N, 3, S, S)."""
     import torch
 
     s = preprocess.size
-    plans = [crop_plan(preprocess, int(im.shape[2]), int(im.shape[1])) for im in images]
-    order = [vertical_first(px, py) for px, py in plans]
+    plans = [image_plan(preprocess, int(im.shape[2]), int(im.shape[1])) for im in images]
+    order = [p.v_first for p in plans]
     if all(order) or not any(order):
         return _resample_group(images, plans, preprocess, order[0])
     out = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=images[0].device)
@@ -215,37 +253,58 @@ def _compact(plan: AxisPlan, interpolation: str) -> tuple[int, int, np.ndarray, 
     return first, span, xmin - first, kk[:, :int(taps.max()) + 1 if taps.size else 1]
 
 
-def _dense_on_device(offsets: np.ndarray, weights: np.ndarray, span: int, device) -> "torch.Tensor":
-    """(n, S, span) float64 weight matrices built on the device from compact weights: only
-    (n, S, ksize) numbers cross the bus."""
+def _dense_on_device(offsets: "torch.Tensor", weights: "torch.Tensor", span: int) -> "torch.Tensor":
+    """(n, S, span) float64 weight matrices built on the device from compact weights (n, S, k)
+    and offsets (n, S): only the compact numbers cross the bus."""
     import torch
 
     n, s, k = weights.shape
-    w = _to_device(weights.astype(np.float64), device)
-    idx = _to_device(offsets, device).unsqueeze(2) + torch.arange(k, device=w.device).view(1, 1, k)
+    idx = offsets.unsqueeze(2) + torch.arange(k, device=weights.device).view(1, 1, k)
     idx = idx.clamp_(0, span - 1)   # taps past the span carry weight 0: adding them is harmless
-    return torch.zeros((n, s, span), dtype=torch.float64, device=w.device).scatter_add_(2, idx, w)
+    return torch.zeros((n, s, span), dtype=torch.float64, device=weights.device).scatter_add_(2, idx, weights)
 
 
-def _resample_group(images, plans, preprocess: Preprocess, v_first: bool) -> "torch.Tensor":
+def _gather_crops(images, plans, span_y: int, span_x: int) -> "torch.Tensor":
+    """uint8 (n, 3, span_y, span_x): each image's crop window, in a constant number of kernels
+    (one concatenation, one gather) whatever n is. Rows and columns past an image's own window
+    repeat its last pixel; its weights there are 0, so they add nothing to the products."""
     import torch
 
     device = images[0].device
-    xs = [_compact(p[0], preprocess.interpolation) for p in plans]
-    ys = [_compact(p[1], preprocess.interpolation) for p in plans]
-    span_x, span_y = max(x[1] for x in xs), max(y[1] for y in ys)
-    kx, ky = max(x[3].shape[1] for x in xs), max(y[3].shape[1] for y in ys)
+    n = len(images)
+    meta = np.empty((7, n), dtype=np.int64)
+    base = 0
+    for i, (im, p) in enumerate(zip(images, plans)):
+        h, w = int(im.shape[1]), int(im.shape[2])
+        meta[:, i] = (base, h * w, w, p.y0, p.x0, p.sy, p.sx)
+        base += 3 * h * w
+    flat = torch.cat([im.reshape(-1) for im in images])
+    b, hw, w, y0, x0, sy, sx = _to_device(meta, device).unbind(0)
+    ys = torch.minimum(torch.arange(span_y, device=device).view(1, -1), (sy - 1).view(-1, 1)) + y0.view(-1, 1)
+    xs = torch.minimum(torch.arange(span_x, device=device).view(1, -1), (sx - 1).view(-1, 1)) + x0.view(-1, 1)
+    channel = torch.arange(3, device=device).view(1, 3, 1, 1) * hw.view(-1, 1, 1, 1)
+    idx = (b.view(-1, 1, 1, 1) + channel + (ys * w.view(-1, 1)).view(n, 1, span_y, 1) + xs.view(n, 1, 1, span_x))
+    return flat[idx]
+
+
+def _resample_group(images, plans: Sequence[ImagePlan], preprocess: Preprocess, v_first: bool) -> "torch.Tensor":
+    import torch
+
+    device = images[0].device
+    span_x, span_y = max(p.sx for p in plans), max(p.sy for p in plans)
+    kx, ky = max(p.kkx.shape[1] for p in plans), max(p.kky.shape[1] for p in plans)
     n, s = len(images), preprocess.size
-    wx, wy = np.zeros((n, s, kx), np.int64), np.zeros((n, s, ky), np.int64)
-    ox, oy = np.zeros((n, s), np.int64), np.zeros((n, s), np.int64)
-    crops = torch.zeros((n, 3, span_y, span_x), dtype=torch.uint8, device=device)
-    for i, (im, (x0, sx, offx, kkx), (y0, sy, offy, kky)) in enumerate(zip(images, xs, ys)):
-        wx[i, :, :kkx.shape[1]], ox[i] = kkx, offx
-        wy[i, :, :kky.shape[1]], oy[i] = kky, offy
-        crops[i, :, :sy, :sx] = im[:, y0:y0 + sy, x0:x0 + sx]
-    wx_t = _dense_on_device(ox, wx, span_x, device).transpose(1, 2).unsqueeze(1)   # (n, 1, Wx, S)
-    wy_t = _dense_on_device(oy, wy, span_y, device).unsqueeze(1)                   # (n, 1, S, Hy)
-    x = crops.to(torch.float64)
+    # One host array holds every image's offsets and weights: one copy to the device.
+    host = np.zeros((n, s, 2 + kx + ky), np.int64)
+    for i, p in enumerate(plans):
+        host[i, :, 0], host[i, :, 1] = p.offx, p.offy
+        host[i, :, 2:2 + p.kkx.shape[1]] = p.kkx
+        host[i, :, 2 + kx:2 + kx + p.kky.shape[1]] = p.kky
+    dev = _to_device(host, device)
+    weights = dev[:, :, 2:].to(torch.float64)
+    wx_t = _dense_on_device(dev[:, :, 0], weights[:, :, :kx], span_x).transpose(1, 2).unsqueeze(1)   # (n, 1, Wx, S)
+    wy_t = _dense_on_device(dev[:, :, 1], weights[:, :, kx:], span_y).unsqueeze(1)                   # (n, 1, S, Hy)
+    x = _gather_crops(images, plans, span_y, span_x).to(torch.float64)
     # Each pass is a product of integers (exact in float64), rounded to 8 bits like Pillow.
     if v_first:
         return _round_fixed(torch.matmul(_round_fixed(torch.matmul(wy_t, x)), wx_t)).to(torch.uint8)
@@ -274,9 +333,18 @@ def normalise(pixels: "torch.Tensor", preprocess: Preprocess) -> "torch.Tensor":
     """uint8 (N, 3, S, S) -> float32, the CPU path's `(x - mean) / std` (same float32 ops)."""
     import torch
 
-    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    mean, std = _constants(tuple(preprocess.mean), tuple(preprocess.std), str(pixels.device))
     return (pixels.to(torch.float32) - mean) / std
+
+
+@lru_cache(maxsize=16)
+def _constants(mean: tuple, std: tuple, device: str):
+    """mean and std as (1, 3, 1, 1) float32 tensors on `device`, made once (a tensor made from
+    Python numbers is a synchronous copy: not something to do per batch)."""
+    import torch
+
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
 
 
 # --------------------------------------------------------------------------- decoding
