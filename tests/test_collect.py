@@ -7,14 +7,13 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
-import psutil
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from calib import collect as collect_module
 from calib.collect import collect, expose_activations
 from tests.conftest import make_classifier
-from tests.data.test_loader import image_dataset, run_watching_children, still_running
+from tests.data.test_loader import image_dataset, live_children, run_watching_children, still_running
 
 
 def _shape_arithmetic_model() -> onnx.ModelProto:
@@ -95,7 +94,7 @@ def test_an_observer_error_is_never_swallowed(tmp_path, where):
         collect(model, image_dataset(tmp_path / "img", 12), FailingObserver(fail_at), batch_size=4, workers=2,
                 progress=None)
     assert not _observe_threads()
-    assert not [c for c in psutil.Process().children(recursive=True) if c.is_running()]
+    assert not live_children()
 
 
 def test_a_model_error_ends_the_observer_and_the_workers(tmp_path):
@@ -108,7 +107,7 @@ def test_a_model_error_ends_the_observer_and_the_workers(tmp_path):
     with pytest.raises(Exception, match="Reshape"):
         collect(model, image_dataset(tmp_path / "img", 15), Slow(), batch_size=4, workers=2, progress=None)
     assert not _observe_threads()
-    assert not [c for c in psutil.Process().children(recursive=True) if c.is_running()]
+    assert not live_children()
 
 
 def _fails_on_a_short_batch() -> onnx.ModelProto:
