@@ -108,16 +108,20 @@ def require_cuda_provider():
 
 
 def cuda_session(model, device_id: int = 0, level: str = "all", tf32: bool = False,
-                 algo_search: str = "HEURISTIC"):
+                 algo_search: str = "HEURISTIC", config: dict[str, str] | None = None,
+                 provider_options: dict[str, str] | None = None):
     """An ONNX Runtime session on CUDA device `device_id`; a clear error if CUDA cannot load."""
     from calib.onnx_io import ort_session
 
     ort = require_cuda_provider()
     options = {"device_id": str(device_id), "cudnn_conv_algo_search": algo_search,
-               "use_tf32": "1" if tf32 else "0"}
+               "use_tf32": "1" if tf32 else "0", **(provider_options or {})}
     try:
-        session = ort_session(model, level, providers=(("CUDAExecutionProvider", options),
-                                                       "CPUExecutionProvider"))
+        # One CPU thread, not spinning: every node runs on the GPU, and a pool of spinning CPU
+        # threads per session only takes cores from the decoders (and from the other GPUs' processes).
+        session = ort_session(model, level, threads=1, providers=(("CUDAExecutionProvider", options),
+                                                                  "CPUExecutionProvider"),
+                              config={"session.intra_op.allow_spinning": "0", **(config or {})})
     except Exception as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise CalibError(f"ONNX Runtime's CUDA provider failed to start on cuda:{device_id}: {first} "
@@ -132,18 +136,50 @@ def cuda_session(model, device_id: int = 0, level: str = "all", tf32: bool = Fal
 class OrtRunner(Runner):
     """A model in ONNX Runtime. `device="cpu"` is the CPU provider (unchanged default);
     `"cuda"`/`"cuda:N"` the CUDA provider, with `run_device` for tensors already on the GPU
-    (`tf32=True` lets cuDNN/cuBLAS use TF32: faster, no longer strict FP32)."""
+    (`tf32=True` lets cuDNN/cuBLAS use TF32: faster, no longer strict FP32).
 
-    def __init__(self, path: Path | bytes, threads: int = 0, device: str = "cpu", tf32: bool = False):
+    Q/DQ models that ONNX Runtime only emulates run as their integer-exact graph
+    (`calib.quantize.exact`: exact integer sums, float rescale), so every provider computes the
+    same bits: on CUDA always (the CUDA provider has no integer kernels), on the CPU for the
+    symmetric int8 layout of the tensorrt flavor. The ort flavor (uint8 activations) runs on
+    the CPU as written: ONNX Runtime's integer kernels are what it deploys. `exact` forces
+    the choice either way. On CUDA the accumulator is also rounded (cuDNN's Winograd or FFT
+    algorithms are not exact), and TF32 is switched on when every Conv/Gemm was rewritten:
+    it is exact on integer operands."""
+
+    def __init__(self, path: Path | bytes, threads: int = 0, device: str = "cpu", tf32: bool = False,
+                 exact: bool | None = None):
         from calib.onnx_io import ort_session
 
         self.kind, self.device_id = parse_device(device)
+        self.exact = None   # the ExactGraph run, when one is
+        model = self._exact_graph(path, exact)
+        if model is not None:
+            path = model.model
+            tf32 = tf32 or (self.kind == "cuda" and model.all_exact)
         if self.kind == "cpu":
             self.session = ort_session(path, "all", threads)
         else:
             self.session = cuda_session(path, self.device_id, tf32=tf32)
         self.input_name = self.session.get_inputs()[0].name
         self._outputs: dict[tuple, list] = {}   # batch shape -> preallocated output tensors
+
+    def _exact_graph(self, path: Path | bytes, exact: bool | None):
+        """The integer-exact graph to run instead of the model at `path`, or None."""
+        if exact is False:
+            return None
+        import onnx
+
+        from calib.onnx_io import load_model
+        from calib.quantize.exact import emulates_integer_kernels, has_qdq, integer_exact
+
+        model = onnx.load_from_string(path) if isinstance(path, bytes) else load_model(path)
+        if not has_qdq(model) or model.ByteSize() > 2 ** 31 - 2 ** 24:   # serialised for the session
+            return None
+        if exact is None and self.kind == "cpu" and not emulates_integer_kernels(model):
+            return None
+        self.exact = integer_exact(model, round_accumulator=self.kind == "cuda")
+        return self.exact
 
     def run(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: images})[0]

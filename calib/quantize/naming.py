@@ -18,6 +18,11 @@ ZERO_POINT = "_zero_point"
 QUANTIZED = "_quantized"          # an int8 weight / int32 bias initializer
 FLOAT = "_float"                  # a folded ReLU restored for float readers (partial models)
 BIAS_CORRECTED = "_bias_corrected"  # a float bias corrected for the weight-quantization shift
+# The integer-exact evaluation graph (calib.quantize.exact): never written to a model file.
+EXACT_INTEGER = "_integer"          # an integer-valued float input (q - z) and its scale-1 constants
+EXACT_ACCUMULATOR = "_accumulator"  # the exact sum of integer products
+EXACT_ROUNDED = "_accumulator_rounded"
+EXACT_RESCALE = "_rescale"          # accumulator * (s_x * s_w), then the float bias
 
 
 def quantized_name(tensor: str) -> str:

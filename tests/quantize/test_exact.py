@@ -1,0 +1,122 @@
+"""The integer-exact evaluation graph: exact integer sums, the same bits on every ONNX Runtime
+optimisation level, equal to an int64 reference, and only where the float32 bound allows."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from calib.backends.ort import OrtRunner
+from calib.quantize import quantizable_layers, quantize_model
+from calib.quantize.exact import emulates_integer_kernels, has_qdq, integer_exact
+from calib.quantize.naming import EXACT_ACCUMULATOR
+from quantize_helpers import run
+
+
+def _outputs(model, x, level):
+    return run(model, {"input": x}, level)
+
+
+@pytest.mark.parametrize("flavor", ["tensorrt", "ort"])
+def test_every_conv_and_gemm_is_rewritten_and_levels_agree_bit_for_bit(tiny, flavor):
+    model, x, amax = tiny
+    qdq, _ = quantize_model(model, amax, flavor)
+    exact = integer_exact(qdq)
+    onnx.checker.check_model(exact.model)
+    computes = [n for n in qdq.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(exact.rewritten) == len(computes) and not exact.kept and exact.all_exact
+    outs = [_outputs(exact.model, x, level) for level in ("all", "basic", "disabled")]
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    # Rounding the exact accumulator changes nothing.
+    rounded = _outputs(integer_exact(qdq, round_accumulator=True).model, x, "all")
+    assert np.array_equal(rounded, outs[0])
+    # It is the same model up to the float noise of the original graph.
+    plain = _outputs(qdq, x, "basic")
+    assert np.abs(plain - outs[0]).max() < 0.05 * np.abs(plain).max()
+    assert not has_qdq(model) and has_qdq(exact.model)
+
+
+def _single_conv(x_zero: int, x_type: int, w: np.ndarray, bias: np.ndarray | None, s_x: float, s_w: np.ndarray):
+    """DQ(x) -> Conv(DQ(w), bias) -> output: one layer, to check against int64 arithmetic."""
+    c = w.shape[0]
+    inits = [numpy_helper.from_array(np.array(s_x, np.float32), "sx"),
+             numpy_helper.from_array(np.array(x_zero, np.uint8 if x_type == TensorProto.UINT8 else np.int8), "zx"),
+             numpy_helper.from_array(w, "wq"), numpy_helper.from_array(s_w.astype(np.float32), "sw"),
+             numpy_helper.from_array(np.zeros(c, np.int8), "zw")]
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["x"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["w"], axis=0)]
+    conv_in = ["x", "w"]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.astype(np.float32), "b"))
+        conv_in.append("b")
+    nodes.append(helper.make_node("Conv", conv_in, ["y"], name="conv", pads=[1, 1, 1, 1]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("xq", x_type, [None, w.shape[1], 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("x_type,x_zero", [(TensorProto.INT8, 0), (TensorProto.UINT8, 128)])
+def test_equals_int64_arithmetic(x_type, x_zero):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    c_in, c_out = 24, 5
+    w = rng.integers(-127, 128, (c_out, c_in, 3, 3)).astype(np.int8)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    s_x, s_w = 0.0173, rng.uniform(0.001, 0.01, c_out).astype(np.float32)
+    model = _single_conv(x_zero, x_type, w, bias, s_x, s_w)
+    lo, hi = (-128, 127) if x_type == TensorProto.INT8 else (0, 255)
+    xq = rng.integers(lo, hi + 1, (2, c_in, 6, 6)).astype(np.int8 if x_type == TensorProto.INT8 else np.uint8)
+    exact = integer_exact(model)
+    assert exact.rewritten == ["conv"]
+    got = ort.InferenceSession(exact.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"xq": xq})[0]
+    # int64 reference: exact sums of (q - z) * w, then float32 rescale and bias.
+    xi = np.pad(xq.astype(np.int64) - x_zero, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    acc = np.zeros((2, c_out, 6, 6), np.int64)
+    for i in range(3):
+        for j in range(3):
+            acc += np.einsum("nchw,oc->nohw", xi[:, :, i:i + 6, j:j + 6], w[:, :, i, j].astype(np.int64))
+    scale = (np.float32(s_x) * s_w).astype(np.float32).reshape(1, -1, 1, 1)
+    want = acc.astype(np.float32) * scale + bias.reshape(1, -1, 1, 1)
+    assert np.array_equal(got, want.astype(np.float32))
+
+
+def test_layers_past_the_float32_bound_are_kept():
+    rng = np.random.default_rng(1)
+    w = np.full((2, 1200, 3, 3), 127, np.int8)   # 128 * 127 * 10800 >> 2**24
+    model = _single_conv(0, TensorProto.INT8, w, None, 0.01, np.full(2, 0.01, np.float32))
+    exact = integer_exact(model)
+    assert exact.rewritten == [] and "2**24" in exact.kept["conv"] and not exact.all_exact
+    assert onnx.helper.printable_graph(exact.model.graph) == onnx.helper.printable_graph(model.graph)
+    del rng
+
+
+def test_float_layers_are_left_float(tiny):
+    model, x, amax = tiny
+    gemm = next(layer for layer in quantizable_layers(model, "tensorrt") if layer.op_type == "Gemm")
+    qdq, _ = quantize_model(model, amax, "tensorrt", float_layers=[gemm.id])
+    exact = integer_exact(qdq)
+    assert exact.kept and all("float layer" in why for why in exact.kept.values())
+    assert not exact.all_exact
+    assert any(n.op_type == "Gemm" and not n.name.endswith(EXACT_ACCUMULATOR) for n in exact.model.graph.node)
+
+
+def test_which_models_the_cpu_runs_exactly(tiny, tmp_path):
+    model, x, amax = tiny
+    paths = {}
+    for name, m in (("fp32", model), ("tensorrt", quantize_model(model, amax, "tensorrt")[0]),
+                    ("ort", quantize_model(model, amax, "ort")[0])):
+        paths[name] = tmp_path / f"{name}.onnx"
+        onnx.save(m, paths[name])
+    assert emulates_integer_kernels(onnx.load(paths["tensorrt"]))
+    assert not emulates_integer_kernels(onnx.load(paths["ort"]))
+    assert OrtRunner(paths["fp32"]).exact is None
+    assert OrtRunner(paths["tensorrt"]).exact is not None
+    assert OrtRunner(paths["ort"]).exact is None               # ORT's integer kernels: what it deploys
+    assert OrtRunner(paths["ort"], exact=True).exact is not None
+    assert OrtRunner(paths["tensorrt"], exact=False).exact is None
+    # The runner's output is the exact graph's.
+    want = _outputs(integer_exact(onnx.load(paths["tensorrt"])).model, x, "all")
+    assert np.array_equal(OrtRunner(paths["tensorrt"]).run(x), want)
