@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -159,16 +160,41 @@ def run(args) -> None:
             res[f"fp32_top1[{label}]"] = float(np.mean(preds[label] == labels))
         for label in ("nvjpeg+pil-bicubic", "nvjpeg+torch-bicubic-aa"):
             res[f"fp32_agreement[pil vs {label}]"] = float(np.mean(preds["pil"] == preds[label]))
-        # INT8: CUDA provider vs CPU provider, the same (Pillow) inputs.
+        # INT8: CUDA provider vs CPU provider, the same (Pillow) inputs. Both run the integer-exact
+        # graph (calib.quantize.exact; on CUDA with the accumulator rounded and TF32 on); "as written"
+        # is the Q/DQ graph run literally (float sums), for comparison.
         x = torch.from_numpy(cache["pil"]).cuda()
-        gpu8 = torch.cat([int8.run_device(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)]).cpu().numpy()
-        cpu8_runner = OrtRunner(args.int8)
-        cpu8 = np.concatenate([cpu8_runner.run(cache["pil"][i:i + 50]) for i in range(0, n, 50)])
-        cpu32 = np.concatenate([OrtRunner(args.fp32).run(cache["pil"][i:i + 50]) for i in range(0, n, 50)])
+
+        def on_gpu(runner):
+            return torch.cat([runner.run_device(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)]).cpu().numpy()
+
+        def on_cpu(runner):
+            return np.concatenate([runner.run(cache["pil"][i:i + 50]) for i in range(0, n, 50)])
+
+        gpu8 = on_gpu(int8)
+        cpu8 = on_cpu(OrtRunner(args.int8))
+        cpu32 = on_cpu(OrtRunner(args.fp32))
+        gpu8_plain = on_gpu(OrtRunner(args.int8, device="cuda:0", exact=False))
+        cpu8_plain = on_cpu(OrtRunner(args.int8, exact=False))
+        res["int8_exact_layers[gpu]"] = len(int8.exact.rewritten) if int8.exact else 0
         res["int8_top1[gpu]"] = float(np.mean(gpu8.argmax(1) == labels))
         res["int8_top1[cpu]"] = float(np.mean(cpu8.argmax(1) == labels))
         res["int8_agreement[gpu vs cpu]"] = float(np.mean(gpu8.argmax(1) == cpu8.argmax(1)))
         res["int8_logit_max_abs_diff[gpu vs cpu]"] = float(np.abs(gpu8 - cpu8).max())
+        res["int8_logits_bit_identical[gpu vs cpu]"] = bool(np.array_equal(gpu8, cpu8))
+        res["int8_agreement[as written: gpu vs cpu]"] = float(np.mean(gpu8_plain.argmax(1) == cpu8_plain.argmax(1)))
+        res["int8_logit_max_abs_diff[as written: gpu vs cpu]"] = float(np.abs(gpu8_plain - cpu8_plain).max())
+        res["int8_top1[as written: cpu]"] = float(np.mean(cpu8_plain.argmax(1) == labels))
+        # The exact graph's variants on CUDA: without rounding the accumulator, without TF32.
+        import onnx
+
+        from calib.quantize.exact import integer_exact
+        for label, rnd, tf32 in (("no round, TF32 off", False, False), ("no round, TF32 on", False, True),
+                                 ("round, TF32 off", True, False)):
+            blob = integer_exact(onnx.load(str(args.int8)), round_accumulator=rnd).model.SerializeToString()
+            g = on_gpu(OrtRunner(blob, device="cuda:0", tf32=tf32, exact=False))
+            res[f"int8_logits_bit_identical[gpu {label} vs cpu]"] = bool(np.array_equal(g, cpu8))
+            res[f"int8_agreement[gpu {label} vs cpu]"] = float(np.mean(g.argmax(1) == cpu8.argmax(1)))
         res["fp32_top1[cpu provider, pil]"] = float(np.mean(cpu32.argmax(1) == labels))
         res["fp32_agreement[gpu vs cpu provider]"] = float(np.mean(cpu32.argmax(1) == preds["pil"]))
         return res
@@ -181,6 +207,8 @@ def run(args) -> None:
         x = torch.randn((args.batch, 3, pre.size, pre.size), device="cuda:0")
         res["fp32_alone"] = timed_run(fp32, x)
         res["int8_alone"] = timed_run(int8, x)
+        res["int8_alone[as written]"] = timed_run(OrtRunner(args.int8, device="cuda:0", exact=False), x)
+        res["fp32_alone[TF32 on]"] = timed_run(OrtRunner(args.fp32, device="cuda:0", tf32=True), x)
         res["pair_sequential_bound"] = 1 / (1 / res["fp32_alone"] + 1 / res["int8_alone"])
         from calib.backends.ort import cuda_session
 
@@ -193,8 +221,6 @@ def run(args) -> None:
 
         res["fp32_alone[exhaustive algo search]"] = timed_run(_Exhaustive(args.fp32), x)
         res["int8_alone[exhaustive algo search]"] = timed_run(_Exhaustive(args.int8), x)
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(2) as pool:
             for _ in range(3):
                 list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
@@ -204,14 +230,43 @@ def run(args) -> None:
                 list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
             torch.cuda.synchronize()
             res["pair_overlapped"] = args.batch * 30 / (time.perf_counter() - t)
-        for label, resample in (("decode_nvjpeg_pil_resize", "pil"), ("decode_nvjpeg_torch_resize", "torch")):
+        for label, resample, workers in (("decode_nvjpeg_pil_resize[thread]", "pil", 0),
+                                         ("decode_nvjpeg_torch_resize[thread]", "torch", 0),
+                                         ("decode_nvjpeg_pil_resize[2 worker processes]", "pil", 2),
+                                         ("decode_nvjpeg_pil_resize[3 worker processes]", "pil", 3)):
             subset = big.subset(big.samples[:min(len(big), 20_000)])
-            t = time.perf_counter()
+            t = time.perf_counter()   # worker start-up included
             count = 0
-            for b in gpu_batches(subset, args.batch, "cuda:0", resample=resample):
+            for b in gpu_batches(subset, args.batch, "cuda:0", resample=resample, workers=workers):
                 count += b.size
             torch.cuda.synchronize()
             res[label] = count / (time.perf_counter() - t)
+        # Decoding while both models run without pause in another thread (no data dependency):
+        # how much each slows the other on one GPU.
+        import threading
+
+        stop = threading.Event()
+        runs = []
+
+        def models_loop():
+            with ThreadPoolExecutor(2) as pool:
+                while not stop.is_set():
+                    list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                    runs.append(time.perf_counter())
+
+        loop = threading.Thread(target=models_loop)
+        loop.start()
+        time.sleep(1.0)
+        subset = big.subset(big.samples[:10_000])
+        t = time.perf_counter()
+        count = sum(b.size for b in gpu_batches(subset, args.batch, "cuda:0"))
+        torch.cuda.synchronize()
+        end = time.perf_counter()
+        stop.set()
+        loop.join()
+        res["decode_nvjpeg_pil_resize[thread, models running]"] = count / (end - t)
+        res["pair_while_decoding[thread]"] = args.batch * sum(t <= r <= end for r in runs) / (end - t)
+
         from calib.data.gpu_stream import GpuBatchStream
 
         subset = big.subset(big.samples[:3000])
@@ -224,13 +279,28 @@ def run(args) -> None:
 
     @section("end_to_end", out)
     def end_to_end():
-        from calib.distributed import evaluate_device
+        from calib.distributed import evaluate_device, start_decoders
 
         res = {}
-        for label, concurrent in (("overlapped", True), ("sequential", False)):
-            r = evaluate_device({"fp32": fp32, "int8": int8}, big, args.batch, "cuda:0", concurrent=concurrent)
+        fp32_tf32 = OrtRunner(args.fp32, device="cuda:0", tf32=True)
+        for label, concurrent, workers, batch, reference in (
+                ("overlapped, decode thread", True, 0, args.batch, fp32),
+                ("sequential, decode thread", False, 0, args.batch, fp32),
+                ("overlapped, 2 decode processes", True, 2, args.batch, fp32),
+                ("overlapped, decode thread, batch 512", True, 0, 512, fp32),
+                ("overlapped, decode thread, FP32 in TF32", True, 0, args.batch, fp32_tf32)):
+            t = time.perf_counter()
+            decoders = start_decoders(big, batch, "cuda:0", workers=workers)  # as `calib run` does
+            try:
+                r = evaluate_device({"fp32": reference, "int8": int8}, big, batch, "cuda:0", concurrent=concurrent,
+                                    workers=decoders)
+            finally:
+                if not isinstance(decoders, int):
+                    decoders.close()
+            wall = time.perf_counter() - t
             ev = r.evaluation
             res[label] = {"images": r.images, "seconds": r.seconds, "images_per_s": r.images / r.seconds,
+                          "seconds_with_decoder_start": wall, "images_per_s_with_decoder_start": r.images / wall,
                           "decode_path": r.decode_path, "fp32_top1": ev.summary("fp32")["top1"],
                           "int8_top1": ev.summary("int8")["top1"], "agreement": ev.agreement(),
                           "logit_max_abs_diff": r.logit_max_abs_diff, "skipped": len(ev.skipped)}
@@ -323,16 +393,21 @@ def run(args) -> None:
             return {"skipped": f"{gpus} GPU"}
         res = {}
         models = {"fp32": str(args.fp32), "int8": str(args.int8)}
-        one = evaluate_multi(models, big, ["cuda:0"], args.batch)
-        two = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch)
-        res["eval_images"] = one[1].images
-        res["eval_seconds[1 gpu]"] = one[1].seconds
-        res[f"eval_seconds[{gpus} gpus]"] = two[1].seconds
-        res["eval_rank_seconds"] = two[1].rank_seconds
-        res["eval_speedup"] = one[1].seconds / two[1].seconds
-        res["eval_images_per_s[all gpus]"] = two[1].images / two[1].seconds
-        res["eval_predictions_identical"] = bool(all(np.array_equal(one[0].predictions[k].top5, two[0].predictions[k].top5)
-                                                     for k in models))
+        for mode, workers in (("decode thread", "0"), ("2 decode processes per GPU", "2")):
+            os.environ["CALIB_GPU_DECODE_WORKERS"] = workers   # the ranks inherit it
+            one = evaluate_multi(models, big, ["cuda:0"], args.batch)
+            two = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch)
+            res["eval_images"] = one[1].images
+            res[f"eval_seconds[1 gpu, {mode}]"] = one[1].seconds
+            res[f"eval_seconds[{gpus} gpus, {mode}]"] = two[1].seconds
+            res[f"eval_rank_seconds[{mode}]"] = two[1].rank_seconds
+            res[f"eval_speedup[{mode}]"] = one[1].seconds / two[1].seconds
+            res[f"eval_images_per_s[all gpus, {mode}]"] = two[1].images / two[1].seconds
+            res[f"eval_predictions_identical[{mode}]"] = bool(all(
+                np.array_equal(one[0].predictions[k].top5, two[0].predictions[k].top5) for k in models))
+        os.environ.pop("CALIB_GPU_DECODE_WORKERS", None)
+        if "calibration" in args.skip:
+            return res
         prepared = onnx.load(str(args.fp32))
         tensors = calibrated_tensors(prepared)
         wi = weighted_inputs(prepared)
@@ -413,7 +488,8 @@ def render(r: dict) -> str:
         if e and "error" not in e:
             for k, v in e.items():
                 lines.append(f"| FP32+INT8 end to end ({k}, {v['decode_path']}, {v['images']:,} images) | "
-                             f"{f(v['images_per_s'])} |")
+                             f"{f(v['images_per_s'])} ({f(v.get('images_per_s_with_decoder_start'))} counting "
+                             f"the decoders' start) |")
         lines.append("")
     cal = r.get("calibration", {})
     if cal and "error" not in cal:

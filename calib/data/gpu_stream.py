@@ -399,7 +399,8 @@ def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", resampl
     (the same pixels as the CPU path, bit for bit). Undecodable images are logged in `skips`.
     `workers` > 0 decodes in that many worker processes (`calib.data.gpu_workers`), or pass a
     started `DecodeWorkers` over the same dataset and batch size; 0 decodes in a thread of this
-    process."""
+    process. A worker's batch lives in a reused buffer: it is valid until the next batch is
+    asked for."""
     skips = skips if skips is not None else SkipLog()
     if not isinstance(workers, int):   # a DecodeWorkers started by the caller
         yield from _from_workers(workers, skips, progress)
