@@ -230,14 +230,12 @@ def run(args) -> None:
                 list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
             torch.cuda.synchronize()
             res["pair_overlapped"] = args.batch * 30 / (time.perf_counter() - t)
-        for label, resample, workers in (("decode_nvjpeg_pil_resize[thread]", "pil", 0),
-                                         ("decode_nvjpeg_torch_resize[thread]", "torch", 0),
-                                         ("decode_nvjpeg_pil_resize[2 worker processes]", "pil", 2),
-                                         ("decode_nvjpeg_pil_resize[3 worker processes]", "pil", 3)):
+        for label, resample in (("decode_nvjpeg_pil_resize[thread]", "pil"),
+                                ("decode_nvjpeg_torch_resize[thread]", "torch")):
             subset = big.subset(big.samples[:min(len(big), 20_000)])
-            t = time.perf_counter()   # worker start-up included
+            t = time.perf_counter()
             count = 0
-            for b in gpu_batches(subset, args.batch, "cuda:0", resample=resample, workers=workers):
+            for b in gpu_batches(subset, args.batch, "cuda:0", resample=resample):
                 count += b.size
             torch.cuda.synchronize()
             res[label] = count / (time.perf_counter() - t)
@@ -279,28 +277,18 @@ def run(args) -> None:
 
     @section("end_to_end", out)
     def end_to_end():
-        from calib.distributed import evaluate_device, start_decoders
+        from calib.distributed import evaluate_device
 
         res = {}
         fp32_tf32 = OrtRunner(args.fp32, device="cuda:0", tf32=True)
-        for label, concurrent, workers, batch, reference in (
-                ("overlapped, decode thread", True, 0, args.batch, fp32),
-                ("sequential, decode thread", False, 0, args.batch, fp32),
-                ("overlapped, 2 decode processes", True, 2, args.batch, fp32),
-                ("overlapped, decode thread, batch 512", True, 0, 512, fp32),
-                ("overlapped, decode thread, FP32 in TF32", True, 0, args.batch, fp32_tf32)):
-            t = time.perf_counter()
-            decoders = start_decoders(big, batch, "cuda:0", workers=workers)  # as `calib run` does
-            try:
-                r = evaluate_device({"fp32": reference, "int8": int8}, big, batch, "cuda:0", concurrent=concurrent,
-                                    workers=decoders)
-            finally:
-                if not isinstance(decoders, int):
-                    decoders.close()
-            wall = time.perf_counter() - t
+        for label, concurrent, batch, reference in (
+                ("overlapped", True, args.batch, fp32),
+                ("sequential", False, args.batch, fp32),
+                ("overlapped, batch 512", True, 512, fp32),
+                ("overlapped, FP32 in TF32", True, args.batch, fp32_tf32)):
+            r = evaluate_device({"fp32": reference, "int8": int8}, big, batch, "cuda:0", concurrent=concurrent)
             ev = r.evaluation
             res[label] = {"images": r.images, "seconds": r.seconds, "images_per_s": r.images / r.seconds,
-                          "seconds_with_decoder_start": wall, "images_per_s_with_decoder_start": r.images / wall,
                           "decode_path": r.decode_path, "fp32_top1": ev.summary("fp32")["top1"],
                           "int8_top1": ev.summary("int8")["top1"], "agreement": ev.agreement(),
                           "logit_max_abs_diff": r.logit_max_abs_diff, "skipped": len(ev.skipped)}
@@ -393,19 +381,16 @@ def run(args) -> None:
             return {"skipped": f"{gpus} GPU"}
         res = {}
         models = {"fp32": str(args.fp32), "int8": str(args.int8)}
-        for mode, workers in (("decode thread", "0"), ("2 decode processes per GPU", "2")):
-            os.environ["CALIB_GPU_DECODE_WORKERS"] = workers   # the ranks inherit it
-            one = evaluate_multi(models, big, ["cuda:0"], args.batch)
-            two = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch)
-            res["eval_images"] = one[1].images
-            res[f"eval_seconds[1 gpu, {mode}]"] = one[1].seconds
-            res[f"eval_seconds[{gpus} gpus, {mode}]"] = two[1].seconds
-            res[f"eval_rank_seconds[{mode}]"] = two[1].rank_seconds
-            res[f"eval_speedup[{mode}]"] = one[1].seconds / two[1].seconds
-            res[f"eval_images_per_s[all gpus, {mode}]"] = two[1].images / two[1].seconds
-            res[f"eval_predictions_identical[{mode}]"] = bool(all(
-                np.array_equal(one[0].predictions[k].top5, two[0].predictions[k].top5) for k in models))
-        os.environ.pop("CALIB_GPU_DECODE_WORKERS", None)
+        one = evaluate_multi(models, big, ["cuda:0"], args.batch)
+        two = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch)
+        res["eval_images"] = one[1].images
+        res["eval_seconds[1 gpu]"] = one[1].seconds
+        res[f"eval_seconds[{gpus} gpus]"] = two[1].seconds
+        res["eval_rank_seconds"] = two[1].rank_seconds
+        res["eval_speedup"] = one[1].seconds / two[1].seconds
+        res["eval_images_per_s[all gpus]"] = two[1].images / two[1].seconds
+        res["eval_predictions_identical"] = bool(all(np.array_equal(one[0].predictions[k].top5, two[0].predictions[k].top5)
+                                                     for k in models))
         if "calibration" in args.skip:
             return res
         prepared = onnx.load(str(args.fp32))
@@ -488,8 +473,7 @@ def render(r: dict) -> str:
         if e and "error" not in e:
             for k, v in e.items():
                 lines.append(f"| FP32+INT8 end to end ({k}, {v['decode_path']}, {v['images']:,} images) | "
-                             f"{f(v['images_per_s'])} ({f(v.get('images_per_s_with_decoder_start'))} counting "
-                             f"the decoders' start) |")
+                             f"{f(v['images_per_s'])} |")
         lines.append("")
     cal = r.get("calibration", {})
     if cal and "error" not in cal:

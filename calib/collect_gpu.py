@@ -117,10 +117,9 @@ def _set_batch(observer, index: int) -> None:
 
 def device_batches(dataset: Dataset, batch_size: int, device: str, decode: str = "nvjpeg",
                    resample: str = "pil", skips: SkipLog | None = None,
-                   progress: str | None = None, workers=0) -> Iterator:
+                   progress: str | None = None) -> Iterator:
     """`DeviceBatch`es from the GPU decoder (`decode="nvjpeg"`, or `"pil-gpu"`: Pillow decode,
-    GPU resize; `workers` as in `gpu_batches`) or from the CPU decode workers copied to the GPU
-    (`decode="cpu"`)."""
+    GPU resize) or from the CPU decode workers copied to the GPU (`decode="cpu"`)."""
     from calib.data.gpu_stream import GpuBatchStream, gpu_batches
 
     if decode == "cpu":
@@ -131,7 +130,7 @@ def device_batches(dataset: Dataset, batch_size: int, device: str, decode: str =
     if decode not in ("nvjpeg", "pil-gpu"):
         raise CalibError(f"unknown decode '{decode}' (choose from: cpu, nvjpeg, pil-gpu)")
     yield from gpu_batches(dataset, batch_size, device, resample=resample, skips=skips, progress=progress,
-                           decoder="nvjpeg" if decode == "nvjpeg" else "pil", workers=workers)
+                           decoder="nvjpeg" if decode == "nvjpeg" else "pil")
 
 
 def collect_gpu(model: onnx.ModelProto, dataset: Dataset, observer: Observer, batch_size: int = 64,

@@ -102,19 +102,13 @@ def load_runners(models: dict[str, str | os.PathLike | bytes], device: str) -> d
 
 def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, device: str = "cuda",
                     decode: str = "nvjpeg", resample: str = "pil", concurrent: bool = True,
-                    progress: str | None = None, workers=None) -> DeviceEvaluation:
-    """Every runner (OrtRunner on `device`) on each decoded batch; top-5 on the device.
-    `workers`: decode worker processes (`calib.data.gpu_workers`; None picks by dataset size,
-    0 decodes in a thread), or a `DecodeWorkers` the caller started over this dataset."""
+                    progress: str | None = None) -> DeviceEvaluation:
+    """Every runner (OrtRunner on `device`) on each decoded batch; top-5 on the device."""
     import torch
 
     from calib.collect_gpu import device_batches
     from calib.data.gpu_decode import decode_path
-    from calib.data.gpu_workers import default_decode_workers
     from calib.evaluate.accuracy import Evaluation, Predictions
-
-    if workers is None:
-        workers = default_decode_workers(len(dataset), batch_size) if decode != "cpu" else 0
 
     names = list(runners)
     skips = SkipLog()
@@ -133,7 +127,7 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
 
     start = time.perf_counter()
     try:
-        for batch in device_batches(dataset, batch_size, device, decode, resample, skips, progress, workers):
+        for batch in device_batches(dataset, batch_size, device, decode, resample, skips, progress):
             if pool is not None:
                 futures = {n: pool.submit(run, n, batch.images) for n in names}
                 logits = {n: f.result() for n, f in futures.items()}
@@ -180,16 +174,11 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
         barrier = task["barrier"]
         shard = task["dataset"]
         if task["kind"] == "evaluate":
-            decoders = start_decoders(shard, task["batch_size"], device, task["decode"], task["resample"])
             runners = load_runners(task["models"], device)
-            _warm(runners, shard, device)
+            _warm(runners, shard, device, task["batch_size"])
             barrier.wait()
-            try:
-                out = evaluate_device(runners, shard, task["batch_size"], device, task["decode"], task["resample"],
-                                      task.get("concurrent", True), workers=decoders)
-            finally:
-                if not isinstance(decoders, int):
-                    decoders.close()
+            out = evaluate_device(runners, shard, task["batch_size"], device, task["decode"], task["resample"],
+                                  task.get("concurrent", True))
             ev = out.evaluation
             payload = {"keys": ev.keys, "skipped": ev.skipped,
                        "top5": {n: p.top5 for n, p in ev.predictions.items()},
@@ -225,29 +214,13 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
         results.put((rank, None, f"{type(e).__name__}: {e}"))
 
 
-def start_decoders(dataset: Dataset, batch_size: int, device: str, decode: str = "nvjpeg", resample: str = "pil",
-                   workers: int | None = None):
-    """Decode worker processes for an evaluation of `dataset`, started now so that their start-up
-    overlaps with loading the models; 0 when a thread of this process decodes (small datasets,
-    `decode="cpu"`). Close what it returns (when not 0) after the evaluation."""
-    from calib.data.gpu_workers import DecodeWorkers, default_decode_workers
-
-    if decode == "cpu":
-        return 0
-    if workers is None:
-        workers = default_decode_workers(len(dataset), batch_size)
-    if workers == 0:
-        return 0
-    return DecodeWorkers(dataset, batch_size, device, workers, resample,
-                         "nvjpeg" if decode == "nvjpeg" else "pil")
-
-
-def _warm(runners: dict, dataset: Dataset, device: str) -> None:
-    """One run per model at the batch shape: cuDNN/cuBLAS set-up stays out of the timing."""
+def _warm(runners: dict, dataset: Dataset, device: str, batch_size: int = 1) -> None:
+    """One run per model at the batch shape: cuDNN/cuBLAS set-up and the output buffers stay out
+    of the timing, as they do for a single GPU whose models have already run that shape."""
     import torch
 
     size = dataset.preprocess.size
-    x = torch.zeros((1, 3, size, size), dtype=torch.float32, device=device)
+    x = torch.zeros((min(batch_size, max(len(dataset), 1)), 3, size, size), dtype=torch.float32, device=device)
     for r in runners.values():
         r.run_device(x)
 
@@ -261,8 +234,7 @@ def _run_ranks(devices: list[str], tasks: list[dict]) -> tuple[list[dict], float
     procs = []
     for rank, (device, task) in enumerate(zip(devices, tasks)):
         task = dict(task, barrier=barrier)
-        # Not daemonic: a rank starts decode worker processes of its own (daemons may not).
-        p = ctx.Process(target=_worker, args=(rank, device, task, results), daemon=False)
+        p = ctx.Process(target=_worker, args=(rank, device, task, results), daemon=True)
         p.start()
         procs.append(p)
     try:

@@ -390,27 +390,14 @@ class _DecodeThread:
 
 def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", resample: str = "pil",
                 depth: int = 3, io_threads: int = 4, progress: str | None = None,
-                skips: SkipLog | None = None, decoder: str = "nvjpeg", workers=0) -> Iterator[DeviceBatch]:
+                skips: SkipLog | None = None, decoder: str = "nvjpeg") -> Iterator[DeviceBatch]:
     """Batches decoded and preprocessed on the GPU (nvJPEG; Pillow per image where nvJPEG cannot),
     in dataset order, as `DeviceBatch`es whose `images` are ready on the caller's current stream.
 
     Each batch is a fresh tensor (the caching allocator recycles them), valid for as long as the
     caller keeps it. `decoder="pil"` decodes with Pillow on the CPU but still resizes on the GPU
-    (the same pixels as the CPU path, bit for bit). Undecodable images are logged in `skips`.
-    `workers` > 0 decodes in that many worker processes (`calib.data.gpu_workers`), or pass a
-    started `DecodeWorkers` over the same dataset and batch size; 0 decodes in a thread of this
-    process. A worker's batch lives in a reused buffer: it is valid until the next batch is
-    asked for."""
+    (the same pixels as the CPU path, bit for bit). Undecodable images are logged in `skips`."""
     skips = skips if skips is not None else SkipLog()
-    if not isinstance(workers, int):   # a DecodeWorkers started by the caller
-        yield from _from_workers(workers, skips, progress)
-        return
-    if workers > 0:
-        from calib.data.gpu_workers import DecodeWorkers
-
-        with DecodeWorkers(dataset, batch_size, device, workers, resample, decoder) as pool:
-            yield from _from_workers(pool, skips, progress)
-        return
     producer = _DecodeThread(dataset, batch_size, device, resample, depth, io_threads, progress, decoder)
     torch = producer.decoder.torch
     current = torch.cuda.current_stream(producer.device)
@@ -418,9 +405,3 @@ def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", resampl
         current.wait_event(item.event)
         item.images.record_stream(current)  # freed only after the caller's work on it
         yield DeviceBatch(item.images, item.images, item.labels, item.keys, item.skipped, item.event)
-
-
-def _from_workers(pool, skips: SkipLog, progress: str | None) -> Iterator[DeviceBatch]:
-    for item in pool.batches(skips, progress):
-        # The worker synchronised its stream before sending: the batch is complete.
-        yield DeviceBatch(item.images, item.images, item.labels, item.keys, item.skipped, None)

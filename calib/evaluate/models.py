@@ -45,22 +45,18 @@ def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset,
 
 def _evaluate_on_gpus(models: dict[str, Path], dataset: Dataset, batch_size: int, progress: bool,
                       devices: tuple[str, ...]) -> Evaluation:
-    from calib.distributed import evaluate_device, evaluate_multi, load_runners, start_decoders
+    from calib.distributed import evaluate_device, evaluate_multi, load_runners
 
     if len(devices) > 1:
         ev, _, _ = evaluate_multi({n: str(p) for n, p in models.items()}, dataset, list(devices), batch_size)
     else:
-        decoders = start_decoders(dataset, batch_size, devices[0])   # starts while the models load
-        runners = {}
+        runners = load_runners(models, devices[0])
         try:
-            runners = load_runners(models, devices[0])
             ev = evaluate_device(runners, dataset, batch_size, devices[0],
-                                 progress="evaluating" if progress else None, workers=decoders).evaluation
+                                 progress="evaluating" if progress else None).evaluation
         finally:
             for r in runners.values():
                 r.close()
-            if not isinstance(decoders, int):
-                decoders.close()
     if not ev.keys:
         raise CalibError("no evaluation image could be decoded")
     return ev

@@ -272,18 +272,3 @@ def test_gpu_batch_stream_with_nvjpeg_keeps_its_contract(generated):
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
 
-
-@gpu
-@pytest.mark.gpu
-def test_decode_worker_processes_give_the_threads_batches(generated):
-    """Worker processes (CUDA IPC) hand over the same pixels, keys and skips as the in-process thread."""
-    from calib.data.gpu_stream import gpu_batches
-    from calib.data.loader import SkipLog
-
-    skips_thread, skips_workers = SkipLog(), SkipLog()
-    ref = [(b.keys, b.images.cpu()) for b in gpu_batches(generated, 5, "cuda", skips=skips_thread)]
-    got = [(b.keys, b.images.cpu()) for b in gpu_batches(generated, 5, "cuda", skips=skips_workers, workers=2)]
-    assert [k for k, _ in got] == [k for k, _ in ref]
-    assert skips_workers.skipped == skips_thread.skipped
-    for (_, a), (_, b) in zip(got, ref):
-        assert a.equal(b)
