@@ -242,7 +242,7 @@ def machine_info() -> dict:
 
 
 # ---------------------------------------------------------------------------------- RESULTS.md
-PRESERVED = (("<!-- gpu-stream:begin -->", "<!-- gpu-stream:end -->"),)
+PRESERVED = (("<!-- gpu-stream:begin -->", "<!-- gpu-stream:end -->"), ("<!-- gpu:begin -->", "<!-- gpu:end -->"))
 LIMITS = ("<!-- limits:begin -->", "<!-- limits:end -->")
 
 

@@ -227,9 +227,12 @@ def markdown(res: dict) -> str:
               "(scale = float32(amax/127)), then become both Q/DQ flavors"
               f"{', bias-corrected (the default)' if c['bias_correction'] else ', WITHOUT bias correction'}. "
               "Agreement = same top-1 "
-              "as FP32 on the same image. Calibration time and memory come from the separate all-image runs above.",
+              "as FP32 on the same image. Models with int8 activations (the tensorrt flavor, ORT's -s8) are "
+              "evaluated as calib evaluates them, as their integer-exact graph (docs/quantization.md); the others as "
+              "written. Calibration time and memory come from the separate all-image runs above.",
               f"- Throughput: `time_runner` on random input, ONNX Runtime CPU, all cores, {c['bench_rounds']} "
-              f"interleaved rounds of {c['bench_seconds']} s per model and batch size, best round kept. calib models "
+              f"interleaved rounds of {c['bench_seconds']} s per model and batch size, best round kept, every model "
+              "as written (what ONNX Runtime deploys). calib models "
               "from the entropy cache of the timed all-image calibration; ORT models from its all-image runs.", ""]
 
     lines += ["## Goals", "", table(["Goal", "Item", "Value", "Limit", "Margin", "Result"],

@@ -463,7 +463,8 @@ def render(r: dict) -> str:
     ap = r.get("accuracy_paths", {})
     if ap and "error" not in ap:
         lines += ["| accuracy figure | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.2%} |" if isinstance(v, float) and v <= 1 and "diff" not in k else f"| {k} | {v:.4g} |"
+        lines += [f"| {k} | {v} |" if isinstance(v, (bool, str)) else
+                  f"| {k} | {v:.2%} |" if isinstance(v, float) and v <= 1 and "diff" not in k else f"| {k} | {v:.4g} |"
                   for k, v in ap.items()]
         lines.append("")
     c, e = r.get("ceilings", {}), r.get("end_to_end", {})

@@ -208,9 +208,15 @@ def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...]
     images were decoded, versions, notes (`gpu_parts`: a note on what ran on the CPU anyway)."""
     from calib.calibration import decode_for
 
+    from calib.quantize import get_flavor
+
     notes = list(setup.data.notes)
     if devices != ("cpu",) and gpu_parts:
         notes.append(gpu_parts)
+    if config.backend == "ort" and (devices != ("cpu",) or get_flavor(setup.flavor).default_backend != "ort"):
+        notes.append("ONNX Runtime ran the INT8 model as its integer-exact graph (int8 products summed exactly, then "
+                     "the float rescale and bias, as an integer kernel computes them; calib.quantize.exact), so the "
+                     "CPU and GPU give the same INT8 figures")
     return ReportHeader(model=setup.model.name, dataset=config.dataset_label(), demo=setup.data.demo,
                         backend=config.backend, qdq_flavor=setup.flavor, notes=notes, versions=versions(),
                         model_sha256=setup.model.sha256, device=",".join(devices),

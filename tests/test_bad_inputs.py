@@ -4,11 +4,11 @@ overwritten). Each case is a row of the issue; the library-level tests of the sa
 in tests/cache, tests/data and tests/test_fsutil.py."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import has_cuda_ort
 from tests.test_cli import assert_one_line_error, calib
 
 
@@ -181,3 +181,21 @@ def test_bench_takes_the_same_devices_as_run(tiny_model):
                             "--device", "auto", "--json").stdout)
     assert rows[0]["device"] == "cpu"
     assert_one_line_error(calib("bench", "--model", tiny_model, "--device", "tpu", check=False), "tpu")
+
+
+def test_build_device_is_checked_before_anything_is_written(calibrated, tiny_model, tmp_path):
+    _, cache = calibrated
+    out = tmp_path / "int8.onnx"
+    cases = [(["--device", "cuda:0,1"], "one GPU"), (["--device", "gpu"], "unknown device"),
+             (["--backend", "tensorrt-rtx", "--device", "cuda"], "--backend ort")]
+    if not has_cuda_ort():
+        cases.append((["--device", "cuda"], "onnxruntime-gpu"))
+    for extra, words in cases:
+        proc = calib("build", "--model", tiny_model, "--cache", cache, "--out", out, *extra, check=False)
+        assert_one_line_error(proc, words)
+        assert not out.exists() and not leftovers(tmp_path)
+    # auto without a usable GPU is the CPU: the build goes through, nothing is run on a device.
+    if not has_cuda_ort():
+        proc = calib("build", "--model", tiny_model, "--cache", cache, "--out", out, "--device", "auto")
+        assert out.is_file() and "CUDA provider" not in proc.stderr
+

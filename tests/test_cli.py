@@ -46,6 +46,8 @@ def test_run_writes_report_cache_and_int8_model(first_run):
                 "eval", "fp32", "int8", "top1_drop", "agreement"):
         assert key in report
     assert report["qdq_flavor"] == "ort" and report["backend"] == "ort" and report["calibrator"] == "minmax"
+    # The ort flavor runs on ONNX Runtime's own integer kernels: no integer-exact graph, no note.
+    assert not any("integer-exact" in n for n in report["notes"])
     assert report["calibration"]["samples"] == 24 and report["calibration"]["reused"] is False
     assert report["eval"]["samples"] == 40
     assert Path(report["int8_model"]).is_file() and Path(report["calibration"]["cache"]).is_file()
@@ -217,3 +219,17 @@ def test_build_a_tensorrt_rtx_engine_without_a_gpu(first_run, tmp_path):
                  check=False)
     assert_one_line_error(proc, "tensorrt-rtx")
     assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_tensorrt_flavor_on_the_cpu_is_evaluated_exactly_and_the_report_says_so(tmp_path, imagenet_sample):
+    from calib.backends.ort import OrtRunner
+
+    calib("run", "--dataset", "imagenet-val", "--data-dir", imagenet_sample, "--samples", 16, "--eval-samples", 16,
+          "--cache-dir", tmp_path / "caches", "--batch-size", 8, "--calib-batch-size", 8, "--qdq-flavor", "tensorrt",
+          "--speed-seconds", 0, "--out", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["qdq_flavor"] == "tensorrt"
+    assert any("integer-exact" in n for n in report["notes"])
+    runner = OrtRunner(tmp_path / "out" / "int8.onnx")
+    assert runner.exact is not None and not runner.exact.kept

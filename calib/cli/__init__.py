@@ -161,12 +161,15 @@ def build(
     timing_cache: o.TimingCache = None,
     compute_capability: o.ComputeCapability = None,
     overwrite: o.Overwrite = False,
+    device: str = typer.Option("cpu", "--device", help="cpu (default), cuda, cuda:N or auto: with --backend ort, "
+                               "load the built model in ONNX Runtime's CUDA provider on that GPU and run it once"),
 ) -> None:
     """Build the INT8 model from a cache alone (no dataset), after validating the cache."""
-    from calib.commands.build import build_from_cache
+    from calib.commands.build import build_device, build_from_cache, check_on_device
     from calib.models import parse_input_size, prepared_model, resolve_model
     from calib.session import default_flavor
 
+    checked_on = build_device(device, backend)
     m = resolve_model(model, preprocess, parse_input_size(input_size))
     result = build_from_cache(m, prepared_model(m), Path(cache), qdq_flavor or default_flavor(backend),
                               Path(out), backend=backend, force=force, bias_correction=bias_correction,
@@ -177,6 +180,9 @@ def build(
         typer.echo(f"warning: {problem}", err=True)
     for name in result.left_in_float:
         typer.echo(f"left in float (no scale): {name}", err=True)
+    if checked_on != "cpu":
+        check_on_device(result.path, checked_on, *m.size)
+        typer.echo(f"runs in ONNX Runtime's CUDA provider on {checked_on}", err=True)
     typer.echo(str(result.path))
 
 

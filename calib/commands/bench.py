@@ -115,7 +115,7 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
                 if build_options:
                     raise CalibError(f"build options apply to TensorRT only: {', '.join(sorted(build_options))}")
                 artifact = model_path
-        runner = impl.load(artifact, device=device) if device != "cpu" else impl.load(artifact)
+        runner = impl.load_for_timing(artifact, device)
         try:
             if shape is None:
                 shape = tuple(runner.input_shape)

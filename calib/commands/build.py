@@ -1,5 +1,7 @@
 """Production builds from a cache alone: validate it against the model, then materialize the
-Q/DQ model (or a backend engine). No dataset is touched."""
+Q/DQ model (or a backend engine). No dataset is touched. With a GPU device (`--device cuda:N`,
+ONNX Runtime backend) the built model is then loaded in ONNX Runtime's CUDA provider on that GPU
+and run once, so a model that cannot run there is found at build time, not in production."""
 
 from __future__ import annotations
 
@@ -91,3 +93,44 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
         qdq_path.unlink(missing_ok=True)
         raise
     return BuildResult(out, report, left)
+
+
+def build_device(spec: str, backend: str) -> str:
+    """The one device a build checks its model on ("cpu": none), refused in one line before any
+    work when it cannot be used here."""
+    from calib.session import resolve_devices
+
+    devices = resolve_devices(spec)
+    if devices == ("cpu",):
+        return "cpu"
+    if len(devices) > 1:
+        raise CalibError(f"--device {spec}: a build checks its model on one GPU (cuda or cuda:N)")
+    if backend != "ort":
+        raise CalibError(f"--device {spec} checks the model in ONNX Runtime's CUDA provider: use it with --backend ort "
+                         f"(TensorRT builds on the GPU by itself; TensorRT-RTX builds without one)")
+    from calib.backends.ort import parse_device, require_cuda_provider
+
+    require_cuda_provider()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    index = parse_device(devices[0])[1]
+    if torch is not None and torch.cuda.is_available() and index >= torch.cuda.device_count():
+        raise CalibError(f"there is no GPU {devices[0]}: torch sees {torch.cuda.device_count()}")
+    return devices[0]
+
+
+def check_on_device(path: Path, device: str, height: int, width: int) -> None:
+    """Load the built model in ONNX Runtime's CUDA provider on `device` and run one image."""
+    import numpy as np
+
+    from calib.backends.ort import OrtRunner
+
+    runner = OrtRunner(Path(path), device=device)
+    try:
+        out = runner.run(np.zeros((1, 3, height, width), np.float32))
+    finally:
+        runner.close()
+    if not np.all(np.isfinite(out)):
+        raise CalibError(f"{path} gives non-finite outputs in ONNX Runtime's CUDA provider on {device}")

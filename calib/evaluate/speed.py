@@ -16,7 +16,7 @@ def measure_speed(backend: Backend, artifacts: dict[str, Path], shape: tuple[int
     so the figures include the copies to and from the device)."""
     out = {}
     for name, artifact in artifacts.items():
-        runner = backend.load(artifact, device=device) if device != "cpu" else backend.load(artifact)
+        runner = backend.load_for_timing(artifact, device)
         try:
             b1 = time_runner(runner, shape, 1, seconds)
             b32 = time_runner(runner, shape, 32, seconds)

@@ -88,10 +88,14 @@ def integer_exact(model: onnx.ModelProto, round_accumulator: bool = False) -> Ex
     producer = {o: n for n in graph.node for o in n.output}
     result = ExactGraph(out)
     nodes: list[onnx.NodeProto] = []
+    names = [n.name for n in graph.node]
+    repeated = {n for n in names if names.count(n) > 1}
     for index, node in enumerate(graph.node):
         why = _ineligible(node, producer, inits)
         if why is None:
-            built = _rewrite(node, index, producer, inits, graph, round_accumulator)
+            # New tensors are named after the node: unnamed or repeated names get the node's index.
+            stem = node.name if node.name and node.name not in repeated else f"{node.name or 'node'}_{index}"
+            built = _rewrite(node, stem, producer, inits, graph, round_accumulator)
             if isinstance(built, str):
                 why = built
             else:
@@ -158,7 +162,7 @@ def _bias(node: onnx.NodeProto, producer: dict, inits: dict) -> np.ndarray | Non
     return (q.astype(np.float32) * _array(dq.input[1], inits).astype(np.float32)).astype(np.float32)
 
 
-def _rewrite(node, index: int, producer: dict, inits: dict, graph, round_accumulator: bool):
+def _rewrite(node, stem: str, producer: dict, inits: dict, graph, round_accumulator: bool):
     dq_x, dq_w = producer[node.input[0]], producer[node.input[1]]
     s_x = _array(dq_x.input[1], inits).astype(np.float32)
     if s_x.size != 1:
@@ -190,7 +194,6 @@ def _rewrite(node, index: int, producer: dict, inits: dict, graph, round_accumul
     if bound >= EXACT_LIMIT:
         return f"sums may reach {bound} >= 2**24 (not exact in float32)"
 
-    stem = node.name or f"node{index}"
     one = f"{stem}{EXACT_INTEGER}_one"
     ones = f"{stem}{EXACT_INTEGER}_ones"
     graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))

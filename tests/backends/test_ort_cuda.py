@@ -101,3 +101,35 @@ def test_cuda_runs_are_deterministic(tiny_classifier):
     a = runner.run_device(x)[0].clone()
     b = runner.run_device(x)[0].clone()
     assert torch.equal(a, b)
+
+
+@gpu
+@pytest.mark.gpu
+def test_int8_logits_on_cuda_equal_the_cpu_bit_for_bit(tiny_classifier, tmp_path):
+    """The integer-exact graph: the same INT8 bits on both providers (run as written they differ)."""
+    import onnx
+
+    from calib.quantize import quantize_model
+    from tests.quantize.quantize_helpers import ranges
+
+    model = onnx.load(str(tiny_classifier))
+    x = np.random.default_rng(3).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    qdq, _ = quantize_model(model, ranges(model, {"input": x}), "tensorrt")
+    path = tmp_path / "int8.onnx"
+    onnx.save(qdq, path)
+    cpu, gpu_runner = OrtRunner(path), OrtRunner(path, device="cuda:0")
+    assert cpu.exact is not None and gpu_runner.exact is not None
+    assert np.array_equal(cpu.run(x), gpu_runner.run(x))
+
+
+@gpu
+@pytest.mark.gpu
+def test_build_checks_the_model_on_the_gpu(tiny_classifier, tmp_path):
+    from tests.test_cli import calib
+
+    calib("calibrate", "--model", tiny_classifier, "--samples", 8,
+          "--cache-dir", tmp_path / "caches")
+    cache = next((tmp_path / "caches").glob("*.cache"))
+    proc = calib("build", "--model", tiny_classifier, "--cache", cache, "--out", tmp_path / "int8.onnx",
+                 "--device", "cuda")
+    assert "runs in ONNX Runtime's CUDA provider on cuda:0" in proc.stderr
