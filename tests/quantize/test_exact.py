@@ -122,14 +122,14 @@ def test_which_models_the_cpu_runs_exactly(tiny, tmp_path):
     assert np.array_equal(OrtRunner(paths["tensorrt"]).run(x), want)
 
 
-def test_unnamed_and_repeated_node_names_give_a_valid_graph(tiny):
+def test_unnamed_nodes_give_a_valid_graph(tiny):
     model, x, amax = tiny
     qdq, _ = quantize_model(model, amax, "tensorrt")
     want = _outputs(integer_exact(qdq).model, x, "all")
-    for names in ("", "same"):
-        for node in qdq.graph.node:
-            node.name = names
-        exact = integer_exact(qdq)
-        onnx.checker.check_model(exact.model)
-        assert exact.rewritten and not exact.kept
-        assert np.array_equal(_outputs(exact.model, x, "all"), want)
+    for node in qdq.graph.node:
+        node.name = ""
+    exact = integer_exact(qdq)
+    onnx.checker.check_model(exact.model)
+    names = [n.name for n in exact.model.graph.node if n.name]
+    assert exact.rewritten and not exact.kept and len(names) == len(set(names))
+    assert np.array_equal(_outputs(exact.model, x, "all"), want)
