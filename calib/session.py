@@ -203,9 +203,10 @@ def versions() -> dict:
 
 
 def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...] = ("cpu",),
-                  gpu_parts: str | None = None) -> ReportHeader:
+                  gpu_parts: str | None = None, evaluates_int8: bool = True) -> ReportHeader:
     """The header every report shares: model, data, flavor, backend, where it ran and how the
-    images were decoded, versions, notes (`gpu_parts`: a note on what ran on the CPU anyway)."""
+    images were decoded, versions, notes (`gpu_parts`: a note on what ran on the CPU anyway;
+    `evaluates_int8`: whether the command's figures come from evaluating the INT8 model)."""
     from calib.calibration import decode_for
 
     from calib.quantize import get_flavor
@@ -213,10 +214,12 @@ def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...]
     notes = list(setup.data.notes)
     if devices != ("cpu",) and gpu_parts:
         notes.append(gpu_parts)
-    if config.backend == "ort" and (devices != ("cpu",) or get_flavor(setup.flavor).default_backend != "ort"):
-        notes.append("ONNX Runtime ran the INT8 model as its integer-exact graph (int8 products summed exactly, then "
-                     "the float rescale and bias, as an integer kernel computes them; calib.quantize.exact), so the "
-                     "CPU and GPU give the same INT8 figures")
+    emulated = get_flavor(setup.flavor).default_backend != "ort"   # ONNX Runtime's CPU only emulates it
+    if evaluates_int8 and config.backend == "ort" and (devices != ("cpu",) or emulated):
+        notes.append("ONNX Runtime ran the INT8 model as its integer-exact graph where it only emulates it (int8 "
+                     "products summed exactly, then the float rescale and bias, as an integer kernel computes them; "
+                     "calib.quantize.exact)" + (": the CPU and the GPU compute the same INT8 figures" if emulated else
+                                                "; on the CPU the ort flavor runs ONNX Runtime's integer kernels"))
     return ReportHeader(model=setup.model.name, dataset=config.dataset_label(), demo=setup.data.demo,
                         backend=config.backend, qdq_flavor=setup.flavor, notes=notes, versions=versions(),
                         model_sha256=setup.model.sha256, device=",".join(devices),

@@ -172,12 +172,17 @@ class OrtRunner(Runner):
         import onnx
 
         from calib.onnx_io import load_model
-        from calib.quantize.exact import emulates_integer_kernels, has_qdq, integer_exact
+        from calib.quantize.exact import emulates_integer_kernels, has_qdq, has_subgraphs, integer_exact
 
-        model = onnx.load_from_string(path) if isinstance(path, bytes) else load_model(path)
-        if not has_qdq(model) or model.ByteSize() > 2 ** 31 - 2 ** 24:   # serialised for the session
+        # The graph first (no external weights): most models are not Q/DQ and are left alone.
+        model = onnx.load_from_string(path) if isinstance(path, bytes) else load_model(path, external_data=False)
+        if not has_qdq(model) or has_subgraphs(model):
             return None
         if exact is None and self.kind == "cpu" and not emulates_integer_kernels(model):
+            return None
+        if not isinstance(path, bytes):
+            model = load_model(path)
+        if model.ByteSize() > 2 ** 31 - 2 ** 24:   # it is handed to the session serialised
             return None
         self.exact = integer_exact(model, round_accumulator=self.kind == "cuda")
         return self.exact

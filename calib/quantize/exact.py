@@ -28,9 +28,12 @@ fold the rescale back into float weights, cannot apply. TF32 is exact on these o
 below 2**11 are exact in TF32's mantissa), so a session whose every Conv/Gemm was rewritten may
 use it (`all_exact`).
 
-Not rewritten: MatMul (activation x activation products in attention have no per-channel weight
-and can exceed the bound), and the float ops between the Q/DQ pairs (pools, Add), whose float sums
-remain order-dependent but are not amplified by a following integer product in the same way.
+Not rewritten: MatMul (attention's activation x activation products, and Linear layers exported
+as MatMul + Add), float16/bfloat16 Q/DQ, activations that are not int8/uint8, models with
+subgraphs (If/Loop), and the float ops between the Q/DQ pairs (pools, Add, Sigmoid), whose float
+results are still order-dependent and amplified like any other when a QuantizeLinear reads them.
+So bit-identity across providers holds for graphs whose order-dependent work is in the rewritten
+layers (measured on EfficientNet-Lite0: benchmarks/RESULTS.md, "GPU"), not for every graph.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from calib.quantize.naming import EXACT_ACCUMULATOR, EXACT_INTEGER, EXACT_RESCAL
 EXACT_LIMIT = 2 ** 24
 _RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255)}
 _COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+# Ops whose float math TF32 may change (cuDNN/cuBLAS products).
+_TF32_OPS = _COMPUTE_OPS + ("Einsum", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "FusedMatMul")
 
 
 @dataclass
@@ -54,12 +59,12 @@ class ExactGraph:
     model: onnx.ModelProto
     rewritten: list[str] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)
+    accumulators: set[str] = field(default_factory=set)   # names of the integer Conv/Gemm nodes made
 
     @property
     def all_exact(self) -> bool:
-        """No float Conv/Gemm/MatMul is left: TF32 cannot change any result of this graph."""
-        return not any(n.op_type in _COMPUTE_OPS and not n.name.endswith(EXACT_ACCUMULATOR)
-                       for n in self.model.graph.node)
+        """No float product op is left: TF32 cannot change any result of this graph."""
+        return not any(n.op_type in _TF32_OPS and n.name not in self.accumulators for n in self.model.graph.node)
 
 
 def has_qdq(model: onnx.ModelProto) -> bool:
@@ -79,28 +84,39 @@ def emulates_integer_kernels(model: onnx.ModelProto) -> bool:
     return False
 
 
+def has_subgraphs(model: onnx.ModelProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in model.graph.node for a in n.attribute)
+
+
 def integer_exact(model: onnx.ModelProto, round_accumulator: bool = False) -> ExactGraph:
-    """A copy of `model` with every eligible Conv/Gemm rewritten (see the module docstring)."""
+    """A copy of `model` with every eligible Conv/Gemm rewritten (see the module docstring).
+    A model with subgraphs (If/Loop/Scan) comes back unchanged."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
+    result = ExactGraph(out)
+    if has_subgraphs(model):
+        result.kept = {n.name or n.output[0]: "the model has subgraphs" for n in graph.node if n.op_type in _COMPUTE_OPS}
+        return result
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    result = ExactGraph(out)
+    types = _known_types(graph)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    taken = ({n.name for n in graph.node} | {t for n in graph.node for t in (*n.input, *n.output)}
+             | set(inits) | {i.name for i in graph.input} | {o.name for o in graph.output})
     nodes: list[onnx.NodeProto] = []
-    names = [n.name for n in graph.node]
-    repeated = {n for n in names if names.count(n) > 1}
     for index, node in enumerate(graph.node):
-        why = _ineligible(node, producer, inits)
+        why = _ineligible(node, producer, inits, types)
         if why is None:
-            # New tensors are named after the node: unnamed or repeated names get the node's index.
-            stem = node.name if node.name and node.name not in repeated else f"{node.name or 'node'}_{index}"
-            built = _rewrite(node, stem, producer, inits, graph, round_accumulator)
+            stem = _unique(node.name or f"node{index}", taken)
+            built = _rewrite(node, stem, producer, inits, graph, round_accumulator and opset >= 11, types)
             if isinstance(built, str):
                 why = built
             else:
                 nodes.extend(built)
                 result.rewritten.append(node.name or node.output[0])
+                result.accumulators.add(f"{stem}{EXACT_ACCUMULATOR}")
                 continue
         if node.op_type in _COMPUTE_OPS:
             result.kept[node.name or node.output[0]] = why
@@ -111,7 +127,43 @@ def integer_exact(model: onnx.ModelProto, round_accumulator: bool = False) -> Ex
     return result
 
 
-def _ineligible(node: onnx.NodeProto, producer: dict, inits: dict) -> str | None:
+def _generated(stem: str) -> list[str]:
+    """Every node and tensor name `_rewrite` makes from `stem`."""
+    return [stem + EXACT_INTEGER + x for x in ("_one", "_ones", "_x", "_w")] + \
+        [stem + EXACT_ACCUMULATOR, stem + EXACT_ROUNDED] + [stem + EXACT_RESCALE + x for x in ("", "_multiplier", "_bias")]
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    """`stem`, or `stem_2`, `stem_3`, ...: the first whose generated names are all new."""
+    candidate, k = stem, 1
+    while any(name in taken for name in _generated(candidate)):
+        k += 1
+        candidate = f"{stem}_{k}"
+    taken.update(_generated(candidate))
+    return candidate
+
+
+def _known_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Element types of tensors known without inference: initializers, inputs, value_info,
+    outputs, and QuantizeLinear outputs (the zero point's type, `output_dtype`, else uint8)."""
+    types = {i.name: i.data_type for i in graph.initializer}
+    for v in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+            types.setdefault(v.name, v.type.tensor_type.elem_type)
+    for n in graph.node:
+        if n.op_type != "QuantizeLinear":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if len(n.input) > 2 and n.input[2] and n.input[2] in types:
+            types[n.output[0]] = types[n.input[2]]
+        elif attrs.get("output_dtype"):
+            types[n.output[0]] = int(attrs["output_dtype"])
+        else:
+            types[n.output[0]] = onnx.TensorProto.UINT8
+    return types
+
+
+def _ineligible(node: onnx.NodeProto, producer: dict, inits: dict, types: dict) -> str | None:
     if node.op_type not in ("Conv", "Gemm"):
         return "not a Conv or Gemm" if node.op_type in _COMPUTE_OPS else "not a compute op"
     if len(node.input) < 2:
@@ -122,14 +174,24 @@ def _ineligible(node: onnx.NodeProto, producer: dict, inits: dict) -> str | None
     if dq_w.input[0] not in inits or any(i not in inits for i in dq_w.input[1:] if i) \
             or any(i not in inits for i in dq_x.input[1:] if i):
         return "weight or scales are not constants"
+    if types.get(dq_x.input[0]) not in _RANGES or inits[dq_w.input[0]].data_type not in _RANGES:
+        return "input or weight is not int8/uint8"
+    if inits[dq_x.input[1]].data_type != onnx.TensorProto.FLOAT or inits[dq_w.input[1]].data_type != onnx.TensorProto.FLOAT:
+        return "scales are not float32"
     if node.op_type == "Gemm":
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
             return "Gemm with transA, alpha or beta"
-    if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
-        b = producer.get(node.input[2])
-        if b is None or b.op_type != "DequantizeLinear" or any(i not in inits for i in b.input if i):
-            return "bias is not a constant"
+    if len(node.input) > 2 and node.input[2]:
+        if node.input[2] in inits:
+            if inits[node.input[2]].data_type != onnx.TensorProto.FLOAT:
+                return "bias is not float32"
+        else:
+            b = producer.get(node.input[2])
+            if b is None or b.op_type != "DequantizeLinear" or any(i not in inits for i in b.input if i):
+                return "bias is not a constant"
+            if inits[b.input[1]].data_type != onnx.TensorProto.FLOAT:
+                return "bias scale is not float32"
     return None
 
 
@@ -143,11 +205,6 @@ def _zero_point(dq: onnx.NodeProto, inits: dict) -> np.ndarray:
     return np.zeros((), np.int64)
 
 
-def _dtype_range(inits: dict, dq: onnx.NodeProto) -> tuple[int, int] | None:
-    """The integer range of what `dq` reads, from its zero point's type."""
-    if len(dq.input) > 2 and dq.input[2] and dq.input[2] in inits:
-        return _RANGES.get(inits[dq.input[2]].data_type)
-    return _RANGES[onnx.TensorProto.UINT8]   # DequantizeLinear without a zero point reads uint8
 
 
 def _bias(node: onnx.NodeProto, producer: dict, inits: dict) -> np.ndarray | None:
@@ -162,14 +219,12 @@ def _bias(node: onnx.NodeProto, producer: dict, inits: dict) -> np.ndarray | Non
     return (q.astype(np.float32) * _array(dq.input[1], inits).astype(np.float32)).astype(np.float32)
 
 
-def _rewrite(node, stem: str, producer: dict, inits: dict, graph, round_accumulator: bool):
+def _rewrite(node, stem: str, producer: dict, inits: dict, graph, round_accumulator: bool, types: dict):
     dq_x, dq_w = producer[node.input[0]], producer[node.input[1]]
     s_x = _array(dq_x.input[1], inits).astype(np.float32)
     if s_x.size != 1:
         return "per-channel activation scale"
-    x_range = _dtype_range(inits, dq_x)
-    if x_range is None:
-        return "activation type is not int8/uint8"
+    x_range = _RANGES[types[dq_x.input[0]]]
     z_x = _zero_point(dq_x, inits)
     if z_x.size != 1:
         return "per-channel activation zero point"
@@ -218,6 +273,11 @@ def _rewrite(node, stem: str, producer: dict, inits: dict, graph, round_accumula
         np.broadcast_to(scale, (channels,)).reshape(out_shape).astype(np.float32) if scale.size > 1
         else scale.reshape(()), multiplier + "_multiplier"))
     bias = _bias(node, producer, inits)
+    if bias is not None:
+        if bias.size == 1:
+            bias = np.full(channels, bias.reshape(-1)[0], np.float32)
+        elif bias.size != channels:
+            return "bias is not one value per output channel"
     scaled = node.output[0] if bias is None else multiplier
     new.append(helper.make_node("Mul", [acc, multiplier + "_multiplier"], [scaled], name=multiplier))
     if bias is not None:

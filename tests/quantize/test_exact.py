@@ -133,3 +133,70 @@ def test_unnamed_nodes_give_a_valid_graph(tiny):
     names = [n.name for n in exact.model.graph.node if n.name]
     assert exact.rewritten and not exact.kept and len(names) == len(set(names))
     assert np.array_equal(_outputs(exact.model, x, "all"), want)
+
+
+def _gemm(bias: np.ndarray | None, x_type: int = TensorProto.INT8, scale_type=np.float32, opset: int = 17):
+    """DQ(x) -> Gemm(DQ(w), transB=1, bias): 6 outputs from 8 inputs."""
+    rng = np.random.default_rng(2)
+    w = rng.integers(-127, 128, (6, 8)).astype(np.int8)
+    zx = np.array(0, np.int8 if x_type == TensorProto.INT8 else np.int16)
+    inits = [numpy_helper.from_array(np.array(0.02, scale_type), "sx"), numpy_helper.from_array(zx, "zx"),
+             numpy_helper.from_array(w, "wq"), numpy_helper.from_array(np.full(6, 0.01, scale_type), "sw"),
+             numpy_helper.from_array(np.zeros(6, np.int8), "zw")]
+    ins = ["x", "w"]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.astype(scale_type), "b"))
+        ins.append("b")
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["x"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["w"], axis=0),
+             helper.make_node("Gemm", ins, ["y"], name="gemm", transB=1)]
+    elem = TensorProto.FLOAT16 if scale_type == np.float16 else TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("xq", x_type, [None, 8])],
+                              [helper.make_tensor_value_info("y", elem, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_a_broadcast_gemm_bias_is_spread_over_the_channels():
+    import onnxruntime as ort
+
+    model = _gemm(np.array([0.5]))
+    exact = integer_exact(model)
+    assert exact.rewritten == ["gemm"]
+    xq = np.random.default_rng(0).integers(-128, 128, (3, 8)).astype(np.int8)
+    run_ = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"xq": xq})[0]  # noqa: E731
+    np.testing.assert_allclose(run_(exact.model), run_(model), rtol=1e-6, atol=1e-5)
+    assert "one value per output channel" in integer_exact(_gemm(np.zeros((3, 6)))).kept["gemm"]
+
+
+@pytest.mark.parametrize("case,why", [("int16", "int8/uint8"), ("float16", "float32")])
+def test_what_is_not_int8_or_float32_is_left_as_written(case, why):
+    model = _gemm(None, x_type=TensorProto.INT16) if case == "int16" else _gemm(None, scale_type=np.float16)
+    exact = integer_exact(model)
+    assert exact.rewritten == [] and why in exact.kept["gemm"]
+
+
+def test_no_round_before_opset_11_and_subgraphs_are_left_alone():
+    exact = integer_exact(_gemm(None, opset=10), round_accumulator=True)
+    assert exact.rewritten == ["gemm"] and not any(n.op_type == "Round" for n in exact.model.graph.node)
+    assert any(n.op_type == "Round" for n in integer_exact(_gemm(None), round_accumulator=True).model.graph.node)
+    model = _gemm(None)
+    branch = helper.make_graph([helper.make_node("Identity", ["x"], ["z"])], "b", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    model.graph.node.append(helper.make_node("If", ["cond"], ["out"], then_branch=branch, else_branch=branch))
+    exact = integer_exact(model)
+    assert exact.rewritten == [] and exact.model == model
+
+
+def test_generated_names_never_collide_with_existing_ones():
+    model = _gemm(None)
+    model.graph.node.append(helper.make_node("Identity", ["y"], ["gemm_integer_x"], name="gemm_rescale"))
+    model.graph.output.append(helper.make_tensor_value_info("gemm_integer_x", TensorProto.FLOAT, None))
+    exact = integer_exact(model)
+    assert exact.rewritten == ["gemm"]
+    names = [n.name for n in exact.model.graph.node if n.name]
+    outputs = [o for n in exact.model.graph.node for o in n.output]
+    assert len(names) == len(set(names)) and len(outputs) == len(set(outputs))
+    import onnxruntime as ort
+
+    xq = np.zeros((2, 8), np.int8)
+    ort.InferenceSession(exact.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"xq": xq})
