@@ -109,20 +109,19 @@ def require_cuda_provider():
 
 
 def cuda_session(model, device_id: int = 0, level: str = "all", tf32: bool = False,
-                 algo_search: str = "HEURISTIC", config: dict[str, str] | None = None,
-                 provider_options: dict[str, str] | None = None):
+                 algo_search: str = "HEURISTIC"):
     """An ONNX Runtime session on CUDA device `device_id`; a clear error if CUDA cannot load."""
     from calib.onnx_io import ort_session
 
     ort = require_cuda_provider()
     options = {"device_id": str(device_id), "cudnn_conv_algo_search": algo_search,
-               "use_tf32": "1" if tf32 else "0", **(provider_options or {})}
+               "use_tf32": "1" if tf32 else "0"}
     try:
         # One CPU thread, not spinning: every node runs on the GPU, and a pool of spinning CPU
         # threads per session only takes cores from the decoders (and from the other GPUs' processes).
         session = ort_session(model, level, threads=1, providers=(("CUDAExecutionProvider", options),
                                                                   "CPUExecutionProvider"),
-                              config={"session.intra_op.allow_spinning": "0", **(config or {})})
+                              config={"session.intra_op.allow_spinning": "0"})
     except Exception as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise CalibError(f"ONNX Runtime's CUDA provider failed to start on cuda:{device_id}: {first} "

@@ -97,28 +97,13 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
 
 def build_device(spec: str, backend: str) -> str:
     """The one device a build checks its model on ("cpu": none), refused in one line before any
-    work when it cannot be used here."""
-    from calib.session import resolve_devices
+    work when it cannot be used here (the same checks as every other command's --device)."""
+    from calib.session import resolve_devices, usable_devices
 
     devices = resolve_devices(spec)
-    if devices == ("cpu",):
-        return "cpu"
     if len(devices) > 1:
         raise CalibError(f"--device {spec}: a build checks its model on one GPU (cuda or cuda:N)")
-    if backend != "ort":
-        raise CalibError(f"--device {spec} checks the model in ONNX Runtime's CUDA provider: use it with --backend ort "
-                         f"(TensorRT builds on the GPU by itself; TensorRT-RTX builds without one)")
-    from calib.backends.ort import parse_device, require_cuda_provider
-
-    require_cuda_provider()
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    index = parse_device(devices[0])[1]
-    if torch is not None and torch.cuda.is_available() and index >= torch.cuda.device_count():
-        raise CalibError(f"there is no GPU {devices[0]}: torch sees {torch.cuda.device_count()}")
-    return devices[0]
+    return usable_devices(devices, backend, spec)[0]
 
 
 def check_on_device(path: Path, device: str, height: int, width: int) -> None:
