@@ -96,3 +96,19 @@ def has_cuda_ort() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available() and cuda_provider_available()
+
+
+def install_fake_plugin(root: Path, package: str, source: str, group: str, entries: dict[str, str]) -> None:
+    """Write an installed-looking distribution under `root`: package `package` (its __init__ is
+    `source`) and a dist-info whose entry points put `entries` (name -> "module:attr") in
+    `group`. Prepend `root` to sys.path (monkeypatch.syspath_prepend) to install it."""
+    import textwrap
+
+    pkg = root / package
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent(source))
+    info = root / f"{package}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entries.items())
+    (info / "entry_points.txt").write_text(f"[{group}]\n{lines}")

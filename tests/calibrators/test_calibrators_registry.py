@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 
 import numpy as np
 import pytest
+
+from tests.conftest import install_fake_plugin
 
 from calib.calibrators import available_calibrators, get_calibrator, register, reload_plugins
 from calib.calibrators import Calibrator
@@ -18,9 +19,7 @@ PLUGIN = "calib_test_plugin_7f3a"
 @pytest.fixture
 def plugin_dir(tmp_path, monkeypatch):
     """A tiny installed-looking distribution with a `calib.calibrators` entry point."""
-    pkg = tmp_path / PLUGIN
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent('''
+    install_fake_plugin(tmp_path, PLUGIN, '''
         from calib.calibrators import Calibrator
 
         class HalfMax(Calibrator):
@@ -34,17 +33,9 @@ def plugin_dir(tmp_path, monkeypatch):
                 return self.params["factor"] * max(-lo, hi)
 
         NotACalibrator = object
-    '''))
-    info = tmp_path / f"{PLUGIN}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(f"""
-        [calib.calibrators]
-        halfmax = {PLUGIN}:HalfMax
-        broken = {PLUGIN}_missing_module:Thing
-        notcal = {PLUGIN}:NotACalibrator
-        minmax = {PLUGIN}:HalfMax
-    """))
+    ''', "calib.calibrators",
+                        {"halfmax": f"{PLUGIN}:HalfMax", "broken": f"{PLUGIN}_missing_module:Thing",
+                         "notcal": f"{PLUGIN}:NotACalibrator", "minmax": f"{PLUGIN}:HalfMax"})
     monkeypatch.syspath_prepend(str(tmp_path))
     reload_plugins()
     yield tmp_path

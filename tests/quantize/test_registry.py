@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 
 import pytest
+
+from tests.conftest import install_fake_plugin
 
 from calib.errors import CalibError
 from calib.quantize import Flavor, OrtFlavor, TensorRTFlavor, flavor_names, get_flavor, register_flavor, reload_plugins
@@ -16,9 +17,7 @@ PLUGIN = "calib_test_flavor_plugin_51c2"
 @pytest.fixture
 def plugin_dir(tmp_path, monkeypatch):
     """An installed-looking distribution with `calib.flavors` entry points."""
-    pkg = tmp_path / PLUGIN
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent('''
+    install_fake_plugin(tmp_path, PLUGIN, '''
         from calib.quantize import TensorRTFlavor
 
         class WeightsOnly(TensorRTFlavor):
@@ -31,17 +30,9 @@ def plugin_dir(tmp_path, monkeypatch):
                 plan.readers.clear()
 
         NotAFlavor = object
-    '''))
-    info = tmp_path / f"{PLUGIN}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(f"""
-        [calib.flavors]
-        weights-only = {PLUGIN}:WeightsOnly
-        broken = {PLUGIN}_missing_module:Thing
-        notflavor = {PLUGIN}:NotAFlavor
-        ort = {PLUGIN}:WeightsOnly
-    """))
+    ''', "calib.flavors",
+                        {"weights-only": f"{PLUGIN}:WeightsOnly", "broken": f"{PLUGIN}_missing_module:Thing",
+                         "notflavor": f"{PLUGIN}:NotAFlavor", "ort": f"{PLUGIN}:WeightsOnly"})
     monkeypatch.syspath_prepend(str(tmp_path))
     reload_plugins()
     yield tmp_path
