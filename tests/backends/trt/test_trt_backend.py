@@ -60,6 +60,15 @@ def test_rtx_can_run_here_or_says_why_in_one_line():
         assert why and "\n" not in why and "TensorRT-RTX" in why
 
 
+
+def run_engine(backend, engine, x: np.ndarray) -> np.ndarray:
+    """The engine's output for `x`, its runner closed."""
+    runner = backend.load(engine)
+    try:
+        return runner.run(x)
+    finally:
+        runner.close()
+
 @pytest.mark.parametrize("gpu, runs", [(RTX_4090, True), (RTX_3090, True), (H200, False),
                                        (Gpu("NVIDIA A100", (8, 0)), False),   # no SM80 engines from calib
                                        ("PyTorch 2.x is a CPU build", False)])
@@ -157,11 +166,7 @@ def test_real_explicit_int8_engine_matches_ort_on_the_qdq_model(tmp_path):
     qdq = qdq_model(tmp_path, "tensorrt", fp32)
     engine = backend.build(qdq, tmp_path / "tiny.int8.engine", "int8", max_batch=8)
     x = np.random.default_rng(3).standard_normal((8, 3, 16, 16)).astype(np.float32)
-    runner = backend.load(engine)
-    try:
-        got = runner.run(x)
-    finally:
-        runner.close()
+    got = run_engine(backend, engine, x)
     want = ort_logits(qdq, x)
     # Same quantization, different integer kernels and accumulation order.
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max() + 1e-3
@@ -183,11 +188,7 @@ def test_real_implicit_int8_from_cache_or_refused(tmp_path):
         return
     engine = backend.build(fp32, tmp_path / "x.engine", "int8", calibration_cache=cache, max_batch=8)
     x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
-    runner = backend.load(engine)
-    try:
-        got = runner.run(x)
-    finally:
-        runner.close()
+    got = run_engine(backend, engine, x)
     want = ort_logits(fp32, x)
     assert np.abs(got - want).max() <= 0.1 * np.abs(want).max() + 1e-3
 
@@ -245,11 +246,7 @@ def test_real_rtx_engines_match_ort_on_an_rtx_gpu(tmp_path):
     x = np.random.default_rng(6).standard_normal((6, 3, 16, 16)).astype(np.float32)
     for model, precision, tolerance in ((fp32, "fp32", 1e-2), (qdq, "int8", 5e-2)):
         engine = backend.build(model, tmp_path / f"{precision}.engine", precision, max_batch=8, compute_capability=cc)
-        runner = backend.load(engine)
-        try:
-            got = runner.run(x)
-        finally:
-            runner.close()
+        got = run_engine(backend, engine, x)
         want = ort_logits(model, x)
         assert got.shape == want.shape and not np.allclose(got, 0)
         assert np.abs(got - want).max() <= tolerance * np.abs(want).max() + 1e-3
