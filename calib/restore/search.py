@@ -74,12 +74,13 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     start = time.perf_counter()
     search_set, final_set = split_search_final(evaluation, seed, max_search=max_search_images)
     images = load_images(search_set, batch_size, workers, "decoding search images" if progress else None)
-    # Candidates run as production runs them (ORT_ENABLE_ALL, integer kernels); a float layer
-    # keeps its weight and its input float together, the pattern ONNX Runtime computes right.
-    fp32_logits = run_logits(ort_session(prepared, "all"), images, batch_size)
-    fp32_top1 = float(np.mean(top5(fp32_logits)[:, 0] == images.labels))
     from calib.backends.ort import OrtRunner
 
+    # Candidates run as the final figures evaluate them (OrtRunner: ONNX Runtime's integer kernels,
+    # or the integer-exact graph where it only emulates the flavor); a float layer keeps its weight
+    # and its input float together, the pattern ONNX Runtime computes right.
+    fp32_logits = run_logits(ort_session(prepared, "all"), images, batch_size)
+    fp32_top1 = float(np.mean(top5(fp32_logits)[:, 0] == images.labels))
     layers = quantizable_layers(prepared, flavor)
     cache: dict[int, dict] = {}
     models: dict[int, onnx.ModelProto] = {}
@@ -88,8 +89,6 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     def attempt(k: int) -> dict:
         if k not in cache:
             model, _ = quantize_model(prepared, amax, flavor, channel_means=channel_means, float_layers=ranking[:k])
-            # The graph the final figures come from (OrtRunner: the integer-exact graph where
-            # ONNX Runtime only emulates the flavor), so the search and the figures agree.
             cache[k] = _metrics(fp32_logits, run_logits(OrtRunner(model.SerializeToString()).session, images,
                                                         batch_size), images.labels)
             models[k] = model
