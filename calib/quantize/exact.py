@@ -116,7 +116,7 @@ def integer_exact(model: onnx.ModelProto, round_accumulator: bool = False) -> Ex
             else:
                 nodes.extend(built)
                 result.rewritten.append(node.name or node.output[0])
-                result.accumulators.add(f"{stem}{EXACT_ACCUMULATOR}")
+                result.accumulators.add(_names(stem)["acc"])
                 continue
         if node.op_type in _COMPUTE_OPS:
             result.kept[node.name or node.output[0]] = why
@@ -127,19 +127,20 @@ def integer_exact(model: onnx.ModelProto, round_accumulator: bool = False) -> Ex
     return result
 
 
-def _generated(stem: str) -> list[str]:
-    """Every node and tensor name `_rewrite` makes from `stem`."""
-    return [stem + EXACT_INTEGER + x for x in ("_one", "_ones", "_x", "_w")] + \
-        [stem + EXACT_ACCUMULATOR, stem + EXACT_ROUNDED] + [stem + EXACT_RESCALE + x for x in ("", "_multiplier", "_bias")]
+def _names(stem: str) -> dict[str, str]:
+    """Every node and tensor name `_rewrite` makes from `stem`, by role."""
+    i, r = stem + EXACT_INTEGER, stem + EXACT_RESCALE
+    return {"one": i + "_one", "ones": i + "_ones", "x": i + "_x", "w": i + "_w", "acc": stem + EXACT_ACCUMULATOR,
+            "rounded": stem + EXACT_ROUNDED, "rescale": r, "multiplier": r + "_multiplier", "bias": r + "_bias"}
 
 
 def _unique(stem: str, taken: set[str]) -> str:
     """`stem`, or `stem_2`, `stem_3`, ...: the first whose generated names are all new."""
     candidate, k = stem, 1
-    while any(name in taken for name in _generated(candidate)):
+    while any(name in taken for name in _names(candidate).values()):
         k += 1
         candidate = f"{stem}_{k}"
-    taken.update(_generated(candidate))
+    taken.update(_names(candidate).values())
     return candidate
 
 
@@ -249,40 +250,38 @@ def _rewrite(node, stem: str, producer: dict, inits: dict, graph, round_accumula
     if bound >= EXACT_LIMIT:
         return f"sums may reach {bound} >= 2**24 (not exact in float32)"
 
-    one = f"{stem}{EXACT_INTEGER}_one"
-    ones = f"{stem}{EXACT_INTEGER}_ones"
-    graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
-    graph.initializer.append(numpy_helper.from_array(np.ones(s_w.shape, np.float32), ones))
-    x_int, w_int_name = f"{stem}{EXACT_INTEGER}_x", f"{stem}{EXACT_INTEGER}_w"
-    acc = f"{stem}{EXACT_ACCUMULATOR}"
-    new = [helper.make_node("DequantizeLinear", [dq_x.input[0], one] + ([dq_x.input[2]] if len(dq_x.input) > 2 and dq_x.input[2] else []),
-                            [x_int], name=x_int),
-           helper.make_node("DequantizeLinear", [dq_w.input[0], ones] + ([dq_w.input[2]] if len(dq_w.input) > 2 and dq_w.input[2] else []),
-                            [w_int_name], name=w_int_name, **({"axis": w_axis} if s_w.size != 1 else {}))]
-    core = helper.make_node(node.op_type, [x_int, w_int_name], [acc], name=acc)
-    core.attribute.extend(a for a in node.attribute if a.name not in ("alpha", "beta"))
-    new.append(core)
-    if round_accumulator:
-        new.append(helper.make_node("Round", [acc], [f"{stem}{EXACT_ROUNDED}"], name=f"{stem}{EXACT_ROUNDED}"))
-        acc = f"{stem}{EXACT_ROUNDED}"
-    # One float32 multiplier per channel, rounded once, as an integer kernel's epilogue does.
-    scale = (s_x.reshape(()) * s_w.reshape(-1)).astype(np.float32)
-    out_shape = [1, channels, *([1] * (w_q.ndim - 2))] if node.op_type == "Conv" else [1, channels]
-    multiplier = f"{stem}{EXACT_RESCALE}"
-    graph.initializer.append(numpy_helper.from_array(
-        np.broadcast_to(scale, (channels,)).reshape(out_shape).astype(np.float32) if scale.size > 1
-        else scale.reshape(()), multiplier + "_multiplier"))
     bias = _bias(node, producer, inits)
     if bias is not None:
         if bias.size == 1:
             bias = np.full(channels, bias.reshape(-1)[0], np.float32)
         elif bias.size != channels:
             return "bias is not one value per output channel"
-    scaled = node.output[0] if bias is None else multiplier
-    new.append(helper.make_node("Mul", [acc, multiplier + "_multiplier"], [scaled], name=multiplier))
+
+    n = _names(stem)
+    graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), n["one"]))
+    graph.initializer.append(numpy_helper.from_array(np.ones(s_w.shape, np.float32), n["ones"]))
+    zero_x = [dq_x.input[2]] if len(dq_x.input) > 2 and dq_x.input[2] else []
+    zero_w = [dq_w.input[2]] if len(dq_w.input) > 2 and dq_w.input[2] else []
+    new = [helper.make_node("DequantizeLinear", [dq_x.input[0], n["one"]] + zero_x, [n["x"]], name=n["x"]),
+           helper.make_node("DequantizeLinear", [dq_w.input[0], n["ones"]] + zero_w, [n["w"]], name=n["w"],
+                            **({"axis": w_axis} if s_w.size != 1 else {}))]
+    core = helper.make_node(node.op_type, [n["x"], n["w"]], [n["acc"]], name=n["acc"])
+    core.attribute.extend(a for a in node.attribute if a.name not in ("alpha", "beta"))
+    new.append(core)
+    acc = n["acc"]
+    if round_accumulator:
+        new.append(helper.make_node("Round", [acc], [n["rounded"]], name=n["rounded"]))
+        acc = n["rounded"]
+    # One float32 multiplier per channel, rounded once, as an integer kernel's epilogue does.
+    scale = (s_x.reshape(()) * s_w.reshape(-1)).astype(np.float32)
+    out_shape = [1, channels, *([1] * (w_q.ndim - 2))] if node.op_type == "Conv" else [1, channels]
+    graph.initializer.append(numpy_helper.from_array(
+        scale.reshape(out_shape) if scale.size > 1 else scale.reshape(()), n["multiplier"]))
+    scaled = node.output[0] if bias is None else n["rescale"]
+    new.append(helper.make_node("Mul", [acc, n["multiplier"]], [scaled], name=n["rescale"]))
     if bias is not None:
-        graph.initializer.append(numpy_helper.from_array(bias.reshape(out_shape).astype(np.float32), multiplier + "_bias"))
-        new.append(helper.make_node("Add", [scaled, multiplier + "_bias"], [node.output[0]], name=multiplier + "_bias"))
+        graph.initializer.append(numpy_helper.from_array(bias.reshape(out_shape).astype(np.float32), n["bias"]))
+        new.append(helper.make_node("Add", [scaled, n["bias"]], [node.output[0]], name=n["bias"]))
     return new
 
 
