@@ -28,6 +28,10 @@ from calib.data.transforms import Preprocess
 from calib.errors import CalibError, InternalError
 
 
+# Blocked while the workers start (see _WorkerPool); a worker unblocks them with its own handlers set.
+_WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 @dataclass
 class Batch:
     images: np.ndarray          # (N, C, H, W) float32
@@ -78,6 +82,10 @@ class _WorkerPool:
         self.results = ctx.Queue()
         self.procs = []
         _LIVE_POOLS.add(self)
+        # Workers are born with SIGINT/SIGTERM blocked and unblock them once their own handlers are
+        # set: a signal sent while a worker starts is then delivered under its handlers, not lost
+        # to a parent's handler it inherited through fork.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
         try:
             for i in range(workers):
                 p = ctx.Process(target=_worker_main, name=f"calib-decode-{i}", daemon=True,
@@ -87,6 +95,8 @@ class _WorkerPool:
         except BaseException:
             self.close()
             raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def submit(self, index: int, chunk: list[Sample]) -> None:
         self.tasks.put((index, chunk))
@@ -140,6 +150,7 @@ def _worker_main(tasks, results, source: ImageSource, preprocess: Preprocess, pa
     # at once, whatever handler it inherited from the parent through fork.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)   # blocked by the parent for the start
     while True:
         if os.getppid() != parent:
             # The parent died without closing the pool (SIGKILL): do not outlive it, nor wait at
