@@ -12,8 +12,9 @@ Preprocessing must not drift from the CPU path (`calib.data.transforms.Preproces
   coefficients (Pillow's `src/libImaging/Resample.c`: `precompute_coeffs`, bicubic a = -0.5,
   support scaled by the downscale factor, i.e. antialiased), the same 22-bit fixed-point weights
   (`normalize_coeffs_8bpc`), horizontal pass first, rounding and clamping to 8 bits after each
-  pass. Both passes are float64 matrix products of integers below 2**53, so every sum is exact
-  and the GPU output equals Pillow's bit for bit on the same decoded pixels;
+  pass. On a GPU with triton this is `calib.data.resample_kernel`, Pillow's own int32 sums (half the
+  GPU time); elsewhere both passes are float64 matrix products of integers below 2**53, so every
+  sum is exact. Either way the output equals Pillow's bit for bit on the same decoded pixels;
 - `resample="torch"` uses `torch.nn.functional.interpolate(..., antialias=True)` instead (close
   to, not equal to, Pillow: kept to measure the difference);
 - normalisation is the same float32 `(x - mean) / std`.
@@ -219,20 +220,62 @@ def image_plan(preprocess: Preprocess, width: int, height: int) -> ImagePlan:
     return _image_plan(_preset_key(preprocess), width, height)
 
 
-def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess) -> "torch.Tensor":
-    """Pillow-exact crop + resize of uint8 (3, H, W) tensors (one device) -> uint8 (N, 3, S, S)."""
+KERNELS = ("auto", "triton", "matmul")
+_triton_failed: list[str] = []   # set when a Triton launch failed here: "auto" stops trying it
+
+
+def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess, kernel: str = "auto") -> "torch.Tensor":
+    """Pillow-exact crop + resize of uint8 (3, H, W) tensors (one device) -> uint8 (N, 3, S, S).
+
+    `kernel`: "triton" (`calib.data.resample_kernel`: Pillow's int32 arithmetic, a fraction of
+    the GPU time), "matmul" (float64 products with dense weight matrices, any torch device), or
+    "auto" (triton where it runs, else matmul). Both give Pillow's pixels bit for bit."""
     import torch
 
+    if kernel not in KERNELS:
+        raise CalibError(f"unknown resampling kernel '{kernel}' (choose from: {', '.join(KERNELS)})")
     s = preprocess.size
     plans = [image_plan(preprocess, int(im.shape[2]), int(im.shape[1])) for im in images]
     order = [p.v_first for p in plans]
+    group = _group_function(kernel, images[0].device, preprocess)
     if all(order) or not any(order):
-        return _resample_group(images, plans, preprocess, order[0])
+        return group(images, plans, order[0])
     out = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=images[0].device)
     for flag in (False, True):
         idx = [i for i, o in enumerate(order) if o == flag]
-        out[idx] = _resample_group([images[i] for i in idx], [plans[i] for i in idx], preprocess, flag)
+        out[idx] = group([images[i] for i in idx], [plans[i] for i in idx], flag)
     return out
+
+
+def _group_function(kernel: str, device, preprocess: Preprocess):
+    """resample(images, plans, v_first) for one pass order, with the kernel asked for."""
+    from calib.data import resample_kernel
+
+    def matmul(images, plans, v_first):
+        return _resample_group(images, plans, preprocess, v_first)
+
+    def triton(images, plans, v_first):
+        return resample_kernel.resample(images, plans, preprocess.size, v_first)
+
+    if kernel == "matmul":
+        return matmul
+    if kernel == "triton":
+        if not resample_kernel.available(device):
+            raise CalibError(f"the Triton resampling kernel cannot run on {device} (pip install triton; "
+                             f"it needs a CUDA GPU)")
+        return triton
+    if _triton_failed or not resample_kernel.available(device):
+        return matmul
+
+    def auto(images, plans, v_first):
+        if not _triton_failed:
+            try:
+                return triton(images, plans, v_first)
+            except Exception as e:  # a Triton that cannot compile here: the exact matmul path instead
+                _triton_failed.append(f"{type(e).__name__}: {e}")
+        return matmul(images, plans, v_first)
+
+    return auto
 
 
 def _to_device(a: np.ndarray, device) -> "torch.Tensor":
