@@ -72,6 +72,13 @@ def levels(a: np.ndarray, b: np.ndarray, std) -> dict:
             "exact_fraction": float(np.mean(d < 1e-3))}
 
 
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
 def timed_run(runner, x, iters: int = 30) -> float:
     import torch
 
@@ -120,7 +127,7 @@ def run(args) -> None:
         "gpus": torch.cuda.device_count(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "torch": torch.__version__, "torchvision": torchvision.__version__, "onnxruntime": ort.__version__,
         "providers": ort.get_available_providers(), "pillow": __import__("PIL").__version__,
-        "images": str(args.images), "batch": args.batch}
+        "images": str(args.images), "batch": args.batch, "triton": _version("triton")}
     save(out)
     pre = get_preset("efficientnet-lite")
     sample = Dataset.of(imagenet_val(args.images), pre)
@@ -264,6 +271,24 @@ def run(args) -> None:
         loop.join()
         res["decode_nvjpeg_pil_resize[thread, models running]"] = count / (end - t)
         res["pair_while_decoding[thread]"] = args.batch * sum(t <= r <= end for r in runs) / (end - t)
+        # GPU time of the Pillow-exact resize + normalisation of one batch, per kernel.
+        from calib.data.gpu_decode import GpuDecoder, normalise, resample_pil
+
+        decoded = GpuDecoder(pre, "cuda:0").decode(
+            [open(s.key, "rb").read() for s in sample.samples[:args.batch]])
+        for kernel in ("triton", "matmul"):
+            try:
+                times = []
+                for _ in range(12):
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    normalise(resample_pil(decoded, pre, kernel), pre)
+                    b.record()
+                    b.synchronize()
+                    times.append(a.elapsed_time(b))
+                res[f"resize_gpu_ms_per_batch[{kernel}]"] = float(np.median(times[2:]))
+            except Exception as e:  # no triton here: say so
+                res[f"resize_gpu_ms_per_batch[{kernel}]"] = f"{type(e).__name__}: {e}"
 
         from calib.data.gpu_stream import GpuBatchStream
 
@@ -470,7 +495,9 @@ def render(r: dict) -> str:
     c, e = r.get("ceilings", {}), r.get("end_to_end", {})
     if c and "error" not in c:
         lines += ["| throughput (images/s) | value |", "|---|---|"]
-        lines += [f"| ceiling: {k} | {f(v)} |" for k, v in c.items()]
+        lines += [f"| ceiling: {k} | {v} |" if isinstance(v, str) else
+                  f"| ceiling: {k} | {f(v, '{:.2f}')} ms |" if "_ms_" in k else f"| ceiling: {k} | {f(v)} |"
+                  for k, v in c.items()]
         if e and "error" not in e:
             for k, v in e.items():
                 lines.append(f"| FP32+INT8 end to end ({k}, {v['decode_path']}, {v['images']:,} images) | "
