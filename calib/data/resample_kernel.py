@@ -42,7 +42,10 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # Only the block sizes are compile-time: tap counts, strides and table offsets change from batch
+    # to batch, and specialising on them (Triton's default) would compile the kernel again each time.
+    @triton.jit(do_not_specialize=["off", "w", "J", "K", "off_si", "off_sj", "w_si", "w_sj",
+                                   "dst_si", "dst_sc", "dst_sa", "dst_sj"])
     def resample_axis(src, dst, meta, off, w, J, K, off_si, off_sj, w_si, w_sj,
                       dst_si, dst_sc, dst_sa, dst_sj,
                       BLOCK_A: tl.constexpr, BLOCK_J: tl.constexpr, HALF: tl.constexpr, SHIFT: tl.constexpr):
