@@ -12,8 +12,8 @@ Preprocessing must not drift from the CPU path (`calib.data.transforms.Preproces
   coefficients (Pillow's `src/libImaging/Resample.c`: `precompute_coeffs`, bicubic a = -0.5,
   support scaled by the downscale factor, i.e. antialiased), the same 22-bit fixed-point weights
   (`normalize_coeffs_8bpc`), horizontal pass first, rounding and clamping to 8 bits after each
-  pass. On a GPU with triton this is `calib.data.resample_kernel`, Pillow's own int32 sums (half the
-  GPU time); elsewhere both passes are float64 matrix products of integers below 2**53, so every
+  pass. On a GPU with triton this is `calib.data.resample_kernel`, Pillow's own int32 sums (about
+  half the stream time, measured on an H200); elsewhere both passes are float64 matrix products of integers below 2**53, so every
   sum is exact. Either way the output equals Pillow's bit for bit on the same decoded pixels;
 - `resample="torch"` uses `torch.nn.functional.interpolate(..., antialias=True)` instead (close
   to, not equal to, Pillow: kept to measure the difference);
@@ -249,6 +249,10 @@ def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess, kerne
 
 def _group_function(kernel: str, device, preprocess: Preprocess):
     """resample(images, plans, v_first) for one pass order, with the kernel asked for."""
+    import warnings
+
+    import torch
+
     from calib.data import resample_kernel
 
     def matmul(images, plans, v_first):
@@ -271,8 +275,12 @@ def _group_function(kernel: str, device, preprocess: Preprocess):
         if not _triton_failed:
             try:
                 return triton(images, plans, v_first)
-            except Exception as e:  # a Triton that cannot compile here: the exact matmul path instead
+            except torch.OutOfMemoryError:
+                raise   # not a Triton problem, and the matmul path needs more memory still
+            except Exception as e:  # a Triton that cannot compile here: the exact matmul path, said once
                 _triton_failed.append(f"{type(e).__name__}: {e}")
+                warnings.warn(f"the Triton resize kernel failed ({_triton_failed[0].splitlines()[0][:200]}); "
+                              f"resizing with the slower exact matmul path from now on", stacklevel=2)
         return matmul(images, plans, v_first)
 
     return auto

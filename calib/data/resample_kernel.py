@@ -2,9 +2,9 @@
 
 Why: the reference implementation there (`resample_pil` with `kernel="matmul"`) multiplies each
 crop by dense float64 weight matrices: exact, but it reads and writes every pixel in float64
-several times and multiplies by mostly-zero matrices. On an H200 it takes 8.2 ms of GPU time per
-batch of 256 sample images, GPU time the models need; this kernel takes 4.5 ms
-(benchmarks/gpu.json). It does what Pillow's `ImagingResampleHorizontal_8bpc` /
+several times and multiplies by mostly-zero matrices. On an H200 one batch of 256 sample images
+kept the resize's stream busy for 8.2 ms; an earlier build of this kernel (which still let Triton
+specialise on its integer arguments) for 4.5 ms (benchmarks/gpu.json). It does what Pillow's `ImagingResampleHorizontal_8bpc` /
 `ImagingResampleVertical_8bpc` do (`src/libImaging/Resample.c`): for each output pixel, an int32
 sum of the filter's taps (22-bit fixed-point weights times 8-bit pixels) started at 2**21, shifted
 right by 22 and clamped to [0, 255]. That is integer arithmetic, so it equals Pillow bit for bit by
@@ -22,6 +22,7 @@ imported, `gpu_decode` falls back to the matmul implementation (same pixels, slo
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
@@ -50,7 +51,7 @@ def _kernel():
                       dst_si, dst_sc, dst_sa, dst_sj,
                       BLOCK_A: tl.constexpr, BLOCK_J: tl.constexpr, HALF: tl.constexpr, SHIFT: tl.constexpr):
         pid = tl.program_id(0)
-        i = pid // 3
+        i = (pid // 3).to(tl.int64)   # 64-bit: i * dst_si passes 2**31 in a large batch with one large image
         c = pid % 3
         a = tl.program_id(1) * BLOCK_A + tl.arange(0, BLOCK_A)
         j = tl.program_id(2) * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -151,12 +152,14 @@ def resample(images: Sequence["torch.Tensor"], plans: Sequence["ImagePlan"], siz
         kernel[grid](src, dst, meta_pass, off, weights, s, k, off.stride(0), off.stride(1),
                      weights.stride(0), weights.stride(1), *dst_strides, **consts)
 
-    if v_first:
-        mid = torch.empty((n, 3, s, span_x), dtype=torch.uint8, device=device)
-        run(flat, mid, meta_d[0], offy, kky, ky, span_x, (3 * s * span_x, s * span_x, 1, span_x))
-        run(mid, out, meta_d[1], offx, kkx, kx, s, (3 * s * s, s * s, s, 1))
-    else:
-        mid = torch.empty((n, 3, span_y, s), dtype=torch.uint8, device=device)
-        run(flat, mid, meta_d[0], offx, kkx, kx, span_y, (3 * span_y * s, span_y * s, s, 1))
-        run(mid, out, meta_d[1], offy, kky, ky, s, (3 * s * s, s * s, 1, s))
+    # Triton launches on the current CUDA device, not on the tensors' one.
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        if v_first:
+            mid = torch.empty((n, 3, s, span_x), dtype=torch.uint8, device=device)
+            run(flat, mid, meta_d[0], offy, kky, ky, span_x, (3 * s * span_x, s * span_x, 1, span_x))
+            run(mid, out, meta_d[1], offx, kkx, kx, s, (3 * s * s, s * s, s, 1))
+        else:
+            mid = torch.empty((n, 3, span_y, s), dtype=torch.uint8, device=device)
+            run(flat, mid, meta_d[0], offx, kkx, kx, span_y, (3 * span_y * s, span_y * s, s, 1))
+            run(mid, out, meta_d[1], offy, kky, ky, s, (3 * s * s, s * s, 1, s))
     return out

@@ -94,3 +94,63 @@ def test_kernel_equals_pillow_on_the_gpu():
     rng = np.random.default_rng(1)
     sizes = SIZES + [(3000, 2000), (257, 256)] + [tuple(int(v) for v in rng.integers(16, 1600, 2)) for _ in range(24)]
     _check("cuda", sizes)
+
+
+@pytest.mark.skipif(not _triton(), reason="triton is not installed")
+def test_vertical_first_and_mixed_orders_under_the_interpreter(monkeypatch):
+    import torch
+
+    from calib.data import resample_kernel
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    resample_kernel._kernel.cache_clear()
+    try:
+        pre = get_preset("efficientnet-lite", 32)
+        images = [_image(w, h) for w, h in [(20, 150), (150, 20), (40, 44), (1, 1), (2, 90)]]
+        ref = np.stack([pre(im) for im in images])
+        tensors = [torch.from_numpy(pil_pixels(im)) for im in images]
+        np.testing.assert_array_equal(normalise(resample_pil(tensors, pre, kernel="triton"), pre).numpy(), ref)
+    finally:
+        resample_kernel._kernel.cache_clear()
+
+
+def test_auto_falls_back_once_with_a_warning_but_not_on_out_of_memory(monkeypatch):
+    import torch
+
+    from calib.data import gpu_decode, resample_kernel
+
+    pre = get_preset("efficientnet-lite", 32)
+    images = [torch.from_numpy(pil_pixels(_image(40, 60)))]
+    monkeypatch.setattr(resample_kernel, "available", lambda device: True)
+    monkeypatch.setattr(gpu_decode, "_triton_failed", [])
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(resample_kernel, "resample", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        resample_pil(images, pre)
+    assert gpu_decode._triton_failed == []
+
+    def broken(*a, **k):
+        raise RuntimeError("PTX compile failed")
+    monkeypatch.setattr(resample_kernel, "resample", broken)
+    with pytest.warns(UserWarning, match="Triton resize kernel failed .*PTX compile failed"):
+        got = resample_pil(images, pre)
+    assert torch.equal(got, resample_pil(images, pre, kernel="matmul"))
+    assert len(gpu_decode._triton_failed) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (_cuda() and _triton()), reason="needs an NVIDIA GPU and triton")
+def test_kernel_addresses_past_two_gigabytes_on_the_gpu():
+    import torch
+
+    # One 6000x4000 photo widens every image's slab of the intermediate buffer: with 1,000 small
+    # images the output offsets pass 2**31 (an int32 product there was an illegal memory access).
+    pre = get_preset("efficientnet-lite")
+    big = torch.from_numpy(pil_pixels(_image(6000, 4000))).cuda()
+    small = torch.from_numpy(pil_pixels(_image(32, 32))).cuda()
+    images = [big] + [small] * 1000
+    got = resample_pil(images, pre, kernel="triton")
+    assert torch.equal(got[:2], resample_pil(images[:2], pre, kernel="matmul"))
+    assert torch.equal(got[-1], got[1])
