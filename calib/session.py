@@ -123,16 +123,12 @@ def resolve_devices(spec: str) -> tuple[str, ...]:
 def check_devices(config: RunConfig) -> tuple[str, ...]:
     """The devices, usable here: a GPU run needs torch with CUDA, ONNX Runtime's CUDA provider
     (calib[gpu]) and the ort backend (TensorRT backends run on the GPU by themselves)."""
-    return usable_devices(config.devices(), config.backend, config.device)
-
-
-def usable_devices(devices: tuple[str, ...], backend: str, spec: str) -> tuple[str, ...]:
-    """`devices` (resolved from `spec`), refused in one line unless usable here with `backend`."""
+    devices = config.devices()
     if devices == ("cpu",):
         return devices
-    if backend != "ort":
-        raise CalibError(f"--device {spec} runs ONNX Runtime's CUDA provider: use it with --backend ort "
-                         f"(the {backend} backend runs on the GPU by itself)")
+    if config.backend != "ort":
+        raise CalibError(f"--device {config.device} runs ONNX Runtime's CUDA provider: use it with --backend ort "
+                         f"(the {config.backend} backend runs on the GPU by itself)")
     from calib.backends.ort import require_cuda_provider
     from calib.data.cuda import require_torch_cuda
 
