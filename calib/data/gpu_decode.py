@@ -199,25 +199,41 @@ class ImagePlan:
     v_first: bool
 
 
-def _preset_key(preprocess: Preprocess) -> tuple:
-    return (preprocess.size, preprocess.crop, preprocess.crop_padding, preprocess.resize_to,
-            preprocess.interpolation)
-
-
 @lru_cache(maxsize=8192)
-def _image_plan(key: tuple, width: int, height: int) -> ImagePlan:
-    size, crop, crop_padding, resize_to, interpolation = key
-    pre = Preprocess("plan", size, crop, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), interpolation, crop_padding, resize_to)
-    px, py = crop_plan(pre, width, height)
-    x0, sx, offx, kkx = _compact(px, interpolation)
-    y0, sy, offy, kky = _compact(py, interpolation)
-    return ImagePlan(x0, sx, offx, kkx, y0, sy, offy, kky, vertical_first(px, py))
-
-
 def image_plan(preprocess: Preprocess, width: int, height: int) -> ImagePlan:
     """The cached `ImagePlan` of a `width` x `height` image (image sizes repeat across a dataset:
     the per-image Python work of a batch is then a dictionary lookup)."""
-    return _image_plan(_preset_key(preprocess), width, height)
+    px, py = crop_plan(preprocess, width, height)
+    x0, sx, offx, kkx = _compact(px, preprocess.interpolation)
+    y0, sy, offy, kky = _compact(py, preprocess.interpolation)
+    return ImagePlan(x0, sx, offx, kkx, y0, sy, offy, kky, vertical_first(px, py))
+
+
+def plan_tables(plans: Sequence[ImagePlan], size: int) -> tuple[np.ndarray, int, int]:
+    """(int32 (n, size, 2 + kx + ky) table, kx, ky): per image and output, the x offset, the y
+    offset, then the kx horizontal and ky vertical weights (zero past an image's own taps). Both
+    resamplers read it; one array, so one copy to the device."""
+    kx = max(p.kkx.shape[1] for p in plans)
+    ky = max(p.kky.shape[1] for p in plans)
+    table = np.zeros((len(plans), size, 2 + kx + ky), np.int32)
+    for i, p in enumerate(plans):
+        table[i, :, 0], table[i, :, 1] = p.offx, p.offy
+        table[i, :, 2:2 + p.kkx.shape[1]] = p.kkx
+        table[i, :, 2 + kx:2 + kx + p.kky.shape[1]] = p.kky
+    return table, kx, ky
+
+
+def to_device(a: np.ndarray, device) -> "torch.Tensor":
+    """A host array on `device`: on a GPU through pinned memory filled by numpy (torch's own CPU
+    copy would fan out to every intra-op thread, which stalls while the models keep the other
+    cores' threads busy), then one non-blocking copy."""
+    import torch
+
+    if device.type != "cuda":
+        return torch.from_numpy(a)
+    pinned = torch.empty(a.shape, dtype=torch.from_numpy(a[:0]).dtype, pin_memory=True)
+    np.copyto(pinned.numpy(), a)
+    return pinned.to(device, non_blocking=True)
 
 
 KERNELS = ("auto", "triton", "matmul")
@@ -237,7 +253,11 @@ def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess, kerne
     s = preprocess.size
     plans = [image_plan(preprocess, int(im.shape[2]), int(im.shape[1])) for im in images]
     order = [p.v_first for p in plans]
-    group = _group_function(kernel, images[0].device, preprocess)
+    triton = _use_triton(kernel, images[0].device)
+
+    def group(images, plans, v_first):
+        return _resample_order(images, plans, preprocess, v_first, triton, strict=kernel == "triton")
+
     if all(order) or not any(order):
         return group(images, plans, order[0])
     out = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=images[0].device)
@@ -247,50 +267,42 @@ def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess, kerne
     return out
 
 
-def _group_function(kernel: str, device, preprocess: Preprocess):
-    """resample(images, plans, v_first) for one pass order, with the kernel asked for."""
-    import warnings
-
-    import torch
-
+def _use_triton(kernel: str, device) -> bool:
+    """Whether `kernel` means the Triton kernel on `device`; "triton" where it cannot run is an error."""
     from calib.data import resample_kernel
 
-    def matmul(images, plans, v_first):
-        return _resample_group(images, plans, preprocess, v_first)
-
-    def triton(images, plans, v_first):
-        return resample_kernel.resample(images, plans, preprocess.size, v_first)
-
     if kernel == "matmul":
-        return matmul
+        return False
     if kernel == "triton":
         if not resample_kernel.available(device):
             raise CalibError(f"the Triton resampling kernel cannot run on {device} (pip install triton; "
                              f"it needs a CUDA GPU)")
-        return triton
-    if _triton_failed or not resample_kernel.available(device):
-        return matmul
-
-    def auto(images, plans, v_first):
-        if not _triton_failed:
-            try:
-                return triton(images, plans, v_first)
-            except torch.OutOfMemoryError:
-                raise   # not a Triton problem, and the matmul path needs more memory still
-            except Exception as e:  # a Triton that cannot compile here: the exact matmul path, said once
-                _triton_failed.append(f"{type(e).__name__}: {e}")
-                warnings.warn(f"the Triton resize kernel failed ({_triton_failed[0].splitlines()[0][:200]}); "
-                              f"resizing with the slower exact matmul path from now on", stacklevel=2)
-        return matmul(images, plans, v_first)
-
-    return auto
+        return True
+    return not _triton_failed and resample_kernel.available(device)
 
 
-def _to_device(a: np.ndarray, device) -> "torch.Tensor":
+def _resample_order(images, plans: Sequence[ImagePlan], preprocess: Preprocess, v_first: bool, triton: bool,
+                    strict: bool) -> "torch.Tensor":
+    """One pass order's images, with the Triton kernel when `triton` (a failure is raised when
+    `strict`, else said once and the matmul path takes over for good), else the matmul path."""
     import torch
 
-    t = torch.from_numpy(a)
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+    if triton and (strict or not _triton_failed):
+        from calib.data import resample_kernel
+
+        try:
+            return resample_kernel.resample(images, plans, preprocess.size, v_first)
+        except torch.OutOfMemoryError:
+            raise   # not a Triton problem, and the matmul path needs more memory still
+        except Exception as e:  # a Triton that cannot compile here: the exact matmul path, said once
+            if strict:
+                raise
+            import warnings
+
+            _triton_failed.append(f"{type(e).__name__}: {e}")
+            warnings.warn(f"the Triton resize kernel failed ({_triton_failed[0].splitlines()[0][:200]}); "
+                          f"resizing with the slower exact matmul path from now on", stacklevel=3)
+    return _resample_group(images, plans, preprocess, v_first)
 
 
 def _compact(plan: AxisPlan, interpolation: str) -> tuple[int, int, np.ndarray, np.ndarray]:
@@ -330,7 +342,7 @@ def _gather_crops(images, plans, span_y: int, span_x: int) -> "torch.Tensor":
         meta[:, i] = (base, h * w, w, p.y0, p.x0, p.sy, p.sx)
         base += 3 * h * w
     flat = torch.cat([im.reshape(-1) for im in images])
-    b, hw, w, y0, x0, sy, sx = _to_device(meta, device).unbind(0)
+    b, hw, w, y0, x0, sy, sx = to_device(meta, device).unbind(0)
     ys = torch.minimum(torch.arange(span_y, device=device).view(1, -1), (sy - 1).view(-1, 1)) + y0.view(-1, 1)
     xs = torch.minimum(torch.arange(span_x, device=device).view(1, -1), (sx - 1).view(-1, 1)) + x0.view(-1, 1)
     channel = torch.arange(3, device=device).view(1, 3, 1, 1) * hw.view(-1, 1, 1, 1)
@@ -343,15 +355,8 @@ def _resample_group(images, plans: Sequence[ImagePlan], preprocess: Preprocess, 
 
     device = images[0].device
     span_x, span_y = max(p.sx for p in plans), max(p.sy for p in plans)
-    kx, ky = max(p.kkx.shape[1] for p in plans), max(p.kky.shape[1] for p in plans)
-    n, s = len(images), preprocess.size
-    # One host array holds every image's offsets and weights: one copy to the device.
-    host = np.zeros((n, s, 2 + kx + ky), np.int64)
-    for i, p in enumerate(plans):
-        host[i, :, 0], host[i, :, 1] = p.offx, p.offy
-        host[i, :, 2:2 + p.kkx.shape[1]] = p.kkx
-        host[i, :, 2 + kx:2 + kx + p.kky.shape[1]] = p.kky
-    dev = _to_device(host, device)
+    table, kx, ky = plan_tables(plans, preprocess.size)
+    dev = to_device(table, device)   # offsets and weights of every image: one copy
     weights = dev[:, :, 2:].to(torch.float64)
     wx_t = _dense_on_device(dev[:, :, 0], weights[:, :, :kx], span_x).transpose(1, 2).unsqueeze(1)   # (n, 1, Wx, S)
     wy_t = _dense_on_device(dev[:, :, 1], weights[:, :, kx:], span_y).unsqueeze(1)                   # (n, 1, S, Hy)

@@ -96,38 +96,23 @@ def available(device: "torch.device") -> bool:
     return True
 
 
-def _host(shape: tuple, dtype, device) -> tuple["torch.Tensor", np.ndarray]:
-    """A host tensor (pinned when it will be copied to a GPU) and its numpy view, filled with
-    numpy: torch's own CPU copy would fan out to every intra-op thread, which stalls while the
-    models keep the other cores' threads busy."""
-    import torch
-
-    t = torch.zeros(shape, dtype=dtype, pin_memory=device.type == "cuda")
-    return t, t.numpy()
-
-
 def resample(images: Sequence["torch.Tensor"], plans: Sequence["ImagePlan"], size: int,
              v_first: bool) -> "torch.Tensor":
     """uint8 (3, H, W) images (one device) -> uint8 (n, 3, size, size): Pillow's crop + resize
     with every image's `ImagePlan` (all of one pass order, `v_first`)."""
     import torch
 
+    from calib.data.gpu_decode import plan_tables, to_device
+
     device = images[0].device
     n, s = len(images), size
-    kx = max(p.kkx.shape[1] for p in plans)
-    ky = max(p.kky.shape[1] for p in plans)
-    width = 2 + kx + ky
-    tables_t, tables = _host((n, s, width), torch.int32, device)   # offx, offy, kkx..., kky...
-    meta_t, meta = _host((2, n, 8), torch.int64, device)           # per pass: addressing per image
+    tables, kx, ky = plan_tables(plans, s)     # offx, offy, kkx..., kky... per image and output
+    meta = np.zeros((2, n, 8), np.int64)       # per pass: addressing per image
     span_y = max(p.sy for p in plans)
     span_x = max(p.sx for p in plans)
     base = 0
     for i, (im, p) in enumerate(zip(images, plans)):
         h, w = int(im.shape[1]), int(im.shape[2])
-        tables[i, :, 0] = p.offx
-        tables[i, :, 1] = p.offy
-        tables[i, :, 2:2 + p.kkx.shape[1]] = p.kkx
-        tables[i, :, 2 + kx:2 + kx + p.kky.shape[1]] = p.kky
         if v_first:   # columns of the window first: (base, s_c, s_a, s_k, a0, o, extent, span)
             meta[0, i] = (base, h * w, 1, w, p.x0, p.y0, p.sx, p.sy)
             meta[1, i] = (i * 3 * s * span_x, s * span_x, span_x, 1, 0, 0, s, p.sx)
@@ -136,11 +121,7 @@ def resample(images: Sequence["torch.Tensor"], plans: Sequence["ImagePlan"], siz
             meta[1, i] = (i * 3 * span_y * s, span_y * s, 1, s, 0, 0, s, p.sy)
         base += 3 * h * w
     flat = torch.cat([im.reshape(-1) for im in images])
-    if device.type == "cuda":
-        tables_d = tables_t.to(device, non_blocking=True)
-        meta_d = meta_t.to(device, non_blocking=True)
-    else:
-        tables_d, meta_d = tables_t, meta_t
+    tables_d, meta_d = to_device(tables, device), to_device(meta, device)
     offx, offy = tables_d[:, :, 0], tables_d[:, :, 1]
     kkx, kky = tables_d[:, :, 2:2 + kx], tables_d[:, :, 2 + kx:]
     out = torch.empty((n, 3, s, s), dtype=torch.uint8, device=device)
