@@ -44,13 +44,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from calib.quantize.flavor import WEIGHTED_OPS as _COMPUTE_OPS   # the ops whose inputs get Q/DQ
 from calib.quantize.naming import EXACT_ACCUMULATOR, EXACT_INTEGER, EXACT_RESCALE, EXACT_ROUNDED
 
 EXACT_LIMIT = 2 ** 24
 _RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255)}
-_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 # Ops whose float math TF32 may change (cuDNN/cuBLAS products).
-_TF32_OPS = _COMPUTE_OPS + ("Einsum", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "FusedMatMul")
+_TF32_OPS = _COMPUTE_OPS | frozenset({"Einsum", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "FusedMatMul"})
 
 
 @dataclass
