@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from calib.data.cuda import to_device
 from calib.data.transforms import Preprocess, to_rgb
 from calib.errors import CalibError
 
@@ -223,19 +224,6 @@ def plan_tables(plans: Sequence[ImagePlan], size: int) -> tuple[np.ndarray, int,
     return table, kx, ky
 
 
-def to_device(a: np.ndarray, device) -> "torch.Tensor":
-    """A host array on `device`: on a GPU through pinned memory filled by numpy (torch's own CPU
-    copy would fan out to every intra-op thread, which stalls while the models keep the other
-    cores' threads busy), then one non-blocking copy."""
-    import torch
-
-    if device.type != "cuda":
-        return torch.from_numpy(a)
-    pinned = torch.empty(a.shape, dtype=torch.from_numpy(a[:0]).dtype, pin_memory=True)
-    np.copyto(pinned.numpy(), a)
-    return pinned.to(device, non_blocking=True)
-
-
 KERNELS = ("auto", "triton", "matmul")
 _triton_failed: list[str] = []   # set when a Triton launch failed here: "auto" stops trying it
 
@@ -291,7 +279,7 @@ def _resample_order(images, plans: Sequence[ImagePlan], preprocess: Preprocess, 
         from calib.data import resample_kernel
 
         try:
-            return resample_kernel.resample(images, plans, preprocess.size, v_first)
+            return resample_kernel.resample(images, plans, plan_tables(plans, preprocess.size), v_first)
         except torch.OutOfMemoryError:
             raise   # not a Triton problem, and the matmul path needs more memory still
         except Exception as e:  # a Triton that cannot compile here: the exact matmul path, said once

@@ -96,17 +96,18 @@ def available(device: "torch.device") -> bool:
     return True
 
 
-def resample(images: Sequence["torch.Tensor"], plans: Sequence["ImagePlan"], size: int,
+def resample(images: Sequence["torch.Tensor"], plans: Sequence["ImagePlan"], tables: tuple[np.ndarray, int, int],
              v_first: bool) -> "torch.Tensor":
     """uint8 (3, H, W) images (one device) -> uint8 (n, 3, size, size): Pillow's crop + resize
-    with every image's `ImagePlan` (all of one pass order, `v_first`)."""
+    with every image's `ImagePlan` (all of one pass order, `v_first`) and their offsets and
+    weights, `gpu_decode.plan_tables(plans, size)`."""
     import torch
 
-    from calib.data.gpu_decode import plan_tables, to_device
+    from calib.data.cuda import to_device
 
+    tables, kx, ky = tables                    # offx, offy, kkx..., kky... per image and output
     device = images[0].device
-    n, s = len(images), size
-    tables, kx, ky = plan_tables(plans, s)     # offx, offy, kkx..., kky... per image and output
+    n, s = len(images), tables.shape[1]
     meta = np.zeros((2, n, 8), np.int64)       # per pass: addressing per image
     span_y = max(p.sy for p in plans)
     span_x = max(p.sx for p in plans)
