@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from calib.data.cuda import to_device
-from calib.data.transforms import Preprocess, to_rgb
+from calib.data.host_decode import pil_pixels
+from calib.data.packed import PackedImages
+from calib.data.transforms import Preprocess
 from calib.errors import CalibError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -228,8 +230,10 @@ KERNELS = ("auto", "triton", "matmul")
 _triton_failed: list[str] = []   # set when a Triton launch failed here: "auto" stops trying it
 
 
-def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess, kernel: str = "auto") -> "torch.Tensor":
-    """Pillow-exact crop + resize of uint8 (3, H, W) tensors (one device) -> uint8 (N, 3, S, S).
+def resample_pil(images: "Sequence[torch.Tensor] | PackedImages", preprocess: Preprocess,
+                 kernel: str = "auto") -> "torch.Tensor":
+    """Pillow-exact crop + resize of uint8 images on one device -> uint8 (N, 3, S, S): (3, H, W)
+    tensors, or a `PackedImages` buffer (planar or interleaved images, as decoded).
 
     `kernel`: "triton" (`calib.data.resample_kernel`: Pillow's int32 arithmetic, a fraction of
     the GPU time), "matmul" (float64 products with dense weight matrices, any torch device), or
@@ -239,19 +243,28 @@ def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess, kerne
     if kernel not in KERNELS:
         raise CalibError(f"unknown resampling kernel '{kernel}' (choose from: {', '.join(KERNELS)})")
     s = preprocess.size
-    plans = [image_plan(preprocess, int(im.shape[2]), int(im.shape[1])) for im in images]
+    if isinstance(images, PackedImages):
+        sizes, device = images.sizes, images.device
+    else:
+        sizes, device = [(int(im.shape[1]), int(im.shape[2])) for im in images], images[0].device
+    plans = [image_plan(preprocess, w, h) for h, w in sizes]
     order = [p.v_first for p in plans]
-    triton = _use_triton(kernel, images[0].device)
+    triton = _use_triton(kernel, device)
 
-    def group(images, plans, v_first):
-        return _resample_order(images, plans, preprocess, v_first, triton, strict=kernel == "triton")
+    def group(index, v_first):
+        if isinstance(images, PackedImages):
+            part = images if len(index) == len(images) else images.subset(index)
+        else:
+            part = [images[i] for i in index]
+        return _resample_order(part, [plans[i] for i in index], preprocess, v_first, triton,
+                               strict=kernel == "triton")
 
     if all(order) or not any(order):
-        return group(images, plans, order[0])
-    out = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=images[0].device)
+        return group(range(len(plans)), order[0])
+    out = torch.empty((len(plans), 3, s, s), dtype=torch.uint8, device=device)
     for flag in (False, True):
         idx = [i for i, o in enumerate(order) if o == flag]
-        out[idx] = group([images[i] for i in idx], [plans[i] for i in idx], flag)
+        out[idx] = group(idx, flag)
     return out
 
 
@@ -290,7 +303,8 @@ def _resample_order(images, plans: Sequence[ImagePlan], preprocess: Preprocess, 
             _triton_failed.append(f"{type(e).__name__}: {e}")
             warnings.warn(f"the Triton resize kernel failed ({_triton_failed[0].splitlines()[0][:200]}); "
                           f"resizing with the slower exact matmul path from now on", stacklevel=3)
-    return _resample_group(images, plans, preprocess, v_first)
+    return _resample_group(images.views() if isinstance(images, PackedImages) else images, plans, preprocess,
+                           v_first)
 
 
 def _compact(plan: AxisPlan, interpolation: str) -> tuple[int, int, np.ndarray, np.ndarray]:
@@ -422,17 +436,18 @@ def jpeg_components(data: bytes) -> int | None:
     return None
 
 
-def pil_pixels(image) -> np.ndarray:
-    """A PIL image as the CPU path sees it (plain RGB), uint8 (3, H, W)."""
-    return np.ascontiguousarray(np.asarray(to_rgb(image), dtype=np.uint8).transpose(2, 0, 1))
-
-
 class GpuDecoder:
     """Decode + preprocess batches on one CUDA device.
+
+    `decoder="nvjpeg"`: nvJPEG on the GPU (Pillow per image where nvJPEG cannot). `decoder="pil"`:
+    Pillow, the CPU path's pixels; a batch stream decodes those in worker processes
+    (`calib.data.host_decode`), `__call__` in this process, one image after the other.
 
     `__call__(items)` takes, per image, the encoded bytes or a zero-argument callable returning a
     PIL image (sources that do not read files), and returns (float32 (n, 3, S, S) on the device,
     indices of the items that made it, indices skipped)."""
+
+    DECODERS = ("nvjpeg", "pil")
 
     def __init__(self, preprocess: Preprocess, device: str = "cuda", resample: str = "pil",
                  decoder: str = "nvjpeg") -> None:
@@ -440,8 +455,8 @@ class GpuDecoder:
 
         if resample not in RESAMPLERS:
             raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")
-        if decoder not in ("nvjpeg", "pil"):
-            raise CalibError(f"unknown GPU decoder '{decoder}' (choose from: nvjpeg, pil)")
+        if decoder not in self.DECODERS:
+            raise CalibError(f"unknown GPU decoder '{decoder}' (choose from: {', '.join(self.DECODERS)})")
         self.torch, self.device = require_torch_cuda(device)
         if self.device.index is None:   # "cuda": the current device, named (threads need the index)
             self.device = self.torch.device("cuda", self.torch.cuda.current_device())
@@ -493,11 +508,7 @@ class GpuDecoder:
         from PIL import Image
 
         try:
-            if callable(item):
-                image = item()
-            else:
-                image = Image.open(io.BytesIO(bytes(item)))
-                image.load()
+            image = item() if callable(item) else Image.open(io.BytesIO(bytes(item)))
             pixels = pil_pixels(image)
         except Exception:  # corrupt or unsupported: skipped, as on the CPU path
             return None
@@ -505,11 +516,15 @@ class GpuDecoder:
             self.fallbacks += 1
         return self.torch.from_numpy(pixels).to(self.device, non_blocking=False)
 
-    def pixels(self, decoded: Sequence["torch.Tensor"]) -> "torch.Tensor":
+    def pixels(self, decoded: "Sequence[torch.Tensor] | PackedImages") -> "torch.Tensor":
         """Crop + resize decoded uint8 images to uint8 (n, 3, S, S)."""
         if self.resample == "pil":
             return resample_pil(decoded, self.preprocess)
-        return resample_torch(decoded, self.preprocess)
+        return resample_torch(decoded.views() if isinstance(decoded, PackedImages) else decoded, self.preprocess)
+
+    def preprocess_decoded(self, decoded: "Sequence[torch.Tensor] | PackedImages") -> "torch.Tensor":
+        """Decoded uint8 images -> the float32 (n, 3, S, S) batch the models take."""
+        return normalise(self.pixels(decoded), self.preprocess)
 
     def __call__(self, items: Sequence[bytes | Callable]) -> tuple["torch.Tensor | None", list[int], list[int]]:
         decoded = self.decode(items)
@@ -517,4 +532,4 @@ class GpuDecoder:
         bad = [i for i, t in enumerate(decoded) if t is None]
         if not ok:
             return None, ok, bad
-        return normalise(self.pixels([decoded[i] for i in ok]), self.preprocess), ok, bad
+        return self.preprocess_decoded([decoded[i] for i in ok]), ok, bad

@@ -34,7 +34,9 @@ reads the files (a small I/O thread pool), decodes them with nvJPEG and preproce
 CUDA stream of its own, and hands finished device batches over through a bounded queue with a
 CUDA event each; step 3 becomes a device-to-device copy into the slot. `gpu_batches` is the
 same producer without the fixed slots, for consumers that need no stable pointer (ORT with
-IOBinding, the calibration statistics).
+IOBinding, the calibration statistics). `gpu_batches(..., decoder="pil")` has worker processes
+decode with Pillow into shared, page-locked slots instead (`calib.data.host_decode`); the thread
+then copies each slot to the GPU and resizes there: the CPU path's pixels bit for bit.
 
 A batch handed out is a view into a reused buffer: it is valid until the next batch is asked
 for. Clone it to keep it. Use it on the stream that was current when it was handed out (or
@@ -45,6 +47,7 @@ release event is recorded on.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -266,6 +269,13 @@ class GpuBatchStream:
 
 
 # --------------------------------------------------------------------------- GPU decoding
+# While batches stream, this process runs several Python threads that each hold the GIL briefly
+# between native calls (the decode thread, the threads that launch the models). A thread coming
+# back from a native call waits for the holder to release the GIL, up to the switch interval
+# (5 ms by default) if the holder runs Python: time the GPU then idles. Shorter hand-overs while
+# a stream runs; the previous interval is restored after.
+GIL_SWITCH_INTERVAL: float | None = 0.0005
+
 @dataclass
 class _Decoded:
     """A batch the decode thread finished on its stream; `event` marks the end of its work."""
@@ -296,14 +306,16 @@ def read_items(source: ImageSource, samples: list[Sample]) -> list:
 
 
 class _DecodeThread:
-    """Read (I/O threads) -> nvJPEG decode + preprocess (this thread, its own CUDA stream) ->
-    bounded queue of finished device batches, in dataset order."""
+    """Decoded device batches in dataset order, through a bounded queue, from a thread with its
+    own CUDA stream. nvJPEG: read (I/O threads) -> decode + preprocess on the GPU. Pillow
+    (`decoder="pil"`): decode in worker processes into shared memory (`calib.data.host_decode`),
+    then one copy to the GPU and the preprocessing there."""
 
     _END = object()
 
     def __init__(self, dataset: Dataset, batch_size: int, device, resample: str = "pil",
                  depth: int = 3, io_threads: int = 4, progress: str | None = None,
-                 decoder: str = "nvjpeg") -> None:
+                 decoder: str = "nvjpeg", workers: int | None = None) -> None:
         from calib.data.gpu_decode import GpuDecoder
 
         self.dataset = dataset
@@ -313,6 +325,12 @@ class _DecodeThread:
         self.io_threads = io_threads
         self.depth = depth
         self.progress = progress
+        self.host = None
+        if decoder == "pil" and self.chunks:
+            from calib.data.host_decode import HostDecoder
+
+            # Forked here, in the consumer's thread, before this object's own thread exists.
+            self.host = HostDecoder(dataset.source, batch_size, workers, slots=depth + 2)
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -324,31 +342,61 @@ class _DecodeThread:
             # High priority: when the models keep every SM busy, the decoder's kernels are
             # scheduled first as blocks retire, so the next batch is ready when they want it.
             stream = torch.cuda.Stream(device=self.device, priority=-1)
-            source = self.dataset.source
-            with ThreadPoolExecutor(self.io_threads, thread_name_prefix="calib-read") as pool:
-                pending: deque = deque()
-                todo = iter(self.chunks)
-                for chunk in todo:
-                    pending.append((chunk, pool.submit(read_items, source, chunk)))
-                    if len(pending) > self.depth:
-                        break
-                while pending and not self.stop.is_set():
-                    chunk, future = pending.popleft()
-                    nxt = next(todo, None)
-                    if nxt is not None:
-                        pending.append((nxt, pool.submit(read_items, source, nxt)))
-                    items = future.result()
-                    with torch.cuda.stream(stream):
-                        images, ok, bad = self.decoder(items)
-                        event = torch.cuda.Event()
-                        event.record(stream)
-                    decoded = _Decoded(images, np.asarray([chunk[i].label for i in ok], np.int64),
-                                       [chunk[i].key for i in ok], [chunk[i].key for i in bad], event)
-                    self._put(decoded)
+            if self.host is not None:
+                self._from_workers(stream)
+            else:
+                self._from_nvjpeg(stream)
         except BaseException as e:  # re-raised in the consumer
             self._put(e)
             return
         self._put(self._END)
+
+    def _from_nvjpeg(self, stream) -> None:
+        torch = self.decoder.torch
+        source = self.dataset.source
+        with ThreadPoolExecutor(self.io_threads, thread_name_prefix="calib-read") as pool:
+            pending: deque = deque()
+            todo = iter(self.chunks)
+            for chunk in todo:
+                pending.append((chunk, pool.submit(read_items, source, chunk)))
+                if len(pending) > self.depth:
+                    break
+            while pending and not self.stop.is_set():
+                chunk, future = pending.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(read_items, source, nxt)))
+                items = future.result()
+                with torch.cuda.stream(stream):
+                    images, ok, bad = self.decoder(items)
+                self._hand_over(stream, chunk, images, ok)
+
+    def _from_workers(self, stream) -> None:
+        torch = self.decoder.torch
+        host = self.host
+        pending: deque = deque()
+        todo = iter(self.chunks)
+        for chunk in todo:   # the workers decode `depth` batches ahead of the GPU
+            pending.append((chunk, host.submit(chunk)))
+            if len(pending) >= self.depth:
+                break
+        while pending and not self.stop.is_set():
+            chunk, started = pending.popleft()
+            with torch.cuda.stream(stream):
+                packed, ok = host.upload(started, self.device)
+                images = self.decoder.preprocess_decoded(packed) if packed is not None else None
+            nxt = next(todo, None)
+            if nxt is not None:   # its slot is free once the copy just queued is done
+                pending.append((nxt, host.submit(nxt)))
+            self._hand_over(stream, chunk, images, ok)
+
+    def _hand_over(self, stream, chunk, images, ok: list[int]) -> None:
+        torch = self.decoder.torch
+        event = torch.cuda.Event()
+        event.record(stream)
+        bad = sorted(set(range(len(chunk))) - set(ok))
+        self._put(_Decoded(images, np.asarray([chunk[i].label for i in ok], np.int64),
+                           [chunk[i].key for i in ok], [chunk[i].key for i in bad], event))
 
     def _put(self, item) -> None:
         while not self.stop.is_set():
@@ -364,6 +412,9 @@ class _DecodeThread:
 
         bar = progress_bar(total=len(self.dataset.samples), desc=self.progress, unit="img",
                            enabled=self.progress is not None)
+        previous = sys.getswitchinterval()
+        if GIL_SWITCH_INTERVAL is not None:
+            sys.setswitchinterval(min(previous, GIL_SWITCH_INTERVAL))
         self.thread = threading.Thread(target=self._work, name="calib-gpu-decode", daemon=True)
         self.thread.start()
         try:
@@ -380,25 +431,31 @@ class _DecodeThread:
         finally:
             bar.close()
             self.close()
+            sys.setswitchinterval(previous)
 
     def close(self) -> None:
         self.stop.set()
         if self.thread is not None:
             self.thread.join()
             self.thread = None
+        if self.host is not None:
+            self.host.close()
+            self.host = None
 
 
 def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", resample: str = "pil",
                 depth: int = 3, io_threads: int = 4, progress: str | None = None,
-                skips: SkipLog | None = None, decoder: str = "nvjpeg") -> Iterator[DeviceBatch]:
+                skips: SkipLog | None = None, decoder: str = "nvjpeg",
+                workers: int | None = None) -> Iterator[DeviceBatch]:
     """Batches decoded and preprocessed on the GPU (nvJPEG; Pillow per image where nvJPEG cannot),
     in dataset order, as `DeviceBatch`es whose `images` are ready on the caller's current stream.
 
     Each batch is a fresh tensor (the caching allocator recycles them), valid for as long as the
-    caller keeps it. `decoder="pil"` decodes with Pillow on the CPU but still resizes on the GPU
-    (the same pixels as the CPU path, bit for bit). Undecodable images are logged in `skips`."""
+    caller keeps it. `decoder="pil"` decodes in `workers` processes (`calib.data.host_decode`)
+    and resizes on the GPU (the same pixels as the CPU path, bit for bit). Undecodable images are
+    logged in `skips`."""
     skips = skips if skips is not None else SkipLog()
-    producer = _DecodeThread(dataset, batch_size, device, resample, depth, io_threads, progress, decoder)
+    producer = _DecodeThread(dataset, batch_size, device, resample, depth, io_threads, progress, decoder, workers)
     torch = producer.decoder.torch
     current = torch.cuda.current_stream(producer.device)
     for item in producer.batches(skips):

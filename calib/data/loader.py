@@ -3,7 +3,7 @@
 Prefetch is a fixed window of batches in flight, so memory does not grow with the number of
 images (multiprocessing's imap would run ahead and queue every decoded image). Any failure of
 the consumer, of a worker, or a signal ends the workers within seconds: nothing is left running
-or defunct (see _WorkerPool).
+or defunct (see WorkerPool).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterator
+from functools import partial
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from calib.data.transforms import Preprocess
 from calib.errors import CalibError, InternalError
 
 
-# Blocked while the workers start (see _WorkerPool); a worker unblocks them with its own handlers set.
+# Blocked while the workers start (see WorkerPool); a worker unblocks them with its own handlers set.
 _WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -67,16 +68,16 @@ def _decode(source: ImageSource, preprocess: Preprocess, samples: list[Sample]):
     return images, np.asarray(labels, np.int64), keys, skipped
 
 
-class _WorkerPool:
-    """Decoding processes fed from one task queue; results come back tagged with their chunk's
-    index. Written for teardown rather than taken from multiprocessing.Pool, which waits forever
+class WorkerPool:
+    """Decoding processes fed from one task queue, each running `work(task)`; results come back
+    tagged with their task's index. Written for teardown rather than taken from multiprocessing.Pool, which waits forever
     for the task of a worker that was killed (CPython issue 22393) and whose terminate() joins
     handler threads that interpreter shutdown may already have frozen: here a dead worker is an
     error within a second, and close() ends every worker (SIGTERM, then SIGKILL) and reaps it."""
 
     POLL = 0.5  # seconds between checks that the workers are alive
 
-    def __init__(self, workers: int, source: ImageSource, preprocess: Preprocess):
+    def __init__(self, workers: int, work: Callable):
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.tasks = ctx.Queue()
         self.results = ctx.Queue()
@@ -89,7 +90,7 @@ class _WorkerPool:
         try:
             for i in range(workers):
                 p = ctx.Process(target=_worker_main, name=f"calib-decode-{i}", daemon=True,
-                                args=(self.tasks, self.results, source, preprocess, os.getpid()))
+                                args=(self.tasks, self.results, work, os.getpid()))
                 p.start()
                 self.procs.append(p)
         except BaseException:
@@ -98,11 +99,11 @@ class _WorkerPool:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def submit(self, index: int, chunk: list[Sample]) -> None:
-        self.tasks.put((index, chunk))
+    def submit(self, index: int, task) -> None:
+        self.tasks.put((index, task))
 
     def get(self):
-        """The next finished chunk as (index, decoded); raises if a worker died or failed."""
+        """The next finished task as (index, result); raises if a worker died or failed."""
         while True:
             try:
                 index, ok, payload = self.results.get(timeout=self.POLL)
@@ -133,7 +134,7 @@ class _WorkerPool:
             q.close()
 
 
-_LIVE_POOLS: "weakref.WeakSet[_WorkerPool]" = weakref.WeakSet()
+_LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 
 
 @atexit.register
@@ -144,7 +145,7 @@ def _close_live_pools() -> None:
         pool.close(grace=0.5)
 
 
-def _worker_main(tasks, results, source: ImageSource, preprocess: Preprocess, parent: int) -> None:
+def _worker_main(tasks, results, work: Callable, parent: int) -> None:
     # Ctrl-C reaches the whole process group; the parent handles it and ends the workers (their
     # own KeyboardInterrupt tracebacks would bury its one-line message). SIGTERM ends a worker
     # at once, whatever handler it inherited from the parent through fork.
@@ -159,14 +160,14 @@ def _worker_main(tasks, results, source: ImageSource, preprocess: Preprocess, pa
             results.cancel_join_thread()
             return
         try:
-            item = tasks.get(timeout=_WorkerPool.POLL)
+            item = tasks.get(timeout=WorkerPool.POLL)
         except queue.Empty:
             continue
         if item is None:
             return
-        index, chunk = item
+        index, task = item
         try:
-            out = (index, True, _decode(source, preprocess, chunk))
+            out = (index, True, work(task))
         except Exception as e:  # not a bad image (those are skipped): a bug worth one line
             out = (index, False, f"{type(e).__name__}: {e}")
         results.put(out)
@@ -199,7 +200,7 @@ def iter_batches(dataset: Dataset, batch_size: int, workers: int | None = None,
             results = (_decode(dataset.source, dataset.preprocess, c) for c in chunks)
             yield from _emit(results, bar, skips)
             return
-        pool = _WorkerPool(min(workers, len(chunks)), dataset.source, dataset.preprocess)
+        pool = WorkerPool(min(workers, len(chunks)), partial(_decode, dataset.source, dataset.preprocess))
         try:
             yield from _emit(_in_order(pool, chunks, max(2, workers * prefetch)), bar, skips)
         finally:
@@ -208,7 +209,7 @@ def iter_batches(dataset: Dataset, batch_size: int, workers: int | None = None,
         bar.close()
 
 
-def _in_order(pool: _WorkerPool, chunks: list[list[Sample]], window: int):
+def _in_order(pool: WorkerPool, chunks: list[list[Sample]], window: int):
     """Decoded chunks in dataset order, at most `window` submitted and not yet handed out."""
     submitted, done = 0, {}
     for index in range(len(chunks)):

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from calib.data.gpu_decode import ImagePlan
+    from calib.data.packed import PackedImages
 
 PRECISION_BITS = 22          # Pillow's fixed-point precision for 8-bit images (Resample.c)
 BLOCK_A, BLOCK_J = 32, 32    # a tile: 32 kept-axis lines x 32 outputs along the resampled axis
@@ -96,32 +97,34 @@ def available(device: "torch.device") -> bool:
     return True
 
 
-def resample(images: Sequence["torch.Tensor"], plans: Sequence["ImagePlan"], tables: tuple[np.ndarray, int, int],
-             v_first: bool) -> "torch.Tensor":
-    """uint8 (3, H, W) images (one device) -> uint8 (n, 3, size, size): Pillow's crop + resize
-    with every image's `ImagePlan` (all of one pass order, `v_first`) and their offsets and
-    weights, `gpu_decode.plan_tables(plans, size)`."""
+def resample(images: "Sequence[torch.Tensor] | PackedImages", plans: Sequence["ImagePlan"],
+             tables: tuple[np.ndarray, int, int], v_first: bool) -> "torch.Tensor":
+    """uint8 images (one device: (3, H, W) tensors, or a `PackedImages` buffer whose images may be
+    planar or interleaved) -> uint8 (n, 3, size, size): Pillow's crop + resize with every image's
+    `ImagePlan` (all of one pass order, `v_first`) and their offsets and weights,
+    `gpu_decode.plan_tables(plans, size)`."""
     import torch
 
     from calib.data.cuda import to_device
+    from calib.data.packed import PackedImages
 
+    packed = images if isinstance(images, PackedImages) else PackedImages.from_images(images)
     tables, kx, ky = tables                    # offx, offy, kkx..., kky... per image and output
-    device = images[0].device
-    n, s = len(images), tables.shape[1]
+    device = packed.device
+    n, s = len(packed), tables.shape[1]
     meta = np.zeros((2, n, 8), np.int64)       # per pass: addressing per image
     span_y = max(p.sy for p in plans)
     span_x = max(p.sx for p in plans)
-    base = 0
-    for i, (im, p) in enumerate(zip(images, plans)):
-        h, w = int(im.shape[1]), int(im.shape[2])
+    for i, p in enumerate(plans):
+        base = packed.bases[i]
+        s_c, s_row, s_col = packed.strides(i)
         if v_first:   # columns of the window first: (base, s_c, s_a, s_k, a0, o, extent, span)
-            meta[0, i] = (base, h * w, 1, w, p.x0, p.y0, p.sx, p.sy)
+            meta[0, i] = (base, s_c, s_col, s_row, p.x0, p.y0, p.sx, p.sy)
             meta[1, i] = (i * 3 * s * span_x, s * span_x, span_x, 1, 0, 0, s, p.sx)
         else:         # rows of the window first
-            meta[0, i] = (base, h * w, w, 1, p.y0, p.x0, p.sy, p.sx)
+            meta[0, i] = (base, s_c, s_row, s_col, p.y0, p.x0, p.sy, p.sx)
             meta[1, i] = (i * 3 * span_y * s, span_y * s, 1, s, 0, 0, s, p.sy)
-        base += 3 * h * w
-    flat = torch.cat([im.reshape(-1) for im in images])
+    flat = packed.flat
     tables_d, meta_d = to_device(tables, device), to_device(meta, device)
     offx, offy = tables_d[:, :, 0], tables_d[:, :, 1]
     kkx, kky = tables_d[:, :, 2:2 + kx], tables_d[:, :, 2 + kx:]

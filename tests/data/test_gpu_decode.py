@@ -17,7 +17,8 @@ from PIL import Image
 
 from calib.data.dataset import Dataset, take
 from calib.data.gpu_decode import (AxisPlan, axis_weights, crop_plan, decode_path, jpeg_components, normalise,
-                                   pil_pixels, resample_pil, resample_torch)
+                                   resample_pil, resample_torch)
+from calib.data.host_decode import pil_pixels
 from calib.data.loader import iter_batches
 from calib.data.transforms import get_preset
 from calib.errors import CalibError
@@ -209,6 +210,32 @@ def test_pil_decoder_on_gpu_equals_cpu_path_bit_for_bit(generated):
     for g, c in zip(got, cpu):
         np.testing.assert_array_equal(g.images.cpu().numpy(), c.images)
         np.testing.assert_array_equal(g.labels, c.labels)
+
+
+@gpu
+@pytest.mark.gpu
+def test_pil_decoder_workers_follow_the_cpu_path_on_doubtful_files(tmp_path):
+    """Decoded in worker processes into shared memory and resized on the GPU: Pillow's pixels,
+    and files cut short, with bytes after EOI or in CMYK end as the CPU path decides."""
+    from calib.data.classes import wnid_to_index
+    from calib.data.gpu_stream import gpu_batches
+    from calib.data.sources import imagenet_val
+
+    folder = tmp_path / sorted(wnid_to_index())[0]
+    folder.mkdir()
+    for i, (w, h) in enumerate(SIZES):
+        data = _encoded(_image(w, h, "L" if i % 4 == 1 else "RGB", seed=i), "JPEG", quality=85,
+                        progressive=i % 3 == 0)
+        (folder / f"ok_{i}.JPEG").write_bytes(data)
+        (folder / f"cut_{i}.JPEG").write_bytes(data[:len(data) * 2 // 3])
+        (folder / f"tail_{i}.JPEG").write_bytes(data + b"\x00\x00junk")
+    (folder / "cmyk.JPEG").write_bytes(_encoded(_image(90, 60).convert("CMYK"), "JPEG"))
+    data = Dataset.of(imagenet_val(tmp_path), get_preset("efficientnet-lite"))
+    cpu = list(iter_batches(data, 16, workers=0))
+    got = list(gpu_batches(data, 16, "cuda", decoder="pil", workers=3))
+    assert [b.keys for b in got] == [b.keys for b in cpu]
+    for g, c in zip(got, cpu):
+        np.testing.assert_array_equal(g.images.cpu().numpy(), c.images)
 
 
 @gpu

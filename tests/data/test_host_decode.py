@@ -1,0 +1,141 @@
+"""calib.data.host_decode: worker processes decode into shared slots, with the CPU path's pixels."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from calib.data.host_decode import HostDecoder, default_workers, pil_pixels, pil_rows
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and anonymous shared memory")
+
+
+def _image(w: int, h: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Files of every kind the CPU path meets, and what it makes of each."""
+    from calib.data.classes import wnid_to_index
+    from calib.data.dataset import Dataset
+    from calib.data.sources import imagenet_val
+    from calib.data.transforms import get_preset
+
+    root = tmp_path_factory.mktemp("host-decode")
+    d = root / sorted(wnid_to_index())[0]
+    d.mkdir()
+    _image(64, 48, seed=1).save(d / "a_rgb.JPEG", quality=90)
+    _image(40, 70, "L", seed=2).save(d / "b_gray.JPEG")
+    _image(33, 17, seed=3).save(d / "c_progressive.JPEG", progressive=True)
+    _image(20, 30, seed=4).save(d / "d.png")
+    _image(25, 25, seed=5).convert("CMYK").save(d / "e_cmyk.JPEG")
+    _image(30, 20, seed=6).convert("RGBA").save(d / "f_alpha.png")
+    data = (d / "a_rgb.JPEG").read_bytes()
+    (d / "g_cut.JPEG").write_bytes(data[:len(data) // 2])
+    (d / "h_junk.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    for i in range(12):
+        _image(50 + i, 40 + 2 * i, seed=10 + i).save(d / f"z_{i:02d}.JPEG")
+    dataset = Dataset.of(imagenet_val(root), get_preset("efficientnet-lite"))
+
+    def cpu(sample):
+        try:
+            return pil_pixels(dataset.source.open(sample))
+        except Exception:
+            return None
+
+    return dataset, [cpu(s) for s in dataset.samples]
+
+
+def _run(decoder: HostDecoder, samples, batch: int):
+    """Every batch submitted two ahead, as the GPU stream does; -> {index: (3, H, W) pixels}."""
+    chunks = [samples[i:i + batch] for i in range(0, len(samples), batch)]
+    got, pending = {}, []
+    for k, chunk in enumerate(chunks):
+        pending.append((k, decoder.submit(chunk)))
+        if len(pending) == 2 or k == len(chunks) - 1:
+            while pending and (len(pending) == 2 or k == len(chunks) - 1):
+                j, p = pending.pop(0)
+                packed, ok = decoder.upload(p, torch.device("cpu"))
+                for i, view in zip(ok, packed.views() if packed is not None else []):
+                    got[j * batch + i] = view.numpy().copy()
+    return got
+
+
+def test_every_image_gets_the_cpu_paths_pixels_or_is_skipped(folder):
+    dataset, expected = folder
+    with HostDecoder(dataset.source, 5, workers=2, slots=3) as decoder:
+        got = _run(decoder, dataset.samples, 5)
+    assert sorted(got) == [i for i, e in enumerate(expected) if e is not None]
+    assert len(got) < len(expected)   # the cut and the junk file are skipped, as on the CPU
+    for i, pixels in got.items():
+        np.testing.assert_array_equal(pixels, expected[i])
+
+
+def test_images_past_a_slot_come_back_through_the_queue(folder):
+    dataset, expected = folder
+    with HostDecoder(dataset.source, 8, workers=2, slots=2, slot_bytes=64 * 48 * 3 + 10) as decoder:
+        got = _run(decoder, dataset.samples, 8)
+    assert sorted(got) == [i for i, e in enumerate(expected) if e is not None]
+    for i, pixels in got.items():
+        np.testing.assert_array_equal(pixels, expected[i])
+
+
+def test_a_batch_where_nothing_decodes(folder, tmp_path):
+    from calib.data.sources import Sample
+
+    dataset, _ = folder
+    bad = tmp_path / "bad.JPEG"
+    bad.write_bytes(b"junk")
+    with HostDecoder(dataset.source, 2, workers=1) as decoder:
+        packed, ok = decoder.upload(decoder.submit([Sample(str(bad), 0), Sample(str(tmp_path / "gone.JPEG"), 0)]),
+                                    torch.device("cpu"))
+    assert packed is None and ok == []
+
+
+def test_a_worker_that_dies_is_a_one_line_error(folder):
+    import os
+    import signal
+
+    from calib.errors import CalibError
+
+    dataset, _ = folder
+    with HostDecoder(dataset.source, 4, workers=1) as decoder:
+        os.kill(decoder.pool.procs[0].pid, signal.SIGKILL)
+        decoder.pool.procs[0].join(5)
+        with pytest.raises(CalibError, match="ended unexpectedly") as info:
+            decoder.upload(decoder.submit(dataset.samples[:4]), torch.device("cpu"))
+    assert "\n" not in str(info.value)
+
+
+def test_default_workers_leave_room_and_split_between_gpus():
+    one = default_workers()
+    assert one >= 1
+    assert default_workers(share=2) <= max(1, one)
+
+
+def test_pil_rows_and_pixels_are_the_same_rgb():
+    im = _image(5, 4, "L")
+    rows, planes = pil_rows(im), pil_pixels(im)
+    assert rows.shape == (4, 5, 3) and planes.shape == (3, 4, 5) and planes.flags.c_contiguous
+    np.testing.assert_array_equal(planes, rows.transpose(2, 0, 1))
+    np.testing.assert_array_equal(planes[0], np.asarray(im))
+
+
+def test_workers_run_at_a_lower_priority(folder):
+    """They must not take cores from the threads that launch the models."""
+    import os
+
+    from calib.data import host_decode
+
+    dataset, _ = folder
+    with HostDecoder(dataset.source, 2, workers=1) as decoder:
+        decoder.upload(decoder.submit(dataset.samples[:2]), torch.device("cpu"))
+        pid = decoder.pool.procs[0].pid
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + min(
+            host_decode.WORKER_NICE, 19 - os.getpriority(os.PRIO_PROCESS, 0))
