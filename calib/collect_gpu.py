@@ -117,9 +117,10 @@ def _set_batch(observer, index: int) -> None:
 
 def device_batches(dataset: Dataset, batch_size: int, device: str, decode: str = "nvjpeg",
                    resample: str = "pil", skips: SkipLog | None = None,
-                   progress: str | None = None) -> Iterator:
-    """`DeviceBatch`es from the GPU decoder (`decode="nvjpeg"`, or `"pil-gpu"`: Pillow decode,
-    GPU resize) or from the CPU decode workers copied to the GPU (`decode="cpu"`)."""
+                   progress: str | None = None, workers: int | None = None) -> Iterator:
+    """`DeviceBatch`es from the GPU decoder (`decode="nvjpeg"`, or `"pil-gpu"`: the CPU path's
+    pixels decoded by `workers` processes, GPU resize) or from the CPU decode workers copied to
+    the GPU (`decode="cpu"`)."""
     from calib.data.gpu_stream import GpuBatchStream, gpu_batches
 
     if decode == "cpu":
@@ -130,13 +131,13 @@ def device_batches(dataset: Dataset, batch_size: int, device: str, decode: str =
     if decode not in ("nvjpeg", "pil-gpu"):
         raise CalibError(f"unknown decode '{decode}' (choose from: cpu, nvjpeg, pil-gpu)")
     yield from gpu_batches(dataset, batch_size, device, resample=resample, skips=skips, progress=progress,
-                           decoder="nvjpeg" if decode == "nvjpeg" else "pil")
+                           decoder="nvjpeg" if decode == "nvjpeg" else "pil", workers=workers)
 
 
 def collect_gpu(model: onnx.ModelProto, dataset: Dataset, observer: Observer, batch_size: int = 64,
                 device: str = "cuda", tensors: list[str] | None = None, progress: str | None = "calibrating",
                 decode: str = "nvjpeg", resample: str = "pil", runner=None,
-                batch_log: list | None = None) -> CollectResult:
+                batch_log: list | None = None, workers: int | None = None) -> CollectResult:
     """Stream `dataset` through the FP32 `model` on `device` (cuda or cuda:N) and show every
     exposed activation, as a CUDA tensor, to `observer`. `runner` (an `OrtRunner` of the exposed
     model from `exposed_with_shapes`) skips the session creation; `seconds` never includes it.
@@ -153,7 +154,8 @@ def collect_gpu(model: onnx.ModelProto, dataset: Dataset, observer: Observer, ba
     skips = SkipLog()
     count = 0
     start = time.perf_counter()
-    for index, batch in enumerate(device_batches(dataset, batch_size, device, decode, resample, skips, progress)):
+    for index, batch in enumerate(device_batches(dataset, batch_size, device, decode, resample, skips, progress,
+                                                             workers)):
         _set_batch(adapted, index)
         values = runner.run_device(batch.images, outputs)
         for name in observed_inputs:

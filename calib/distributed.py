@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from calib.data import Dataset, SkipLog
+from calib.data.host_decode import default_workers
 from calib.errors import CalibError
 
 
@@ -102,7 +103,7 @@ def load_runners(models: dict[str, str | os.PathLike | bytes], device: str) -> d
 
 def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, device: str = "cuda",
                     decode: str = "nvjpeg", resample: str = "pil", concurrent: bool = True,
-                    progress: str | None = None) -> DeviceEvaluation:
+                    progress: str | None = None, workers: int | None = None) -> DeviceEvaluation:
     """Every runner (OrtRunner on `device`) on each decoded batch; top-5 on the device."""
     import torch
 
@@ -127,7 +128,7 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
 
     start = time.perf_counter()
     try:
-        for batch in device_batches(dataset, batch_size, device, decode, resample, skips, progress):
+        for batch in device_batches(dataset, batch_size, device, decode, resample, skips, progress, workers):
             if pool is not None:
                 futures = {n: pool.submit(run, n, batch.images) for n in names}
                 logits = {n: f.result() for n, f in futures.items()}
@@ -178,7 +179,7 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
             _warm(runners, shard, device, task["batch_size"])
             barrier.wait()
             out = evaluate_device(runners, shard, task["batch_size"], device, task["decode"], task["resample"],
-                                  task.get("concurrent", True))
+                                  task.get("concurrent", True), workers=task["workers"])
             ev = out.evaluation
             payload = {"keys": ev.keys, "skipped": ev.skipped,
                        "top5": {n: p.top5 for n, p in ev.predictions.items()},
@@ -202,7 +203,7 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
             barrier.wait()
             result = collect_gpu(model, shard, Observers(stats, means), task["batch_size"], device,
                                  task["tensors"], None, task["decode"], task["resample"], runner=runner,
-                                 batch_log=log)
+                                 batch_log=log, workers=task["workers"])
             payload = {"stats": stats.state_dict(), "log": log, "images": result.images,
                        "skipped": result.skipped, "seconds": result.seconds, "tensors": result.tensors}
         results.put((rank, payload, None))
@@ -276,8 +277,8 @@ def evaluate_multi(models: dict[str, str], dataset: Dataset, devices: list[str],
 
     plan = shard_batches(len(dataset), batch_size, len(devices))
     tasks = [{"kind": "evaluate", "dataset": shard_dataset(dataset, batch_size, b), "models": models,
-              "batch_size": batch_size, "decode": decode, "resample": resample, "concurrent": concurrent}
-             for b in plan]
+              "batch_size": batch_size, "decode": decode, "resample": resample, "concurrent": concurrent,
+              "workers": default_workers(share=len(devices))} for b in plan]
     out, seconds = _run_ranks(devices, tasks)
     position = {s.key: i for i, s in enumerate(dataset.samples)}
     keys = [k for o in out for k in o["keys"]]
@@ -307,7 +308,8 @@ def collect_multi(model, dataset: Dataset, devices: list[str], batch_size: int =
     plan = shard_batches(len(dataset), batch_size, len(devices))
     tasks = [{"kind": "collect", "dataset": shard_dataset(dataset, batch_size, b), "model": blob,
               "tensors": tensors, "means_tensors": means_tensors, "histogram": histogram, "bins": bins,
-              "batch_size": batch_size, "decode": decode, "resample": resample} for b in plan]
+              "batch_size": batch_size, "decode": decode, "resample": resample,
+              "workers": default_workers(share=len(devices))} for b in plan]
     out, seconds = _run_ranks(devices, tasks)
     stats = TensorStatistics(histogram=histogram, bins=bins)
     for o in out:
