@@ -61,19 +61,25 @@ def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator, decode: st
     return CacheKey(model.sha256, params, dataset.source.id, dataset.fingerprint(), calibrator.name, calibrator.params)
 
 
-def decode_for(preprocess, devices: tuple[str, ...]) -> str:
-    """The decode path a calibration pass on `devices` uses: Pillow on the CPU, nvJPEG with
-    Pillow-exact resampling on a GPU (calib.data.gpu_decode)."""
-    if tuple(devices) == ("cpu",):
+def decode_for(preprocess, devices: tuple[str, ...], gpu_decode: str = "nvjpeg") -> str:
+    """The decode path a pass on `devices` uses: Pillow on the CPU; on a GPU nvJPEG with
+    Pillow-exact resampling (calib.data.gpu_decode), or with `gpu_decode="pil"` Pillow in worker
+    processes (calib.data.host_decode): the CPU path's pixels, so the CPU path's key too."""
+    if tuple(devices) == ("cpu",) or gpu_decode == "pil":
         return CPU_DECODE
     from calib.data.gpu_decode import decode_path
 
     return decode_path(preprocess, "nvjpeg", "pil")
 
 
+def gpu_decode_mode(gpu_decode: str) -> str:
+    """The decode mode of calib.collect_gpu / calib.distributed for --gpu-decode."""
+    return {"nvjpeg": "nvjpeg", "pil": "pil-gpu"}[gpu_decode]
+
+
 def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: ChannelMeans, batch_size: int,
                  workers: int | None, progress: str | None, tensors: list[str],
-                 devices: tuple[str, ...] = ("cpu",)) -> CollectResult:
+                 devices: tuple[str, ...] = ("cpu",), gpu_decode: str = "nvjpeg") -> CollectResult:
     """One pass over `dataset` feeding every exposed activation to `stats` (a calibrator or a
     TensorStatistics) and the weighted ops' inputs to `means`: on the CPU (calib.collect), on one
     GPU with the activations kept on the device (calib.collect_gpu), or sharded over several GPUs
@@ -85,11 +91,12 @@ def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: Chan
         from calib.collect_gpu import collect_gpu
 
         return collect_gpu(prepared, dataset, Observers(stats, means), batch_size=batch_size, device=devices[0],
-                           tensors=tensors, progress=progress)
+                           tensors=tensors, progress=progress, decode=gpu_decode_mode(gpu_decode))
     from calib.distributed import collect_multi
 
     merged, merged_means, multi, order = collect_multi(prepared, dataset, list(devices), batch_size, tensors=tensors,
-                                                       means_tensors=None if means.tensors is None else sorted(means.tensors))
+                                                       means_tensors=None if means.tensors is None else sorted(means.tensors),
+                                                       decode=gpu_decode_mode(gpu_decode))
     target = getattr(stats, "stats", stats)  # a calibrator reads its TensorStatistics
     target.merge(merged)
     means.merge(merged_means)
@@ -104,11 +111,11 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
               store: CacheStore, batch_size: int = 4, workers: int | None = None,
               recalibrate: bool = False, calibrator_params: dict | None = None,
               trt_version: str = DEFAULT_TRT_VERSION, progress: bool = True,
-              devices: tuple[str, ...] = ("cpu",)) -> CalibrationOutcome:
+              devices: tuple[str, ...] = ("cpu",), gpu_decode: str = "nvjpeg") -> CalibrationOutcome:
     """Reuse a matching cache from `store`, or calibrate (on `devices`) and save one."""
     # --percentile applies to the percentile calibrator only (as in calibrate_many)
     calibrator = get_calibrator(calibrator_name, **calibrator_params_for(calibrator_name, calibrator_params or {}))
-    decode = decode_for(model.preprocess, devices)
+    decode = decode_for(model.preprocess, devices, gpu_decode)
     key = cache_key(model, dataset, calibrator, decode)
     if not recalibrate:
         start = time.perf_counter()
@@ -120,7 +127,7 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
     means = ChannelMeans(weighted_inputs(prepared))
     result = observe_pass(prepared, dataset, calibrator, means, batch_size, workers,
                           f"calibrating ({calibrator.name})" if progress else None, calibrated_tensors(prepared),
-                          devices)
+                          devices, gpu_decode)
     if result.images == 0:
         raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
     return save_calibration(model, dataset, calibrator, store, result.images, result.skipped, result.tensors,
@@ -167,11 +174,11 @@ class SharedCalibration:
 def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: list[str], store: CacheStore,
                    calibrator_params: dict | None = None, batch_size: int = 4, workers: int | None = None,
                    recalibrate: bool = False, progress: bool = True,
-                   devices: tuple[str, ...] = ("cpu",)) -> SharedCalibration:
+                   devices: tuple[str, ...] = ("cpu",), gpu_decode: str = "nvjpeg") -> SharedCalibration:
     """Reuse every matching cache; calibrate the others in ONE collection pass (on `devices`)
     whose TensorStatistics all of them read, then save each one's cache."""
     params = calibrator_params or {}
-    decode = decode_for(model.preprocess, devices)
+    decode = decode_for(model.preprocess, devices, gpu_decode)
     outcomes: dict[str, CalibrationOutcome] = {}
     fresh: list[str] = []
     for name in names:
@@ -191,7 +198,7 @@ def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: li
     means = ChannelMeans(weighted_inputs(prepared))  # the same observers and tensors as calibrate()
     result = observe_pass(prepared, dataset, stats, means, batch_size, workers,
                           f"calibrating ({', '.join(fresh)})" if progress else None, calibrated_tensors(prepared),
-                          devices)
+                          devices, gpu_decode)
     if result.images == 0:
         raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
     compute_seconds = {}

@@ -24,6 +24,9 @@ from calib.report.schema import ReportHeader
 from calib.models import ZOO, Model, check_classes, parse_input_size, prepared_model, resolve_model
 
 
+GPU_DECODERS = ("nvjpeg", "pil")   # --gpu-decode: how a GPU run decodes (calib.calibration.decode_for)
+
+
 @dataclass
 class RunConfig:
     """The options of `calib run` (and of compare/sensitivity, which ignore what they do not use)."""
@@ -53,6 +56,7 @@ class RunConfig:
     html: bool = True                    # report.html with histograms and per-tensor SQNR
     speed_seconds: float = 1.0           # timing per model and batch size for the report (0: skip)
     device: str = "cpu"                  # cpu, cuda, cuda:N, cuda:0,1 (several GPUs) or auto
+    gpu_decode: str = "nvjpeg"           # on a GPU: nvjpeg, or pil (the CPU path's pixels; calib.data.host_decode)
 
     def devices(self) -> tuple[str, ...]:
         """("cpu",) or the CUDA devices the calibration pass and the evaluation run on (auto: a
@@ -160,6 +164,8 @@ def check_config(config: RunConfig) -> None:
         raise CalibError("batch sizes must be at least 1")
     if config.max_drop is not None or config.min_agreement is not None:
         check_budget(config.max_drop, config.min_agreement)
+    if config.gpu_decode not in GPU_DECODERS:
+        raise CalibError(f"--gpu-decode must be one of {', '.join(GPU_DECODERS)}, not '{config.gpu_decode}'")
     check_devices(config)
 
 
@@ -214,6 +220,11 @@ def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...]
     notes = list(setup.data.notes)
     if devices != ("cpu",) and gpu_parts:
         notes.append(gpu_parts)
+    if devices != ("cpu",):
+        notes.append("images decoded by Pillow in worker processes and resized on the GPU: the CPU path's pixels bit "
+                     "for bit" if config.gpu_decode == "pil" else
+                     "images decoded by nvJPEG and resized on the GPU (Pillow's resampling bit for bit; nvJPEG's "
+                     "pixels differ from Pillow's by about one level; --gpu-decode pil gives the CPU path's pixels)")
     emulated = get_flavor(setup.flavor).default_backend != "ort"   # ONNX Runtime's CPU only emulates it
     if evaluates_int8 and config.backend == "ort" and (devices != ("cpu",) or emulated):
         notes.append("ONNX Runtime ran the INT8 model as its integer-exact graph where it only emulates it (int8 "
@@ -223,7 +234,7 @@ def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...]
     return ReportHeader(model=setup.model.name, dataset=config.dataset_label(), demo=setup.data.demo,
                         backend=config.backend, qdq_flavor=setup.flavor, notes=notes, versions=versions(),
                         model_sha256=setup.model.sha256, device=",".join(devices),
-                        decode_path=decode_for(setup.model.preprocess, devices))
+                        decode_path=decode_for(setup.model.preprocess, devices, config.gpu_decode))
 
 
 @dataclass

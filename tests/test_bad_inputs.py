@@ -183,6 +183,16 @@ def test_bench_takes_the_same_devices_as_run(tiny_model):
     assert_one_line_error(calib("bench", "--model", tiny_model, "--device", "tpu", check=False), "tpu")
 
 
+@pytest.mark.parametrize("command", ["run", "calibrate", "compare", "sensitivity"])
+def test_an_unknown_gpu_decoder_is_refused_before_any_work(command, tiny_model, tmp_path):
+    out, cache_dir = tmp_path / "out", tmp_path / "caches"
+    extra = [] if command == "calibrate" else ["--out", out]
+    proc = calib(command, "--model", tiny_model, "--samples", 4, "--cache-dir", cache_dir, "--gpu-decode", "fast",
+                 *extra, check=False)
+    assert_one_line_error(proc, "--gpu-decode must be one of nvjpeg, pil")
+    assert not leftovers(tmp_path) and not out.exists()
+
+
 def test_build_device_is_checked_before_anything_is_written(calibrated, tiny_model, tmp_path):
     _, cache = calibrated
     out = tmp_path / "int8.onnx"

@@ -54,3 +54,15 @@ def test_the_decode_path_is_part_of_the_cache_key(tmp_path, tiny_classifier):
     assert decode_for(model.preprocess, ("cpu",)) == "pil"
     assert decode_for(model.preprocess, ("cuda:0",)).startswith("nvjpeg")
     assert cpu == cache_key(model, data.calibration, cal) and cpu.digest() != gpu.digest()
+    # --gpu-decode pil gives the CPU path's pixels, so it shares the CPU path's key.
+    assert decode_for(model.preprocess, ("cuda:0",), "pil") == "pil"
+    assert decode_for(model.preprocess, ("cuda:0", "cuda:1"), "nvjpeg") == decode_for(model.preprocess, ("cuda:0",))
+
+
+def test_gpu_decode_is_checked_with_the_other_options():
+    from calib.calibration import gpu_decode_mode
+    from calib.session import GPU_DECODERS, RunConfig, check_config
+
+    with pytest.raises(CalibError, match="--gpu-decode must be one of nvjpeg, pil, not 'fast'"):
+        check_config(RunConfig(gpu_decode="fast"))
+    assert [gpu_decode_mode(d) for d in GPU_DECODERS] == ["nvjpeg", "pil-gpu"]

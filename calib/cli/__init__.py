@@ -49,7 +49,7 @@ def run(
     backend: o.Backend = "ort", qdq_flavor: o.QdqFlavor = None, batch_size: o.BatchSize = 32,
     calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches", out: o.Out = None,
     seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None, device: o.Device = "cpu",
-    bias_correction: o.BiasCorrection = True,
+    gpu_decode: o.GpuDecode = "nvjpeg", bias_correction: o.BiasCorrection = True,
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="accuracy budget: largest top-1 drop as a fraction (0.002 = 0.2 points); the most damaging layers stay in float until it is met"),
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="accuracy budget: smallest top-1 agreement with FP32 (0.995 = 99.5%)"),
     html: bool = typer.Option(True, "--html/--no-html", help="also write report.html (histograms, per-layer SQNR)"),
@@ -63,7 +63,7 @@ def run(
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, calibrator=calibrator, percentile=percentile,
         backend=backend, qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size,
         cache_dir=cache_dir, out=out, seed=seed, recalibrate=recalibrate, workers=workers, device=device,
-        bias_correction=bias_correction, max_drop=max_drop, min_agreement=min_agreement, html=html,
+        gpu_decode=gpu_decode, bias_correction=bias_correction, max_drop=max_drop, min_agreement=min_agreement, html=html,
         speed_seconds=speed_seconds))
     console.run_summary(report.to_json(), html)
 
@@ -79,7 +79,7 @@ def compare(
     percentile: o.Percentile = None, backend: o.Backend = "ort", qdq_flavor: o.QdqFlavor = None,
     batch_size: o.BatchSize = 32, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
     out: o.Out = None, seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None, device: o.Device = "cpu",
-    bias_correction: o.BiasCorrection = True,
+    gpu_decode: o.GpuDecode = "nvjpeg", bias_correction: o.BiasCorrection = True,
     sqnr_images: int = typer.Option(16, "--sqnr-images", min=1, help="evaluation images for the per-layer SQNR"),
 ) -> None:
     """Compare calibrators on the same images: accuracy, histograms with thresholds, per-layer SQNR."""
@@ -89,7 +89,8 @@ def compare(
         model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         eval_data_dir=eval_data_dir, eval_samples=eval_samples, percentile=percentile, backend=backend,
         qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
-        seed=seed, recalibrate=recalibrate, workers=workers, device=device, bias_correction=bias_correction)
+        seed=seed, recalibrate=recalibrate, workers=workers, device=device, gpu_decode=gpu_decode,
+        bias_correction=bias_correction)
     r = compare_calibrators(config, calibrators.split(","), Path(out) if out else None, chosen=chosen,
                             sqnr_images=sqnr_images)
     console.compare_summary(r.to_json())
@@ -107,7 +108,7 @@ def sensitivity(
     weighted_only: bool = typer.Option(False, "--weighted-only", help="rank Conv/Gemm/MatMul only"),
     batch_size: o.BatchSize = 32, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
     out: o.Out = None, seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None, device: o.Device = "cpu",
-    bias_correction: o.BiasCorrection = True,
+    gpu_decode: o.GpuDecode = "nvjpeg", bias_correction: o.BiasCorrection = True,
 ) -> None:
     """Rank the quantized layers by the damage each does alone (logits SQNR against FP32)."""
     from calib.commands.sensitivity import rank_sensitivity
@@ -116,7 +117,8 @@ def sensitivity(
         model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         eval_data_dir=eval_data_dir, calibrator=calibrator, percentile=percentile, backend=backend,
         qdq_flavor=qdq_flavor, batch_size=batch_size, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
-        seed=seed, recalibrate=recalibrate, workers=workers, device=device, bias_correction=bias_correction)
+        seed=seed, recalibrate=recalibrate, workers=workers, device=device, gpu_decode=gpu_decode,
+        bias_correction=bias_correction)
     d = rank_sensitivity(config, Path(out) if out else None, images=images, weighted_only=weighted_only)
     console.sensitivity_summary(d.to_json())
 
@@ -128,6 +130,7 @@ def calibrate(
     data_dir: o.DataDir = None, samples: o.Samples = 500, calibrator: o.Calibrator = "minmax",
     percentile: o.Percentile = None, calib_batch_size: o.CalibBatchSize = 4, cache_dir: o.CacheDir = "caches",
     seed: o.Seed = 0, recalibrate: o.Recalibrate = False, workers: o.Workers = None, device: o.Device = "cpu",
+    gpu_decode: o.GpuDecode = "nvjpeg",
 ) -> None:
     """Calibrate only: write the cache (TensorRT format + metadata) and print its path."""
     from calib.commands.calibrate import calibrate_only
@@ -135,7 +138,7 @@ def calibrate(
     outcome, data = calibrate_only(o.run_config(
         model=model, preprocess=preprocess, input_size=input_size, dataset=dataset, data_dir=data_dir, samples=samples,
         calibrator=calibrator, percentile=percentile, calib_batch_size=calib_batch_size, cache_dir=cache_dir,
-        seed=seed, recalibrate=recalibrate, workers=workers, device=device))
+        seed=seed, recalibrate=recalibrate, workers=workers, device=device, gpu_decode=gpu_decode))
     for note in data.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(str(outcome.entry.path))

@@ -32,7 +32,7 @@ from calib.fsutil import mark_calib_onnx, staged_dir
 from calib.session import RunConfig, bias_means, class_names_of, eval_section, report_header, setup
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
-GPU_PARTS = ("on the GPU: the calibration pass and the evaluation (decoded once with nvJPEG); on the CPU "
+GPU_PARTS = ("on the GPU: the calibration pass and the evaluation (decoded once per batch); on the CPU "
              "(Pillow decode): the per-tensor SQNR and the histograms")
 
 
@@ -68,7 +68,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
     with staged_dir(out) as stage:
         shared = calibrate_many(model, prepared, data.calibration, names, config.cache_store(),
                                 config.calibrator_params, calib_batch, config.workers,
-                                config.recalibrate, config.progress, devices=devices)
+                                config.recalibrate, config.progress, devices=devices, gpu_decode=config.gpu_decode)
         amaxes = {n: shared.outcomes[n].entry.cache.amax() for n in names}
         qdq = {}
         onnx_models = {"fp32": prepared_path(model)}
@@ -80,7 +80,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
             save_model(qdq[n], onnx_models[n])
         ev, artifacts = evaluate_models(backend, onnx_models, data.evaluation, stage, eval_batch,
                                         config.workers, config.progress, stems={n: f"int8-{n}" for n in names},
-                                        devices=devices)
+                                        devices=devices, gpu_decode=config.gpu_decode)
         fp32 = ev.summary("fp32")
         rows = {}
         for n in names:

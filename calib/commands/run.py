@@ -42,7 +42,8 @@ def run(config: RunConfig) -> RunReport:
     with staged_dir(out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
                             batch_size=calib_batch, workers=config.workers, recalibrate=config.recalibrate,
-                            calibrator_params=config.calibrator_params, progress=config.progress, devices=devices)
+                            calibrator_params=config.calibrator_params, progress=config.progress, devices=devices,
+                            gpu_decode=config.gpu_decode)
         means = bias_means(outcome.entry, config.bias_correction)
         int8_onnx = stage / "int8.onnx"
         qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor, channel_means=means)
@@ -58,7 +59,8 @@ def run(config: RunConfig) -> RunReport:
         fp32_onnx = prepared_path(model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
         ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx},
                                         fallback.final_dataset if fallback else data.evaluation, stage,
-                                        eval_batch, config.workers, config.progress, devices=devices)
+                                        eval_batch, config.workers, config.progress, devices=devices,
+                                        gpu_decode=config.gpu_decode)
         fp32_artifact, int8_artifact = (out / a.name if a.parent == stage else a for a in artifacts.values())
         report = build_report(config, s, outcome, ev, fp32_artifact, int8_artifact,
                               fallback.final_dataset if fallback else data.evaluation, devices)
@@ -146,7 +148,7 @@ def integer_kernel_check(int8_onnx: Path) -> dict:
             "float_matmul": ops.get("MatMul", 0) + ops.get("FusedMatMul", 0) + ops.get("Gemm", 0)}
 
 
-GPU_PARTS = ("on the GPU: the calibration pass, the evaluation (decoded once with nvJPEG) and the speed figures; "
+GPU_PARTS = ("on the GPU: the calibration pass, the evaluation (decoded once per batch) and the speed figures; "
              "on the CPU (Pillow decode): the per-tensor SQNR and histograms of report.html, the fallback search")
 
 

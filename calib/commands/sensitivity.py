@@ -29,7 +29,8 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
                             batch_size=config.pass_batch_sizes()[0], workers=config.workers,
                             recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,
-                            progress=config.progress, devices=devices)
+                            progress=config.progress, devices=devices,
+                            gpu_decode=config.gpu_decode)
         subset = load_images(take(data.evaluation, images, config.seed), config.batch_size, config.workers,
                              "decoding" if config.progress else None)
         means = bias_means(outcome.entry, config.bias_correction)

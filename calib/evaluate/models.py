@@ -15,13 +15,14 @@ from calib.evaluate.accuracy import Evaluation, evaluate
 def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset, stage: Path,
                     batch_size: int = 32, workers: int | None = None, progress: bool = True,
                     stems: dict[str, str] | None = None,
-                    devices: tuple[str, ...] = ("cpu",)) -> tuple[Evaluation, dict[str, Path]]:
+                    devices: tuple[str, ...] = ("cpu",), gpu_decode: str = "nvjpeg") -> tuple[Evaluation, dict[str, Path]]:
     """Returns the evaluation and the artifact paths, keyed like `models`; engines are built in
     `stage`, named by `stems` (default: the key). On GPU `devices` (ONNX Runtime's CUDA provider)
     the images are decoded on the GPU once per batch and every model runs on that batch
     (calib.distributed)."""
     if tuple(devices) != ("cpu",):
-        return _evaluate_on_gpus(models, dataset, batch_size, progress, devices), {n: Path(p) for n, p in models.items()}
+        return (_evaluate_on_gpus(models, dataset, batch_size, progress, devices, gpu_decode),
+                {n: Path(p) for n, p in models.items()})
     suffix = backend.artifact_suffix()
     artifacts = {}
     for name, path in models.items():
@@ -44,15 +45,17 @@ def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset,
 
 
 def _evaluate_on_gpus(models: dict[str, Path], dataset: Dataset, batch_size: int, progress: bool,
-                      devices: tuple[str, ...]) -> Evaluation:
+                      devices: tuple[str, ...], gpu_decode: str = "nvjpeg") -> Evaluation:
+    from calib.calibration import gpu_decode_mode
     from calib.distributed import evaluate_device, evaluate_multi, load_runners
 
+    decode = gpu_decode_mode(gpu_decode)
     if len(devices) > 1:
-        ev, _, _ = evaluate_multi({n: str(p) for n, p in models.items()}, dataset, list(devices), batch_size)
+        ev, _, _ = evaluate_multi({n: str(p) for n, p in models.items()}, dataset, list(devices), batch_size, decode)
     else:
         runners = load_runners(models, devices[0])
         try:
-            ev = evaluate_device(runners, dataset, batch_size, devices[0],
+            ev = evaluate_device(runners, dataset, batch_size, devices[0], decode,
                                  progress="evaluating" if progress else None).evaluation
         finally:
             for r in runners.values():
