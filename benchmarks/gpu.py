@@ -11,10 +11,10 @@ in one run, each figure next to the ceilings it is bounded by:
    exact); mean / 99th percentile / max absolute difference in 8-bit levels; FP32 top-1 on each
    path and their agreement;
 2. INT8 on the GPU (CUDA provider) vs on the CPU (CPU provider), same (Pillow) inputs;
-3. ceilings at batch 256: decode alone (nvJPEG stream), each model alone, both models in two
-   threads; then FP32+INT8 evaluation end to end over the sample folder repeated to
-   `--repeat-to` images (decode included), with the two models run one after the other and
-   overlapped;
+3. ceilings at batch 256: decode alone (nvJPEG, and Pillow in worker processes: `--gpu-decode
+   pil`) and while both models run, each model alone, both models in two threads; then FP32+INT8
+   evaluation end to end over the sample folder repeated to `--repeat-to` images (decode
+   included), with either decoder, the two models run one after the other and overlapped;
 4. calibration: the 500-image pass (entropy + minmax statistics and the channel means, as
    `calib calibrate` collects them) in the CUDA provider, seconds after the model is loaded;
    the cache scales against the CPU path's on the same (Pillow) inputs, in histogram bins;
@@ -237,12 +237,13 @@ def run(args) -> None:
                 list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
             torch.cuda.synchronize()
             res["pair_overlapped"] = args.batch * 30 / (time.perf_counter() - t)
-        for label, resample in (("decode_nvjpeg_pil_resize[thread]", "pil"),
-                                ("decode_nvjpeg_torch_resize[thread]", "torch")):
+        for label, resample, decoder in (("decode_nvjpeg_pil_resize[thread]", "pil", "nvjpeg"),
+                                         ("decode_nvjpeg_torch_resize[thread]", "torch", "nvjpeg"),
+                                         ("decode_pil_workers_gpu_resize[thread]", "pil", "pil")):
             subset = big.subset(big.samples[:min(len(big), 20_000)])
             t = time.perf_counter()
             count = 0
-            for b in gpu_batches(subset, args.batch, "cuda:0", resample=resample):
+            for b in gpu_batches(subset, args.batch, "cuda:0", resample=resample, decoder=decoder):
                 count += b.size
             torch.cuda.synchronize()
             res[label] = count / (time.perf_counter() - t)
@@ -250,27 +251,29 @@ def run(args) -> None:
         # how much each slows the other on one GPU.
         import threading
 
-        stop = threading.Event()
-        runs = []
+        for label, decoder, workers in (("nvjpeg_pil_resize", "nvjpeg", None), ("pil_workers_gpu_resize", "pil", None),
+                                        ("pil_8_workers_gpu_resize", "pil", 8)):
+            stop = threading.Event()
+            runs = []
 
-        def models_loop():
-            with ThreadPoolExecutor(2) as pool:
-                while not stop.is_set():
-                    list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
-                    runs.append(time.perf_counter())
+            def models_loop():
+                with ThreadPoolExecutor(2) as pool:
+                    while not stop.is_set():
+                        list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                        runs.append(time.perf_counter())
 
-        loop = threading.Thread(target=models_loop)
-        loop.start()
-        time.sleep(1.0)
-        subset = big.subset(big.samples[:10_000])
-        t = time.perf_counter()
-        count = sum(b.size for b in gpu_batches(subset, args.batch, "cuda:0"))
-        torch.cuda.synchronize()
-        end = time.perf_counter()
-        stop.set()
-        loop.join()
-        res["decode_nvjpeg_pil_resize[thread, models running]"] = count / (end - t)
-        res["pair_while_decoding[thread]"] = args.batch * sum(t <= r <= end for r in runs) / (end - t)
+            loop = threading.Thread(target=models_loop)
+            loop.start()
+            time.sleep(1.0)
+            subset = big.subset(big.samples[:10_000])
+            t = time.perf_counter()
+            count = sum(b.size for b in gpu_batches(subset, args.batch, "cuda:0", decoder=decoder, workers=workers))
+            torch.cuda.synchronize()
+            end = time.perf_counter()
+            stop.set()
+            loop.join()
+            res[f"decode_{label}[thread, models running]"] = count / (end - t)
+            res[f"pair_while_decoding[{label}]"] = args.batch * sum(t <= r <= end for r in runs) / (end - t)
         # Stream time of the Pillow-exact resize + normalisation of one batch, per kernel (CUDA events
         # around the call: the host-side table building is inside, as it is in the decode thread).
         from calib.data.gpu_decode import GpuDecoder, normalise, resample_pil
@@ -307,12 +310,22 @@ def run(args) -> None:
 
         res = {}
         fp32_tf32 = OrtRunner(args.fp32, device="cuda:0", tf32=True)
-        for label, concurrent, batch, reference in (
-                ("overlapped", True, args.batch, fp32),
-                ("sequential", False, args.batch, fp32),
-                ("overlapped, batch 512", True, 512, fp32),
-                ("overlapped, FP32 in TF32", True, args.batch, fp32_tf32)):
-            r = evaluate_device({"fp32": reference, "int8": int8}, big, batch, "cuda:0", concurrent=concurrent)
+        from calib.data import gpu_stream
+
+        for label, concurrent, reference, decode, workers, switch in (
+                ("overlapped", True, fp32, "nvjpeg", None, True),
+                ("overlapped, Pillow-worker decode", True, fp32, "pil-gpu", None, True),
+                ("overlapped, Pillow-worker decode, default GIL switch interval", True, fp32, "pil-gpu", None, False),
+                ("overlapped, 8 Pillow workers", True, fp32, "pil-gpu", 8, True),
+                ("sequential, Pillow-worker decode", False, fp32, "pil-gpu", None, True),
+                ("overlapped, Pillow-worker decode, FP32 in TF32", True, fp32_tf32, "pil-gpu", None, True)):
+            interval, gpu_stream.GIL_SWITCH_INTERVAL = gpu_stream.GIL_SWITCH_INTERVAL, (
+                gpu_stream.GIL_SWITCH_INTERVAL if switch else None)
+            try:
+                r = evaluate_device({"fp32": reference, "int8": int8}, big, args.batch, "cuda:0", decode,
+                                    concurrent=concurrent, workers=workers)
+            finally:
+                gpu_stream.GIL_SWITCH_INTERVAL = interval
             ev = r.evaluation
             res[label] = {"images": r.images, "seconds": r.seconds, "images_per_s": r.images / r.seconds,
                           "decode_path": r.decode_path, "fp32_top1": ev.summary("fp32")["top1"],
@@ -339,7 +352,8 @@ def run(args) -> None:
         runner = OrtRunner(exposed.SerializeToString(), device="cuda:0")
         res = {"tensors": len(tensors), "model_load_seconds": time.perf_counter() - t, "batch": args.calib_batch}
         stats = {}
-        for label, decode in (("nvjpeg", "nvjpeg"), ("nvjpeg_again", "nvjpeg"), ("pil_inputs", "cpu")):
+        for label, decode in (("nvjpeg", "nvjpeg"), ("nvjpeg_again", "nvjpeg"), ("pil_inputs", "cpu"),
+                              ("pil_workers", "pil-gpu")):
             st = TensorStatistics()
             means = ChannelMeans(wi)
             r = collect_gpu(prepared, sample, Observers(st, means), args.calib_batch, "cuda:0", tensors, None,
@@ -353,7 +367,7 @@ def run(args) -> None:
                 tensors=tensors)
         res["seconds[cpu provider]"] = time.perf_counter() - t
         cache["stats_nvjpeg"] = stats["nvjpeg"]
-        for label in ("pil_inputs", "nvjpeg"):
+        for label in ("pil_inputs", "pil_workers", "nvjpeg"):
             moved = 0.0   # the largest fraction of a tensor's values that landed in another bin
             for name in st_cpu.names():
                 a, b = st_cpu._entries[name], stats[label]._entries[name]
@@ -417,6 +431,15 @@ def run(args) -> None:
         res["eval_images_per_s[all gpus]"] = two[1].images / two[1].seconds
         res["eval_predictions_identical"] = bool(all(np.array_equal(one[0].predictions[k].top5, two[0].predictions[k].top5)
                                                      for k in models))
+        one_t = evaluate_multi(models, big, ["cuda:0"], args.batch, decode="pil-gpu")
+        two_t = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch, decode="pil-gpu")
+        res["eval_seconds[1 gpu, Pillow-worker decode]"] = one_t[1].seconds
+        res[f"eval_seconds[{gpus} gpus, Pillow-worker decode]"] = two_t[1].seconds
+        res["eval_rank_seconds[Pillow-worker decode]"] = two_t[1].rank_seconds
+        res["eval_speedup[Pillow-worker decode]"] = one_t[1].seconds / two_t[1].seconds
+        res["eval_images_per_s[all gpus, Pillow-worker decode]"] = two_t[1].images / two_t[1].seconds
+        res["eval_predictions_identical[Pillow-worker decode]"] = bool(all(
+            np.array_equal(one_t[0].predictions[k].top5, two_t[0].predictions[k].top5) for k in models))
         if "calibration" in args.skip:
             return res
         prepared = onnx.load(str(args.fp32))
