@@ -64,7 +64,10 @@ def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator, decode: st
 def decode_for(preprocess, devices: tuple[str, ...], gpu_decode: str = "nvjpeg") -> str:
     """The decode path a pass on `devices` uses: Pillow on the CPU; on a GPU nvJPEG with
     Pillow-exact resampling (calib.data.gpu_decode), or with `gpu_decode="pil"` Pillow in worker
-    processes (calib.data.host_decode): the CPU path's pixels, so the CPU path's key too."""
+    processes (calib.data.host_decode): the CPU path's pixels, so the CPU path's key too. A cache
+    is then reused across the two providers, as it is across CPU machines: their FP32 activations
+    differ by float rounding only (measured on EfficientNet-Lite0: minmax and percentile ranges
+    within one histogram bin, entropy's argmin moved on 2 of 61 tensors; benchmarks/RESULTS.md)."""
     if tuple(devices) == ("cpu",) or gpu_decode == "pil":
         return CPU_DECODE
     from calib.data.gpu_decode import decode_path
@@ -91,12 +94,12 @@ def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: Chan
         from calib.collect_gpu import collect_gpu
 
         return collect_gpu(prepared, dataset, Observers(stats, means), batch_size=batch_size, device=devices[0],
-                           tensors=tensors, progress=progress, decode=gpu_decode_mode(gpu_decode))
+                           tensors=tensors, progress=progress, decode=gpu_decode_mode(gpu_decode), workers=workers)
     from calib.distributed import collect_multi
 
     merged, merged_means, multi, order = collect_multi(prepared, dataset, list(devices), batch_size, tensors=tensors,
                                                        means_tensors=None if means.tensors is None else sorted(means.tensors),
-                                                       decode=gpu_decode_mode(gpu_decode))
+                                                       decode=gpu_decode_mode(gpu_decode), workers=workers)
     target = getattr(stats, "stats", stats)  # a calibrator reads its TensorStatistics
     target.merge(merged)
     means.merge(merged_means)

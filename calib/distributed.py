@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from calib.data import Dataset, SkipLog
-from calib.data.host_decode import default_workers
 from calib.errors import CalibError
 
 
@@ -157,9 +156,7 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
     seconds = time.perf_counter() - start
     all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     preds = {n: Predictions(all_labels, host[n]) for n in names}
-    path = decode_path(dataset.preprocess, "pil" if decode in ("cpu", "pil-gpu") else "nvjpeg", resample)
-    if decode == "cpu":
-        path = "pil"
+    path = decode_path(dataset.preprocess, {"cpu": "cpu", "pil-gpu": "pil"}.get(decode, "nvjpeg"), resample)
     evaluation = Evaluation(keys, skips.skipped, preds, host_signal, host_noise, seconds)
     return DeviceEvaluation(evaluation, seconds, len(keys), path, diffs)
 
@@ -269,8 +266,17 @@ class MultiResult:
     skipped: list[str]
 
 
+def _gpu_workers(gpus: int, workers: int | None = None) -> int:
+    """Pillow decode processes per rank (--gpu-decode pil): `workers` as asked (--workers), else
+    each GPU's share of the cores."""
+    from calib.data.host_decode import default_gpu_workers
+
+    return workers if workers is not None else default_gpu_workers(share=gpus)
+
+
 def evaluate_multi(models: dict[str, str], dataset: Dataset, devices: list[str], batch_size: int = 256,
-                   decode: str = "nvjpeg", resample: str = "pil", concurrent: bool = True):
+                   decode: str = "nvjpeg", resample: str = "pil", concurrent: bool = True,
+                   workers: int | None = None):
     """`evaluate_device` over several GPUs; predictions back in dataset order.
     Returns (Evaluation, MultiResult, max |logit| differences over ranks)."""
     from calib.evaluate.accuracy import Evaluation, Predictions
@@ -278,7 +284,7 @@ def evaluate_multi(models: dict[str, str], dataset: Dataset, devices: list[str],
     plan = shard_batches(len(dataset), batch_size, len(devices))
     tasks = [{"kind": "evaluate", "dataset": shard_dataset(dataset, batch_size, b), "models": models,
               "batch_size": batch_size, "decode": decode, "resample": resample, "concurrent": concurrent,
-              "workers": default_workers(share=len(devices))} for b in plan]
+              "workers": _gpu_workers(len(devices), workers)} for b in plan]
     out, seconds = _run_ranks(devices, tasks)
     position = {s.key: i for i, s in enumerate(dataset.samples)}
     keys = [k for o in out for k in o["keys"]]
@@ -298,7 +304,8 @@ def evaluate_multi(models: dict[str, str], dataset: Dataset, devices: list[str],
 
 def collect_multi(model, dataset: Dataset, devices: list[str], batch_size: int = 64,
                   tensors: list[str] | None = None, means_tensors: list[str] | None = None,
-                  histogram: bool = True, bins: int = 4096, decode: str = "nvjpeg", resample: str = "pil"):
+                  histogram: bool = True, bins: int = 4096, decode: str = "nvjpeg", resample: str = "pil",
+                  workers: int | None = None):
     """The calibration pass over several GPUs, merged exactly.
     Returns (TensorStatistics, ChannelMeans, CollectResult-like MultiResult, tensor order)."""
     from calib.calibrators.channel_means import ChannelMeans
@@ -309,7 +316,7 @@ def collect_multi(model, dataset: Dataset, devices: list[str], batch_size: int =
     tasks = [{"kind": "collect", "dataset": shard_dataset(dataset, batch_size, b), "model": blob,
               "tensors": tensors, "means_tensors": means_tensors, "histogram": histogram, "bins": bins,
               "batch_size": batch_size, "decode": decode, "resample": resample,
-              "workers": default_workers(share=len(devices))} for b in plan]
+              "workers": _gpu_workers(len(devices), workers)} for b in plan]
     out, seconds = _run_ranks(devices, tasks)
     stats = TensorStatistics(histogram=histogram, bins=bins)
     for o in out:

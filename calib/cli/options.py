@@ -35,7 +35,8 @@ CalibBatchSize = Annotated[int, typer.Option(
 CacheDir = Annotated[str, typer.Option("--cache-dir", help="folder of calibration caches")]
 Seed = Annotated[int, typer.Option("--seed", help="seed of the calibration/evaluation split")]
 Recalibrate = Annotated[bool, typer.Option("--recalibrate", help="ignore a matching cache and calibrate again")]
-Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="decoding processes (0: decode in this process)")]
+Workers = Annotated[Optional[int], typer.Option(
+    "--workers", min=0, help="decoding processes (0: decode in this process); with --gpu-decode pil, per GPU")]
 BiasCorrection = Annotated[bool, typer.Option(
     "--bias-correction/--no-bias-correction", help="correct biases for the mean shift weight quantization causes")]
 Out = Annotated[Optional[str], typer.Option("--out", help="report folder (default runs/<time>-<model>-<what>)")]

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from calib.data.cuda import to_device
-from calib.data.host_decode import pil_pixels
+from calib.data.transforms import pil_pixels
 from calib.data.packed import PackedImages
 from calib.data.transforms import Preprocess
 from calib.errors import CalibError
@@ -56,9 +56,10 @@ _SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
 def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg", resample: str = "pil") -> str:
     """A short name of how pixels were produced; part of the cache key, shown in reports.
 
-    "pil" for the CPU path; e.g. "nvjpeg+pil-bicubic" (nvJPEG decode, Pillow-exact resampling)
-    or "nvjpeg+torch-bicubic-aa" (torch's antialiased interpolate)."""
-    if decoder in ("pil", "cpu"):
+    "pil" for the CPU path's pixels (Pillow decode and Pillow's resampling, on the CPU or the GPU);
+    e.g. "nvjpeg+pil-bicubic" (nvJPEG decode, Pillow-exact resampling), "nvjpeg+torch-bicubic-aa"
+    (torch's antialiased interpolate) or "pil+torch-bicubic-aa"."""
+    if decoder == "cpu" or (decoder == "pil" and resample == "pil"):
         return CPU_DECODE_PATH
     if resample not in RESAMPLERS:
         raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")

@@ -2,7 +2,7 @@
 path's pixels bit for bit: the first half of the GPU pipeline's exact decode path ("pil").
 
 Why processes, measured on an H200 machine (16 cores) while the FP32 and INT8 models kept the GPU
-busy: nvJPEG decoded about 1,200-2,100 images/s (its kernels and host waits queue behind the
+busy: nvJPEG decoded about 1,200-1,400 images/s (its kernels and host waits queue behind the
 models'), and decoding threads in the evaluating process topped out near 2,600/s even with
 libjpeg-turbo releasing the GIL, because each image costs a few GIL hand-offs and with 14
 threads contending the thread that feeds the GPU waited ~100 ms per batch for the GIL (profiled).
@@ -29,15 +29,19 @@ import mmap
 import multiprocessing as mp
 import os
 import sys
+import warnings
+import weakref
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 
 from calib.data.loader import WorkerPool
 from calib.data.packed import PackedImages
 from calib.data.sources import ImageSource, Sample
-from calib.errors import CalibError
+from calib.data.transforms import pil_rows
+from calib.errors import CalibError, InternalError
 
 # Room per image in a slot: a 640x480 photo (ImageNet's are smaller); larger ones still fit while
 # the batch's total does. Slots hold at most this much each.
@@ -45,19 +49,7 @@ SLOT_BYTES_PER_IMAGE = 3 * 640 * 480
 SLOT_CAP_BYTES = 1 << 30
 
 
-def pil_pixels(image) -> np.ndarray:
-    """A PIL image as the CPU path sees it (plain RGB), uint8 (3, H, W)."""
-    return np.ascontiguousarray(pil_rows(image).transpose(2, 0, 1))
-
-
-def pil_rows(image) -> np.ndarray:
-    """A PIL image as the CPU path sees it (plain RGB), uint8 (H, W, 3) rows."""
-    from calib.data.transforms import to_rgb
-
-    return np.asarray(to_rgb(image), dtype=np.uint8)
-
-
-def default_workers(share: int = 1) -> int:
+def default_gpu_workers(share: int = 1) -> int:
     """Decode processes for one of `share` GPUs of this machine: its cores, less two per GPU (the
     threads that launch the models and feed the batches), split between the GPUs."""
     try:
@@ -70,14 +62,16 @@ def default_workers(share: int = 1) -> int:
 @dataclass
 class _Slot:
     memory: mmap.mmap
-    used: object            # multiprocessing.Value('q'): bytes taken, under its lock
-    tensor: object = None   # the same memory as a uint8 torch tensor (parent only, after fork)
-    copied: object = None   # CUDA event: the last copy out of this slot is done
+    used: Any               # multiprocessing.Value('q'): bytes taken, under its lock
+    tensor: Any = None      # the same memory as a uint8 torch tensor (parent only, after fork)
+    copied: Any = None      # CUDA event: the last copy out of this slot is done
+    busy: bool = False      # submitted and not yet uploaded
 
 
 # How much less CPU priority the workers take (nice): the threads that launch the models must get
 # a core the moment they are runnable, or the GPU idles. Measured on an H200 machine: 14 workers
-# at the default priority fed 4,430 images/s while the models fell from 4,100 to 2,270 pairs/s.
+# at the default priority fed 4,430 images/s while the models fell from 4,100 to 2,270 pairs/s;
+# niced, 5,251/s and 2,151 pairs/s (benchmarks/gpu.json): it did not help there, and costs nothing.
 WORKER_NICE = 10
 _niced: list[bool] = []
 
@@ -131,13 +125,20 @@ class HostDecoder:
     """`workers` processes decoding `source`'s samples into `slots` shared slots (see the module
     docstring). `submit(samples)` starts a batch and returns at once; `upload(pending, device)`
     waits for it and returns (a `PackedImages` on `device`, or None when nothing decoded, and the
-    indices of the samples that did). Keep fewer than `slots` batches submitted and not uploaded."""
+    indices of the samples that did). At most `slots` batches may be submitted and not uploaded.
 
-    def __init__(self, source: ImageSource, batch_size: int, workers: int | None = None, slots: int = 5,
+    Memory: `slots` x `batch_size` x 640x480x3 bytes of shared memory (236 MB per slot for batches
+    of 256), registered with CUDA as page-locked while the decoder lives; `close()` (or the end of
+    the object) stops the workers and releases it."""
+
+    def __init__(self, source: ImageSource, batch_size: int, workers: int | None = None, slots: int = 4,
                  slot_bytes: int | None = None) -> None:
         if not sys.platform.startswith("linux"):
-            raise CalibError("decoding into shared memory for the GPU needs Linux (fork); use the nvjpeg decoder")
-        self.workers = workers or default_workers()
+            raise CalibError("decoding into shared memory for the GPU needs Linux (fork); use --gpu-decode nvjpeg")
+        import torch
+
+        self.torch = torch
+        self.workers = workers or default_gpu_workers()
         size = slot_bytes or min(max(batch_size, 1) * SLOT_BYTES_PER_IMAGE, SLOT_CAP_BYTES)
         ctx = mp.get_context("fork")
         self.slots = [_Slot(mmap.mmap(-1, size), ctx.Value("q", 0)) for _ in range(slots)]
@@ -145,8 +146,10 @@ class HostDecoder:
         self.next_task = 0
         self.done: dict[int, list] = {}
         self.pinned: list[int] = []
-        # Fork first: memory registered with CUDA is not handed to forked children.
+        # The workers are forked before the slots are registered with CUDA: they inherit plain
+        # shared memory, and nothing of CUDA's state is asked to survive the fork.
         self.pool = WorkerPool(self.workers, partial(_decode_into, source, self.slots))
+        self._stop_workers = weakref.finalize(self, self.pool.close)   # also when never closed
         try:
             self._map()
         except BaseException:
@@ -154,27 +157,35 @@ class HostDecoder:
             raise
 
     def _map(self) -> None:
-        import torch
-
+        torch = self.torch
         for slot in self.slots:
             slot.tensor = torch.frombuffer(slot.memory, dtype=torch.uint8)
             if torch.cuda.is_available():   # page-locked: the copy to the GPU is then asynchronous
                 address = ctypes.addressof(ctypes.c_char.from_buffer(slot.memory))
                 if int(torch.cuda.cudart().cudaHostRegister(address, len(slot.memory), 0)) == 0:
                     self.pinned.append(address)
+                else:   # the failure is also left as CUDA's last error: clear it, copy from pageable memory
+                    _clear_cuda_error()
+                    if not self.pinned:
+                        warnings.warn("could not page-lock the decode slots (cudaHostRegister failed): copies to "
+                                      "the GPU are synchronous", stacklevel=4)
+
+    def stop(self) -> None:
+        """Stop the workers (a wait for a batch then fails within a second)."""
+        self._stop_workers()
 
     def close(self) -> None:
-        self.pool.close()
-        if self.pinned:
-            import torch
-
-            torch.cuda.synchronize()
-            for address in self.pinned:
-                torch.cuda.cudart().cudaHostUnregister(address)
-            self.pinned = []
+        """Stop the workers, wait for the copies out of the slots, unregister them."""
+        self.stop()
+        for slot in self.slots:
+            if slot.copied is not None:
+                slot.copied.synchronize()   # on the slot's own device, whichever that is
+                slot.copied = None
+        for address in self.pinned:
+            self.torch.cuda.cudart().cudaHostUnregister(address)
+        self.pinned = []
         for slot in self.slots:
             slot.tensor = None
-        # The mmaps go with this object (a tensor view may still hold one until it is collected).
 
     def __enter__(self) -> "HostDecoder":
         return self
@@ -184,11 +195,14 @@ class HostDecoder:
 
     def submit(self, samples: list[Sample]) -> PendingBatch:
         index = self.next_slot
-        self.next_slot = (self.next_slot + 1) % len(self.slots)
         slot = self.slots[index]
+        if slot.busy:
+            raise InternalError(f"HostDecoder: more than {len(self.slots)} batches submitted and not uploaded")
+        self.next_slot = (self.next_slot + 1) % len(self.slots)
         if slot.copied is not None:
             slot.copied.synchronize()   # the GPU has its previous batch
         slot.used.value = 0
+        slot.busy = True
         # A few tasks per worker: each task and result is a round trip through the queues.
         step = max(1, min(64, -(-len(samples) // (2 * self.workers))))
         tasks = []
@@ -200,10 +214,7 @@ class HostDecoder:
 
     def upload(self, pending: PendingBatch, device) -> tuple[PackedImages | None, list[int]]:
         """Wait for `pending`; copy its pixels to `device` (asynchronous, on the current stream)."""
-        import torch
-
-        from calib.data.cuda import to_device
-
+        torch = self.torch
         results: dict[int, object] = {}
         for task in pending.tasks:
             while task not in self.done:
@@ -211,6 +222,7 @@ class HostDecoder:
                 self.done[index] = out
             results.update(self.done.pop(task))
         slot = self.slots[pending.slot]
+        slot.busy = False
         ok = [i for i in range(pending.count) if results.get(i) is not None]
         if not ok:
             return None, ok
@@ -234,7 +246,22 @@ class HostDecoder:
             slot.copied.record()
         elif used:   # the slot is reused: a CPU batch must not be a view of it
             parts.append(slot.tensor[:used].clone())
-        if extra:
-            parts.append(to_device(np.concatenate(extra), device))
+        if extra:   # rare (very large photos): a plain copy, no page-locked memory kept for it
+            parts.append(torch.from_numpy(np.concatenate(extra)).to(device))
         flat = parts[0] if len(parts) == 1 else torch.cat(parts)
         return PackedImages(flat, sizes, bases, [True] * len(ok)), ok
+
+
+def _clear_cuda_error() -> None:
+    """Reset CUDA's last error (torch's own kernel checks would otherwise report it later, as if
+    their kernel had failed): cudaGetLastError from the CUDA runtime this process loaded."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "libcudart" in line and "/" in line}
+    for path in sorted(paths):
+        try:
+            ctypes.CDLL(path).cudaGetLastError()
+            return
+        except (OSError, AttributeError):
+            continue
+    raise CalibError("could not page-lock the GPU decode slots and could not clear the CUDA error it left; "
+                     "use --gpu-decode nvjpeg")

@@ -70,10 +70,11 @@ def _decode(source: ImageSource, preprocess: Preprocess, samples: list[Sample]):
 
 class WorkerPool:
     """Decoding processes fed from one task queue, each running `work(task)`; results come back
-    tagged with their task's index. Written for teardown rather than taken from multiprocessing.Pool, which waits forever
-    for the task of a worker that was killed (CPython issue 22393) and whose terminate() joins
-    handler threads that interpreter shutdown may already have frozen: here a dead worker is an
-    error within a second, and close() ends every worker (SIGTERM, then SIGKILL) and reaps it."""
+    tagged with their task's index (`iter_batches` here; calib.data.host_decode for the GPU).
+    Written for teardown rather than taken from multiprocessing.Pool, which waits forever for the
+    task of a worker that was killed (CPython issue 22393) and whose terminate() joins handler
+    threads that interpreter shutdown may already have frozen: here a dead worker is an error
+    within a second, and close() ends every worker (SIGTERM, then SIGKILL) and reaps it."""
 
     POLL = 0.5  # seconds between checks that the workers are alive
 

@@ -66,6 +66,16 @@ class Preprocess:
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def pil_rows(image: Image.Image) -> np.ndarray:
+    """A PIL image as the CPU path sees it (plain RGB, `to_rgb`), uint8 (H, W, 3) rows."""
+    return np.asarray(to_rgb(image), dtype=np.uint8)
+
+
+def pil_pixels(image: Image.Image) -> np.ndarray:
+    """A PIL image as the CPU path sees it (plain RGB, `to_rgb`), uint8 (3, H, W) planes."""
+    return np.ascontiguousarray(pil_rows(image).transpose(2, 0, 1))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Grayscale, palette, CMYK, alpha and high-bit-depth images become plain 8-bit RGB.
 

@@ -21,7 +21,7 @@ def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset,
     the images are decoded on the GPU once per batch and every model runs on that batch
     (calib.distributed)."""
     if tuple(devices) != ("cpu",):
-        return (_evaluate_on_gpus(models, dataset, batch_size, progress, devices, gpu_decode),
+        return (_evaluate_on_gpus(models, dataset, batch_size, progress, devices, gpu_decode, workers),
                 {n: Path(p) for n, p in models.items()})
     suffix = backend.artifact_suffix()
     artifacts = {}
@@ -45,18 +45,19 @@ def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset,
 
 
 def _evaluate_on_gpus(models: dict[str, Path], dataset: Dataset, batch_size: int, progress: bool,
-                      devices: tuple[str, ...], gpu_decode: str = "nvjpeg") -> Evaluation:
+                      devices: tuple[str, ...], gpu_decode: str = "nvjpeg", workers: int | None = None) -> Evaluation:
     from calib.calibration import gpu_decode_mode
     from calib.distributed import evaluate_device, evaluate_multi, load_runners
 
     decode = gpu_decode_mode(gpu_decode)
     if len(devices) > 1:
-        ev, _, _ = evaluate_multi({n: str(p) for n, p in models.items()}, dataset, list(devices), batch_size, decode)
+        ev, _, _ = evaluate_multi({n: str(p) for n, p in models.items()}, dataset, list(devices), batch_size, decode,
+                                  workers=workers)
     else:
         runners = load_runners(models, devices[0])
         try:
             ev = evaluate_device(runners, dataset, batch_size, devices[0], decode,
-                                 progress="evaluating" if progress else None).evaluation
+                                 progress="evaluating" if progress else None, workers=workers).evaluation
         finally:
             for r in runners.values():
                 r.close()

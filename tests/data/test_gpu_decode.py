@@ -18,7 +18,7 @@ from PIL import Image
 from calib.data.dataset import Dataset, take
 from calib.data.gpu_decode import (AxisPlan, axis_weights, crop_plan, decode_path, jpeg_components, normalise,
                                    resample_pil, resample_torch)
-from calib.data.host_decode import pil_pixels
+from calib.data.transforms import pil_pixels
 from calib.data.loader import iter_batches
 from calib.data.transforms import get_preset
 from calib.errors import CalibError
@@ -144,6 +144,7 @@ def test_jpeg_components():
 def test_decode_path_names():
     pre = get_preset("efficientnet-lite")
     assert decode_path(pre, "pil") == "pil"
+    assert decode_path(pre, "pil", "torch") == "pil+torch-bicubic-aa"   # not the CPU path's pixels
     assert decode_path(pre) == "nvjpeg+pil-bicubic"
     assert decode_path(pre, resample="torch") == "nvjpeg+torch-bicubic-aa"
     assert decode_path(get_preset("torchvision")) == "nvjpeg+pil-bilinear"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calib.data.host_decode import HostDecoder, default_workers, pil_pixels, pil_rows
+from calib.data.host_decode import HostDecoder, default_gpu_workers
+from calib.data.transforms import pil_pixels, pil_rows
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and anonymous shared memory")
@@ -113,10 +114,12 @@ def test_a_worker_that_dies_is_a_one_line_error(folder):
     assert "\n" not in str(info.value)
 
 
-def test_default_workers_leave_room_and_split_between_gpus():
-    one = default_workers()
-    assert one >= 1
-    assert default_workers(share=2) <= max(1, one)
+def test_default_workers_leave_room_and_split_between_gpus(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert default_gpu_workers() == 14             # two cores for the threads that feed the GPU
+    assert default_gpu_workers(share=2) == 6       # (16 - 2 x 2) // 2 per GPU
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert default_gpu_workers(share=4) == 1
 
 
 def test_pil_rows_and_pixels_are_the_same_rgb():
@@ -139,3 +142,38 @@ def test_workers_run_at_a_lower_priority(folder):
         pid = decoder.pool.procs[0].pid
         assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + min(
             host_decode.WORKER_NICE, 19 - os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def test_more_batches_in_flight_than_slots_is_refused(folder):
+    from calib.errors import InternalError
+
+    dataset, _ = folder
+    with HostDecoder(dataset.source, 2, workers=1, slots=2) as decoder:
+        first = decoder.submit(dataset.samples[:2])
+        decoder.submit(dataset.samples[2:4])
+        with pytest.raises(InternalError, match="more than 2 batches"):
+            decoder.submit(dataset.samples[4:6])   # would reuse the first slot while it is being written
+        packed, ok = decoder.upload(first, torch.device("cpu"))
+        assert ok == [0, 1]
+
+
+def test_a_decoder_dropped_without_close_stops_its_workers(folder):
+    import gc
+
+    dataset, _ = folder
+    decoder = HostDecoder(dataset.source, 2, workers=2)
+    procs = list(decoder.pool.procs)
+    assert all(p.is_alive() for p in procs)
+    del decoder
+    gc.collect()
+    for p in procs:
+        p.join(5)
+    assert not any(p.is_alive() for p in procs)
+
+
+def test_close_twice_is_harmless(folder):
+    dataset, _ = folder
+    decoder = HostDecoder(dataset.source, 2, workers=1)
+    decoder.close()
+    decoder.close()
+    assert decoder.slots[0].tensor is None

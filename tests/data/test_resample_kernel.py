@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from calib.data.gpu_decode import normalise, resample_pil
-from calib.data.host_decode import pil_pixels
+from calib.data.transforms import pil_pixels
 from calib.data.transforms import get_preset
 from calib.errors import CalibError
 
