@@ -9,6 +9,7 @@ Commands (`calib.commands.*`) build on this; nothing here knows about any one co
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -166,6 +167,8 @@ def check_config(config: RunConfig) -> None:
         check_budget(config.max_drop, config.min_agreement)
     if config.gpu_decode not in GPU_DECODERS:
         raise CalibError(f"--gpu-decode must be one of {', '.join(GPU_DECODERS)}, not '{config.gpu_decode}'")
+    if config.gpu_decode == "pil" and config.devices() != ("cpu",) and not sys.platform.startswith("linux"):
+        raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
     check_devices(config)
 
 
@@ -209,13 +212,11 @@ def versions() -> dict:
 
 
 def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...] = ("cpu",),
-                  gpu_parts: str | None = None, evaluates_int8: bool = True) -> ReportHeader:
+                  gpu_parts: str | None = None, int8_models: dict[str, Path] | None = None) -> ReportHeader:
     """The header every report shares: model, data, flavor, backend, where it ran and how the
     images were decoded, versions, notes (`gpu_parts`: a note on what ran on the CPU anyway;
-    `evaluates_int8`: whether the command's figures come from evaluating the INT8 model)."""
+    `int8_models`: the INT8 models whose figures the report shows, as ONNX files)."""
     from calib.calibration import decode_for
-
-    from calib.quantize import get_flavor
 
     notes = list(setup.data.notes)
     if devices != ("cpu",) and gpu_parts:
@@ -225,16 +226,33 @@ def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...]
                      "for bit" if config.gpu_decode == "pil" else
                      "images decoded by nvJPEG and resized on the GPU (Pillow's resampling bit for bit; nvJPEG's "
                      "pixels differ from Pillow's by about one level; --gpu-decode pil gives the CPU path's pixels)")
-    emulated = get_flavor(setup.flavor).default_backend != "ort"   # ONNX Runtime's CPU only emulates it
-    if evaluates_int8 and config.backend == "ort" and (devices != ("cpu",) or emulated):
-        notes.append("ONNX Runtime ran the INT8 model as its integer-exact graph where it only emulates it (int8 "
-                     "products summed exactly, then the float rescale and bias, as an integer kernel computes them; "
-                     "calib.quantize.exact)" + (": the CPU and the GPU compute the same INT8 figures" if emulated else
-                                                "; on the CPU the ort flavor runs ONNX Runtime's integer kernels"))
+    if int8_models and config.backend == "ort":
+        note = exact_note(int8_models, devices[0])
+        if note:
+            notes.append(note)
     return ReportHeader(model=setup.model.name, dataset=config.dataset_label(), demo=setup.data.demo,
                         backend=config.backend, qdq_flavor=setup.flavor, notes=notes, versions=versions(),
                         model_sha256=setup.model.sha256, device=",".join(devices),
                         decode_path=decode_for(setup.model.preprocess, devices, config.gpu_decode))
+
+
+def exact_note(int8_models: dict[str, Path], device: str) -> str | None:
+    """What the report says about how ONNX Runtime ran the INT8 models on `device`: decided by
+    the runner's own rule on each model (calib.backends.ort.runs_integer_exact), so a model the
+    runner left as written (subgraphs, past 2 GB, ONNX Runtime's own integer kernels) gets no claim."""
+    from calib.backends.ort import runs_integer_exact
+
+    exact = [name for name, path in int8_models.items() if runs_integer_exact(Path(path), device)]
+    if not exact:
+        return None
+    which = "the INT8 model" if len(int8_models) == 1 else (
+        "every INT8 model" if len(exact) == len(int8_models) else "INT8 models " + ", ".join(exact))
+    # The same figures on the CPU only where the CPU runs the exact graph too (not the ort flavor).
+    cpu_kernels = [name for name in exact if not runs_integer_exact(Path(int8_models[name]), "cpu")]
+    same = ("; on the CPU ONNX Runtime runs " + ("it" if len(int8_models) == 1 else ", ".join(cpu_kernels)) +
+            " with its own integer kernels instead") if cpu_kernels else ": the CPU and the GPU compute the same INT8 figures"
+    return (f"ONNX Runtime ran {which} as its integer-exact graph (int8 products summed exactly, then the float "
+            f"rescale and bias, as an integer kernel computes them; calib.quantize.exact){same}")
 
 
 @dataclass

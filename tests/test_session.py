@@ -66,3 +66,14 @@ def test_gpu_decode_is_checked_with_the_other_options():
     with pytest.raises(CalibError, match="--gpu-decode must be one of nvjpeg, pil, not 'fast'"):
         check_config(RunConfig(gpu_decode="fast"))
     assert [gpu_decode_mode(d) for d in GPU_DECODERS] == ["nvjpeg", "pil-gpu"]
+
+
+def test_gpu_decode_pil_needs_linux_on_a_gpu(monkeypatch):
+    import calib.session as session
+
+    monkeypatch.setattr(session.sys, "platform", "win32")
+    monkeypatch.setattr(session, "check_devices", lambda config: config.devices())
+    with pytest.raises(CalibError, match="needs Linux"):
+        session.check_config(session.RunConfig(device="cuda", gpu_decode="pil"))
+    session.check_config(session.RunConfig(device="cpu", gpu_decode="pil"))   # no GPU: nothing to fork
+    session.check_config(session.RunConfig(device="cuda", gpu_decode="nvjpeg"))

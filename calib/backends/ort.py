@@ -133,6 +133,21 @@ def cuda_session(model, device_id: int = 0, level: str = "all", tf32: bool = Fal
     return session
 
 
+EXACT_SERIALISED_LIMIT = 2 ** 31 - 2 ** 24   # the exact graph is handed to the session serialised
+
+
+def runs_integer_exact(path: Path, device: str = "cpu") -> bool:
+    """Whether `OrtRunner(path, device=device)` runs the model as its integer-exact graph: what a
+    report may say about the INT8 figures it shows (the runner's own rule, not the flavor's)."""
+    from calib.onnx_io import load_model
+    from calib.quantize.exact import runs_exact
+
+    kind, _ = parse_device(device)
+    if not runs_exact(load_model(path, external_data=False), kind):
+        return False
+    return load_model(path).ByteSize() <= EXACT_SERIALISED_LIMIT
+
+
 class OrtRunner(Runner):
     """A model in ONNX Runtime. `device="cpu"` is the CPU provider (unchanged default);
     `"cuda"`/`"cuda:N"` the CUDA provider, with `run_device` for tensors already on the GPU
@@ -171,17 +186,17 @@ class OrtRunner(Runner):
         import onnx
 
         from calib.onnx_io import load_model
-        from calib.quantize.exact import emulates_integer_kernels, has_qdq, has_subgraphs, integer_exact
+        from calib.quantize.exact import has_qdq, has_subgraphs, integer_exact, runs_exact
 
         # The graph first (no external weights): most models are not Q/DQ and are left alone.
         model = onnx.load_from_string(path) if isinstance(path, bytes) else load_model(path, external_data=False)
         if not has_qdq(model) or has_subgraphs(model):
             return None
-        if exact is None and self.kind == "cpu" and not emulates_integer_kernels(model):
+        if exact is None and not runs_exact(model, self.kind):
             return None
         if not isinstance(path, bytes):
             model = load_model(path)
-        if model.ByteSize() > 2 ** 31 - 2 ** 24:   # it is handed to the session serialised
+        if model.ByteSize() > EXACT_SERIALISED_LIMIT:   # it is handed to the session serialised
             return None
         self.exact = integer_exact(model, round_accumulator=self.kind == "cuda")
         return self.exact

@@ -134,7 +134,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
         changes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], tops[chosen],
                                 names=class_names_of(data.evaluation)).to_json()
         changed = {"fixed": changes["images_fixed"], "broken": changes["images_broken"]}
-        header = report_header(config, s, devices, GPU_PARTS)
+        header = report_header(config, s, devices, GPU_PARTS, {n: onnx_models[n] for n in names})
         report = CompareReport(
             header=header, kind="compare", out=str(out),
             bias_correction={n: bool(bias_means(shared.outcomes[n].entry, config.bias_correction)) for n in names},

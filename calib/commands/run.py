@@ -63,7 +63,7 @@ def run(config: RunConfig) -> RunReport:
                                         gpu_decode=config.gpu_decode)
         fp32_artifact, int8_artifact = (out / a.name if a.parent == stage else a for a in artifacts.values())
         report = build_report(config, s, outcome, ev, fp32_artifact, int8_artifact,
-                              fallback.final_dataset if fallback else data.evaluation, devices)
+                              fallback.final_dataset if fallback else data.evaluation, devices, int8_onnx)
         if config.backend == "ort":
             report.ort_kernels = integer_kernel_check(int8_onnx)
         if fallback is not None:
@@ -154,13 +154,14 @@ GPU_PARTS = ("on the GPU: the calibration pass, the evaluation (decoded once per
 
 def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev, fp32_artifact: Path,
                  int8_artifact: Path, evaluated: Dataset | None = None,
-                 devices: tuple[str, ...] = ("cpu",)) -> RunReport:
+                 devices: tuple[str, ...] = ("cpu",), int8_onnx: Path | None = None) -> RunReport:
     """The run report; `evaluated` is the dataset the figures come from (the held-out part of the
-    evaluation images with a fallback budget; all of them otherwise)."""
+    evaluation images with a fallback budget; all of them otherwise); `int8_onnx` the INT8 model
+    that was evaluated, as an ONNX file (what the report may say about how it ran)."""
     model, data = s.model, s.data
     evaluated = evaluated if evaluated is not None else data.evaluation
     fp32, int8 = ev.summary("fp32"), ev.summary("int8")
-    header = report_header(config, s, devices, GPU_PARTS)
+    header = report_header(config, s, devices, GPU_PARTS, {"int8": int8_onnx} if int8_onnx else None)
     return RunReport(
         header=header,
         calibrator=config.calibrator,

@@ -37,7 +37,7 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
         result = rank_layers(prepared, outcome.entry.cache.amax(), flavor, subset, config.batch_size,
                              weighted_only=weighted_only, progress=config.progress, channel_means=means)
         header = report_header(config, s, devices, "on the GPU: the calibration pass; on the CPU (Pillow "
-                                                   "decode): the layer ranking", evaluates_int8=False)
+                                                   "decode): the layer ranking", int8_models=None)
         report = SensitivityReport(header=header, calibrator=config.calibrator, cache=str(outcome.entry.path),
                                    out=str(out), bias_correction=bool(means), sensitivity=result.as_dict())
         write_sensitivity_report(stage, report)

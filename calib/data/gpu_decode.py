@@ -243,6 +243,8 @@ def resample_pil(images: "Sequence[torch.Tensor] | PackedImages", preprocess: Pr
 
     if kernel not in KERNELS:
         raise CalibError(f"unknown resampling kernel '{kernel}' (choose from: {', '.join(KERNELS)})")
+    if not len(images):
+        raise CalibError("resample_pil needs at least one image (a batch where nothing decoded has no pixels)")
     s = preprocess.size
     if isinstance(images, PackedImages):
         sizes, device = images.sizes, images.device

@@ -89,6 +89,15 @@ def has_subgraphs(model: onnx.ModelProto) -> bool:
                for n in model.graph.node for a in n.attribute)
 
 
+def runs_exact(model: onnx.ModelProto, device_kind: str) -> bool:
+    """Whether ONNX Runtime should run this Q/DQ graph as its integer-exact graph on a "cpu" or
+    "cuda" provider: a Q/DQ model without subgraphs, on CUDA always (no integer kernels there),
+    on the CPU only where ONNX Runtime emulates it. The one rule for the runner and the reports."""
+    if not has_qdq(model) or has_subgraphs(model):
+        return False
+    return device_kind == "cuda" or emulates_integer_kernels(model)
+
+
 def integer_exact(model: onnx.ModelProto, round_accumulator: bool = False) -> ExactGraph:
     """A copy of `model` with every eligible Conv/Gemm rewritten (see the module docstring).
     A model with subgraphs (If/Loop/Scan) comes back unchanged."""

@@ -80,6 +80,11 @@ def test_packed_planar_and_interleaved_images_on_the_matmul_path():
     np.testing.assert_array_equal(normalise(resample_pil(_packed(images), pre, kernel="matmul"), pre).numpy(), ref)
 
 
+def test_no_images_is_a_one_line_error():
+    with pytest.raises(CalibError, match="at least one image"):
+        resample_pil([], get_preset("efficientnet-lite"))
+
+
 def test_unknown_kernel_is_a_one_line_error():
     import torch
 

@@ -122,6 +122,36 @@ def test_which_models_the_cpu_runs_exactly(tiny, tmp_path):
     assert np.array_equal(OrtRunner(paths["tensorrt"]).run(x), want)
 
 
+def test_reports_claim_the_exact_graph_only_where_the_runner_runs_it(tiny, tmp_path):
+    """The report's note follows the runner's rule on each model file, not the flavor's."""
+    from calib.backends.ort import runs_integer_exact
+    from calib.session import exact_note
+
+    model, x, amax = tiny
+    paths = {}
+    for flavor in ("tensorrt", "ort"):
+        paths[flavor] = tmp_path / f"{flavor}.onnx"
+        onnx.save(quantize_model(model, amax, flavor)[0], paths[flavor])
+    # A Q/DQ model with a subgraph: the runner leaves it as written, so no claim.
+    looped = quantize_model(model, amax, "tensorrt")[0]
+    then = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"])], "then", [],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])])
+    looped.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond_in"))
+    looped.graph.node.append(helper.make_node("If", ["cond_in"], ["flag"], then_branch=then, else_branch=then))
+    paths["subgraph"] = tmp_path / "subgraph.onnx"
+    onnx.save(looped, paths["subgraph"])
+    assert [runs_integer_exact(paths[k]) for k in ("tensorrt", "ort", "subgraph")] == [True, False, False]
+    assert [runs_integer_exact(paths[k], "cuda:0") for k in ("tensorrt", "ort", "subgraph")] == [True, True, False]
+    assert "ran the INT8 model as its integer-exact graph" in exact_note({"int8": paths["tensorrt"]}, "cpu")
+    assert exact_note({"int8": paths["ort"]}, "cpu") is None              # ONNX Runtime's integer kernels
+    assert exact_note({"int8": paths["subgraph"]}, "cuda:0") is None
+    both = exact_note({"a": paths["tensorrt"], "b": paths["ort"]}, "cpu")
+    assert "INT8 models a as" in both
+    on_gpu = exact_note({"a": paths["tensorrt"], "b": paths["ort"]}, "cuda:0")
+    assert "every INT8 model" in on_gpu and "on the CPU ONNX Runtime runs b with its own integer kernels" in on_gpu
+    assert exact_note({"int8": paths["tensorrt"]}, "cuda:0").endswith("the CPU and the GPU compute the same INT8 figures")
+
+
 def test_unnamed_nodes_give_a_valid_graph(tiny):
     model, x, amax = tiny
     qdq, _ = quantize_model(model, amax, "tensorrt")
