@@ -73,22 +73,11 @@ class _Slot:
 # at the default priority fed 4,430 images/s while the models fell from 4,100 to 2,270 pairs/s;
 # niced, 5,251/s and 2,151 pairs/s (benchmarks/gpu.json): it did not help there, and costs nothing.
 WORKER_NICE = 10
-_niced: list[bool] = []
-
-
-def _lower_priority() -> None:
-    if not _niced:
-        _niced.append(True)
-        try:
-            os.nice(WORKER_NICE)
-        except OSError:   # pragma: no cover - not allowed here: run at the same priority
-            pass
 
 
 def _decode_into(source: ImageSource, slots: list[_Slot], task) -> list:
     """In a worker: decode `task` = (slot, [(i, sample), ...]); per image (i, None) when the CPU
     path cannot decode it, (i, (base, h, w)) when written into the slot, else (i, rows)."""
-    _lower_priority()
     slot_index, items = task
     slot = slots[slot_index]
     capacity = len(slot.memory)
@@ -148,7 +137,7 @@ class HostDecoder:
         self.pinned: list[int] = []
         # The workers are forked before the slots are registered with CUDA: they inherit plain
         # shared memory, and nothing of CUDA's state is asked to survive the fork.
-        self.pool = WorkerPool(self.workers, partial(_decode_into, source, self.slots))
+        self.pool = WorkerPool(self.workers, partial(_decode_into, source, self.slots), nice=WORKER_NICE)
         self._stop_workers = weakref.finalize(self, self.pool.close)   # also when never closed
         try:
             self._map()

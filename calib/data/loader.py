@@ -70,7 +70,8 @@ def _decode(source: ImageSource, preprocess: Preprocess, samples: list[Sample]):
 
 class WorkerPool:
     """Decoding processes fed from one task queue, each running `work(task)`; results come back
-    tagged with their task's index (`iter_batches` here; calib.data.host_decode for the GPU).
+    tagged with their task's index (`iter_batches` here; calib.data.host_decode for the GPU);
+    `nice` lowers the workers' CPU priority.
     Written for teardown rather than taken from multiprocessing.Pool, which waits forever for the
     task of a worker that was killed (CPython issue 22393) and whose terminate() joins handler
     threads that interpreter shutdown may already have frozen: here a dead worker is an error
@@ -78,7 +79,7 @@ class WorkerPool:
 
     POLL = 0.5  # seconds between checks that the workers are alive
 
-    def __init__(self, workers: int, work: Callable):
+    def __init__(self, workers: int, work: Callable, nice: int = 0):
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.tasks = ctx.Queue()
         self.results = ctx.Queue()
@@ -91,7 +92,7 @@ class WorkerPool:
         try:
             for i in range(workers):
                 p = ctx.Process(target=_worker_main, name=f"calib-decode-{i}", daemon=True,
-                                args=(self.tasks, self.results, work, os.getpid()))
+                                args=(self.tasks, self.results, work, os.getpid(), nice))
                 p.start()
                 self.procs.append(p)
         except BaseException:
@@ -146,13 +147,18 @@ def _close_live_pools() -> None:
         pool.close(grace=0.5)
 
 
-def _worker_main(tasks, results, work: Callable, parent: int) -> None:
+def _worker_main(tasks, results, work: Callable, parent: int, nice: int = 0) -> None:
     # Ctrl-C reaches the whole process group; the parent handles it and ends the workers (their
     # own KeyboardInterrupt tracebacks would bury its one-line message). SIGTERM ends a worker
     # at once, whatever handler it inherited from the parent through fork.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)   # blocked by the parent for the start
+    if nice:
+        try:
+            os.nice(nice)   # lower priority: the parent's threads get a core first
+        except OSError:   # pragma: no cover - not allowed here: the same priority, nothing else changes
+            pass
     while True:
         if os.getppid() != parent:
             # The parent died without closing the pool (SIGKILL): do not outlive it, nor wait at
