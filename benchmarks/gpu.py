@@ -149,7 +149,7 @@ def run(args) -> None:
         res = {}
         for label, decode, resample in (("nvjpeg+pil-bicubic", "nvjpeg", "pil"),
                                         ("nvjpeg+torch-bicubic-aa", "nvjpeg", "torch"),
-                                        ("pil+gpu-pil-bicubic", "pil-gpu", "pil")):
+                                        ("pil+gpu-pil-bicubic", "pil", "pil")):
             got = np.concatenate([b.images.cpu().numpy() for b in device_batches(sample, 64, "cuda:0", decode, resample)])
             cache[label] = got
             res[label] = levels(got, ref, pre.std)
@@ -314,11 +314,11 @@ def run(args) -> None:
 
         for label, concurrent, reference, decode, workers, switch in (
                 ("overlapped", True, fp32, "nvjpeg", None, True),
-                ("overlapped, Pillow-worker decode", True, fp32, "pil-gpu", None, True),
-                ("overlapped, Pillow-worker decode, default GIL switch interval", True, fp32, "pil-gpu", None, False),
-                ("overlapped, 8 Pillow workers", True, fp32, "pil-gpu", 8, True),
-                ("sequential, Pillow-worker decode", False, fp32, "pil-gpu", None, True),
-                ("overlapped, Pillow-worker decode, FP32 in TF32", True, fp32_tf32, "pil-gpu", None, True)):
+                ("overlapped, Pillow-worker decode", True, fp32, "pil", None, True),
+                ("overlapped, Pillow-worker decode, default GIL switch interval", True, fp32, "pil", None, False),
+                ("overlapped, 8 Pillow workers", True, fp32, "pil", 8, True),
+                ("sequential, Pillow-worker decode", False, fp32, "pil", None, True),
+                ("overlapped, Pillow-worker decode, FP32 in TF32", True, fp32_tf32, "pil", None, True)):
             interval, gpu_stream.GIL_SWITCH_INTERVAL = gpu_stream.GIL_SWITCH_INTERVAL, (
                 gpu_stream.GIL_SWITCH_INTERVAL if switch else None)
             try:
@@ -353,7 +353,7 @@ def run(args) -> None:
         res = {"tensors": len(tensors), "model_load_seconds": time.perf_counter() - t, "batch": args.calib_batch}
         stats = {}
         for label, decode in (("nvjpeg", "nvjpeg"), ("nvjpeg_again", "nvjpeg"), ("pil_inputs", "cpu"),
-                              ("pil_workers", "pil-gpu")):
+                              ("pil_workers", "pil")):
             st = TensorStatistics()
             means = ChannelMeans(wi)
             r = collect_gpu(prepared, sample, Observers(st, means), args.calib_batch, "cuda:0", tensors, None,
@@ -431,8 +431,8 @@ def run(args) -> None:
         res["eval_images_per_s[all gpus]"] = two[1].images / two[1].seconds
         res["eval_predictions_identical"] = bool(all(np.array_equal(one[0].predictions[k].top5, two[0].predictions[k].top5)
                                                      for k in models))
-        one_t = evaluate_multi(models, big, ["cuda:0"], args.batch, decode="pil-gpu")
-        two_t = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch, decode="pil-gpu")
+        one_t = evaluate_multi(models, big, ["cuda:0"], args.batch, decode="pil")
+        two_t = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch, decode="pil")
         res["eval_seconds[1 gpu, Pillow-worker decode]"] = one_t[1].seconds
         res[f"eval_seconds[{gpus} gpus, Pillow-worker decode]"] = two_t[1].seconds
         res["eval_rank_seconds[Pillow-worker decode]"] = two_t[1].rank_seconds

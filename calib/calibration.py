@@ -68,16 +68,9 @@ def decode_for(preprocess, devices: tuple[str, ...], gpu_decode: str = "nvjpeg")
     is then reused across the two providers, as it is across CPU machines: their FP32 activations
     differ by float rounding only (measured on EfficientNet-Lite0: minmax and percentile ranges
     within one histogram bin, entropy's argmin moved on 2 of 61 tensors; benchmarks/RESULTS.md)."""
-    if tuple(devices) == ("cpu",) or gpu_decode == "pil":
-        return CPU_DECODE
     from calib.data.gpu_decode import decode_path
 
-    return decode_path(preprocess, "nvjpeg", "pil")
-
-
-def gpu_decode_mode(gpu_decode: str) -> str:
-    """The decode mode of calib.collect_gpu / calib.distributed for --gpu-decode."""
-    return {"nvjpeg": "nvjpeg", "pil": "pil-gpu"}[gpu_decode]
+    return decode_path(preprocess, "cpu" if tuple(devices) == ("cpu",) else gpu_decode)
 
 
 def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: ChannelMeans, batch_size: int,
@@ -94,12 +87,12 @@ def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: Chan
         from calib.collect_gpu import collect_gpu
 
         return collect_gpu(prepared, dataset, Observers(stats, means), batch_size=batch_size, device=devices[0],
-                           tensors=tensors, progress=progress, decode=gpu_decode_mode(gpu_decode), workers=workers)
+                           tensors=tensors, progress=progress, decode=gpu_decode, workers=workers)
     from calib.distributed import collect_multi
 
     merged, merged_means, multi, order = collect_multi(prepared, dataset, list(devices), batch_size, tensors=tensors,
                                                        means_tensors=None if means.tensors is None else sorted(means.tensors),
-                                                       decode=gpu_decode_mode(gpu_decode), workers=workers)
+                                                       decode=gpu_decode, workers=workers)
     target = getattr(stats, "stats", stats)  # a calibrator reads its TensorStatistics
     target.merge(merged)
     means.merge(merged_means)

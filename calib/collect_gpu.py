@@ -118,9 +118,10 @@ def _set_batch(observer, index: int) -> None:
 def device_batches(dataset: Dataset, batch_size: int, device: str, decode: str = "nvjpeg",
                    resample: str = "pil", skips: SkipLog | None = None,
                    progress: str | None = None, workers: int | None = None) -> Iterator:
-    """`DeviceBatch`es from the GPU decoder (`decode="nvjpeg"`, or `"pil-gpu"`: the CPU path's
+    """`DeviceBatch`es from the GPU decoder (`decode="nvjpeg"`, or `"pil"`: the CPU path's
     pixels decoded by `workers` processes, GPU resize) or from the CPU decode workers copied to
     the GPU (`decode="cpu"`)."""
+    from calib.data.gpu_decode import DECODERS
     from calib.data.gpu_stream import GpuBatchStream, gpu_batches
 
     if decode == "cpu":
@@ -128,10 +129,10 @@ def device_batches(dataset: Dataset, batch_size: int, device: str, decode: str =
         with stream:
             yield from stream
         return
-    if decode not in ("nvjpeg", "pil-gpu"):
-        raise CalibError(f"unknown decode '{decode}' (choose from: cpu, nvjpeg, pil-gpu)")
+    if decode not in DECODERS:
+        raise CalibError(f"unknown decode '{decode}' (choose from: cpu, {', '.join(DECODERS)})")
     yield from gpu_batches(dataset, batch_size, device, resample=resample, skips=skips, progress=progress,
-                           decoder="nvjpeg" if decode == "nvjpeg" else "pil", workers=workers)
+                           decoder=decode, workers=workers)
 
 
 def collect_gpu(model: onnx.ModelProto, dataset: Dataset, observer: Observer, batch_size: int = 64,

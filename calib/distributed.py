@@ -156,7 +156,7 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
     seconds = time.perf_counter() - start
     all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     preds = {n: Predictions(all_labels, host[n]) for n in names}
-    path = decode_path(dataset.preprocess, {"cpu": "cpu", "pil-gpu": "pil"}.get(decode, "nvjpeg"), resample)
+    path = decode_path(dataset.preprocess, decode, resample)
     evaluation = Evaluation(keys, skips.skipped, preds, host_signal, host_noise, seconds)
     return DeviceEvaluation(evaluation, seconds, len(keys), path, diffs)
 

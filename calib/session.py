@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from calib.cache import CacheStore
+from calib.data.gpu_decode import DECODERS as GPU_DECODERS   # --gpu-decode (calib.calibration.decode_for)
 from calib.data.plan import DataPlan, plan_data
 from calib.errors import CalibError
 from calib.fsutil import check_output_dir
@@ -25,7 +26,6 @@ from calib.report.schema import ReportHeader
 from calib.models import ZOO, Model, check_classes, parse_input_size, prepared_model, resolve_model
 
 
-GPU_DECODERS = ("nvjpeg", "pil")   # --gpu-decode: how a GPU run decodes (calib.calibration.decode_for)
 
 
 @dataclass

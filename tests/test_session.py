@@ -60,12 +60,14 @@ def test_the_decode_path_is_part_of_the_cache_key(tmp_path, tiny_classifier):
 
 
 def test_gpu_decode_is_checked_with_the_other_options():
-    from calib.calibration import gpu_decode_mode
+    from calib.data.gpu_decode import decode_path
+    from calib.data.transforms import get_preset
     from calib.session import GPU_DECODERS, RunConfig, check_config
 
     with pytest.raises(CalibError, match="--gpu-decode must be one of nvjpeg, pil, not 'fast'"):
         check_config(RunConfig(gpu_decode="fast"))
-    assert [gpu_decode_mode(d) for d in GPU_DECODERS] == ["nvjpeg", "pil-gpu"]
+    # The --gpu-decode names are the decoder names every layer below takes.
+    assert [decode_path(get_preset("efficientnet-lite"), d) for d in GPU_DECODERS] == ["nvjpeg+pil-bicubic", "pil"]
 
 
 def test_gpu_decode_pil_needs_linux_on_a_gpu(monkeypatch):

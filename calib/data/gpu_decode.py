@@ -13,8 +13,9 @@ Preprocessing must not drift from the CPU path (`calib.data.transforms.Preproces
   support scaled by the downscale factor, i.e. antialiased), the same 22-bit fixed-point weights
   (`normalize_coeffs_8bpc`), horizontal pass first, rounding and clamping to 8 bits after each
   pass. On a GPU with triton this is `calib.data.resample_kernel`, Pillow's own int32 sums (about
-  half the stream time, measured on an H200); elsewhere both passes are float64 matrix products of integers below 2**53, so every
-  sum is exact. Either way the output equals Pillow's bit for bit on the same decoded pixels;
+  half the stream time, measured on an H200); elsewhere both passes are float64 matrix products
+  of integers below 2**53, so every sum is exact. Either way the output equals Pillow's bit for
+  bit on the same decoded pixels;
 - `resample="torch"` uses `torch.nn.functional.interpolate(..., antialias=True)` instead (close
   to, not equal to, Pillow: kept to measure the difference);
 - normalisation is the same float32 `(x - mean) / std`.
@@ -39,15 +40,15 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from calib.data.cuda import to_device
-from calib.data.transforms import pil_pixels
 from calib.data.packed import PackedImages
-from calib.data.transforms import Preprocess
+from calib.data.transforms import Preprocess, pil_pixels
 from calib.errors import CalibError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 CPU_DECODE_PATH = "pil"
+DECODERS = ("nvjpeg", "pil")   # on a GPU (--gpu-decode): nvJPEG, or Pillow (calib.data.host_decode)
 RESAMPLERS = ("pil", "torch")
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images (Resample.c)
 _SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
@@ -450,7 +451,7 @@ class GpuDecoder:
     PIL image (sources that do not read files), and returns (float32 (n, 3, S, S) on the device,
     indices of the items that made it, indices skipped)."""
 
-    DECODERS = ("nvjpeg", "pil")
+    DECODERS = DECODERS
 
     def __init__(self, preprocess: Preprocess, device: str = "cuda", resample: str = "pil",
                  decoder: str = "nvjpeg") -> None:

@@ -46,10 +46,9 @@ def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset,
 
 def _evaluate_on_gpus(models: dict[str, Path], dataset: Dataset, batch_size: int, progress: bool,
                       devices: tuple[str, ...], gpu_decode: str = "nvjpeg", workers: int | None = None) -> Evaluation:
-    from calib.calibration import gpu_decode_mode
     from calib.distributed import evaluate_device, evaluate_multi, load_runners
 
-    decode = gpu_decode_mode(gpu_decode)
+    decode = gpu_decode
     if len(devices) > 1:
         ev, _, _ = evaluate_multi({n: str(p) for n, p in models.items()}, dataset, list(devices), batch_size, decode,
                                   workers=workers)
