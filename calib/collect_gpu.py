@@ -119,8 +119,8 @@ def device_batches(dataset: Dataset, batch_size: int, device: str, decode: str =
                    resample: str = "pil", skips: SkipLog | None = None,
                    progress: str | None = None, workers: int | None = None) -> Iterator:
     """`DeviceBatch`es from the GPU decoder (`decode="nvjpeg"`, or `"pil"`: the CPU path's
-    pixels decoded by `workers` processes, GPU resize) or from the CPU decode workers copied to
-    the GPU (`decode="cpu"`)."""
+    preprocessing in `workers` processes, normalised on the GPU) or from the CPU decode workers
+    copied to the GPU (`decode="cpu"`)."""
     from calib.data.gpu_decode import DECODERS
     from calib.data.gpu_stream import GpuBatchStream, gpu_batches
 

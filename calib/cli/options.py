@@ -49,8 +49,9 @@ Device = Annotated[str, typer.Option(
     "--device", help="cpu (default), cuda, cuda:N, cuda:0,1 (several GPUs) or auto: where the calibration pass and "
                      "the evaluation run (GPU: nvJPEG decode and ONNX Runtime's CUDA provider; pip install 'calib[gpu]')")]
 GpuDecode = Annotated[str, typer.Option(
-    "--gpu-decode", help="on a GPU: nvjpeg (default; nvJPEG, pixels about one level from Pillow's) or pil (Pillow in "
-                         "worker processes: the CPU path's pixels bit for bit, and its cache key); resized on the GPU either way")]
+    "--gpu-decode", help="on a GPU: nvjpeg (default; nvJPEG decode and resize on the GPU, pixels about one level from "
+                         "Pillow's) or pil (the CPU path's Pillow preprocessing in worker processes: its pixels bit for "
+                         "bit, and its cache key)")]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 

@@ -27,6 +27,10 @@ is part of the cache key (`decode_path`): a run calibrates and evaluates through
 Images that are not baseline/progressive 8-bit 1- or 3-channel JPEGs (PNG, CMYK JPEG, ...) and
 any image nvJPEG rejects are decoded by Pillow on the CPU, one by one, and resized on the GPU
 like the others; what Pillow cannot decode either is skipped.
+
+`decoder="pil"` (`--gpu-decode pil`) runs none of this on the GPU but the normalisation: Pillow
+workers run the CPU path's own preprocessing (`calib.data.host_decode`), so its pixels are the
+CPU path's by construction.
 """
 
 from __future__ import annotations
@@ -57,13 +61,16 @@ _SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
 def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg", resample: str = "pil") -> str:
     """A short name of how pixels were produced; part of the cache key, shown in reports.
 
-    "pil" for the CPU path's pixels (Pillow decode and Pillow's resampling, on the CPU or the GPU);
-    e.g. "nvjpeg+pil-bicubic" (nvJPEG decode, Pillow-exact resampling), "nvjpeg+torch-bicubic-aa"
-    (torch's antialiased interpolate) or "pil+torch-bicubic-aa"."""
-    if decoder == "cpu" or (decoder == "pil" and resample == "pil"):
-        return CPU_DECODE_PATH
+    "pil" for the CPU path's pixels (Pillow decode and Pillow's resampling, on the CPU: the CPU
+    path, or the GPU path's Pillow workers); e.g. "nvjpeg+pil-bicubic" (nvJPEG decode,
+    Pillow-exact resampling on the GPU) or "nvjpeg+torch-bicubic-aa" (torch's antialiased
+    interpolate)."""
     if resample not in RESAMPLERS:
         raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")
+    if decoder in ("cpu", "pil"):
+        if resample != "pil":
+            raise CalibError(f"Pillow decoding resizes with Pillow; resample='{resample}' is for nvjpeg")
+        return CPU_DECODE_PATH
     interp = preprocess.interpolation if preprocess is not None else "bicubic"
     return f"{decoder}+{resample}-{interp}" + ("-aa" if resample == "torch" else "")
 
@@ -443,9 +450,10 @@ def jpeg_components(data: bytes) -> int | None:
 class GpuDecoder:
     """Decode + preprocess batches on one CUDA device.
 
-    `decoder="nvjpeg"`: nvJPEG on the GPU (Pillow per image where nvJPEG cannot). `decoder="pil"`:
-    Pillow, the CPU path's pixels; a batch stream decodes those in worker processes
-    (`calib.data.host_decode`), `__call__` in this process, one image after the other.
+    `decoder="nvjpeg"`: nvJPEG on the GPU (Pillow per image where nvJPEG cannot), then crop and
+    resize on the GPU. `decoder="pil"`: the CPU path's own preprocessing (Pillow decode, crop and
+    resize) up to the normalisation, which runs on the GPU; a batch stream runs it in worker
+    processes (`calib.data.host_decode`), `__call__` in this process, one image after the other.
 
     `__call__(items)` takes, per image, the encoded bytes or a zero-argument callable returning a
     PIL image (sources that do not read files), and returns (float32 (n, 3, S, S) on the device,
@@ -530,7 +538,28 @@ class GpuDecoder:
         """Decoded uint8 images -> the float32 (n, 3, S, S) batch the models take."""
         return normalise(self.pixels(decoded), self.preprocess)
 
+    def from_crops(self, rows: "torch.Tensor") -> "torch.Tensor":
+        """uint8 (n, S, S, 3) crops (`Preprocess.pixels`, Pillow's) -> the float32 (n, 3, S, S) batch."""
+        return normalise(rows.permute(0, 3, 1, 2).contiguous(), self.preprocess)
+
+    def _pil_crops(self, items: Sequence[bytes | Callable]) -> tuple["torch.Tensor | None", list[int], list[int]]:
+        """The CPU path's preprocessing image by image in this process, then normalised on the GPU."""
+        from PIL import Image
+
+        rows, ok, bad = [], [], []
+        for i, item in enumerate(items):
+            try:
+                rows.append(self.preprocess.pixels(item() if callable(item) else Image.open(io.BytesIO(bytes(item)))))
+                ok.append(i)
+            except Exception:  # corrupt or unsupported: skipped, as on the CPU path
+                bad.append(i)
+        if not rows:
+            return None, ok, bad
+        return self.from_crops(self.torch.from_numpy(np.stack(rows)).to(self.device)), ok, bad
+
     def __call__(self, items: Sequence[bytes | Callable]) -> tuple["torch.Tensor | None", list[int], list[int]]:
+        if self.decoder == "pil":
+            return self._pil_crops(items)
         decoded = self.decode(items)
         ok = [i for i, t in enumerate(decoded) if t is not None]
         bad = [i for i, t in enumerate(decoded) if t is None]

@@ -35,8 +35,9 @@ CUDA stream of its own, and hands finished device batches over through a bounded
 CUDA event each; step 3 becomes a device-to-device copy into the slot. `gpu_batches` is the
 same producer without the fixed slots, for consumers that need no stable pointer (ORT with
 IOBinding, the calibration statistics). `gpu_batches(..., decoder="pil")` has worker processes
-decode with Pillow into shared, page-locked slots instead (`calib.data.host_decode`); the thread
-then copies each slot to the GPU and resizes there: the CPU path's pixels bit for bit.
+run the CPU path's preprocessing (Pillow decode, crop and resize) into shared, page-locked slots
+instead (`calib.data.host_decode`); the thread then copies each slot to the GPU and normalises
+there: the CPU path's pixels bit for bit.
 
 A batch handed out is a view into a reused buffer: it is valid until the next batch is asked
 for. Clone it to keep it. Use it on the stream that was current when it was handed out (or
@@ -327,9 +328,9 @@ def read_items(source: ImageSource, samples: list[Sample]) -> list:
 class _DecodeThread:
     """Decoded device batches in dataset order, through a bounded queue, from a thread with its
     own CUDA stream. nvJPEG: read (I/O threads) -> decode + preprocess on the GPU. Pillow
-    (`decoder="pil"`): decode in worker processes into shared memory (`calib.data.host_decode`),
-    then one copy to the GPU and the preprocessing there; with `workers=0` Pillow decodes in this
-    process instead, image by image (slow: for debugging)."""
+    (`decoder="pil"`): the CPU path's preprocessing in worker processes, into shared memory
+    (`calib.data.host_decode`), then one copy to the GPU and the normalisation there; with
+    `workers=0` in this process instead, image by image (slow: for debugging)."""
 
     _END = object()
 
@@ -402,8 +403,8 @@ class _DecodeThread:
         while pending and not self.stop.is_set():
             chunk, started = pending.popleft()
             with torch.cuda.stream(stream):
-                packed, ok = host.upload(started, self.device)
-                images = self.decoder.preprocess_decoded(packed) if packed is not None else None
+                rows, ok = host.upload(started, self.device)
+                images = self.decoder.from_crops(rows) if rows is not None else None
             nxt = next(todo, None)
             if nxt is not None:   # its slot is free once the copy just queued is done
                 pending.append((nxt, host.submit(nxt)))
@@ -438,7 +439,8 @@ class _DecodeThread:
 
                 # Forked here, in the consumer's thread, before this object's own thread exists.
                 # Slots: `depth` batches ahead plus the one whose copy to the GPU may be in flight.
-                self.host = HostDecoder(self.dataset.source, self.batch_size, self.workers, slots=self.depth + 1)
+                self.host = HostDecoder(self.dataset.source, self.dataset.preprocess, self.batch_size, self.workers,
+                                        slots=self.depth + 1)
             self.thread = threading.Thread(target=self._work, name="calib-gpu-decode", daemon=True)
             self.thread.start()
             while True:
@@ -480,9 +482,9 @@ def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", resampl
     in dataset order, as `DeviceBatch`es whose `images` are ready on the caller's current stream.
 
     Each batch is a fresh tensor (the caching allocator recycles them), valid for as long as the
-    caller keeps it. `decoder="pil"` decodes in `workers` processes (`calib.data.host_decode`; 0:
-    in this process) and resizes on the GPU: with `resample="pil"` the CPU path's pixels, bit for
-    bit. Undecodable images are logged in `skips`."""
+    caller keeps it. `decoder="pil"` runs the CPU path's preprocessing in `workers` processes
+    (`calib.data.host_decode`; 0: in this process) and normalises on the GPU: the CPU path's
+    pixels, bit for bit. Undecodable images are logged in `skips`."""
     skips = skips if skips is not None else SkipLog()
     producer = _DecodeThread(dataset, batch_size, device, resample, depth, io_threads, progress, decoder, workers)
     torch = producer.decoder.torch

@@ -1,52 +1,51 @@
-"""Decode batches in worker processes straight into shared, page-locked memory, with the CPU
+"""Preprocess batches in worker processes straight into shared, page-locked memory, with the CPU
 path's pixels bit for bit: the first half of the GPU pipeline's exact decode path ("pil").
 
-Why processes, measured on an H200 machine (16 cores) while the FP32 and INT8 models kept the GPU
-busy: nvJPEG decoded about 1,200-1,400 images/s (its kernels and host waits queue behind the
-models'), and decoding threads in the evaluating process topped out near 2,600/s even with
-libjpeg-turbo releasing the GIL, because each image costs a few GIL hand-offs and with 14
-threads contending the thread that feeds the GPU waited ~100 ms per batch for the GIL (profiled).
-Worker processes have their own GIL; they decode exactly as the CPU path does (`source.open`
-and `to_rgb`, Pillow), so there is nothing to verify against it, and write the interleaved
-(H, W, 3) rows into one of a few shared slots. The evaluating process only receives a few
-numbers per image, copies the slot to the GPU in one asynchronous copy (the slot is registered
-with CUDA as page-locked memory) and resizes there (calib.data.resample_kernel reads the
-interleaved rows through their strides). Measured there: 7,760 images/s alone, 5,251/s while the
-models run; FP32+INT8 end to end 3,288 images/s against nvJPEG's 3,192 (the workers keep up but
-slow the models' launching threads; benchmarks/RESULTS.md, "GPU").
+Each worker runs the CPU path's own preprocessing up to the normalisation (`source.open`, then
+`Preprocess.pixels`: `to_rgb`, Pillow's crop and resize) and writes the uint8 (S, S, 3) crop into
+its place in one of a few shared slots. The evaluating process copies a slot to the GPU in one
+asynchronous copy (the slot is registered with CUDA as page-locked memory) and only normalises
+there. So there is nothing to verify against the CPU path: it is the CPU path's code.
+
+Why this split, measured on an H200 machine (16 cores) while the FP32 and INT8 models kept the
+GPU busy (benchmarks/RESULTS.md, "GPU"):
+- nvJPEG decoded about 1,200-1,400 images/s there (its kernels and host waits queue behind the
+  models'); decoding threads in the evaluating process topped out near 2,600/s, because the
+  thread that feeds the GPU waited for the GIL (profiled);
+- workers that only decoded, with the resize on the GPU (the previous version of this module),
+  kept up (5,251 images/s) but the models fell from 4,100 to 2,150 pairs/s: the evaluating
+  process then built resize tables and launched the resize for every batch, and the resize
+  itself took GPU time from the models. Fourteen processes spinning on the CPU, or copying
+  memory, next to the models did not slow them (4,146 and 4,086 pairs/s against 4,149);
+- Pillow's resize costs about a sixth of its decode on the CPU (0.07 ms against 0.5 ms for an
+  ImageNet photo), and the crop it leaves is a third of the decoded image's bytes.
 
 The slots are anonymous shared memory made before the workers are forked, so they live outside
-/dev/shm (small in containers). Each slot has a bump counter in shared memory: a worker takes
-room for an image under its lock. An image that does not fit (a batch of very large photos)
-travels back through the result queue instead: slower, same pixels. Linux only (fork), as the
-GPU path is.
+/dev/shm (small in containers); every image has its fixed place, so workers need no lock. Linux
+only (fork), as the GPU path is.
 """
 
 from __future__ import annotations
 
 import ctypes
 import mmap
-import multiprocessing as mp
 import os
 import sys
 import warnings
 import weakref
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from calib.data.loader import WorkerPool
-from calib.data.packed import PackedImages
 from calib.data.sources import ImageSource, Sample
-from calib.data.transforms import pil_rows
+from calib.data.transforms import Preprocess
 from calib.errors import CalibError, InternalError
 
-# Room per image in a slot: a 640x480 photo (ImageNet's are smaller); larger ones still fit while
-# the batch's total does. Slots hold at most this much each.
-SLOT_BYTES_PER_IMAGE = 3 * 640 * 480
-SLOT_CAP_BYTES = 1 << 30
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def default_gpu_workers(share: int = 1) -> int:
@@ -62,82 +61,72 @@ def default_gpu_workers(share: int = 1) -> int:
 @dataclass
 class _Slot:
     memory: mmap.mmap
-    used: Any               # multiprocessing.Value('q'): bytes taken, under its lock
-    tensor: Any = None      # the same memory as a uint8 torch tensor (parent only, after fork)
+    tensor: Any = None      # the same memory as a uint8 (batch, S, S, 3) torch tensor (parent only, after fork)
     copied: Any = None      # CUDA event: the last copy out of this slot is done
     busy: bool = False      # submitted and not yet uploaded
 
 
 # How much less CPU priority the workers take (nice): the threads that launch the models must get
-# a core the moment they are runnable, or the GPU idles. Measured on an H200 machine: 14 workers
-# at the default priority fed 4,430 images/s while the models fell from 4,100 to 2,270 pairs/s;
-# niced, 5,251/s and 2,151 pairs/s (benchmarks/gpu.json): it did not help there, and costs nothing.
+# a core the moment they are runnable, or the GPU idles.
 WORKER_NICE = 10
 
 
-def _decode_into(source: ImageSource, slots: list[_Slot], task) -> list:
-    """In a worker: decode `task` = (slot, [(i, sample), ...]); per image (i, None) when the CPU
-    path cannot decode it, (i, (base, h, w)) when written into the slot, else (i, rows)."""
+def _slot_rows(memory: mmap.mmap, size: int) -> np.ndarray:
+    """A slot's memory as (batch, size, size, 3) uint8 rows."""
+    return np.frombuffer(memory, np.uint8).reshape(-1, size, size, 3)
+
+
+def _preprocess_into(source: ImageSource, preprocess: Preprocess, slots: list[_Slot], task) -> list:
+    """In a worker: `task` = (slot, [(i, sample), ...]); each image's crop goes to row i of the
+    slot. Returns the i of the images the CPU path could not decode (skipped there too)."""
     slot_index, items = task
-    slot = slots[slot_index]
-    capacity = len(slot.memory)
-    out = []
+    rows = _slot_rows(slots[slot_index].memory, preprocess.size)
+    failed = []
     for i, sample in items:
         try:
-            rows = pil_rows(source.open(sample))
+            rows[i] = preprocess.pixels(source.open(sample))
         except Exception:   # corrupt or unsupported: skipped, as on the CPU path
-            out.append((i, None))
-            continue
-        n = rows.size
-        with slot.used.get_lock():
-            base = slot.used.value
-            fits = base + n <= capacity
-            if fits:
-                slot.used.value = base + n
-        if not fits:
-            out.append((i, rows))
-            continue
-        np.frombuffer(slot.memory, np.uint8, n, base)[:] = rows.reshape(-1)
-        out.append((i, (base, rows.shape[0], rows.shape[1])))
-    return out
+            failed.append(i)
+    return failed
 
 
 @dataclass
 class PendingBatch:
-    """A batch the workers are decoding (`HostDecoder.submit`)."""
+    """A batch the workers are preprocessing (`HostDecoder.submit`)."""
     slot: int
     tasks: list[int]
     count: int
 
 
 class HostDecoder:
-    """`workers` processes decoding `source`'s samples into `slots` shared slots (see the module
-    docstring). `submit(samples)` starts a batch and returns at once; `upload(pending, device)`
-    waits for it and returns (a `PackedImages` on `device`, or None when nothing decoded, and the
-    indices of the samples that did). At most `slots` batches may be submitted and not uploaded.
+    """`workers` processes preprocessing `source`'s samples into `slots` shared slots (see the
+    module docstring). `submit(samples)` starts a batch and returns at once; `upload(pending,
+    device)` waits for it and returns (uint8 (k, S, S, 3) crops on `device`, or None when nothing
+    decoded, and the indices of the k samples that did). At most `slots` batches may be
+    submitted and not uploaded.
 
-    Memory: `slots` x `batch_size` x 640x480x3 bytes of shared memory (236 MB per slot for batches
-    of 256), registered with CUDA as page-locked while the decoder lives; `close()` (or the end of
-    the object) stops the workers and releases it."""
+    Memory: `slots` x `batch_size` x S x S x 3 bytes of shared memory (39 MB per slot for batches
+    of 256 at 224 x 224), registered with CUDA as page-locked while the decoder lives; `close()`
+    (or the end of the object) stops the workers and releases it."""
 
-    def __init__(self, source: ImageSource, batch_size: int, workers: int | None = None, slots: int = 4,
-                 slot_bytes: int | None = None) -> None:
+    def __init__(self, source: ImageSource, preprocess: Preprocess, batch_size: int, workers: int | None = None,
+                 slots: int = 4) -> None:
         if not sys.platform.startswith("linux"):
             raise CalibError("decoding into shared memory for the GPU needs Linux (fork); use --gpu-decode nvjpeg")
         import torch
 
         self.torch = torch
+        self.size = preprocess.size
         self.workers = workers or default_gpu_workers()
-        size = slot_bytes or min(max(batch_size, 1) * SLOT_BYTES_PER_IMAGE, SLOT_CAP_BYTES)
-        ctx = mp.get_context("fork")
-        self.slots = [_Slot(mmap.mmap(-1, size), ctx.Value("q", 0)) for _ in range(slots)]
+        self.slots = [_Slot(mmap.mmap(-1, max(batch_size, 1) * self.size * self.size * 3)) for _ in range(slots)]
         self.next_slot = 0
         self.next_task = 0
         self.done: dict[int, list] = {}
         self.pinned: list[int] = []
         # The workers are forked before the slots are registered with CUDA: they inherit plain
         # shared memory, and nothing of CUDA's state is asked to survive the fork.
-        self.pool = WorkerPool(self.workers, partial(_decode_into, source, self.slots), nice=WORKER_NICE)
+        self.pool = WorkerPool(self.workers, partial(_preprocess_into, source, preprocess, self.slots),
+                               nice=WORKER_NICE)
         self._stop_workers = weakref.finalize(self, self.pool.close)   # also when never closed
         try:
             self._map()
@@ -148,7 +137,7 @@ class HostDecoder:
     def _map(self) -> None:
         torch = self.torch
         for slot in self.slots:
-            slot.tensor = torch.frombuffer(slot.memory, dtype=torch.uint8)
+            slot.tensor = torch.from_numpy(_slot_rows(slot.memory, self.size))
             if torch.cuda.is_available():   # page-locked: the copy to the GPU is then asynchronous
                 address = ctypes.addressof(ctypes.c_char.from_buffer(slot.memory))
                 if int(torch.cuda.cudart().cudaHostRegister(address, len(slot.memory), 0)) == 0:
@@ -190,7 +179,6 @@ class HostDecoder:
         self.next_slot = (self.next_slot + 1) % len(self.slots)
         if slot.copied is not None:
             slot.copied.synchronize()   # the GPU has its previous batch
-        slot.used.value = 0
         slot.busy = True
         # A few tasks per worker: each task and result is a round trip through the queues.
         step = max(1, min(64, -(-len(samples) // (2 * self.workers))))
@@ -201,44 +189,30 @@ class HostDecoder:
             self.next_task += 1
         return PendingBatch(index, tasks, len(samples))
 
-    def upload(self, pending: PendingBatch, device) -> tuple[PackedImages | None, list[int]]:
-        """Wait for `pending`; copy its pixels to `device` (asynchronous, on the current stream)."""
+    def upload(self, pending: PendingBatch, device) -> tuple["torch.Tensor | None", list[int]]:
+        """Wait for `pending`; copy its crops to `device` (asynchronous, on the current stream)."""
         torch = self.torch
-        results: dict[int, object] = {}
+        failed: set[int] = set()
         for task in pending.tasks:
             while task not in self.done:
                 index, out = self.pool.get()
                 self.done[index] = out
-            results.update(self.done.pop(task))
+            failed.update(self.done.pop(task))
         slot = self.slots[pending.slot]
         slot.busy = False
-        ok = [i for i in range(pending.count) if results.get(i) is not None]
+        ok = [i for i in range(pending.count) if i not in failed]
         if not ok:
             return None, ok
-        used = slot.used.value
-        sizes, bases = [], []
-        extra, offset = [], used
-        for i in ok:
-            r = results[i]
-            if isinstance(r, tuple):
-                sizes.append((r[1], r[2]))
-                bases.append(r[0])
-            else:   # did not fit in the slot: appended after it
-                sizes.append((int(r.shape[0]), int(r.shape[1])))
-                bases.append(offset)
-                offset += r.size
-                extra.append(r.reshape(-1))
-        parts = []
-        if used and device.type == "cuda":
-            parts.append(slot.tensor[:used].to(device, non_blocking=True))
+        rows = slot.tensor[:pending.count]
+        if device.type == "cuda":
+            rows = rows.to(device, non_blocking=True)
             slot.copied = torch.cuda.Event()
             slot.copied.record()
-        elif used:   # the slot is reused: a CPU batch must not be a view of it
-            parts.append(slot.tensor[:used].clone())
-        if extra:   # rare (very large photos): a plain copy, no page-locked memory kept for it
-            parts.append(torch.from_numpy(np.concatenate(extra)).to(device))
-        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return PackedImages(flat, sizes, bases, [True] * len(ok)), ok
+        else:   # the slot is reused: a CPU batch must not be a view of it
+            rows = rows.clone()
+        if failed:   # the skipped images' rows hold whatever was there before
+            rows = rows[torch.tensor(ok, device=rows.device)]
+        return rows, ok
 
 
 def _clear_cuda_error() -> None:

@@ -48,6 +48,14 @@ class Preprocess:
         }
 
     def __call__(self, image: Image.Image) -> np.ndarray:
+        """The float32 (3, size, size) array a model takes."""
+        x = self.pixels(image).astype(np.float32)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The crop, resized: uint8 (size, size, 3) rows, before normalisation (what the GPU
+        path's Pillow workers send, calib.data.host_decode)."""
         image = to_rgb(image)
         w, h = image.size
         resample = _RESAMPLE[self.interpolation]
@@ -61,9 +69,7 @@ class Preprocess:
             image = image.resize((nw, nh), resample)
             left, top = (nw - self.size) // 2, (nh - self.size) // 2
             image = image.crop((left, top, left + self.size, top + self.size))
-        x = np.asarray(image, dtype=np.float32)
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return np.asarray(image, dtype=np.uint8)
 
 
 def pil_rows(image: Image.Image) -> np.ndarray:

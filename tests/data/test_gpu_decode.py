@@ -144,7 +144,8 @@ def test_jpeg_components():
 def test_decode_path_names():
     pre = get_preset("efficientnet-lite")
     assert decode_path(pre, "pil") == "pil"
-    assert decode_path(pre, "pil", "torch") == "pil+torch-bicubic-aa"   # not the CPU path's pixels
+    with pytest.raises(CalibError, match="Pillow decoding resizes with Pillow"):
+        decode_path(pre, "pil", "torch")   # the workers run the CPU path's own resize
     assert decode_path(pre) == "nvjpeg+pil-bicubic"
     assert decode_path(pre, resample="torch") == "nvjpeg+torch-bicubic-aa"
     assert decode_path(get_preset("torchvision")) == "nvjpeg+pil-bilinear"
@@ -216,7 +217,7 @@ def test_pil_decoder_on_gpu_equals_cpu_path_bit_for_bit(generated):
 @gpu
 @pytest.mark.gpu
 def test_pil_decoder_workers_follow_the_cpu_path_on_doubtful_files(tmp_path):
-    """Decoded in worker processes into shared memory and resized on the GPU: Pillow's pixels,
+    """Preprocessed in worker processes into shared memory, normalised on the GPU: Pillow's pixels,
     and files cut short, with bytes after EOI or in CMYK end as the CPU path decides."""
     from calib.data.classes import wnid_to_index
     from calib.data.gpu_stream import gpu_batches

@@ -1,4 +1,4 @@
-"""calib.data.host_decode: worker processes decode into shared slots, with the CPU path's pixels."""
+"""calib.data.host_decode: worker processes run the CPU path's preprocessing into shared slots."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from calib.data.host_decode import HostDecoder, default_gpu_workers
-from calib.data.transforms import pil_pixels, pil_rows
+from calib.data.transforms import get_preset, pil_pixels, pil_rows
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and anonymous shared memory")
@@ -46,7 +46,7 @@ def folder(tmp_path_factory):
 
     def cpu(sample):
         try:
-            return pil_pixels(dataset.source.open(sample))
+            return dataset.preprocess.pixels(dataset.source.open(sample))
         except Exception:
             return None
 
@@ -54,7 +54,7 @@ def folder(tmp_path_factory):
 
 
 def _run(decoder: HostDecoder, samples, batch: int):
-    """Every batch submitted two ahead, as the GPU stream does; -> {index: (3, H, W) pixels}."""
+    """Every batch submitted two ahead, as the GPU stream does; -> {index: (S, S, 3) crop}."""
     chunks = [samples[i:i + batch] for i in range(0, len(samples), batch)]
     got, pending = {}, []
     for k, chunk in enumerate(chunks):
@@ -62,29 +62,45 @@ def _run(decoder: HostDecoder, samples, batch: int):
         if len(pending) == 2 or k == len(chunks) - 1:
             while pending and (len(pending) == 2 or k == len(chunks) - 1):
                 j, p = pending.pop(0)
-                packed, ok = decoder.upload(p, torch.device("cpu"))
-                for i, view in zip(ok, packed.views() if packed is not None else []):
-                    got[j * batch + i] = view.numpy().copy()
+                rows, ok = decoder.upload(p, torch.device("cpu"))
+                assert rows is None or len(rows) == len(ok)
+                for i, row in zip(ok, rows if rows is not None else []):
+                    got[j * batch + i] = row.numpy().copy()
     return got
 
 
 def test_every_image_gets_the_cpu_paths_pixels_or_is_skipped(folder):
     dataset, expected = folder
-    with HostDecoder(dataset.source, 5, workers=2, slots=3) as decoder:
+    with HostDecoder(dataset.source, dataset.preprocess, 5, workers=2, slots=3) as decoder:
         got = _run(decoder, dataset.samples, 5)
     assert sorted(got) == [i for i, e in enumerate(expected) if e is not None]
     assert len(got) < len(expected)   # the cut and the junk file are skipped, as on the CPU
     for i, pixels in got.items():
+        assert pixels.shape == (224, 224, 3)
         np.testing.assert_array_equal(pixels, expected[i])
 
 
-def test_images_past_a_slot_come_back_through_the_queue(folder):
+def test_crops_normalised_in_torch_are_the_cpu_paths_batch(folder):
+    """The GPU path's last step (torch float32 ops) against the CPU path's numpy ones, bit for bit."""
+    from calib.data.gpu_decode import normalise
+
     dataset, expected = folder
-    with HostDecoder(dataset.source, 8, workers=2, slots=2, slot_bytes=64 * 48 * 3 + 10) as decoder:
-        got = _run(decoder, dataset.samples, 8)
-    assert sorted(got) == [i for i, e in enumerate(expected) if e is not None]
-    for i, pixels in got.items():
-        np.testing.assert_array_equal(pixels, expected[i])
+    rows = np.stack([e for e in expected if e is not None])
+    got = normalise(torch.from_numpy(rows).permute(0, 3, 1, 2).contiguous(), dataset.preprocess).numpy()
+    want = np.stack([dataset.preprocess(dataset.source.open(s)) for s, e in zip(dataset.samples, expected)
+                     if e is not None])
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
+def test_the_crop_follows_the_preset(folder):
+    dataset, _ = folder
+    pre = get_preset("torchvision", 96)
+    with HostDecoder(dataset.source, pre, 4, workers=1) as decoder:
+        rows, ok = decoder.upload(decoder.submit(dataset.samples[:4]), torch.device("cpu"))
+    assert rows.shape == (4, 96, 96, 3)
+    for row, sample in zip(rows, dataset.samples[:4]):
+        np.testing.assert_array_equal(row.numpy(), pre.pixels(dataset.source.open(sample)))
 
 
 def test_a_batch_where_nothing_decodes(folder, tmp_path):
@@ -93,7 +109,7 @@ def test_a_batch_where_nothing_decodes(folder, tmp_path):
     dataset, _ = folder
     bad = tmp_path / "bad.JPEG"
     bad.write_bytes(b"junk")
-    with HostDecoder(dataset.source, 2, workers=1) as decoder:
+    with HostDecoder(dataset.source, dataset.preprocess, 2, workers=1) as decoder:
         packed, ok = decoder.upload(decoder.submit([Sample(str(bad), 0), Sample(str(tmp_path / "gone.JPEG"), 0)]),
                                     torch.device("cpu"))
     assert packed is None and ok == []
@@ -106,7 +122,7 @@ def test_a_worker_that_dies_is_a_one_line_error(folder):
     from calib.errors import CalibError
 
     dataset, _ = folder
-    with HostDecoder(dataset.source, 4, workers=1) as decoder:
+    with HostDecoder(dataset.source, dataset.preprocess, 4, workers=1) as decoder:
         os.kill(decoder.pool.procs[0].pid, signal.SIGKILL)
         decoder.pool.procs[0].join(5)
         with pytest.raises(CalibError, match="ended unexpectedly") as info:
@@ -137,7 +153,7 @@ def test_workers_run_at_a_lower_priority(folder):
     from calib.data import host_decode
 
     dataset, _ = folder
-    with HostDecoder(dataset.source, 2, workers=1) as decoder:
+    with HostDecoder(dataset.source, dataset.preprocess, 2, workers=1) as decoder:
         decoder.upload(decoder.submit(dataset.samples[:2]), torch.device("cpu"))
         pid = decoder.pool.procs[0].pid
         assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + min(
@@ -148,20 +164,20 @@ def test_more_batches_in_flight_than_slots_is_refused(folder):
     from calib.errors import InternalError
 
     dataset, _ = folder
-    with HostDecoder(dataset.source, 2, workers=1, slots=2) as decoder:
+    with HostDecoder(dataset.source, dataset.preprocess, 2, workers=1, slots=2) as decoder:
         first = decoder.submit(dataset.samples[:2])
         decoder.submit(dataset.samples[2:4])
         with pytest.raises(InternalError, match="more than 2 batches"):
             decoder.submit(dataset.samples[4:6])   # would reuse the first slot while it is being written
-        packed, ok = decoder.upload(first, torch.device("cpu"))
-        assert ok == [0, 1]
+        rows, ok = decoder.upload(first, torch.device("cpu"))
+        assert ok == [0, 1] and rows.shape[0] == 2
 
 
 def test_a_decoder_dropped_without_close_stops_its_workers(folder):
     import gc
 
     dataset, _ = folder
-    decoder = HostDecoder(dataset.source, 2, workers=2)
+    decoder = HostDecoder(dataset.source, dataset.preprocess, 2, workers=2)
     procs = list(decoder.pool.procs)
     assert all(p.is_alive() for p in procs)
     del decoder
@@ -173,7 +189,7 @@ def test_a_decoder_dropped_without_close_stops_its_workers(folder):
 
 def test_close_twice_is_harmless(folder):
     dataset, _ = folder
-    decoder = HostDecoder(dataset.source, 2, workers=1)
+    decoder = HostDecoder(dataset.source, dataset.preprocess, 2, workers=1)
     decoder.close()
     decoder.close()
     assert decoder.slots[0].tensor is None
