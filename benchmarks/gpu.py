@@ -7,12 +7,13 @@ Runs on a machine with an NVIDIA GPU, torchvision and onnxruntime-gpu. Everythin
 in one run, each figure next to the ceilings it is bounded by:
 
 1. decode paths on the sample images: the CPU path (Pillow) against nvJPEG + Pillow-exact GPU
-   resize, nvJPEG + torch's antialiased resize, and Pillow decode + GPU resize (which must be
-   exact); mean / 99th percentile / max absolute difference in 8-bit levels; FP32 top-1 on each
-   path and their agreement;
+   resize, nvJPEG + torch's antialiased resize, and the Pillow workers (`--gpu-decode pil`,
+   which must be exact); mean / 99th percentile / max absolute difference in 8-bit levels; FP32
+   top-1 on each path and their agreement;
 2. INT8 on the GPU (CUDA provider) vs on the CPU (CPU provider), same (Pillow) inputs;
 3. ceilings at batch 256: decode alone (nvJPEG, and Pillow in worker processes: `--gpu-decode
-   pil`) and while both models run, each model alone, both models in two threads; then FP32+INT8
+   pil`) and while both models run, each model alone, both models in two threads (also next to
+   processes that only load the CPU and memory); then FP32+INT8
    evaluation end to end over the sample folder repeated to `--repeat-to` images (decode
    included), with either decoder, the two models run one after the other and overlapped;
 4. calibration: the 500-image pass (entropy + minmax statistics and the channel means, as
@@ -149,7 +150,7 @@ def run(args) -> None:
         res = {}
         for label, decode, resample in (("nvjpeg+pil-bicubic", "nvjpeg", "pil"),
                                         ("nvjpeg+torch-bicubic-aa", "nvjpeg", "torch"),
-                                        ("pil+gpu-pil-bicubic", "pil", "pil")):
+                                        ("pil[workers]", "pil", "pil")):
             got = np.concatenate([b.images.cpu().numpy() for b in device_batches(sample, 64, "cuda:0", decode, resample)])
             cache[label] = got
             res[label] = levels(got, ref, pre.std)
@@ -222,7 +223,8 @@ def run(args) -> None:
         class _Exhaustive(OrtRunner):   # ORT's default algorithm search, for reference
             def __init__(self, path):
                 self.kind, self.device_id = "cuda", 0
-                self.session = cuda_session(str(path), 0, algo_search="EXHAUSTIVE")
+                self.stream = torch.cuda.Stream()
+                self.session = cuda_session(str(path), 0, algo_search="EXHAUSTIVE", stream=self.stream.cuda_stream)
                 self.input_name = self.session.get_inputs()[0].name
                 self._outputs = {}
 
@@ -237,9 +239,44 @@ def run(args) -> None:
                 list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
             torch.cuda.synchronize()
             res["pair_overlapped"] = args.batch * 30 / (time.perf_counter() - t)
+        # Pure CPU load next to the models: processes at the decode workers' niceness that spin, or
+        # that copy memory, on the cores the decoders would take.
+        import multiprocessing as mp
+
+        from calib.data.host_decode import WORKER_NICE, default_gpu_workers
+
+        def spin():
+            os.nice(WORKER_NICE)
+            while True:
+                pass
+
+        def copy_memory():
+            os.nice(WORKER_NICE)
+            a = np.ones(1 << 25, np.float32)
+            b = np.empty_like(a)
+            while True:
+                np.copyto(b, a)
+
+        for label, target in (("spinning", spin), ("copying_memory", copy_memory)):
+            procs = [mp.get_context("fork").Process(target=target, daemon=True) for _ in range(default_gpu_workers())]
+            for p in procs:
+                p.start()
+            time.sleep(0.5)
+            try:
+                with ThreadPoolExecutor(2) as pool:
+                    t = time.perf_counter()
+                    for _ in range(30):
+                        list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                    torch.cuda.synchronize()
+                    res[f"pair_overlapped[{len(procs)} processes {label}]"] = args.batch * 30 / (time.perf_counter() - t)
+            finally:
+                for p in procs:
+                    p.kill()
+                for p in procs:
+                    p.join()
         for label, resample, decoder in (("decode_nvjpeg_pil_resize[thread]", "pil", "nvjpeg"),
                                          ("decode_nvjpeg_torch_resize[thread]", "torch", "nvjpeg"),
-                                         ("decode_pil_workers_gpu_resize[thread]", "pil", "pil")):
+                                         ("decode_pil_workers[thread]", "pil", "pil")):
             subset = big.subset(big.samples[:min(len(big), 20_000)])
             t = time.perf_counter()
             count = 0
@@ -251,8 +288,7 @@ def run(args) -> None:
         # how much each slows the other on one GPU.
         import threading
 
-        for label, decoder, workers in (("nvjpeg_pil_resize", "nvjpeg", None), ("pil_workers_gpu_resize", "pil", None),
-                                        ("pil_8_workers_gpu_resize", "pil", 8)):
+        for label, decoder, workers in (("nvjpeg_pil_resize", "nvjpeg", None), ("pil_workers", "pil", None)):
             stop = threading.Event()
             runs = []
 
@@ -315,8 +351,8 @@ def run(args) -> None:
         for label, concurrent, reference, decode, workers, switch in (
                 ("overlapped", True, fp32, "nvjpeg", None, True),
                 ("overlapped, Pillow-worker decode", True, fp32, "pil", None, True),
+                ("overlapped, Pillow-worker decode, again", True, fp32, "pil", None, True),
                 ("overlapped, Pillow-worker decode, default GIL switch interval", True, fp32, "pil", None, False),
-                ("overlapped, 8 Pillow workers", True, fp32, "pil", 8, True),
                 ("sequential, Pillow-worker decode", False, fp32, "pil", None, True),
                 ("overlapped, Pillow-worker decode, FP32 in TF32", True, fp32_tf32, "pil", None, True)):
             interval, gpu_stream.GIL_SWITCH_INTERVAL = gpu_stream.GIL_SWITCH_INTERVAL, (

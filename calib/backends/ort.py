@@ -109,13 +109,16 @@ def require_cuda_provider():
 
 
 def cuda_session(model, device_id: int = 0, level: str = "all", tf32: bool = False,
-                 algo_search: str = "HEURISTIC"):
-    """An ONNX Runtime session on CUDA device `device_id`; a clear error if CUDA cannot load."""
+                 algo_search: str = "HEURISTIC", stream: int | None = None):
+    """An ONNX Runtime session on CUDA device `device_id`; a clear error if CUDA cannot load.
+    `stream`: the CUDA stream (handle) it runs on, instead of one ONNX Runtime creates."""
     from calib.onnx_io import ort_session
 
     ort = require_cuda_provider()
     options = {"device_id": str(device_id), "cudnn_conv_algo_search": algo_search,
                "use_tf32": "1" if tf32 else "0"}
+    if stream is not None:
+        options["user_compute_stream"] = str(stream)
     try:
         # One CPU thread, not spinning: every node runs on the GPU, and a pool of spinning CPU
         # threads per session only takes cores from the decoders (and from the other GPUs' processes).
@@ -172,10 +175,14 @@ class OrtRunner(Runner):
         if model is not None:
             path = model.model
             tf32 = tf32 or (self.kind == "cuda" and model.all_exact)
+        self.stream = None   # on CUDA: the torch stream the session runs on (see run_device)
         if self.kind == "cpu":
             self.session = ort_session(path, "all", threads)
         else:
-            self.session = cuda_session(path, self.device_id, tf32=tf32)
+            require_cuda_provider()
+            self.stream = _own_stream(self.device_id)
+            self.session = cuda_session(path, self.device_id, tf32=tf32,
+                                        stream=None if self.stream is None else self.stream.cuda_stream)
         self.input_name = self.session.get_inputs()[0].name
         self._outputs: dict[tuple, list] = {}   # batch shape -> preallocated output tensors
 
@@ -225,10 +232,18 @@ class OrtRunner(Runner):
             else:
                 binding.bind_output(name, "cuda", self.device_id, _numpy_dtype(t.dtype), list(t.shape),
                                     t.data_ptr())
-        # ORT runs on its own stream: what torch queued on the input must be done first.
-        torch.cuda.current_stream(images.device).synchronize()
-        self.session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
+        current = torch.cuda.current_stream(images.device)
+        if self.stream is not None:
+            # Ordered on the GPU: the session's stream waits for what the caller queued (the
+            # input, its use of the last outputs); afterwards only this stream is waited for
+            # (see _own_stream).
+            self.stream.wait_stream(current)
+            self.session.run_with_iobinding(binding)
+            self.stream.synchronize()
+        else:
+            current.synchronize()
+            self.session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
         if any(t is None for t in tensors):
             values = binding.get_outputs()
             tensors = [t if t is not None else _from_ortvalue(values[i], images.device)
@@ -252,6 +267,25 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self._outputs = {}
+
+
+def _own_stream(device_id: int):
+    """A torch CUDA stream for a session on `device_id`, or None without torch (the session then
+    makes its own, and `run_device`, which needs torch anyway, is not available).
+
+    Why a stream of ours (ONNX Runtime's `user_compute_stream` option): the caller's work on the
+    input is then ordered before the run on the GPU, with no host wait, and the run's end is
+    this stream's end, so waiting for it waits for nothing else. With ONNX Runtime's own stream
+    the only way to know the outputs are written is `IOBinding.synchronize_outputs()`, which is
+    `cudaDeviceSynchronize` (CUDAExecutionProvider::Sync): it also waits for the other model's
+    batch in flight and for the decoder, so two models in two threads ran in lock step."""
+    try:
+        from calib.data.cuda import require_torch_cuda
+
+        torch, device = require_torch_cuda(f"cuda:{device_id}")
+    except CalibError:
+        return None
+    return torch.cuda.Stream(device=device)
 
 
 def _numpy_dtype(dtype) -> type:
