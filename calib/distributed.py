@@ -118,38 +118,61 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
     # Per-image logits powers against FP32 (the logits SQNR of the report), summed on the device.
     signal: list = []
     noise: dict[str, list] = {n: [] for n in names if n != "fp32"}
-    diffs = {f"{a}/{b}": 0.0 for i, a in enumerate(names) for b in names[i + 1:]}
+    diffs = {f"{a}/{b}": torch.zeros((), dtype=torch.float32, device=device)
+             for i, a in enumerate(names) for b in names[i + 1:]}
     pool = ThreadPoolExecutor(len(names)) if concurrent and len(names) > 1 else None
 
-    def run(name, images):
-        logits = runners[name].run_device(images)[0]
-        return logits.clone() if len(names) > 1 else logits
+    # Every run at one batch shape: the CUDA provider re-plans a model whenever its input shape
+    # changes (measured on an H200: about 0.9 s for the FP32+INT8 pair, each time), so a short
+    # batch (the last one, or one with skipped images) is padded with zeros and its padding's
+    # outputs are dropped. Each image's outputs do not depend on the others in its batch, and
+    # every batch, on one GPU or several, then runs at the same shape.
+    full = batch_size
+
+    def run(name, images, n):
+        return runners[name].run_device(images)[0][:n].clone()   # the runner reuses its output buffer
+
+    def account(batch, logits) -> None:
+        """Top-5, logits powers and differences of a finished batch: small kernels, no host wait."""
+        for n in names:
+            tops[n].append(torch.topk(logits[n], min(5, logits[n].shape[1]), dim=1).indices)
+        if "fp32" in logits:
+            ref = logits["fp32"].double()
+            signal.append((ref * ref).sum(1))
+            for n in noise:
+                err = ref - logits[n].double()
+                noise[n].append((err * err).sum(1))
+        for pair in diffs:
+            a, b = pair.split("/")
+            diffs[pair] = torch.maximum(diffs[pair], (logits[a] - logits[b]).abs().max())
+        keys.extend(batch.keys)
+        labels.append(batch.labels)
 
     start = time.perf_counter()
     try:
+        finished = None
         for batch in device_batches(dataset, batch_size, device, decode, resample, skips, progress, workers):
+            images, n = batch.images, batch.images.shape[0]
+            if n < full:
+                images = torch.cat([images, images.new_zeros((full - n, *images.shape[1:]))])
+            # The models start on this batch before the last one's results are gathered, so the GPU
+            # does not wait for that bookkeeping.
             if pool is not None:
-                futures = {n: pool.submit(run, n, batch.images) for n in names}
-                logits = {n: f.result() for n, f in futures.items()}
+                futures = {m: pool.submit(run, m, images, n) for m in names}
             else:
-                logits = {n: run(n, batch.images) for n in names}
-            for n in names:
-                tops[n].append(torch.topk(logits[n], min(5, logits[n].shape[1]), dim=1).indices)
-            if "fp32" in logits:
-                ref = logits["fp32"].double()
-                signal.append((ref * ref).sum(1))
-                for n in noise:
-                    err = ref - logits[n].double()
-                    noise[n].append((err * err).sum(1))
-            for pair in diffs:
-                a, b = pair.split("/")
-                diffs[pair] = max(diffs[pair], float((logits[a] - logits[b]).abs().max()))
-            keys += batch.keys
-            labels.append(batch.labels)
+                logits = {m: run(m, images, n) for m in names}
+            if finished is not None:
+                account(*finished)
+            if pool is not None:
+                logits = {m: f.result() for m, f in futures.items()}
+            finished = (batch, logits)
+        if finished is not None:
+            account(*finished)
         host = {n: (torch.cat(t).cpu().numpy().astype(np.int64) if t else np.zeros((0, 5), np.int64))
                 for n, t in tops.items()}
         host_signal = torch.cat(signal).cpu().numpy() if signal else None
         host_noise = {n: torch.cat(v).cpu().numpy() for n, v in noise.items() if v}
+        host_diffs = {pair: float(d) for pair, d in diffs.items()}
     finally:
         if pool is not None:
             pool.shutdown()
@@ -158,7 +181,7 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
     preds = {n: Predictions(all_labels, host[n]) for n in names}
     path = decode_path(dataset.preprocess, decode, resample)
     evaluation = Evaluation(keys, skips.skipped, preds, host_signal, host_noise, seconds)
-    return DeviceEvaluation(evaluation, seconds, len(keys), path, diffs)
+    return DeviceEvaluation(evaluation, seconds, len(keys), path, host_diffs)
 
 
 # --------------------------------------------------------------------------- several GPUs
@@ -213,12 +236,13 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
 
 
 def _warm(runners: dict, dataset: Dataset, device: str, batch_size: int = 1) -> None:
-    """One run per model at the batch shape: cuDNN/cuBLAS set-up and the output buffers stay out
-    of the timing, as they do for a single GPU whose models have already run that shape."""
+    """One run per model at the batch shape (every evaluation run has it: `evaluate_device` pads
+    short batches): cuDNN/cuBLAS set-up and the output buffers stay out of the timing, as they do
+    for a single GPU whose models have already run that shape."""
     import torch
 
     size = dataset.preprocess.size
-    x = torch.zeros((min(batch_size, max(len(dataset), 1)), 3, size, size), dtype=torch.float32, device=device)
+    x = torch.zeros((batch_size, 3, size, size), dtype=torch.float32, device=device)
     for r in runners.values():
         r.run_device(x)
 

@@ -126,3 +126,54 @@ def test_two_gpus_give_one_gpus_statistics_and_predictions(tiny_classifier, tmp_
     two, info, _ = evaluate_multi({"m": str(tiny_classifier)}, data, ["cuda:0", "cuda:1"], 4)
     assert two.keys == one.evaluation.keys
     np.testing.assert_array_equal(two.predictions["m"].top5, one.evaluation.predictions["m"].top5)
+
+
+def test_evaluate_device_runs_every_batch_at_one_shape_and_drops_the_padding(monkeypatch):
+    """Short batches (the last one, one with a skipped image) are padded to the batch size, so the
+    CUDA provider never re-plans; the padding's outputs reach no figure."""
+    torch = pytest.importorskip("torch")
+    from calib.data.gpu_stream import DeviceBatch
+    from calib.distributed import evaluate_device
+
+    rng = np.random.default_rng(0)
+    sizes = [5, 4, 5, 3]   # batch 5; one image skipped in the second batch; a short last batch
+    images = [torch.from_numpy(rng.standard_normal((n, 3, 2, 2)).astype(np.float32)) for n in sizes]
+    labels = [rng.integers(0, 7, n) for n in sizes]
+    keys = [[f"b{b}i{i}" for i in range(n)] for b, n in enumerate(sizes)]
+
+    def fake_batches(dataset, batch_size, device, *args):
+        for x, y, k in zip(images, labels, keys):
+            yield DeviceBatch(x, x, y, k)
+
+    monkeypatch.setattr("calib.collect_gpu.device_batches", fake_batches)
+
+    class Runner:
+        def __init__(self, seed):
+            self.w = torch.from_numpy(np.random.default_rng(seed).standard_normal((12, 7)).astype(np.float32))
+            self.shapes = []
+            self.out = None
+
+        def run_device(self, x):
+            self.shapes.append(tuple(x.shape))
+            if self.out is None:
+                self.out = torch.empty((x.shape[0], 7))
+            self.out.copy_(x.flatten(1) @ self.w)   # overwritten by the next call, as OrtRunner's buffers are
+            return [self.out]
+
+    runners = {"fp32": Runner(1), "int8": Runner(2)}
+    samples = [Sample(k, 0) for ks in keys for k in ks]
+    data = Dataset(ImageSource(samples, "t"), None, samples)
+    for concurrent in (True, False):
+        for r in runners.values():
+            r.shapes = []
+        out = evaluate_device(runners, data, 5, "cpu", concurrent=concurrent)
+        ev = out.evaluation
+        assert all(s == (5, 3, 2, 2) for r in runners.values() for s in r.shapes)
+        assert ev.keys == [k for ks in keys for k in ks] and out.images == sum(sizes)
+        x = torch.cat(images).flatten(1)
+        for name, r in runners.items():
+            want = torch.topk(x @ r.w, 5, dim=1).indices.numpy()
+            np.testing.assert_array_equal(ev.predictions[name].top5, want)
+        assert ev.signal.shape == (sum(sizes),)
+        ref, q = x @ runners["fp32"].w, x @ runners["int8"].w
+        assert out.logit_max_abs_diff["fp32/int8"] == pytest.approx(float((ref - q).abs().max()))
