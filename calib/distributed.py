@@ -123,7 +123,7 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
     pool = ThreadPoolExecutor(len(names)) if concurrent and len(names) > 1 else None
 
     # Every run at one batch shape: the CUDA provider re-plans a model whenever its input shape
-    # changes (measured on an H200: about 0.9 s for the FP32+INT8 pair, each time), so a short
+    # changes (measured on an H200: 0.6-0.95 s for the FP32+INT8 pair, each time), so a short
     # batch (the last one, or one with skipped images) is padded with zeros and its padding's
     # outputs are dropped. Each image's outputs do not depend on the others in its batch, and
     # every batch, on one GPU or several, then runs at the same shape.

@@ -8,17 +8,20 @@ asynchronous copy (the slot is registered with CUDA as page-locked memory) and o
 there. So there is nothing to verify against the CPU path: it is the CPU path's code.
 
 Why this split, measured on an H200 machine (16 cores) while the FP32 and INT8 models kept the
-GPU busy (benchmarks/RESULTS.md, "GPU"):
-- nvJPEG decoded about 1,200-1,400 images/s there (its kernels and host waits queue behind the
+GPU busy (benchmarks/gpu.json):
+- nvJPEG decoded about 1,400 images/s there (its kernels and host waits queue behind the
   models'); decoding threads in the evaluating process topped out near 2,600/s, because the
   thread that feeds the GPU waited for the GIL (profiled);
-- workers that only decoded, with the resize on the GPU (the previous version of this module),
-  kept up (5,251 images/s) but the models fell from 4,100 to 2,150 pairs/s: the evaluating
-  process then built resize tables and launched the resize for every batch, and the resize
-  itself took GPU time from the models. Fourteen processes spinning on the CPU, or copying
-  memory, next to the models did not slow them (4,146 and 4,086 pairs/s against 4,149);
-- Pillow's resize costs about a sixth of its decode on the CPU (0.07 ms against 0.5 ms for an
-  ImageNet photo), and the crop it leaves is a third of the decoded image's bytes.
+- workers that only decoded, with the resize on the GPU (the previous version of this module,
+  `removed_pil_workers_gpu_resize`), fed 5,251 images/s next to the models, which fell from
+  4,140 to 2,150 pairs/s. With the crop and resize in the workers: 7,032 images/s, and the
+  models keep 3,060 pairs/s. (Fourteen niced processes that only spin, or only copy memory,
+  next to the models leave them at 4,101 and 4,035 pairs/s against 4,094: CPU load as such is
+  not what slows them.)
+- Pillow's resize costs little next to its decode on the CPU (0.07 ms against 0.5 ms for a
+  sample photo, measured on a 2-core development machine), and the crop it leaves has fewer
+  bytes to copy than the decoded image (224x224 against 341x256 for a sample photo, 500x375 for
+  a typical ImageNet one).
 
 The slots are anonymous shared memory made before the workers are forked, so they live outside
 /dev/shm (small in containers); every image has its fixed place, so workers need no lock. Linux
