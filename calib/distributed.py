@@ -102,8 +102,12 @@ def load_runners(models: dict[str, str | os.PathLike | bytes], device: str) -> d
 
 def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, device: str = "cuda",
                     decode: str = "nvjpeg", resample: str = "pil", concurrent: bool = True,
-                    progress: str | None = None, workers: int | None = None) -> DeviceEvaluation:
-    """Every runner (OrtRunner on `device`) on each decoded batch; top-5 on the device."""
+                    progress: str | None = None, workers: int | None = None,
+                    pad_to: int | None = None) -> DeviceEvaluation:
+    """Every runner (OrtRunner on `device`) on each decoded batch; top-5 on the device. Short
+    batches are padded to `pad_to` images (default: the batch size, or the whole dataset when it
+    is smaller; several GPUs pass the whole dataset's). Call it on the device's default stream:
+    the model threads order their runs after that stream (`OrtRunner.run_device`)."""
     import torch
 
     from calib.collect_gpu import device_batches
@@ -127,7 +131,7 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
     # batch (the last one, or one with skipped images) is padded with zeros and its padding's
     # outputs are dropped. Each image's outputs do not depend on the others in its batch, and
     # every batch, on one GPU or several, then runs at the same shape.
-    full = batch_size
+    full = pad_to or padded_batch(batch_size, len(dataset))
 
     def run(name, images, n):
         return runners[name].run_device(images)[0][:n].clone()   # the runner reuses its output buffer
@@ -184,6 +188,11 @@ def evaluate_device(runners: dict, dataset: Dataset, batch_size: int = 256, devi
     return DeviceEvaluation(evaluation, seconds, len(keys), path, host_diffs)
 
 
+def padded_batch(batch_size: int, images: int) -> int:
+    """The one batch shape an evaluation of `images` images runs at (`evaluate_device`)."""
+    return max(1, min(batch_size, images))
+
+
 # --------------------------------------------------------------------------- several GPUs
 def _worker(rank: int, device: str, task: dict, results) -> None:
     """One GPU's share: load, wait for everyone (barrier), work, send back the result."""
@@ -196,10 +205,10 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
         shard = task["dataset"]
         if task["kind"] == "evaluate":
             runners = load_runners(task["models"], device)
-            _warm(runners, shard, device, task["batch_size"])
+            _warm(runners, shard, device, task["pad_to"])
             barrier.wait()
             out = evaluate_device(runners, shard, task["batch_size"], device, task["decode"], task["resample"],
-                                  task.get("concurrent", True), workers=task["workers"])
+                                  task.get("concurrent", True), workers=task["workers"], pad_to=task["pad_to"])
             ev = out.evaluation
             payload = {"keys": ev.keys, "skipped": ev.skipped,
                        "top5": {n: p.top5 for n, p in ev.predictions.items()},
@@ -235,14 +244,14 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
         results.put((rank, None, f"{type(e).__name__}: {e}"))
 
 
-def _warm(runners: dict, dataset: Dataset, device: str, batch_size: int = 1) -> None:
-    """One run per model at the batch shape (every evaluation run has it: `evaluate_device` pads
-    short batches): cuDNN/cuBLAS set-up and the output buffers stay out of the timing, as they do
-    for a single GPU whose models have already run that shape."""
+def _warm(runners: dict, dataset: Dataset, device: str, batch: int) -> None:
+    """One run per model at the one batch shape `evaluate_device` runs (`padded_batch`):
+    cuDNN/cuBLAS set-up and the output buffers stay out of the timing, as they do for a single
+    GPU whose models have already run that shape."""
     import torch
 
     size = dataset.preprocess.size
-    x = torch.zeros((batch_size, 3, size, size), dtype=torch.float32, device=device)
+    x = torch.zeros((batch, 3, size, size), dtype=torch.float32, device=device)
     for r in runners.values():
         r.run_device(x)
 
@@ -307,7 +316,8 @@ def evaluate_multi(models: dict[str, str], dataset: Dataset, devices: list[str],
 
     plan = shard_batches(len(dataset), batch_size, len(devices))
     tasks = [{"kind": "evaluate", "dataset": shard_dataset(dataset, batch_size, b), "models": models,
-              "batch_size": batch_size, "decode": decode, "resample": resample, "concurrent": concurrent,
+              "batch_size": batch_size, "pad_to": padded_batch(batch_size, len(dataset)),
+              "decode": decode, "resample": resample, "concurrent": concurrent,
               "workers": _gpu_workers(len(devices), workers)} for b in plan]
     out, seconds = _run_ranks(devices, tasks)
     position = {s.key: i for i, s in enumerate(dataset.samples)}

@@ -222,10 +222,11 @@ def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...]
     if devices != ("cpu",) and gpu_parts:
         notes.append(gpu_parts)
     if devices != ("cpu",):
-        notes.append("images decoded, cropped and resized by Pillow in worker processes (the CPU path's "
-                     "preprocessing), normalised on the GPU: the CPU path's pixels bit for bit" if config.gpu_decode == "pil" else
-                     "images decoded by nvJPEG and resized on the GPU (Pillow's resampling bit for bit; nvJPEG's "
-                     "pixels differ from Pillow's by about one level; --gpu-decode pil gives the CPU path's pixels)")
+        pil = ("images decoded, cropped and resized by Pillow in worker processes (the CPU path's "
+               "preprocessing), normalised on the GPU: the CPU path's pixels bit for bit")
+        nvjpeg = ("images decoded by nvJPEG and resized on the GPU (Pillow's resampling bit for bit; nvJPEG's "
+                  "pixels differ from Pillow's by about one level; --gpu-decode pil gives the CPU path's pixels)")
+        notes.append(pil if config.gpu_decode == "pil" else nvjpeg)
     if int8_models and config.backend == "ort":
         note = exact_note(int8_models, devices[0])
         if note:

@@ -177,3 +177,26 @@ def test_evaluate_device_runs_every_batch_at_one_shape_and_drops_the_padding(mon
         assert ev.signal.shape == (sum(sizes),)
         ref, q = x @ runners["fp32"].w, x @ runners["int8"].w
         assert out.logit_max_abs_diff["fp32/int8"] == pytest.approx(float((ref - q).abs().max()))
+
+
+def test_a_set_smaller_than_a_batch_runs_at_its_own_size(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from calib.data.gpu_stream import DeviceBatch
+    from calib.distributed import evaluate_device, padded_batch
+
+    x = torch.ones((3, 3, 2, 2))
+    monkeypatch.setattr("calib.collect_gpu.device_batches",
+                        lambda *a: iter([DeviceBatch(x[:2], x[:2], np.zeros(2, np.int64), ["a", "b"])]))
+    shapes = []
+
+    class Runner:
+        def run_device(self, images):
+            shapes.append(tuple(images.shape))
+            return [images.flatten(1)[:, :6]]
+
+    samples = [Sample(k, 0) for k in "abc"]   # the third image was skipped
+    data = Dataset(ImageSource(samples, "t"), None, samples)
+    evaluate_device({"fp32": Runner()}, data, 256, "cpu")
+    assert shapes == [(3, 3, 2, 2)] and padded_batch(256, 3) == 3
+    evaluate_device({"fp32": Runner()}, data, 256, "cpu", pad_to=5)   # a shard: the whole set's shape
+    assert shapes[-1] == (5, 3, 2, 2)

@@ -79,3 +79,21 @@ def test_gpu_decode_pil_needs_linux_on_a_gpu(monkeypatch):
         session.check_config(session.RunConfig(device="cuda", gpu_decode="pil"))
     session.check_config(session.RunConfig(device="cpu", gpu_decode="pil"))   # no GPU: nothing to fork
     session.check_config(session.RunConfig(device="cuda", gpu_decode="nvjpeg"))
+
+
+@pytest.mark.parametrize("decoder, says", [("pil", "the CPU path's pixels bit for bit"),
+                                           ("nvjpeg", "decoded by nvJPEG")])
+def test_a_gpu_report_says_how_its_images_were_decoded(monkeypatch, decoder, says):
+    from types import SimpleNamespace
+
+    from calib.data.transforms import get_preset
+    from calib.session import report_header
+
+    monkeypatch.setattr("calib.session.versions", lambda: {})
+    setup = SimpleNamespace(data=SimpleNamespace(notes=[], demo=False), flavor="tensorrt",
+                            model=SimpleNamespace(name="m", sha256="0" * 64, preprocess=get_preset("efficientnet-lite")))
+    config = RunConfig(model="m", gpu_decode=decoder)
+    header = report_header(config, setup, ("cuda:0",), "parts")
+    assert header.notes[0] == "parts" and says in header.notes[1] and len(header.notes) == 2
+    assert header.decode_path == ("pil" if decoder == "pil" else "nvjpeg+pil-bicubic")
+    assert report_header(config, setup).notes == []   # on the CPU: nothing to say

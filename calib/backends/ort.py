@@ -278,7 +278,9 @@ def _own_stream(device_id: int):
     this stream's end, so waiting for it waits for nothing else. With ONNX Runtime's own stream
     the only way to know the outputs are written is `IOBinding.synchronize_outputs()`, which is
     `cudaDeviceSynchronize` (CUDAExecutionProvider::Sync): it also waits for the other model's
-    batch in flight and for the decoder, so two models in two threads ran in lock step."""
+    batch in flight and for the decoder, so two models in two threads ran in lock step.
+    torch hands its streams out from a pool (32 per device and priority): past that many live
+    ones, two runners may share a stream, which serialises them again (never a wrong result)."""
     try:
         from calib.data.cuda import require_torch_cuda
 

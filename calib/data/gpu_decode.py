@@ -67,7 +67,9 @@ def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg", r
     interpolate)."""
     if resample not in RESAMPLERS:
         raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")
-    if decoder in ("cpu", "pil"):
+    if decoder == "cpu":   # the CPU path: `resample` names a GPU resampler, which it does not use
+        return CPU_DECODE_PATH
+    if decoder == "pil":
         if resample != "pil":
             raise CalibError(f"Pillow decoding resizes with Pillow; resample='{resample}' is for nvjpeg")
         return CPU_DECODE_PATH
@@ -406,6 +408,11 @@ def normalise(pixels: "torch.Tensor", preprocess: Preprocess) -> "torch.Tensor":
     return (pixels.to(torch.float32) - mean) / std
 
 
+def normalise_rows(rows: "torch.Tensor", preprocess: Preprocess) -> "torch.Tensor":
+    """uint8 (N, S, S, 3) rows (`Preprocess.pixels`) -> the CPU path's float32 (N, 3, S, S) batch."""
+    return normalise(rows.permute(0, 3, 1, 2).contiguous(), preprocess)
+
+
 @lru_cache(maxsize=16)
 def _constants(mean: tuple, std: tuple, device: str):
     """mean and std as (1, 3, 1, 1) float32 tensors on `device`, made once (a tensor made from
@@ -540,7 +547,7 @@ class GpuDecoder:
 
     def from_crops(self, rows: "torch.Tensor") -> "torch.Tensor":
         """uint8 (n, S, S, 3) crops (`Preprocess.pixels`, Pillow's) -> the float32 (n, 3, S, S) batch."""
-        return normalise(rows.permute(0, 3, 1, 2).contiguous(), self.preprocess)
+        return normalise_rows(rows, self.preprocess)
 
     def _pil_crops(self, items: Sequence[bytes | Callable]) -> tuple["torch.Tensor | None", list[int], list[int]]:
         """The CPU path's preprocessing image by image in this process, then normalised on the GPU."""

@@ -14,10 +14,11 @@ GPU busy (benchmarks/gpu.json):
   thread that feeds the GPU waited for the GIL (profiled);
 - workers that only decoded, with the resize on the GPU (the previous version of this module,
   `removed_pil_workers_gpu_resize`), fed 5,251 images/s next to the models, which fell from
-  4,140 to 2,150 pairs/s. With the crop and resize in the workers: 7,032 images/s, and the
-  models keep 3,060 pairs/s. (Fourteen niced processes that only spin, or only copy memory,
-  next to the models leave them at 4,101 and 4,035 pairs/s against 4,094: CPU load as such is
-  not what slows them.)
+  4,140 to 2,150 pairs/s. With the crop and resize in the workers: 6,473 images/s, and the
+  models keep 2,817 pairs/s (`before_stream_and_padding`; 7,032 and 3,060 once the models'
+  runners stopped waiting for the whole device). Fourteen niced processes that only spin, or
+  only copy memory, next to the models leave them at 4,101 and 4,035 pairs/s against 4,094:
+  CPU load as such is not what slows them.
 - Pillow's resize costs little next to its decode on the CPU (0.07 ms against 0.5 ms for a
   sample photo, measured on a 2-core development machine), and the crop it leaves has fewer
   bytes to copy than the decoded image (224x224 against 341x256 for a sample photo, 500x375 for
@@ -70,7 +71,9 @@ class _Slot:
 
 
 # How much less CPU priority the workers take (nice): the threads that launch the models must get
-# a core the moment they are runnable, or the GPU idles.
+# a core the moment they are runnable, or the GPU idles. Measured on an H200 machine with the
+# previous decode-only workers, it did not change the models' rate (`pil_workers_before_nice` in
+# benchmarks/gpu.json), and it costs nothing.
 WORKER_NICE = 10
 
 

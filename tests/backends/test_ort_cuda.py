@@ -62,6 +62,32 @@ def test_cuda_provider_that_silently_falls_back_is_an_error(tiny_classifier, mon
     assert "calib[gpu]" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_cuda_session_runs_on_the_stream_it_is_given(tiny_classifier, monkeypatch):
+    """The runner's own stream reaches ONNX Runtime (`user_compute_stream`): run_device then waits
+    for that stream only, never for the whole device."""
+    import onnxruntime as ort
+
+    import calib.backends.ort as backend
+
+    seen = {}
+
+    class FakeSession:
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def fake_session(model, level, threads=0, providers=(), config=None):
+        seen.update(providers[0][1])
+        return FakeSession()
+
+    monkeypatch.setattr(backend, "require_cuda_provider", lambda: ort)
+    monkeypatch.setattr("calib.onnx_io.ort_session", fake_session)
+    backend.cuda_session(tiny_classifier, 1, stream=0x1234)
+    assert seen["user_compute_stream"] == str(0x1234) and seen["device_id"] == "1"
+    seen.clear()
+    backend.cuda_session(tiny_classifier, 0)
+    assert "user_compute_stream" not in seen
+
+
 def test_output_shapes_take_the_batch(tiny_classifier):
     import torch
 
@@ -80,6 +106,7 @@ def test_cuda_runner_matches_cpu(tiny_classifier):
     cpu = OrtRunner(tiny_classifier).run(x)
     runner = OrtRunner(tiny_classifier, device="cuda:0")
     assert runner.session.get_providers()[0] == "CUDAExecutionProvider"
+    assert runner.stream is not None   # its own stream (torch is here): run_device waits for it only
     np.testing.assert_allclose(runner.run(x), cpu, rtol=1e-4, atol=1e-4)
     (logits,) = runner.run_device(torch.from_numpy(x).cuda())
     assert logits.is_cuda and tuple(logits.shape) == (7, 1000)

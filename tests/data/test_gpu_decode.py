@@ -146,6 +146,7 @@ def test_decode_path_names():
     assert decode_path(pre, "pil") == "pil"
     with pytest.raises(CalibError, match="Pillow decoding resizes with Pillow"):
         decode_path(pre, "pil", "torch")   # the workers run the CPU path's own resize
+    assert decode_path(pre, "cpu", "torch") == "pil"   # the CPU path ignores a GPU resampler
     assert decode_path(pre) == "nvjpeg+pil-bicubic"
     assert decode_path(pre, resample="torch") == "nvjpeg+torch-bicubic-aa"
     assert decode_path(get_preset("torchvision")) == "nvjpeg+pil-bilinear"
