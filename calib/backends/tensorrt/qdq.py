@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from calib.errors import CalibError
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 FLAVOR_HINT = "build the tensorrt flavor (--qdq-flavor tensorrt)"
