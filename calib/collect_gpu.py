@@ -155,8 +155,8 @@ def collect_gpu(model: onnx.ModelProto, dataset: Dataset, observer: Observer, ba
     skips = SkipLog()
     count = 0
     start = time.perf_counter()
-    for index, batch in enumerate(device_batches(dataset, batch_size, device, decode, resample, skips, progress,
-                                                             workers)):
+    batches = device_batches(dataset, batch_size, device, decode, resample, skips, progress, workers)
+    for index, batch in enumerate(batches):
         _set_batch(adapted, index)
         values = runner.run_device(batch.images, outputs)
         for name in observed_inputs:

@@ -26,8 +26,6 @@ from calib.report.schema import ReportHeader
 from calib.models import ZOO, Model, check_classes, parse_input_size, prepared_model, resolve_model
 
 
-
-
 @dataclass
 class RunConfig:
     """The options of `calib run` (and of compare/sensitivity, which ignore what they do not use)."""

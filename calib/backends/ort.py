@@ -179,7 +179,6 @@ class OrtRunner(Runner):
         if self.kind == "cpu":
             self.session = ort_session(path, "all", threads)
         else:
-            require_cuda_provider()
             self.stream = _own_stream(self.device_id)
             self.session = cuda_session(path, self.device_id, tf32=tf32,
                                         stream=None if self.stream is None else self.stream.cuda_stream)

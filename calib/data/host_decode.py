@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from calib.data.cuda import to_device
 from calib.data.loader import WorkerPool
 from calib.data.sources import ImageSource, Sample
 from calib.data.transforms import Preprocess
@@ -217,7 +218,7 @@ class HostDecoder:
         else:   # the slot is reused: a CPU batch must not be a view of it
             rows = rows.clone()
         if failed:   # the skipped images' rows hold whatever was there before
-            rows = rows[torch.tensor(ok, device=rows.device)]
+            rows = rows[to_device(np.asarray(ok, np.int64), rows.device)]
         return rows, ok
 
 

@@ -48,14 +48,13 @@ def _evaluate_on_gpus(models: dict[str, Path], dataset: Dataset, batch_size: int
                       devices: tuple[str, ...], gpu_decode: str = "nvjpeg", workers: int | None = None) -> Evaluation:
     from calib.distributed import evaluate_device, evaluate_multi, load_runners
 
-    decode = gpu_decode
     if len(devices) > 1:
-        ev, _, _ = evaluate_multi({n: str(p) for n, p in models.items()}, dataset, list(devices), batch_size, decode,
+        ev, _, _ = evaluate_multi({n: str(p) for n, p in models.items()}, dataset, list(devices), batch_size, gpu_decode,
                                   workers=workers)
     else:
         runners = load_runners(models, devices[0])
         try:
-            ev = evaluate_device(runners, dataset, batch_size, devices[0], decode,
+            ev = evaluate_device(runners, dataset, batch_size, devices[0], gpu_decode,
                                  progress="evaluating" if progress else None, workers=workers).evaluation
         finally:
             for r in runners.values():
