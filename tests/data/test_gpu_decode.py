@@ -1,4 +1,4 @@
-"""GPU decoding and preprocessing: crop arithmetic and Pillow-exact resampling (run on the CPU
+"""GPU decoding and preprocessing: Pillow-exact resampling (run on the CPU
 here, with torch CPU tensors), JPEG header parsing, and, with CUDA, nvJPEG batches vs the CPU path.
 
 The `gpu` tests read an ImageNet-layout folder named by CALIB_GPU_IMAGES (default `.gpu-images`)
@@ -16,8 +16,7 @@ import pytest
 from PIL import Image
 
 from calib.data.dataset import Dataset, take
-from calib.data.gpu_decode import (AxisPlan, axis_weights, crop_plan, decode_path, jpeg_components, normalise,
-                                   resample_pil, resample_torch)
+from calib.data.gpu_decode import decode_path, jpeg_components, normalise, resample_pil, resample_torch
 from calib.data.transforms import pil_pixels
 from calib.data.loader import iter_batches
 from calib.data.transforms import get_preset
@@ -56,25 +55,6 @@ def _image(w: int, h: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
 
 
 @pytest.mark.parametrize("preset", ["efficientnet-lite", "torchvision"])
-@pytest.mark.parametrize("w, h", SIZES)
-def test_crop_plan_is_the_cpu_arithmetic(preset, w, h):
-    pre = get_preset(preset)
-    px, py = crop_plan(pre, w, h)
-    s = pre.size
-    if pre.crop == "padded":
-        side = int(s / (s + pre.crop_padding) * min(w, h))
-        assert (px.in0, py.in0) == ((w - side + 1) // 2, (h - side + 1) // 2)
-        assert px.in1 - px.in0 == py.in1 - py.in0 == side
-        assert (px.out_size, px.keep, px.count) == (s, 0, s)
-    else:
-        scale = pre.resize_to / min(w, h)
-        assert (px.out_size, py.out_size) == (max(s, round(w * scale)), max(s, round(h * scale)))
-        assert (px.in0, px.in1, py.in0, py.in1) == (0, w, 0, h)
-        assert (px.keep, py.keep) == ((px.out_size - s) // 2, (py.out_size - s) // 2)
-        assert px.count == py.count == s
-
-
-@pytest.mark.parametrize("preset", ["efficientnet-lite", "torchvision"])
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_pil_resampling_on_torch_equals_the_cpu_path_bit_for_bit(preset, mode):
     import torch
@@ -100,16 +80,6 @@ def test_pil_resampling_on_real_photos(imagenet_sample):
     ref = np.stack([pre(im) for im in images])
     got = normalise(resample_pil([torch.from_numpy(pil_pixels(im)) for im in images], pre), pre).numpy()
     np.testing.assert_array_equal(got, ref)
-
-
-def test_axis_weights_rows_sum_to_one_in_fixed_point():
-    for plan in (AxisPlan(500, 0, 500, 224, 0, 224), AxisPlan(100, 0, 100, 224, 0, 224),
-                 AxisPlan(340, 61, 279, 224, 0, 224)):
-        for interp in ("bicubic", "bilinear"):
-            first, dense = axis_weights(plan, interp)
-            assert first >= 0 and first + dense.shape[1] <= plan.in_size
-            sums = dense.sum(axis=1)
-            assert np.all(np.abs(sums - (1 << 22)) <= dense.shape[1])  # rounding of each weight
 
 
 def test_torch_resampling_is_close_to_pil():
