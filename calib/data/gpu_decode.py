@@ -8,16 +8,15 @@ resize on the GPU reach over ten thousand.
 Preprocessing must not drift from the CPU path (`calib.data.transforms.Preprocess`, PIL):
 
 - the crop arithmetic is the CPU path's, integer for integer (`calib.data.resize_plan`);
-- `resample="pil"` (the default) reproduces Pillow's resampling exactly: the same filter
+- the resize reproduces Pillow's resampling exactly: the same filter
   coefficients (Pillow's `src/libImaging/Resample.c`: `precompute_coeffs`, bicubic a = -0.5,
   support scaled by the downscale factor, i.e. antialiased), the same 22-bit fixed-point weights
   (`normalize_coeffs_8bpc`), horizontal pass first, rounding and clamping to 8 bits after each
   pass. On a GPU with triton this is `calib.data.resample_kernel`, Pillow's own int32 sums (about
   half the stream time, measured on an H200); elsewhere both passes are float64 matrix products
   of integers below 2**53, so every sum is exact. Either way the output equals Pillow's bit for
-  bit on the same decoded pixels;
-- `resample="torch"` uses `torch.nn.functional.interpolate(..., antialias=True)` instead (close
-  to, not equal to, Pillow: kept to measure the difference);
+  bit on the same decoded pixels (torch's antialiased `interpolate` is close to Pillow, not
+  equal: benchmarks/gpu.py keeps it as a variant of its own, to measure the difference);
 - normalisation is the same float32 `(x - mean) / std`.
 
 What is left is the decoder: nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's
@@ -44,7 +43,7 @@ import numpy as np
 from calib.data import resample_kernel
 from calib.data.cuda import to_device
 from calib.data.packed import PackedImages
-from calib.data.resize_plan import PRECISION_BITS, ImagePlan, crop_plan, image_plan, plan_tables
+from calib.data.resize_plan import PRECISION_BITS, ImagePlan, image_plan, plan_tables
 from calib.data.transforms import Preprocess, pil_pixels
 from calib.errors import CalibError
 
@@ -53,28 +52,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CPU_DECODE_PATH = "pil"
 DECODERS = ("nvjpeg", "pil")   # on a GPU (--gpu-decode): nvJPEG, or Pillow (calib.data.host_decode)
-RESAMPLERS = ("pil", "torch")
 
 
-def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg", resample: str = "pil") -> str:
+def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg", resample: str | None = None) -> str:
     """A short name of how pixels were produced; part of the cache key, shown in reports.
 
     "pil" for the CPU path's pixels (Pillow decode and Pillow's resampling, on the CPU: the CPU
     path, or the GPU path's Pillow workers); e.g. "nvjpeg+pil-bicubic" (nvJPEG decode,
-    Pillow-exact resampling on the GPU) or "nvjpeg+torch-bicubic-aa" (torch's antialiased
-    interpolate)."""
-    if resample not in RESAMPLERS:
-        raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")
-    if decoder == "cpu":   # the CPU path: `resample` names a GPU resampler, which it does not use
-        return CPU_DECODE_PATH
-    if decoder == "pil":
-        if resample != "pil":
-            raise CalibError(f"Pillow decoding resizes with Pillow; resample='{resample}' is for nvjpeg")
+    Pillow-exact resampling on the GPU). `resample` is a shim for callers that still pass it:
+    only "pil", the one resampler, is accepted."""
+    if decoder != "cpu":   # the CPU path ignores a GPU resampler
+        no_resampler_but_pil(resample)
+    if decoder in ("cpu", "pil"):
         return CPU_DECODE_PATH
     interp = preprocess.interpolation if preprocess is not None else "bicubic"
-    return f"{decoder}+{resample}-{interp}" + ("-aa" if resample == "torch" else "")
+    return f"{decoder}+pil-{interp}"
 
 
+def no_resampler_but_pil(resample: str | None) -> None:
+    """Shim for the removed `resample=` parameter: "pil" (its old default) or nothing."""
+    if resample not in (None, "pil"):
+        raise CalibError(f"resample='{resample}' was removed: the GPU path resizes exactly as Pillow does")
 
 
 # --------------------------------------------------------------------------- resampling (torch)
@@ -218,24 +216,6 @@ def _resample_group(images, plans: Sequence[ImagePlan], preprocess: Preprocess, 
     return _round_fixed(torch.matmul(wy_t, _round_fixed(torch.matmul(x, wx_t)))).to(torch.uint8)
 
 
-def resample_torch(images: Sequence["torch.Tensor"], preprocess: Preprocess) -> "torch.Tensor":
-    """Same crop, torch's antialiased interpolate (per image: sizes differ), rounded to 8 bits."""
-    import torch
-    import torch.nn.functional as F
-
-    s = preprocess.size
-    out = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=images[0].device)
-    for i, im in enumerate(images):
-        px, py = crop_plan(preprocess, int(im.shape[2]), int(im.shape[1]))
-        # The box is integer in both presets: crop it, resize it, then take the kept window.
-        region = im[:, int(py.in0):int(py.in1), int(px.in0):int(px.in1)].unsqueeze(0).float()
-        r = F.interpolate(region, size=(py.out_size, px.out_size), mode=preprocess.interpolation,
-                          antialias=True, align_corners=False)
-        r = r[:, :, py.keep:py.keep + s, px.keep:px.keep + s]
-        out[i] = r.round_().clamp_(0, 255).to(torch.uint8)[0]
-    return out
-
-
 def normalise(pixels: "torch.Tensor", preprocess: Preprocess) -> "torch.Tensor":
     """uint8 (N, 3, S, S) -> float32, the CPU path's `(x - mean) / std` (same float32 ops)."""
     import torch
@@ -304,12 +284,9 @@ class GpuDecoder:
 
     DECODERS = DECODERS
 
-    def __init__(self, preprocess: Preprocess, device: str = "cuda", resample: str = "pil",
-                 decoder: str = "nvjpeg") -> None:
+    def __init__(self, preprocess: Preprocess, device: str = "cuda", decoder: str = "nvjpeg") -> None:
         from calib.data.cuda import require_torch_cuda
 
-        if resample not in RESAMPLERS:
-            raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")
         if decoder not in self.DECODERS:
             raise CalibError(f"unknown GPU decoder '{decoder}' (choose from: {', '.join(self.DECODERS)})")
         self.torch, self.device = require_torch_cuda(device)
@@ -322,9 +299,8 @@ class GpuDecoder:
                 from calib.errors import MissingDependency
                 raise MissingDependency("torchvision", "nvJPEG decoding on the GPU") from None
         self.preprocess = preprocess
-        self.resample = resample
         self.decoder = decoder
-        self.path = decode_path(preprocess, decoder, resample)
+        self.path = decode_path(preprocess, decoder)
         self.fallbacks = 0   # images Pillow decoded because nvJPEG could not
 
     def decode(self, items: Sequence[bytes | Callable]) -> list["torch.Tensor | None"]:
@@ -372,10 +348,8 @@ class GpuDecoder:
         return self.torch.from_numpy(pixels).to(self.device, non_blocking=False)
 
     def pixels(self, decoded: "Sequence[torch.Tensor] | PackedImages") -> "torch.Tensor":
-        """Crop + resize decoded uint8 images to uint8 (n, 3, S, S)."""
-        if self.resample == "pil":
-            return resample_pil(decoded, self.preprocess)
-        return resample_torch(decoded.views() if isinstance(decoded, PackedImages) else decoded, self.preprocess)
+        """Crop + resize decoded uint8 images to uint8 (n, 3, S, S), as Pillow does."""
+        return resample_pil(decoded, self.preprocess)
 
     def preprocess_decoded(self, decoded: "Sequence[torch.Tensor] | PackedImages") -> "torch.Tensor":
         """Decoded uint8 images -> the float32 (n, 3, S, S) batch the models take."""

@@ -117,7 +117,7 @@ class GpuBatchStream:
 
     def __init__(self, dataset: Dataset, batch_size: int, workers: int | None = None,
                  device: str = "cuda", depth: int = 2, progress: str | None = None,
-                 skips: SkipLog | None = None, decode: str = "cpu", resample: str = "pil") -> None:
+                 skips: SkipLog | None = None, decode: str = "cpu") -> None:
         if batch_size < 1:
             raise CalibError(f"batch size must be at least 1, not {batch_size}")
         if depth < 2:
@@ -126,7 +126,6 @@ class GpuBatchStream:
             raise CalibError(f"unknown decoder '{decode}' (choose from: {', '.join(self.DECODERS)})")
         self._torch, self.device = require_torch_cuda(device)
         self.decode = decode
-        self.resample = resample
         self.dataset = dataset
         self.batch_size = batch_size
         self.workers = workers
@@ -187,11 +186,11 @@ class GpuBatchStream:
         """How the pixels were made ("pil", or e.g. "nvjpeg+pil-bicubic"): part of the cache key."""
         from calib.data.gpu_decode import decode_path
 
-        return decode_path(self.dataset.preprocess, "pil" if self.decode == "cpu" else "nvjpeg", self.resample)
+        return decode_path(self.dataset.preprocess, "pil" if self.decode == "cpu" else "nvjpeg")
 
     def _batches(self) -> Iterator[DeviceBatch]:
         if self.decode == "nvjpeg":
-            source = _DecodeThread(self.dataset, self.batch_size, self.device, self.resample,
+            source = _DecodeThread(self.dataset, self.batch_size, self.device,
                                    progress=self.progress).batches(self.skips)
         else:
             source = iter_batches(self.dataset, self.batch_size, self.workers, progress=self.progress,
@@ -336,14 +335,13 @@ class _DecodeThread:
 
     _END = object()
 
-    def __init__(self, dataset: Dataset, batch_size: int, device, resample: str = "pil",
-                 depth: int = 3, io_threads: int = 4, progress: str | None = None,
+    def __init__(self, dataset: Dataset, batch_size: int, device, depth: int = 3, io_threads: int = 4, progress: str | None = None,
                  decoder: str = "nvjpeg", workers: int | None = None) -> None:
         from calib.data.gpu_decode import GpuDecoder
 
         self.dataset = dataset
         self.chunks = [dataset.samples[i:i + batch_size] for i in range(0, len(dataset.samples), batch_size)]
-        self.decoder = GpuDecoder(dataset.preprocess, str(device), resample, decoder)
+        self.decoder = GpuDecoder(dataset.preprocess, str(device), decoder)
         self.device = self.decoder.device
         self.io_threads = io_threads
         self.depth = depth
@@ -476,19 +474,22 @@ class _DecodeThread:
             self.host = None
 
 
-def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", resample: str = "pil",
-                depth: int = 3, io_threads: int = 4, progress: str | None = None,
-                skips: SkipLog | None = None, decoder: str = "nvjpeg",
-                workers: int | None = None) -> Iterator[DeviceBatch]:
+def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", *, depth: int = 3, io_threads: int = 4,
+                progress: str | None = None, skips: SkipLog | None = None, decoder: str = "nvjpeg",
+                workers: int | None = None, resample: str | None = None) -> Iterator[DeviceBatch]:
     """Batches decoded and preprocessed on the GPU (nvJPEG; Pillow per image where nvJPEG cannot),
     in dataset order, as `DeviceBatch`es whose `images` are ready on the caller's current stream.
 
     Each batch is a fresh tensor (the caching allocator recycles them), valid for as long as the
     caller keeps it. `decoder="pil"` runs the CPU path's preprocessing in `workers` processes
     (`calib.data.host_decode`; 0: in this process) and normalises on the GPU: the CPU path's
-    pixels, bit for bit. Undecodable images are logged in `skips`."""
+    pixels, bit for bit. Undecodable images are logged in `skips`. `resample` is a shim for callers
+    that still pass it: only "pil", the one resampler, is accepted."""
+    from calib.data.gpu_decode import no_resampler_but_pil
+
+    no_resampler_but_pil(resample)
     skips = skips if skips is not None else SkipLog()
-    producer = _DecodeThread(dataset, batch_size, device, resample, depth, io_threads, progress, decoder, workers)
+    producer = _DecodeThread(dataset, batch_size, device, depth, io_threads, progress, decoder, workers)
     torch = producer.decoder.torch
     current = torch.cuda.current_stream(producer.device)
     batches = producer.batches(skips)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from calib.data.dataset import Dataset, take
-from calib.data.gpu_decode import decode_path, jpeg_components, normalise, resample_pil, resample_torch
+from calib.data.gpu_decode import decode_path, jpeg_components, normalise, resample_pil
 from calib.data.transforms import pil_pixels
 from calib.data.loader import iter_batches
 from calib.data.transforms import get_preset
@@ -82,17 +82,6 @@ def test_pil_resampling_on_real_photos(imagenet_sample):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_torch_resampling_is_close_to_pil():
-    import torch
-
-    pre = get_preset("efficientnet-lite")
-    images = [_image(w, h) for w, h in SIZES[:4]]
-    ref = np.stack([pre(im) for im in images])
-    got = normalise(resample_torch([torch.from_numpy(pil_pixels(im)) for im in images], pre), pre).numpy()
-    diff = np.abs(got - ref) * 128
-    assert diff.mean() < 2.0
-
-
 def _encoded(image: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **kw)
@@ -114,14 +103,23 @@ def test_jpeg_components():
 def test_decode_path_names():
     pre = get_preset("efficientnet-lite")
     assert decode_path(pre, "pil") == "pil"
-    with pytest.raises(CalibError, match="Pillow decoding resizes with Pillow"):
-        decode_path(pre, "pil", "torch")   # the workers run the CPU path's own resize
-    assert decode_path(pre, "cpu", "torch") == "pil"   # the CPU path ignores a GPU resampler
+    assert decode_path(pre, "cpu") == "pil"
     assert decode_path(pre) == "nvjpeg+pil-bicubic"
-    assert decode_path(pre, resample="torch") == "nvjpeg+torch-bicubic-aa"
     assert decode_path(get_preset("torchvision")) == "nvjpeg+pil-bilinear"
-    with pytest.raises(CalibError, match="resampler"):
-        decode_path(pre, resample="lanczos")
+
+
+def test_the_removed_resample_parameter_takes_only_pil():
+    """Shim: callers outside calib.data still pass resample="pil" (its old default)."""
+    pre = get_preset("efficientnet-lite")
+    assert decode_path(pre, "nvjpeg", "pil") == "nvjpeg+pil-bicubic" and decode_path(pre, "pil", "pil") == "pil"
+    assert decode_path(pre, "cpu", "torch") == "pil"   # the CPU path ignores a GPU resampler
+    for decoder in ("nvjpeg", "pil"):
+        with pytest.raises(CalibError, match="resample='torch' was removed"):
+            decode_path(pre, decoder, "torch")
+    from calib.data.gpu_stream import gpu_batches
+
+    with pytest.raises(CalibError, match="resample='torch' was removed"):
+        next(gpu_batches(Dataset(None, None, []), 8, resample="torch"))
 
 
 def test_decoder_without_cuda_is_a_one_line_error(monkeypatch):
@@ -213,15 +211,14 @@ def test_pil_decoder_workers_follow_the_cpu_path_on_doubtful_files(tmp_path):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("resample", ["pil", "torch"])
-def test_nvjpeg_batches_follow_the_cpu_path(generated, resample):
+def test_nvjpeg_batches_follow_the_cpu_path(generated):
     from calib.data.gpu_decode import jpeg_components
     from calib.data.gpu_stream import gpu_batches
     from calib.data.loader import SkipLog
 
     cpu = list(iter_batches(generated, 8, workers=0))
     skips = SkipLog()
-    got = list(gpu_batches(generated, 8, "cuda", resample=resample, skips=skips))
+    got = list(gpu_batches(generated, 8, "cuda", skips=skips))
     assert [b.keys for b in got] == [b.keys for b in cpu]
     assert [k for k in skips.skipped] == [s.key for s in generated.samples if s.key.endswith("broken.JPEG")]
     for g, c in zip(got, cpu):
@@ -230,7 +227,7 @@ def test_nvjpeg_batches_follow_the_cpu_path(generated, resample):
         for key, a, b in zip(g.keys, x, c.images):
             diff = np.abs(a - b) * 128
             data = Path(key).read_bytes()
-            if jpeg_components(data) not in (1, 3) and resample == "pil":
+            if jpeg_components(data) not in (1, 3):
                 np.testing.assert_array_equal(a, b)   # Pillow fallback: the CPU path's pixels
             else:
                 assert diff.mean() < 8.0, key   # noise images: chroma upsampling differs most
