@@ -21,7 +21,8 @@ Preprocessing must not drift from the CPU path (`calib.data.transforms.Preproces
 
 What is left is the decoder: nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's
 (what Pillow uses) by about one 8-bit level on average. That difference is why the decode path
-is part of the cache key (`decode_path`): a run calibrates and evaluates through one path.
+is part of the cache key (`calib.data.decoders.decode_path`): a run calibrates and evaluates
+through one path.
 
 Images that are not baseline/progressive 8-bit 1- or 3-channel JPEGs (PNG, CMYK JPEG, ...) and
 any image nvJPEG rejects are decoded by Pillow on the CPU, one by one, and resized on the GPU
@@ -42,6 +43,8 @@ import numpy as np
 
 from calib.data import resample_kernel
 from calib.data.cuda import to_device
+from calib.data.decoders import DECODERS, decode_path
+from calib.data.decoders import CPU_DECODE_PATH  # noqa: F401  (shim: calib.calibration imports it from here)
 from calib.data.packed import PackedImages
 from calib.data.resize_plan import PRECISION_BITS, ImagePlan, image_plan, plan_tables
 from calib.data.transforms import Preprocess, pil_pixels
@@ -49,31 +52,6 @@ from calib.errors import CalibError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-CPU_DECODE_PATH = "pil"
-DECODERS = ("nvjpeg", "pil")   # on a GPU (--gpu-decode): nvJPEG, or Pillow (calib.data.host_decode)
-
-
-def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg", resample: str | None = None) -> str:
-    """A short name of how pixels were produced; part of the cache key, shown in reports.
-
-    "pil" for the CPU path's pixels (Pillow decode and Pillow's resampling, on the CPU: the CPU
-    path, or the GPU path's Pillow workers); e.g. "nvjpeg+pil-bicubic" (nvJPEG decode,
-    Pillow-exact resampling on the GPU). `resample` is a shim for callers that still pass it:
-    only "pil", the one resampler, is accepted."""
-    if decoder != "cpu":   # the CPU path ignores a GPU resampler
-        no_resampler_but_pil(resample)
-    if decoder in ("cpu", "pil"):
-        return CPU_DECODE_PATH
-    interp = preprocess.interpolation if preprocess is not None else "bicubic"
-    return f"{decoder}+pil-{interp}"
-
-
-def no_resampler_but_pil(resample: str | None) -> None:
-    """Shim for the removed `resample=` parameter: "pil" (its old default) or nothing."""
-    if resample not in (None, "pil"):
-        raise CalibError(f"resample='{resample}' was removed: the GPU path resizes exactly as Pillow does")
-
 
 # --------------------------------------------------------------------------- resampling (torch)
 def _round_fixed(t: "torch.Tensor") -> "torch.Tensor":

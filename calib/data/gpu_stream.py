@@ -59,6 +59,7 @@ import numpy as np
 
 from calib.data.cuda import require_torch_cuda
 from calib.data.dataset import Dataset
+from calib.data.decoders import decode_path, no_resampler_but_pil
 from calib.data.host_decode import default_gpu_workers
 from calib.data.loader import Batch, SkipLog, iter_batches
 from calib.data.sources import ImageSource, Sample
@@ -184,8 +185,6 @@ class GpuBatchStream:
     @property
     def decode_path(self) -> str:
         """How the pixels were made ("pil", or e.g. "nvjpeg+pil-bicubic"): part of the cache key."""
-        from calib.data.gpu_decode import decode_path
-
         return decode_path(self.dataset.preprocess, "pil" if self.decode == "cpu" else "nvjpeg")
 
     def _batches(self) -> Iterator[DeviceBatch]:
@@ -485,8 +484,6 @@ def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", *, dept
     (`calib.data.host_decode`; 0: in this process) and normalises on the GPU: the CPU path's
     pixels, bit for bit. Undecodable images are logged in `skips`. `resample` is a shim for callers
     that still pass it: only "pil", the one resampler, is accepted."""
-    from calib.data.gpu_decode import no_resampler_but_pil
-
     no_resampler_but_pil(resample)
     skips = skips if skips is not None else SkipLog()
     producer = _DecodeThread(dataset, batch_size, device, depth, io_threads, progress, decoder, workers)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from calib.data.dataset import Dataset, take
-from calib.data.gpu_decode import decode_path, jpeg_components, normalise, resample_pil
+from calib.data.gpu_decode import jpeg_components, normalise, resample_pil
 from calib.data.transforms import pil_pixels
 from calib.data.loader import iter_batches
 from calib.data.transforms import get_preset
@@ -98,28 +98,6 @@ def test_jpeg_components():
     assert jpeg_components(b"\xff\xd8\xff\xe0 not really a jpeg") is None
     assert jpeg_components(_encoded(rgb, "JPEG")[:20]) is None
     assert jpeg_components(b"") is None
-
-
-def test_decode_path_names():
-    pre = get_preset("efficientnet-lite")
-    assert decode_path(pre, "pil") == "pil"
-    assert decode_path(pre, "cpu") == "pil"
-    assert decode_path(pre) == "nvjpeg+pil-bicubic"
-    assert decode_path(get_preset("torchvision")) == "nvjpeg+pil-bilinear"
-
-
-def test_the_removed_resample_parameter_takes_only_pil():
-    """Shim: callers outside calib.data still pass resample="pil" (its old default)."""
-    pre = get_preset("efficientnet-lite")
-    assert decode_path(pre, "nvjpeg", "pil") == "nvjpeg+pil-bicubic" and decode_path(pre, "pil", "pil") == "pil"
-    assert decode_path(pre, "cpu", "torch") == "pil"   # the CPU path ignores a GPU resampler
-    for decoder in ("nvjpeg", "pil"):
-        with pytest.raises(CalibError, match="resample='torch' was removed"):
-            decode_path(pre, decoder, "torch")
-    from calib.data.gpu_stream import gpu_batches
-
-    with pytest.raises(CalibError, match="resample='torch' was removed"):
-        next(gpu_batches(Dataset(None, None, []), 8, resample="torch"))
 
 
 def test_decoder_without_cuda_is_a_one_line_error(monkeypatch):
