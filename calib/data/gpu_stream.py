@@ -29,18 +29,17 @@ in TensorRT's samples (device allocations, streams, page-locked memory, async co
 pycuda ships no wheels for every CUDA version (it compiles against a local CUDA toolkit), while
 the torch wheel that already runs the model carries its own CUDA runtime.
 
-With `decode="nvjpeg"` step 1 moves to the GPU (`calib.data.gpu_decode`): a producer thread
-reads the files (a small I/O thread pool), decodes them with nvJPEG and preprocesses them on a
-CUDA stream of its own, and hands finished device batches over through a bounded queue with a
-CUDA event each; step 3 becomes a device-to-device copy into the slot. `gpu_batches` is the
-same producer without the fixed slots, for consumers that need no stable pointer (ORT with
-IOBinding, the calibration statistics). `gpu_batches(..., decoder="pil")` has worker processes
-run the CPU path's preprocessing (Pillow decode, crop and resize) into shared, page-locked slots
-instead (`calib.data.host_decode`); the thread then copies each slot to the GPU and normalises
-there: the CPU path's pixels bit for bit.
+`gpu_batches` decodes on the GPU's side instead (a decoder of `calib.data.decoders.DECODERS`),
+for consumers that need no stable pointer (ORT with IOBinding, the calibration statistics): a
+producer thread with a CUDA stream of its own hands finished device batches over through a
+bounded queue, with a CUDA event each. With `decoder="nvjpeg"` it reads the files (a small I/O
+thread pool), decodes them with nvJPEG and preprocesses them on the GPU (`calib.data.gpu_decode`);
+with `decoder="pil"` worker processes run the CPU path's preprocessing (Pillow decode, crop and
+resize) into shared, page-locked slots (`calib.data.host_decode`), and the thread copies each
+slot to the GPU and normalises there: the CPU path's pixels bit for bit.
 
-A batch handed out is a view into a reused buffer: it is valid until the next batch is asked
-for. Clone it to keep it. Use it on the stream that was current when it was handed out (or
+A batch `GpuBatchStream` hands out is a view into a reused buffer: it is valid until the next
+batch is asked for. Clone it to keep it. Use it on the stream that was current when it was handed out (or
 record that stream's work before asking for the next batch), since that is the stream the
 release event is recorded on.
 """
@@ -59,7 +58,7 @@ import numpy as np
 
 from calib.data.cuda import require_torch_cuda
 from calib.data.dataset import Dataset
-from calib.data.decoders import decode_path, no_resampler_but_pil
+from calib.data.decoders import no_resampler_but_pil
 from calib.data.host_decode import default_gpu_workers
 from calib.data.loader import Batch, SkipLog, iter_batches
 from calib.data.sources import ImageSource, Sample
@@ -112,21 +111,19 @@ class GpuBatchStream:
     repeatedly for TensorRT-style (pointer, valid count) pairs. Undecodable images are skipped
     and logged in `skips`, as in `iter_batches`; the last batch (or one with skipped images)
     may hold fewer than `batch_size` images: `DeviceBatch.size` tells.
-    """
 
-    DECODERS = ("cpu", "nvjpeg")
+    The batches are the CPU path's (`iter_batches`' decode workers), copied up: TensorRT's
+    calibrators and `decoder="cpu"` runs on a GPU take them (`gpu_batches` decodes on the GPU).
+    """
 
     def __init__(self, dataset: Dataset, batch_size: int, workers: int | None = None,
                  device: str = "cuda", depth: int = 2, progress: str | None = None,
-                 skips: SkipLog | None = None, decode: str = "cpu") -> None:
+                 skips: SkipLog | None = None) -> None:
         if batch_size < 1:
             raise CalibError(f"batch size must be at least 1, not {batch_size}")
         if depth < 2:
             raise CalibError(f"GPU stream depth must be at least 2 (double buffering), not {depth}")
-        if decode not in self.DECODERS:
-            raise CalibError(f"unknown decoder '{decode}' (choose from: {', '.join(self.DECODERS)})")
         self._torch, self.device = require_torch_cuda(device)
-        self.decode = decode
         self.dataset = dataset
         self.batch_size = batch_size
         self.workers = workers
@@ -182,18 +179,9 @@ class GpuBatchStream:
 
     # -- pipeline ----------------------------------------------------------------------------
 
-    @property
-    def decode_path(self) -> str:
-        """How the pixels were made ("pil", or e.g. "nvjpeg+pil-bicubic"): part of the cache key."""
-        return decode_path(self.dataset.preprocess, "pil" if self.decode == "cpu" else "nvjpeg")
-
     def _batches(self) -> Iterator[DeviceBatch]:
-        if self.decode == "nvjpeg":
-            source = _DecodeThread(self.dataset, self.batch_size, self.device,
-                                   progress=self.progress).batches(self.skips)
-        else:
-            source = iter_batches(self.dataset, self.batch_size, self.workers, progress=self.progress,
-                                  skips=self.skips)
+        source = iter_batches(self.dataset, self.batch_size, self.workers, progress=self.progress,
+                              skips=self.skips)
         pending: deque[tuple[_Slot, Batch]] = deque()
         slots: list[_Slot] = []   # each pass owns its buffers: two passes never share a slot
         count = 0
@@ -226,21 +214,9 @@ class GpuBatchStream:
                              f"then {tuple(chw)}")
         return slots[index % self.depth]
 
-    def _fill(self, slot: _Slot, batch: "Batch | _Decoded") -> None:
+    def _fill(self, slot: _Slot, batch: Batch) -> None:
         torch = self._torch
         n = len(batch.keys)
-        if isinstance(batch, _Decoded):  # already on the device: one device-to-device copy
-            with torch.cuda.stream(self._copy_stream):
-                if slot.was_released:
-                    self._copy_stream.wait_event(slot.released)
-                self._copy_stream.wait_event(batch.event)
-                slot.device[:n].copy_(batch.images, non_blocking=True)
-                batch.images.record_stream(self._copy_stream)
-                if n < self.batch_size:
-                    slot.device[n:].zero_()
-                slot.copy_done.record(self._copy_stream)
-            slot.copied = True
-            return
         if slot.copied:
             slot.copy_done.synchronize()   # the last copy out of this pinned buffer has finished
         # One thread, GIL released: torch's copy_ would fan out to every intra-op thread and take

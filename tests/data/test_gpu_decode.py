@@ -222,28 +222,3 @@ def test_nvjpeg_on_photos_is_close_to_pil(photos):
     got = np.concatenate([b.images.cpu().numpy() for b in gpu_batches(photos, 16, "cuda")])
     diff = np.abs(got - cpu) * 128
     assert diff.mean() < 2.0 and np.percentile(diff, 99) < 16
-
-
-@gpu
-@pytest.mark.gpu
-def test_gpu_batch_stream_with_nvjpeg_keeps_its_contract(generated):
-    import torch
-
-    from calib.data.gpu_stream import GpuBatchStream, gpu_batches
-
-    ref = [b.images.cpu() for b in gpu_batches(generated, 7, "cuda")]
-    with GpuBatchStream(generated, 7, decode="nvjpeg") as stream:
-        assert stream.decode_path == "nvjpeg+pil-bicubic"
-        got = []
-        while (item := stream.get_batch()) is not None:
-            pointer, count = item
-            batch = stream.current
-            assert pointer == batch.buffer.data_ptr() and count == batch.size
-            assert batch.buffer.shape[0] == 7
-            if count < 7:
-                assert torch.count_nonzero(batch.buffer[count:]) == 0
-            got.append(batch.images.cpu())
-    assert len(got) == len(ref)
-    for a, b in zip(got, ref):
-        assert torch.equal(a, b)
-
