@@ -47,7 +47,6 @@ release event is recorded on.
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -245,33 +244,6 @@ class GpuBatchStream:
 
 
 # --------------------------------------------------------------------------- GPU decoding
-# While batches stream, this process runs several Python threads that each hold the GIL briefly
-# between native calls (the decode thread, the threads that launch the models). A thread coming
-# back from a native call waits for the holder to release the GIL, up to the switch interval
-# (5 ms by default) if the holder runs Python: time the GPU then idles. Shorter hand-overs while
-# any stream runs; the interval from before the first one is restored when the last one ends.
-# (Measured on an H200 end to end, `--gpu-decode pil`: 3,817 against 3,815 images/s with the
-# default interval, no difference; 3,288 against 3,244 with the previous decode-only workers. Kept:
-# it costs nothing, and the threads it is for are still there.)
-GIL_SWITCH_INTERVAL: float | None = 0.0005
-_switches = {"streams": 0, "before": None}
-_switches_lock = threading.Lock()
-
-
-def _short_gil_switches(start: bool) -> None:
-    with _switches_lock:
-        if start:
-            _switches["streams"] += 1
-            if _switches["streams"] == 1:
-                _switches["before"] = sys.getswitchinterval()
-                if GIL_SWITCH_INTERVAL is not None:
-                    sys.setswitchinterval(min(_switches["before"], GIL_SWITCH_INTERVAL))
-        else:
-            _switches["streams"] -= 1
-            if _switches["streams"] == 0:
-                sys.setswitchinterval(_switches["before"])
-
-
 @dataclass
 class _Decoded:
     """A batch the decode thread finished on its stream; `event` marks the end of its work."""
@@ -407,7 +379,6 @@ class _DecodeThread:
 
         bar = progress_bar(total=len(self.dataset.samples), desc=self.progress, unit="img",
                            enabled=self.progress is not None)
-        _short_gil_switches(True)
         try:
             if self.workers is not None and self.chunks:
                 from calib.data.host_decode import HostDecoder
@@ -429,11 +400,8 @@ class _DecodeThread:
                 if item.images is not None:
                     yield item
         finally:
-            try:
-                bar.close()
-                self.close()
-            finally:
-                _short_gil_switches(False)
+            bar.close()
+            self.close()
 
     def close(self) -> None:
         """Stop: the workers first (a thread waiting for their batch then fails at once), then
