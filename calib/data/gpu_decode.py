@@ -45,7 +45,6 @@ from calib.data import resample_kernel
 from calib.data.cuda import to_device
 from calib.data.decoders import DECODERS, decode_path
 from calib.data.decoders import CPU_DECODE_PATH  # noqa: F401  (shim: calib.calibration imports it from here)
-from calib.data.packed import PackedImages
 from calib.data.resize_plan import PRECISION_BITS, ImagePlan, image_plan, plan_tables
 from calib.data.transforms import Preprocess, pil_pixels
 from calib.errors import CalibError
@@ -66,10 +65,8 @@ KERNELS = ("auto", "triton", "matmul")
 _triton_failed: list[str] = []   # set when a Triton launch failed here: "auto" stops trying it
 
 
-def resample_pil(images: "Sequence[torch.Tensor] | PackedImages", preprocess: Preprocess,
-                 kernel: str = "auto") -> "torch.Tensor":
-    """Pillow-exact crop + resize of uint8 images on one device -> uint8 (N, 3, S, S): (3, H, W)
-    tensors, or a `PackedImages` buffer (planar or interleaved images, as decoded).
+def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess, kernel: str = "auto") -> "torch.Tensor":
+    """Pillow-exact crop + resize of uint8 (3, H, W) images on one device -> uint8 (N, 3, S, S).
 
     `kernel`: "triton" (`calib.data.resample_kernel`: Pillow's int32 arithmetic, a fraction of
     the GPU time), "matmul" (float64 products with dense weight matrices, any torch device), or
@@ -81,20 +78,13 @@ def resample_pil(images: "Sequence[torch.Tensor] | PackedImages", preprocess: Pr
     if not len(images):
         raise CalibError("resample_pil needs at least one image (a batch where nothing decoded has no pixels)")
     s = preprocess.size
-    if isinstance(images, PackedImages):
-        sizes, device = images.sizes, images.device
-    else:
-        sizes, device = [(int(im.shape[1]), int(im.shape[2])) for im in images], images[0].device
+    sizes, device = [(int(im.shape[1]), int(im.shape[2])) for im in images], images[0].device
     plans = [image_plan(preprocess, w, h) for h, w in sizes]
     order = [p.v_first for p in plans]
     triton = _use_triton(kernel, device)
 
     def group(index, v_first):
-        if isinstance(images, PackedImages):
-            part = images if len(index) == len(images) else images.subset(index)
-        else:
-            part = [images[i] for i in index]
-        return _resample_order(part, [plans[i] for i in index], preprocess, v_first, triton,
+        return _resample_order([images[i] for i in index], [plans[i] for i in index], preprocess, v_first, triton,
                                strict=kernel == "triton")
 
     if all(order) or not any(order):
@@ -137,10 +127,7 @@ def _resample_order(images, plans: Sequence[ImagePlan], preprocess: Preprocess, 
             _triton_failed.append(f"{type(e).__name__}: {e}")
             warnings.warn(f"the Triton resize kernel failed ({_triton_failed[0].splitlines()[0][:200]}); "
                           f"resizing with the slower exact matmul path from now on", stacklevel=3)
-    return _resample_group(images.views() if isinstance(images, PackedImages) else images, plans, preprocess,
-                           v_first)
-
-
+    return _resample_group(images, plans, preprocess, v_first)
 
 
 def _dense_on_device(offsets: "torch.Tensor", weights: "torch.Tensor", span: int) -> "torch.Tensor":
@@ -325,11 +312,11 @@ class GpuDecoder:
             self.fallbacks += 1
         return self.torch.from_numpy(pixels).to(self.device, non_blocking=False)
 
-    def pixels(self, decoded: "Sequence[torch.Tensor] | PackedImages") -> "torch.Tensor":
+    def pixels(self, decoded: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """Crop + resize decoded uint8 images to uint8 (n, 3, S, S), as Pillow does."""
         return resample_pil(decoded, self.preprocess)
 
-    def preprocess_decoded(self, decoded: "Sequence[torch.Tensor] | PackedImages") -> "torch.Tensor":
+    def preprocess_decoded(self, decoded: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """Decoded uint8 images -> the float32 (n, 3, S, S) batch the models take."""
         return normalise(self.pixels(decoded), self.preprocess)
 

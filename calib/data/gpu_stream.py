@@ -282,8 +282,8 @@ class _DecodeThread:
 
     _END = object()
 
-    def __init__(self, dataset: Dataset, batch_size: int, device, depth: int = 3, io_threads: int = 4, progress: str | None = None,
-                 decoder: str = "nvjpeg", workers: int | None = None) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, device, depth: int = 3, io_threads: int = 4,
+                 progress: str | None = None, decoder: str = "nvjpeg", workers: int | None = None) -> None:
         from calib.data.gpu_decode import GpuDecoder
 
         self.dataset = dataset

@@ -97,15 +97,14 @@ def available(device: "torch.device") -> bool:
     return True
 
 
-def resample(images: "Sequence[torch.Tensor] | PackedImages", plans: Sequence[ImagePlan],
+def resample(images: Sequence["torch.Tensor"], plans: Sequence[ImagePlan],
              tables: tuple[np.ndarray, int, int], v_first: bool) -> "torch.Tensor":
-    """uint8 images (one device: (3, H, W) tensors, or a `PackedImages` buffer whose images may be
-    planar or interleaved) -> uint8 (n, 3, size, size): Pillow's crop + resize with every image's
-    `ImagePlan` (all of one pass order, `v_first`) and their offsets and weights,
+    """uint8 (3, H, W) images (one device) -> uint8 (n, 3, size, size): Pillow's crop + resize with
+    every image's `ImagePlan` (all of one pass order, `v_first`) and their offsets and weights,
     `resize_plan.plan_tables(plans, size)`."""
     import torch
 
-    packed = images if isinstance(images, PackedImages) else PackedImages.from_images(images)
+    packed = PackedImages.from_images(images)
     tables, kx, ky = tables                    # offx, offy, kkx..., kky... per image and output
     device = packed.device
     n, s = len(packed), tables.shape[1]
