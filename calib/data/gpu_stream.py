@@ -50,46 +50,23 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from calib.data.batch import Batch
 from calib.data.cuda import require_torch_cuda
 from calib.data.dataset import Dataset
 from calib.data.decoders import no_resampler_but_pil
 from calib.data.host_decode import default_gpu_workers
-from calib.data.loader import Batch, SkipLog, iter_batches
+from calib.data.loader import SkipLog, iter_batches
 from calib.data.sources import ImageSource, Sample
 from calib.errors import CalibError
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
-
-@dataclass
-class DeviceBatch:
-    """One batch in GPU memory.
-
-    `images` is (size, C, H, W) float32 on the device; `buffer` is the whole fixed-size slot
-    (batch_size rows; rows past `size` are zero), which TensorRT calibrators hand over as is.
-    Both are valid until the next batch is requested.
-    """
-    images: "torch.Tensor"
-    buffer: "torch.Tensor"
-    labels: np.ndarray          # (size,) int64, on the host
-    keys: list[str]
-    skipped: list[str] = field(default_factory=list)
-    ready: object = field(default=None, repr=False)  # CUDA event: the copy into `buffer` is done
-
-    @property
-    def size(self) -> int:
-        return len(self.keys)
-
-    @property
-    def pointer(self) -> int:
-        """Device address of the fixed-size buffer (what TensorRT's get_batch returns)."""
-        return int(self.buffer.data_ptr())
+def DeviceBatch(images, buffer, labels, keys, skipped=None, ready=None) -> Batch:
+    """Shim for callers of the former GPU batch type (its positional order): use `Batch`."""
+    return Batch(images, labels, keys, list(skipped or []), buffer, ready)
 
 
 class _Slot:
@@ -106,10 +83,10 @@ class _Slot:
 class GpuBatchStream:
     """Stream `dataset` to the GPU in batches of `batch_size`, in dataset order.
 
-    Iterate it for `DeviceBatch`es (each pass decodes the dataset again), or call `get_batch()`
+    Iterate it for `Batch`es on the device (each pass decodes the dataset again), or call `get_batch()`
     repeatedly for TensorRT-style (pointer, valid count) pairs. Undecodable images are skipped
     and logged in `skips`, as in `iter_batches`; the last batch (or one with skipped images)
-    may hold fewer than `batch_size` images: `DeviceBatch.size` tells.
+    may hold fewer than `batch_size` images: `Batch.size` tells; `Batch.buffer` is the whole slot.
 
     The batches are the CPU path's (`iter_batches`' decode workers), copied up: TensorRT's
     calibrators and `decoder="cpu"` runs on a GPU take them (`gpu_batches` decodes on the GPU).
@@ -130,13 +107,13 @@ class GpuBatchStream:
         self.progress = progress
         self.skips = skips if skips is not None else SkipLog()
         self._copy_stream = self._torch.cuda.Stream(device=self.device)
-        self._pass: Iterator[DeviceBatch] | None = None   # the pass get_batch() walks
-        self.current: DeviceBatch | None = None            # what get_batch() returned last
+        self._pass: Iterator[Batch] | None = None   # the pass get_batch() walks
+        self.current: Batch | None = None            # what get_batch() returned last
         self.images = 0                                     # images handed out in this pass
 
     # -- iteration ---------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[DeviceBatch]:
+    def __iter__(self) -> Iterator[Batch]:
         return self._batches()
 
     def get_batch(self) -> tuple[int, int] | None:
@@ -178,7 +155,7 @@ class GpuBatchStream:
 
     # -- pipeline ----------------------------------------------------------------------------
 
-    def _batches(self) -> Iterator[DeviceBatch]:
+    def _batches(self) -> Iterator[Batch]:
         source = iter_batches(self.dataset, self.batch_size, self.workers, progress=self.progress,
                               skips=self.skips)
         pending: deque[tuple[_Slot, Batch]] = deque()
@@ -231,12 +208,12 @@ class GpuBatchStream:
             slot.copy_done.record(self._copy_stream)
         slot.copied = True
 
-    def _hand_out(self, slot: _Slot, batch: Batch) -> DeviceBatch:
+    def _hand_out(self, slot: _Slot, batch: Batch) -> Batch:
         n = len(batch.keys)
         self._torch.cuda.current_stream(self.device).wait_event(slot.copy_done)
         self.images += n
-        return DeviceBatch(slot.device[:n], slot.device, batch.labels, batch.keys, batch.skipped,
-                           slot.copy_done)
+        return Batch(slot.device[:n], batch.labels, batch.keys, batch.skipped, buffer=slot.device,
+                     ready=slot.copy_done)
 
     def _release(self, slot: _Slot) -> None:
         slot.released.record(self._torch.cuda.current_stream(self.device))
@@ -244,16 +221,6 @@ class GpuBatchStream:
 
 
 # --------------------------------------------------------------------------- GPU decoding
-@dataclass
-class _Decoded:
-    """A batch the decode thread finished on its stream; `event` marks the end of its work."""
-    images: "torch.Tensor"
-    labels: np.ndarray
-    keys: list[str]
-    skipped: list[str]
-    event: object
-
-
 def _reads_files(source: ImageSource) -> bool:
     """Sources whose samples are files opened by path (the base class's `open`)."""
     return type(source).open is ImageSource.open
@@ -362,8 +329,8 @@ class _DecodeThread:
         event = torch.cuda.Event()
         event.record(stream)
         bad = sorted(set(range(len(chunk))) - set(ok))
-        self._put(_Decoded(images, np.asarray([chunk[i].label for i in ok], np.int64),
-                           [chunk[i].key for i in ok], [chunk[i].key for i in bad], event))
+        self._put(Batch(images, np.asarray([chunk[i].label for i in ok], np.int64),
+                        [chunk[i].key for i in ok], [chunk[i].key for i in bad], ready=event))
 
     def _put(self, item) -> None:
         while not self.stop.is_set():
@@ -373,7 +340,7 @@ class _DecodeThread:
             except queue.Full:
                 continue
 
-    def batches(self, skips: SkipLog) -> Iterator[_Decoded]:
+    def batches(self, skips: SkipLog) -> Iterator[Batch]:
         """Finished batches (images may be None when no image of a chunk decoded: skipped)."""
         from calib.progress import progress_bar
 
@@ -419,9 +386,9 @@ class _DecodeThread:
 
 def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", *, depth: int = 3, io_threads: int = 4,
                 progress: str | None = None, skips: SkipLog | None = None, decoder: str = "nvjpeg",
-                workers: int | None = None, resample: str | None = None) -> Iterator[DeviceBatch]:
+                workers: int | None = None, resample: str | None = None) -> Iterator[Batch]:
     """Batches decoded and preprocessed on the GPU (nvJPEG; Pillow per image where nvJPEG cannot),
-    in dataset order, as `DeviceBatch`es whose `images` are ready on the caller's current stream.
+    in dataset order, as `Batch`es whose `images` are ready on the caller's current stream.
 
     Each batch is a fresh tensor (the caching allocator recycles them), valid for as long as the
     caller keeps it. `decoder="pil"` runs the CPU path's preprocessing in `workers` processes
@@ -436,9 +403,10 @@ def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", *, dept
     batches = producer.batches(skips)
     try:
         for item in batches:
-            current.wait_event(item.event)
+            current.wait_event(item.ready)
             item.images.record_stream(current)  # freed only after the caller's work on it
-            yield DeviceBatch(item.images, item.images, item.labels, item.keys, item.skipped, item.event)
+            item.buffer = item.images
+            yield item
     finally:
         # Closing this generator must stop the decoder now: Python 3.12 does not always finalise
         # a generator suspended in another one's loop when the outer one is closed (gh-118272).
