@@ -59,8 +59,6 @@ def _round_fixed(t: "torch.Tensor") -> "torch.Tensor":
     return t.add_(half).div_(float(1 << PRECISION_BITS)).floor_().clamp_(0.0, 255.0)
 
 
-
-
 KERNELS = ("auto", "triton", "matmul")
 _triton_failed: list[str] = []   # set when a Triton launch failed here: "auto" stops trying it
 
