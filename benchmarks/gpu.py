@@ -85,11 +85,11 @@ def timed_run(runner, x, iters: int = 30) -> float:
     import torch
 
     for _ in range(3):
-        runner.run_device(x)
+        runner.infer(x)
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(iters):
-        runner.run_device(x)
+        runner.infer(x)
     torch.cuda.synchronize()
     return x.shape[0] * iters / (time.perf_counter() - t)
 
@@ -200,7 +200,7 @@ def run(args) -> None:
 
     @section("decode_paths", out)
     def decode_paths():
-        from calib.collect_gpu import device_batches
+        from calib.passes import batches as device_batches
         from calib.data.loader import iter_batches
 
         ref = np.concatenate([b.images for b in iter_batches(sample, 64, workers=8)])
@@ -222,7 +222,7 @@ def run(args) -> None:
         preds = {}
         for label in ("pil", "nvjpeg+pil-bicubic", "nvjpeg+torch-bicubic-aa"):
             x = torch.from_numpy(cache[label]).cuda()
-            logits = torch.cat([fp32.run_device(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)])
+            logits = torch.cat([fp32.infer(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)])
             preds[label] = logits.argmax(1).cpu().numpy()
             res[f"fp32_top1[{label}]"] = float(np.mean(preds[label] == labels))
         for label in ("nvjpeg+pil-bicubic", "nvjpeg+torch-bicubic-aa"):
@@ -233,7 +233,7 @@ def run(args) -> None:
         x = torch.from_numpy(cache["pil"]).cuda()
 
         def on_gpu(runner):
-            return torch.cat([runner.run_device(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)]).cpu().numpy()
+            return torch.cat([runner.infer(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)]).cpu().numpy()
 
         def on_cpu(runner):
             return np.concatenate([runner.run(cache["pil"][i:i + 50]) for i in range(0, n, 50)])
@@ -291,11 +291,11 @@ def run(args) -> None:
         res["int8_alone[exhaustive algo search]"] = timed_run(_Exhaustive(args.int8), x)
         with ThreadPoolExecutor(2) as pool:
             for _ in range(3):
-                list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                list(pool.map(lambda r: r.infer(x), (fp32, int8)))
             torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(30):
-                list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                list(pool.map(lambda r: r.infer(x), (fp32, int8)))
             torch.cuda.synchronize()
             res["pair_overlapped"] = args.batch * 30 / (time.perf_counter() - t)
         # Pure CPU load next to the models: processes at the decode workers' niceness that spin, or
@@ -325,7 +325,7 @@ def run(args) -> None:
                 with ThreadPoolExecutor(2) as pool:
                     t = time.perf_counter()
                     for _ in range(30):
-                        list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                        list(pool.map(lambda r: r.infer(x), (fp32, int8)))
                     torch.cuda.synchronize()
                     res[f"pair_overlapped[{len(procs)} processes {label}]"] = args.batch * 30 / (time.perf_counter() - t)
             finally:
@@ -355,7 +355,7 @@ def run(args) -> None:
             def models_loop():
                 with ThreadPoolExecutor(2) as pool:
                     while not stop.is_set():
-                        list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                        list(pool.map(lambda r: r.infer(x), (fp32, int8)))
                         runs.append(time.perf_counter())
 
             loop = threading.Thread(target=models_loop)
@@ -402,7 +402,8 @@ def run(args) -> None:
 
     @section("end_to_end", out)
     def end_to_end():
-        from calib.distributed import evaluate_device
+        from calib.data.decoders import decode_path
+        from calib.passes import evaluate
 
         res = {}
         fp32_tf32 = OrtRunner(args.fp32, device="cuda:0", tf32=True)
@@ -414,13 +415,13 @@ def run(args) -> None:
                 ("sequential, Pillow-worker decode", False, fp32, "pil", None, True),
                 ("overlapped, Pillow-worker decode, FP32 in TF32", True, fp32_tf32, "pil", None, True)):
             with gil_switch_interval(GIL_SWITCH_INTERVAL if switch else None):
-                r = evaluate_device({"fp32": reference, "int8": int8}, big, args.batch, "cuda:0", decode,
-                                    concurrent=concurrent, workers=workers)
-            ev = r.evaluation
-            res[label] = {"images": r.images, "seconds": r.seconds, "images_per_s": r.images / r.seconds,
-                          "decode_path": r.decode_path, "fp32_top1": ev.summary("fp32")["top1"],
+                ev, diffs = evaluate({"fp32": reference, "int8": int8}, big, args.batch, "cuda:0", decode, workers,
+                                     None, concurrent=concurrent)
+            images = len(ev.keys)
+            res[label] = {"images": images, "seconds": ev.seconds, "images_per_s": images / ev.seconds,
+                          "decode_path": decode_path(big.preprocess, decode), "fp32_top1": ev.summary("fp32")["top1"],
                           "int8_top1": ev.summary("int8")["top1"], "agreement": ev.agreement(),
-                          "logit_max_abs_diff": r.logit_max_abs_diff, "skipped": len(ev.skipped)}
+                          "logit_max_abs_diff": diffs, "skipped": len(ev.skipped)}
         return res
 
     @section("calibration", out)
@@ -431,33 +432,30 @@ def run(args) -> None:
         from calib.calibrators.channel_means import ChannelMeans, Observers
         from calib.calibrators.statistics import TensorStatistics
         from calib.calibration import calibrated_tensors, weighted_inputs
-        from calib.collect import collect
-        from calib.collect_gpu import collect_gpu, exposed_with_shapes
+        from calib.passes import exposed_runner, observe_pass
 
         prepared = onnx.load(str(args.fp32))
         tensors = calibrated_tensors(prepared)
         wi = weighted_inputs(prepared)
         t = time.perf_counter()
-        exposed, _ = exposed_with_shapes(prepared, tensors)
-        runner = OrtRunner(exposed.SerializeToString(), device="cuda:0")
+        runner = exposed_runner(prepared, tensors, "cuda:0")
         res = {"tensors": len(tensors), "model_load_seconds": time.perf_counter() - t, "batch": args.calib_batch}
         stats = {}
-        for label, decode in (("nvjpeg", "nvjpeg"), ("nvjpeg_again", "nvjpeg"), ("pil_inputs", "cpu"),
-                              ("pil_workers", "pil")):
+        for label, decode in (("nvjpeg", "nvjpeg"), ("nvjpeg_again", "nvjpeg"), ("pil_workers", "pil")):
             st = TensorStatistics()
             means = ChannelMeans(wi)
-            r = collect_gpu(prepared, sample, Observers(st, means), args.calib_batch, "cuda:0", tensors, None,
-                            decode, runner=runner)
+            r = observe_pass(prepared, sample, Observers(st, means), args.calib_batch, "cuda:0", tensors, None, None,
+                             decode, runner=runner)
             res[f"seconds[{label}]"] = r.seconds
             res[f"images[{label}]"] = r.images
             stats[label] = st
         st_cpu = TensorStatistics()
         t = time.perf_counter()
-        collect(prepared, sample, Observers(st_cpu, ChannelMeans(wi)), batch_size=16, workers=8, progress=None,
-                tensors=tensors)
+        observe_pass(prepared, sample, Observers(st_cpu, ChannelMeans(wi)), batch_size=16, workers=8, progress=None,
+                     tensors=tensors)
         res["seconds[cpu provider]"] = time.perf_counter() - t
         cache["stats_nvjpeg"] = stats["nvjpeg"]
-        for label in ("pil_inputs", "pil_workers", "nvjpeg"):
+        for label in ("pil_workers", "nvjpeg"):
             moved = 0.0   # the largest fraction of a tensor's values that landed in another bin
             for name in st_cpu.names():
                 a, b = st_cpu._entries[name], stats[label]._entries[name]
@@ -502,8 +500,9 @@ def run(args) -> None:
         from calib.calibration import calibrated_tensors, save_calibration, weighted_inputs
         from calib.cache import CacheStore
         from calib.calibrators import get_calibrator
-        from calib.collect_gpu import collect_gpu
-        from calib.distributed import collect_multi, evaluate_multi
+        from calib.passes import observe_pass
+        from calib.passes.shard import evaluate_sharded, observe_sharded
+        from calib.placement import Placement
         from calib.models import resolve_model
 
         gpus = torch.cuda.device_count()
@@ -511,8 +510,9 @@ def run(args) -> None:
             return {"skipped": f"{gpus} GPU"}
         res = {}
         models = {"fp32": str(args.fp32), "int8": str(args.int8)}
-        one = evaluate_multi(models, big, ["cuda:0"], args.batch)
-        two = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch)
+        every = Placement(tuple(range(gpus)))
+        one = evaluate_sharded(models, big, Placement((0,)), args.batch)
+        two = evaluate_sharded(models, big, every, args.batch)
         res["eval_images"] = one[1].images
         res["eval_seconds[1 gpu]"] = one[1].seconds
         res[f"eval_seconds[{gpus} gpus]"] = two[1].seconds
@@ -521,8 +521,8 @@ def run(args) -> None:
         res["eval_images_per_s[all gpus]"] = two[1].images / two[1].seconds
         res["eval_predictions_identical"] = bool(all(np.array_equal(one[0].predictions[k].top5, two[0].predictions[k].top5)
                                                      for k in models))
-        one_t = evaluate_multi(models, big, ["cuda:0"], args.batch, decode="pil")
-        two_t = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch, decode="pil")
+        one_t = evaluate_sharded(models, big, Placement((0,)), args.batch, decoder="pil")
+        two_t = evaluate_sharded(models, big, every, args.batch, decoder="pil")
         res["eval_seconds[1 gpu, Pillow-worker decode]"] = one_t[1].seconds
         res[f"eval_seconds[{gpus} gpus, Pillow-worker decode]"] = two_t[1].seconds
         res["eval_rank_seconds[Pillow-worker decode]"] = two_t[1].rank_seconds
@@ -538,10 +538,10 @@ def run(args) -> None:
         calset = big.subset(big.samples[:5000])
         single_st = TensorStatistics()
         single_means = ChannelMeans(wi)
-        r = collect_gpu(prepared, calset, Observers(single_st, single_means), args.calib_batch, "cuda:0", tensors, None)
-        st1, m1, r1, order1 = collect_multi(prepared, calset, ["cuda:0"], args.calib_batch, tensors, wi)
-        st2, m2, r2, order2 = collect_multi(prepared, calset, [f"cuda:{i}" for i in range(gpus)], args.calib_batch,
-                                            tensors, wi)
+        r = observe_pass(prepared, calset, Observers(single_st, single_means), args.calib_batch, "cuda:0", tensors, None,
+                         None)
+        st1, m1, r1, order1 = observe_sharded(prepared, calset, Placement((0,)), args.calib_batch, tensors, wi)
+        st2, m2, r2, order2 = observe_sharded(prepared, calset, every, args.calib_batch, tensors, wi)
         res["calib_images"] = r2.images
         res["calib_seconds[in-process 1 gpu]"] = r.seconds
         res["calib_seconds[1 gpu]"] = r1.seconds

@@ -16,7 +16,7 @@ from calib.cache import CacheEntry, CacheKey, CacheMetadata, CacheStore, TrtCach
 from calib.cache.trt_format import DEFAULT_TRT_VERSION
 from calib.calibrators import Calibrator, TensorStatistics, calibrator_class, get_calibrator
 from calib.data import Dataset
-from calib.data.gpu_decode import CPU_DECODE_PATH as CPU_DECODE
+from calib.data.decoders import CPU_DECODE_PATH as CPU_DECODE
 from calib.errors import CalibError
 from calib.models import Model
 from calib.passes import CollectResult
@@ -69,7 +69,7 @@ def decode_for(preprocess, placement: Placement, gpu_decode: str = "nvjpeg") -> 
     is then reused across the two providers, as it is across CPU machines: their FP32 activations
     differ by float rounding only (measured on EfficientNet-Lite0: minmax and percentile ranges
     within one histogram bin, entropy's argmin moved on 2 of 61 tensors; benchmarks/RESULTS.md)."""
-    from calib.data.gpu_decode import decode_path
+    from calib.data.decoders import decode_path
 
     return decode_path(preprocess, gpu_decode if placement.on_gpu else "cpu")
 

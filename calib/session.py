@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from calib.cache import CacheStore
-from calib.data.gpu_decode import DECODERS as GPU_DECODERS   # --gpu-decode (calib.calibration.decode_for)
+from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode (calib.calibration.decode_for)
 from calib.data.plan import DataPlan, plan_data
 from calib.errors import CalibError
 from calib.fsutil import check_output_dir

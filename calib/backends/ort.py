@@ -34,6 +34,7 @@ from calib.errors import CalibError, MissingDependency
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+    from onnx import ModelProto
 
 GPU_INSTALL = ("pip install 'calib[gpu]' && pip uninstall -y onnxruntime && pip install --force-reinstall "
                "--no-deps onnxruntime-gpu (the CPU onnxruntime package and onnxruntime-gpu must never share an "
@@ -159,7 +160,7 @@ class OrtRunner(Runner):
     algorithms are not exact), and TF32 is switched on when every Conv/Gemm was rewritten:
     it is exact on integer operands."""
 
-    def __init__(self, path: "Path | bytes | onnx.ModelProto", threads: int = 0, device: str = "cpu",
+    def __init__(self, path: "Path | bytes | ModelProto", threads: int = 0, device: str = "cpu",
                  tf32: bool = False, exact: bool | None = None, level: str = "all", arena: bool = True):
         from calib.placement import Placement
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from calib.errors import CalibError
 
 if TYPE_CHECKING:  # pragma: no cover
     from calib.data.transforms import Preprocess
@@ -28,22 +27,13 @@ DECODERS = ("nvjpeg", "pil")   # on a GPU (--gpu-decode): nvJPEG, or Pillow (cal
 CPU_DECODE_PATH = "pil"        # the CPU path's pixels, wherever they were made
 
 
-def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg", resample: str | None = None) -> str:
+def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg") -> str:
     """A short name of how pixels were produced; part of the cache key, shown in reports.
 
     "pil" for the CPU path's pixels (Pillow decode and Pillow's resampling, on the CPU: the CPU
     path, or the GPU path's Pillow workers); e.g. "nvjpeg+pil-bicubic" (nvJPEG decode,
-    Pillow-exact resampling on the GPU). `resample` is a shim for callers that still pass it:
-    only "pil", the one resampler, is accepted."""
-    if decoder != CPU_DECODER:   # the CPU path ignores a GPU resampler
-        no_resampler_but_pil(resample)
+    Pillow-exact resampling on the GPU)."""
     if decoder in (CPU_DECODER, "pil"):
         return CPU_DECODE_PATH
     interp = preprocess.interpolation if preprocess is not None else "bicubic"
     return f"{decoder}+pil-{interp}"
-
-
-def no_resampler_but_pil(resample: str | None) -> None:
-    """Shim for the removed `resample=` parameter: "pil" (its old default) or nothing."""
-    if resample not in (None, "pil"):
-        raise CalibError(f"resample='{resample}' was removed: the GPU path resizes exactly as Pillow does")

@@ -44,7 +44,6 @@ import numpy as np
 from calib.data import resample_kernel
 from calib.data.cuda import to_device
 from calib.data.decoders import DECODERS, decode_path
-from calib.data.decoders import CPU_DECODE_PATH  # noqa: F401  (shim: calib.calibration imports it from here)
 from calib.data.resize_plan import PRECISION_BITS, ImagePlan, image_plan, plan_tables
 from calib.data.transforms import Preprocess, pil_pixels
 from calib.errors import CalibError

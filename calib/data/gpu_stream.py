@@ -57,16 +57,10 @@ import numpy as np
 from calib.data.batch import Batch
 from calib.data.cuda import require_torch_cuda
 from calib.data.dataset import Dataset
-from calib.data.decoders import no_resampler_but_pil
 from calib.data.host_decode import default_gpu_workers
 from calib.data.loader import SkipLog, iter_batches
 from calib.data.sources import ImageSource, Sample
 from calib.errors import CalibError
-
-
-def DeviceBatch(images, buffer, labels, keys, skipped=None, ready=None) -> Batch:
-    """Shim for callers of the former GPU batch type (its positional order): use `Batch`."""
-    return Batch(images, labels, keys, list(skipped or []), buffer, ready)
 
 
 class _Slot:
@@ -386,16 +380,14 @@ class _DecodeThread:
 
 def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", *, depth: int = 3, io_threads: int = 4,
                 progress: str | None = None, skips: SkipLog | None = None, decoder: str = "nvjpeg",
-                workers: int | None = None, resample: str | None = None) -> Iterator[Batch]:
+                workers: int | None = None) -> Iterator[Batch]:
     """Batches decoded and preprocessed on the GPU (nvJPEG; Pillow per image where nvJPEG cannot),
     in dataset order, as `Batch`es whose `images` are ready on the caller's current stream.
 
     Each batch is a fresh tensor (the caching allocator recycles them), valid for as long as the
     caller keeps it. `decoder="pil"` runs the CPU path's preprocessing in `workers` processes
     (`calib.data.host_decode`; 0: in this process) and normalises on the GPU: the CPU path's
-    pixels, bit for bit. Undecodable images are logged in `skips`. `resample` is a shim for callers
-    that still pass it: only "pil", the one resampler, is accepted."""
-    no_resampler_but_pil(resample)
+    pixels, bit for bit. Undecodable images are logged in `skips`."""
     skips = skips if skips is not None else SkipLog()
     producer = _DecodeThread(dataset, batch_size, device, depth, io_threads, progress, decoder, workers)
     torch = producer.decoder.torch

@@ -14,6 +14,7 @@ import numpy as np
 
 from calib import tensor
 from calib.data import Batch, Dataset, SkipLog, iter_batches
+from calib.data.decoders import DECODERS
 from calib.errors import CalibError
 
 
@@ -26,7 +27,6 @@ def batches(dataset: Dataset, batch_size: int, device: str = "cpu", decoder: str
     skips = skips if skips is not None else SkipLog()
     if device == "cpu":
         return iter_batches(dataset, batch_size, workers=workers, progress=progress, skips=skips)
-    from calib.data.gpu_decode import DECODERS
     from calib.data.gpu_stream import gpu_batches
 
     if decoder not in DECODERS:

@@ -18,18 +18,3 @@ def test_one_type_wherever_it_is_imported_from():
     from calib.data import gpu_stream, loader
 
     assert calib.data.Batch is Batch and loader.Batch is Batch and gpu_stream.Batch is Batch
-
-
-def test_the_former_gpu_batch_name_keeps_its_positional_order():
-    """Shim for callers outside calib.data: DeviceBatch(images, buffer, labels, keys, skipped, ready)."""
-    import torch
-
-    from calib.data.gpu_stream import DeviceBatch
-
-    buffer = torch.zeros((4, 3, 2, 2))
-    batch = DeviceBatch(buffer[:3], buffer, np.zeros(3, np.int64), ["a", "b", "c"])
-    assert isinstance(batch, Batch) and batch.size == 3 and batch.buffer is buffer and batch.skipped == []
-    assert batch.pointer == buffer.data_ptr()
-    event = object()
-    batch = DeviceBatch(buffer[:1], buffer, np.zeros(1, np.int64), ["a"], ["x"], event)
-    assert batch.skipped == ["x"] and batch.ready is event
