@@ -14,7 +14,8 @@ import onnx
 
 from calib.cache import CacheEntry, CacheKey, CacheMetadata, CacheStore, TrtCache, load_valid_cache
 from calib.cache.trt_format import DEFAULT_TRT_VERSION
-from calib.calibrators import Calibrator, TensorStatistics, calibrator_class, get_calibrator
+from calib.calibrators import Calibrator, TensorStatistics, get_calibrator
+from calib.calibrators.registry import params_for
 from calib.data import Dataset
 from calib.data.decoders import CPU_DECODE_PATH as CPU_DECODE
 from calib.errors import CalibError
@@ -107,7 +108,7 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
               placement: Placement = CPU, gpu_decode: str = "nvjpeg") -> CalibrationOutcome:
     """Reuse a matching cache from `store`, or calibrate (on `placement`) and save one."""
     # --percentile applies to the percentile calibrator only (as in calibrate_many)
-    calibrator = get_calibrator(calibrator_name, **calibrator_params_for(calibrator_name, calibrator_params or {}))
+    calibrator = get_calibrator(calibrator_name, **params_for(calibrator_name, calibrator_params or {}))
     decode = decode_for(model.preprocess, placement, gpu_decode)
     key = cache_key(model, dataset, calibrator, decode)
     if not recalibrate:
@@ -149,13 +150,6 @@ def save_calibration(model: Model, dataset: Dataset, calibrator: Calibrator, sto
     return CalibrationOutcome(entry, False, seconds, images, skipped, calibrator)
 
 
-def calibrator_params_for(name: str, params: dict) -> dict:
-    """The subset of command-line calibrator parameters that `name` accepts (--percentile
-    applies to the percentile calibrator only)."""
-    accepted = calibrator_class(name).defaults
-    return {k: v for k, v in params.items() if k in accepted}
-
-
 @dataclass
 class SharedCalibration:
     outcomes: dict[str, CalibrationOutcome]
@@ -175,7 +169,7 @@ def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: li
     outcomes: dict[str, CalibrationOutcome] = {}
     fresh: list[str] = []
     for name in names:
-        probe = get_calibrator(name, **calibrator_params_for(name, params))
+        probe = get_calibrator(name, **params_for(name, params))
         if not recalibrate:
             start = time.perf_counter()
             found = store.find(cache_key(model, dataset, probe, decode), required=calibrated_tensors(prepared))
@@ -187,7 +181,7 @@ def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: li
     if not fresh:
         return SharedCalibration(outcomes, 0.0, {}, None)
     stats = TensorStatistics(histogram=True)  # the plots want histograms even for minmax
-    calibrators = [get_calibrator(n, stats, **calibrator_params_for(n, params)) for n in fresh]
+    calibrators = [get_calibrator(n, stats, **params_for(n, params)) for n in fresh]
     means = ChannelMeans(weighted_inputs(prepared))  # the same observers and tensors as calibrate()
     result = observe_pass(prepared, dataset, stats, means, batch_size, workers,
                           f"calibrating ({', '.join(fresh)})" if progress else None, calibrated_tensors(prepared),

@@ -56,10 +56,6 @@ class Placement:
         """The device one model runs on (speed figures, a build's check): what a deployment uses."""
         return self.devices[0]
 
-    def shards(self) -> list["Placement"]:
-        """One single-device placement per GPU (the CPU is one shard)."""
-        return [Placement((i,)) for i in self.gpus] or [CPU]
-
     def __str__(self) -> str:
         return ",".join(self.devices)
 

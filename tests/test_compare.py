@@ -30,8 +30,8 @@ def _config(tmp_path, model, **kw):
 
 def test_compare_calibrates_all_in_one_pass_and_reports_each(tmp_path, tiny_classifier, monkeypatch):
     passes = []
-    real_collect = compare_module.collect
-    monkeypatch.setattr(compare_module, "collect", lambda *a, **k: passes.append(1) or real_collect(*a, **k))
+    real_pass = compare_module.observe_pass
+    monkeypatch.setattr(compare_module, "observe_pass", lambda *a, **k: passes.append(1) or real_pass(*a, **k))
     cfg = _config(tmp_path, tiny_classifier)
     r = compare(cfg, CALIBRATORS, tmp_path / "a", sqnr_images=3)
     assert len(passes) == 1  # one pass over the calibration images serves all four

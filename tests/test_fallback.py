@@ -18,6 +18,7 @@ from calib.report.fallback import render_markdown
 from calib.quantize import quantizable_layers
 from calib.restore.search import fallback_to_budget
 from calib.restore.subset import split_search_final
+from tests.conftest import has_cuda_ort
 
 
 class NoiseSource(ImageSource):
@@ -128,3 +129,16 @@ def test_a_100_point_budget_is_a_valid_verdict_tolerance(tmp_path, tiny_classifi
                         max_drop=budget, html=False, speed_seconds=0)
         r = run(cfg).to_json()
         assert r["verdict"]["accuracy"]["tolerance"] == tolerance
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda_ort(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
+def test_the_search_runs_on_the_gpu(setup):
+    """The search's images decoded for the GPU (Pillow workers: the CPU path's pixels) and every
+    candidate run there: the same broken layer goes back to float."""
+    model, amax, evaluation = setup
+    broken = dict(amax, r2=amax["r2"] / 30)
+    victim = next(layer.id for layer in quantizable_layers(model, "ort") if "r2" in layer.inputs)
+    result = fallback_to_budget(model, broken, "ort", evaluation, min_agreement=1.0, batch_size=16, workers=0,
+                                throughput_seconds=0, progress=False, device="cuda:0", decoder="pil")
+    assert result.ranking[0] == victim and victim in result.float_layers

@@ -14,6 +14,7 @@ from calib.stats.sqnr import sqnr
 from calib.onnx_io import ort_session
 from calib.quantize import quantizable_layers, quantize_model
 from calib.restore.ranker import rank_layers
+from tests.conftest import has_cuda_ort
 
 
 def build_partial(*args, **kwargs):
@@ -120,3 +121,25 @@ def test_sensitivity_command_writes_its_outputs(tmp_path, tiny_classifier):
     assert "only this layer quantized" in (out / "sensitivity.md").read_text()
     Image.open(out / "sensitivity.png").verify()
     assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda_ort(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
+@pytest.mark.parametrize("flavor", ["ort", "tensorrt"])
+def test_the_ranking_runs_on_the_gpu(tiny, flavor):
+    """The same pass on the GPU: images held on the device, the models in the CUDA provider; the
+    broken layer tops the ranking there too, with SQNRs near the CPU's."""
+    import torch
+
+    model, x, amax = tiny
+    broken = dict(amax, r2=amax["r2"] / 30)
+    victim = next(layer for layer in quantizable_layers(model, flavor) if "r2" in layer.inputs)
+    labels, keys = np.zeros(len(x), np.int64), [str(i) for i in range(len(x))]
+    on_gpu = rank_layers(model, broken, flavor, Images(torch.from_numpy(x).cuda(), labels, keys), batch_size=16,
+                         progress=False, device="cuda:0")
+    on_cpu = rank_layers(model, broken, flavor, Images(x, labels, keys), batch_size=16, progress=False)
+    assert on_gpu.ranking()[0] == victim.id
+    cpu = {r.layer: r.logits_sqnr_db for r in on_cpu.rows}
+    for row in on_gpu.rows:
+        if row.logits_sqnr_db is not None and cpu[row.layer] is not None:
+            assert abs(row.logits_sqnr_db - cpu[row.layer]) < 1.0

@@ -72,7 +72,7 @@ def test_gpu_decode_is_checked_with_the_other_options():
 
 
 def test_gpu_decode_pil_needs_linux_on_a_gpu(monkeypatch):
-    import calib.session as session
+    import calib.session.config as session
 
     monkeypatch.setattr(session.sys, "platform", "win32")
     monkeypatch.setattr(session, "check_placement", lambda config: config.placement())
@@ -90,7 +90,7 @@ def test_a_gpu_report_says_how_its_images_were_decoded(monkeypatch, decoder, say
     from calib.data.transforms import get_preset
     from calib.session import report_header
 
-    monkeypatch.setattr("calib.session.versions", lambda: {})
+    monkeypatch.setattr("calib.report.header.versions", lambda: {})
     setup = SimpleNamespace(data=SimpleNamespace(notes=[], demo=False), flavor="tensorrt",
                             model=SimpleNamespace(name="m", sha256="0" * 64, preprocess=get_preset("efficientnet-lite")))
     config = RunConfig(model="m", gpu_decode=decoder)

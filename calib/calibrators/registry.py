@@ -35,6 +35,13 @@ def calibrator_class(name: str) -> type[Calibrator]:
     return _registry.get(name)
 
 
+def params_for(name: str, params: dict) -> dict:
+    """The subset of command-line calibrator parameters that `name` accepts (--percentile applies
+    to the percentile calibrator only)."""
+    accepted = calibrator_class(name).defaults
+    return {k: v for k, v in params.items() if k in accepted}
+
+
 def get_calibrator(name: str, stats: TensorStatistics | None = None, **params: Any) -> Calibrator:
     """A new calibrator `name` reading `stats` (a fresh TensorStatistics when None)."""
     return calibrator_class(name)(stats, **params)

@@ -101,9 +101,13 @@ def build_device(spec: str, backend: str) -> str:
     from calib.session import RunConfig, check_placement
 
     config = RunConfig(device=spec, backend=backend)   # its rules: auto with a non-ort backend is the CPU
-    if config.placement().several:
+    placement = config.placement()
+    if placement.several:
         raise CalibError(f"--device {spec}: a build checks its model on one GPU (cuda or cuda:N)")
-    return check_placement(config).first   # the check runs in ONNX Runtime's CUDA provider
+    if placement.on_gpu and backend != "ort":
+        raise CalibError(f"--device {spec} checks the built model in ONNX Runtime's CUDA provider: use it with "
+                         f"--backend ort (the {backend} backend builds for the GPU by itself)")
+    return check_placement(config).first
 
 
 def check_on_device(path: Path, device: str, height: int, width: int) -> None:

@@ -27,9 +27,10 @@ from calib.stats.sqnr import finite_or_none
 from calib.quantize import quantize_model, required_tensors
 from calib.report.compare import write_compare_report
 from calib.report.plots import histogram_figures
-from calib.report.schema import CompareReport
+from calib.report.schema import CompareReport, SharedCalibrationSection
 from calib.fsutil import mark_calib_onnx, staged_dir
-from calib.session import RunConfig, bias_means, class_names_of, eval_section, report_header, setup
+from calib.report.header import eval_section
+from calib.session import RunConfig, bias_means, class_names_of, report_header, setup
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATORS,
@@ -59,7 +60,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
     s = setup(config, out, "compare")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     started = time.perf_counter()
-    placement = config.placement()
+    placement = s.placement
     calib_batch, eval_batch = config.pass_batch_sizes()
     with staged_dir(out) as stage:
         shared = calibrate_many(model, prepared, data.calibration, names, config.cache_store(),
@@ -136,13 +137,14 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
             header=header, kind="compare", out=str(out),
             bias_correction={n: bool(bias_means(shared.outcomes[n].entry, config.bias_correction)) for n in names},
             calibrators=names, chosen=chosen, chosen_reason=chosen_reason,
-            calibration={"samples": max(o.samples for o in shared.outcomes.values()),
-                         "shared_pass_seconds": round(shared.collect_seconds, 3),
-                         "fresh": [n for n in names if not shared.outcomes[n].reused],
-                         "reused": [n for n in names if shared.outcomes[n].reused],
-                         "note": "Calibrators calibrated in this run share one pass over the images; "
-                                 "their calibration seconds are that pass plus their own computation "
-                                 "(for a reused cache: the seconds recorded when it was made)"},
+            calibration=SharedCalibrationSection(
+                samples=max(o.samples for o in shared.outcomes.values()),
+                shared_pass_seconds=round(shared.collect_seconds, 3),
+                fresh=[n for n in names if not shared.outcomes[n].reused],
+                reused=[n for n in names if shared.outcomes[n].reused],
+                note="Calibrators calibrated in this run share one pass over the images; their calibration seconds "
+                     "are that pass plus their own computation (for a reused cache: the seconds recorded when it "
+                     "was made)"),
             eval=eval_section(ev, data.calibration, data.evaluation, header.notes),
             fp32=fp32, results=rows,
             sqnr={"images": len(sqnr_set), "tensors": order,

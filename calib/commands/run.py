@@ -21,13 +21,14 @@ from calib.models import prepared_path, save_model
 from calib.quantize import quantize_model, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
-from calib.report.schema import FallbackReport, RunReport
-from calib.restore.budget import budget_text, meets
+from calib.report.schema import CalibrationSection, FallbackReport, RunReport
+from calib.stats.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
 from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
 from calib.fsutil import mark_calib_onnx, staged_dir
 from calib.placement import CPU, Placement
-from calib.session import RunConfig, RunSetup, bias_means, class_names_of, eval_section, report_header, setup
+from calib.report.header import eval_section
+from calib.session import RunConfig, RunSetup, bias_means, class_names_of, report_header, setup
 
 
 def run(config: RunConfig) -> RunReport:
@@ -38,7 +39,7 @@ def run(config: RunConfig) -> RunReport:
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
-    placement = config.placement()
+    placement = s.placement
     calib_batch, eval_batch = config.pass_batch_sizes()
     with staged_dir(out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
@@ -72,7 +73,7 @@ def run(config: RunConfig) -> RunReport:
             report.fallback = fallback_report(fallback, ev)
         add_decision_figures(report, config, backend, flavor, prepared, ev, artifacts,
                              {"fp32": fp32_onnx, "int8": int8_onnx}, fallback,
-                             fallback.final_dataset if fallback else data.evaluation)
+                             fallback.final_dataset if fallback else data.evaluation, placement)
         figures = None
         if config.html:
             figures = run_figures(prepared, qdq, outcome, flavor, data.calibration, data.evaluation,
@@ -84,7 +85,7 @@ def run(config: RunConfig) -> RunReport:
 
 def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: str, prepared: onnx.ModelProto,
                          ev, artifacts: dict[str, Path], onnx_files: dict[str, Path],
-                         fallback: FallbackResult | None, evaluated: Dataset) -> None:
+                         fallback: FallbackResult | None, evaluated: Dataset, placement: Placement = CPU) -> None:
     """What a deployment engineer decides from: paired intervals for the drop and agreement,
     logits SQNR, speed and size, per-class changes where a class has enough images, and the
     verdict built from them (calib.stats.verdict)."""
@@ -104,7 +105,7 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     report.size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
     shape = input_chw(prepared)
     if config.speed_seconds > 0:
-        device = config.placement().first  # one GPU is what a deployment runs on
+        device = placement.first  # one GPU is what a deployment runs on
         report.speed = measure_speed(backend, artifacts, shape, config.speed_seconds, device)
         report.speed["backend"] = config.backend if device == "cpu" else f"{config.backend} on {device}"
         if config.backend != "ort":
@@ -114,7 +115,7 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     # A tensorrt-flavor model timed on ONNX Runtime's CPU says nothing about its TensorRT speed, and
     # ONNX Runtime's CUDA provider runs any Q/DQ model as dequantize + float kernels (no integer
     # convolutions): there the INT8 speed previews nothing a deployment would run.
-    on_gpu = config.placement().on_gpu
+    on_gpu = placement.on_gpu
     representative = config.backend != "ort" or (flavor == "ort" and not on_gpu)
     ev_fp32, ev_int8 = ev.predictions["fp32"], ev.predictions["int8"]
     report.classes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], ev_int8.top5[:, 0],
@@ -167,9 +168,9 @@ def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev
         preprocess=model.preprocess.params,
         fp32_model=str(fp32_artifact),
         int8_model=str(int8_artifact),
-        calibration={"samples": outcome.samples, "seconds": round(outcome.seconds, 3),
-                     "cache": str(outcome.entry.path), "reused": outcome.reused,
-                     "skipped": len(outcome.skipped), "requested_samples": data.requested_samples},
+        calibration=CalibrationSection(samples=outcome.samples, seconds=round(outcome.seconds, 3),
+                                       cache=str(outcome.entry.path), reused=outcome.reused,
+                                       skipped=len(outcome.skipped), requested_samples=data.requested_samples),
         eval=eval_section(ev, data.calibration, evaluated, header.notes),
         fp32=fp32,
         int8=int8,

@@ -25,7 +25,7 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
     s = setup(config, out, "sensitivity")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     with staged_dir(out) as stage:
-        placement = config.placement()
+        placement = s.placement
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
                             batch_size=config.pass_batch_sizes()[0], workers=config.workers,
                             recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,

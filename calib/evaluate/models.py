@@ -12,6 +12,7 @@ from pathlib import Path
 from calib.backends import Backend
 from calib.data import Dataset
 from calib.errors import CalibError
+from calib.passes import evaluate
 from calib.placement import CPU, Placement
 from calib.stats.accuracy import Evaluation
 
@@ -36,8 +37,6 @@ def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset,
                     stems: dict[str, str] | None = None, placement: Placement = CPU,
                     gpu_decode: str = "nvjpeg") -> tuple[Evaluation, dict[str, Path]]:
     """Returns the evaluation and the artifact paths, keyed like `models`."""
-    from calib.passes import evaluate
-
     artifacts = build_artifacts(backend, models, stage, stems)
     if placement.several:
         from calib.passes.shard import evaluate_sharded

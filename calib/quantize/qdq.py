@@ -37,11 +37,6 @@ def activation_scale(amax: float, levels: int) -> float:
     return float(np.float32(amax / levels)) if amax > 0 else float(np.finfo(np.float32).tiny)
 
 
-def _onnx_dtype(name: str) -> int:
-    return {"int8": onnx.TensorProto.INT8, "uint8": onnx.TensorProto.UINT8,
-            "int32": onnx.TensorProto.INT32}[name]
-
-
 class QDQBuilder:
     def __init__(self, model: onnx.ModelProto, types: dict[str, int] | None = None):
         # Edits `model` in place: callers pass a copy they own (plans refer to its nodes).

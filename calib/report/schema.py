@@ -56,6 +56,43 @@ class Report:
 
 
 @dataclass
+class EvalSection(Report):
+    """The "eval" entry: the images evaluated and skipped, and how they relate to the calibration
+    images (computed from the files: calib.data.overlap)."""
+    samples: int
+    skipped: int
+    skipped_files: list[str]
+    disjoint_from_calibration: bool
+    overlap: dict
+    overlap_text: str
+    unlabeled: int
+    seconds: float
+
+
+@dataclass
+class CalibrationSection(Report):
+    """The "calibration" entry of a run report: the images calibrated on, the time it took, the
+    cache written or reused."""
+    samples: int
+    seconds: float
+    cache: str
+    reused: bool
+    skipped: int
+    requested_samples: int | None
+
+
+@dataclass
+class SharedCalibrationSection(Report):
+    """The "calibration" entry of a compare report: the calibrators that shared one pass over the
+    images and the ones whose caches were reused."""
+    samples: int
+    shared_pass_seconds: float
+    fresh: list[str]
+    reused: list[str]
+    note: str
+
+
+@dataclass
 class FallbackReport(Report):
     """The "fallback" entry of a run report: which layers stayed float to meet the budget, the
     search-subset figures and (once evaluated) the held-out figures."""
@@ -87,8 +124,8 @@ class RunReport(Report):
     preprocess: dict
     fp32_model: str
     int8_model: str
-    calibration: dict
-    eval: dict
+    calibration: CalibrationSection
+    eval: EvalSection
     fp32: dict
     int8: dict
     bias_correction: bool
@@ -118,8 +155,8 @@ class CompareReport(Report):
     calibrators: list[str]
     chosen: str
     chosen_reason: str
-    calibration: dict
-    eval: dict
+    calibration: SharedCalibrationSection
+    eval: EvalSection
     fp32: dict
     results: dict
     sqnr: dict

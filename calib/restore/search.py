@@ -26,7 +26,7 @@ from calib.data import Dataset
 from calib.errors import CalibError
 from calib.passes import load_images, logits as run_logits
 from calib.tensor import top5
-from calib.restore.budget import budget_text, check_budget, meets
+from calib.stats.budget import budget_text, check_budget, meets
 from calib.quantize import quantizable_layers, quantize_model
 from calib.restore.ranker import rank_layers
 from calib.restore.subset import split_search_final

@@ -1,6 +1,7 @@
 """Per-tensor SQNR of Q/DQ models against FP32: it must see a damaged tensor, not report a constant."""
 
 import numpy as np
+import pytest
 import onnx
 
 from calib.data import Dataset
@@ -9,6 +10,7 @@ from calib.data.transforms import get_preset
 from calib.diagnostics.sqnr import activation_sqnr
 from calib.stats.sqnr import sqnr, sqnr_db
 from calib.quantize import quantize_model, required_tensors
+from tests.conftest import has_cuda_ort
 
 
 def test_sqnr_of_known_signals():
@@ -33,3 +35,20 @@ def test_a_clipped_tensor_stands_out(tmp_path, tiny_classifier):
     others = [t for t in tensors if t != victim and t in out["bad"]]
     assert len(set(round(v, 3) for v in out["good"].values())) > 1  # not a constant
     assert all(abs(out["good"][t] - out["bad"][t]) < 1e-6 for t in others[:1])  # upstream tensors untouched
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda_ort(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
+def test_a_clipped_tensor_stands_out_on_the_gpu(tiny_classifier):
+    model = onnx.load(str(tiny_classifier))
+    tensors = required_tensors(model, "tensorrt")
+    dataset = Dataset.of(DemoSource(variants=False), get_preset("torchvision", 16))
+    amax = {t: 50.0 for t in tensors}
+    victim = tensors[1]
+    good, _ = quantize_model(model, amax, "tensorrt")
+    bad, _ = quantize_model(model, dict(amax, **{victim: 0.5}), "tensorrt")
+    gpu = activation_sqnr(model, {"good": good, "bad": bad}, dataset, tensors, batch_size=4, workers=0,
+                          device="cuda:0", decoder="pil")
+    cpu = activation_sqnr(model, {"good": good}, dataset, tensors, batch_size=4, workers=0)
+    assert gpu["good"][victim] > gpu["bad"][victim] + 10
+    assert abs(gpu["good"][victim] - cpu["good"][victim]) < 1.0

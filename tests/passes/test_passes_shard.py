@@ -33,7 +33,7 @@ def test_a_placement_is_parsed_once():
     assert Placement.parse("cuda:1").devices == ("cuda:1",) and not Placement.parse("cuda:1").several
     two = Placement.parse("cuda:0,1")
     assert two.devices == ("cuda:0", "cuda:1") and two.several and str(two) == "cuda:0,cuda:1"
-    assert [str(p) for p in two.shards()] == ["cuda:0", "cuda:1"] and two.first == "cuda:0"
+    assert two.first == "cuda:0"
     for bad in ("gpu", "cuda:0,0", "cuda:a", "cuda:-1"):
         with pytest.raises(CalibError):
             Placement.parse(bad)

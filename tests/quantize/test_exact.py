@@ -125,7 +125,7 @@ def test_which_models_the_cpu_runs_exactly(tiny, tmp_path):
 def test_reports_claim_the_exact_graph_only_where_the_runner_runs_it(tiny, tmp_path):
     """The report's note follows the runner's rule on each model file, not the flavor's."""
     from calib.backends.ort import runs_integer_exact
-    from calib.session import exact_note
+    from calib.report.header import exact_note
 
     model, x, amax = tiny
     paths = {}

@@ -34,10 +34,6 @@ def _make(trt: ModuleType, label: str):
             self.errors: list[str] = []
 
         @property
-        def last_error(self) -> str:
-            return self.errors[-1] if self.errors else ""
-
-        @property
         def first_error(self) -> str:
             return self.errors[0] if self.errors else ""
 

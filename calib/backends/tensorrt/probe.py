@@ -55,11 +55,6 @@ def import_product(product: str) -> ModuleType:
     raise MissingDependency("tensorrt-rtx-cu13-bindings", "the TensorRT-RTX backend", TENSORRT_RTX_HINT)
 
 
-def import_tensorrt() -> ModuleType:
-    """The `tensorrt` module, or a one-line MissingDependency."""
-    return import_product(TENSORRT)
-
-
 def _members(enum) -> frozenset[str]:
     if enum is None:
         return frozenset()

@@ -88,10 +88,6 @@ def inspect_qdq(onnx_path: Path) -> QdqFacts:
     return QdqFacts(qdq, ort_flavor_evidence(model) if qdq else None)
 
 
-def onnx_has_qdq(onnx_path: Path) -> bool:
-    return inspect_qdq(onnx_path).qdq
-
-
 def ort_flavor_in_parser_error(text: str) -> str | None:
     """The parser's own words for the ort layout (a Q/DQ node fed int32 or uint8), else None."""
     if not any(op in text for op in QDQ_OPS):

@@ -7,7 +7,7 @@ import sys
 import pytest
 from trt_fakes import FakeTrt, rtx_backend
 
-from calib.backends.tensorrt.probe import TENSORRT, TENSORRT_RTX, import_product, import_tensorrt, probe
+from calib.backends.tensorrt.probe import TENSORRT, TENSORRT_RTX, import_product, probe
 from calib.errors import MissingDependency
 
 
@@ -15,7 +15,7 @@ def test_missing_tensorrt_is_one_line(monkeypatch):
     for module in ("tensorrt", "tensorrt_bindings"):
         monkeypatch.setitem(sys.modules, module, None)   # `import` raises ImportError
     with pytest.raises(MissingDependency) as info:
-        import_tensorrt()
+        import_product(TENSORRT)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("the TensorRT backend needs the 'tensorrt' package: pip install tensorrt")
@@ -36,7 +36,7 @@ def test_second_module_name_is_tried(monkeypatch):
     fake = FakeTrt("10.8.0", name="tensorrt_bindings")
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt_bindings", fake)
-    assert import_tensorrt() is fake
+    assert import_product(TENSORRT) is fake
 
 
 @pytest.mark.parametrize("kwargs, weak, calibrators, implicit, network", [

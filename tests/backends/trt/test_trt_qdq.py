@@ -8,14 +8,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from trt_fakes import make_classifier, qdq_model
 
-from calib.backends.tensorrt.qdq import (inspect_qdq, onnx_has_qdq, ort_flavor_in_parser_error,
+from calib.backends.tensorrt.qdq import (inspect_qdq, ort_flavor_in_parser_error,
                                          ort_flavor_message)
 from calib.errors import CalibError
 
 
 def test_flavors(tmp_path):
     fp32 = make_classifier(tmp_path / "fp32.onnx")
-    assert not onnx_has_qdq(fp32)
+    assert not inspect_qdq(fp32).qdq
     assert inspect_qdq(fp32).ort_flavor is None
     trt = inspect_qdq(qdq_model(tmp_path, "tensorrt", fp32))
     assert trt.qdq and trt.ort_flavor is None

@@ -1,0 +1,146 @@
+"""The run configuration of every command that touches a model and images (`RunConfig`), and the
+checks that need neither the model nor the images, made first: a typo must not cost a model
+export, a calibration pass or a sensitivity ranking before it fails. Where work runs is resolved
+here once (`Placement`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from calib.cache import CacheStore
+from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode
+from calib.errors import CalibError
+from calib.models import ZOO
+from calib.placement import CPU, Placement
+
+
+@dataclass
+class RunConfig:
+    """The options of `calib run` (and of compare/sensitivity, which ignore what they do not use)."""
+    model: str = "efficientnet_lite0"
+    preprocess: str | None = None
+    input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
+    dataset: str = "demo"
+    data_dir: str | None = None
+    samples: int = 500
+    eval_data_dir: str | None = None
+    eval_samples: int | None = None
+    calibrator: str = "minmax"  # the default of ModelOpt and ONNX Runtime; see README
+    calibrator_params: dict = field(default_factory=dict)
+    backend: str = "ort"
+    qdq_flavor: str | None = None
+    batch_size: int = 32
+    calib_batch_size: int = 4  # activations of every quantized tensor are held per batch
+    cache_dir: str = "caches"
+    out: str | None = None
+    seed: int = 0
+    recalibrate: bool = False
+    workers: int | None = None
+    progress: bool = True
+    bias_correction: bool = True
+    max_drop: float | None = None        # fallback budget: largest top-1 drop (fraction: 0.002 = 0.2 points)
+    min_agreement: float | None = None   # fallback budget: smallest top-1 agreement with FP32 (fraction)
+    html: bool = True                    # report.html with histograms and per-tensor SQNR
+    speed_seconds: float = 1.0           # timing per model and batch size for the report (0: skip)
+    device: str = "cpu"                  # cpu, cuda, cuda:N, cuda:0,1 (several GPUs) or auto
+    gpu_decode: str = "nvjpeg"           # on a GPU: nvjpeg, or pil (the CPU path's pixels; calib.data.host_decode)
+
+    def placement(self) -> Placement:
+        """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
+        whose CUDA provider runs there; TensorRT runs on its own)."""
+        if (self.device or "").strip().lower() == "auto" and self.backend != "ort":
+            return CPU
+        return resolve_placement(self.device)
+
+    def pass_batch_sizes(self) -> tuple[int, int]:
+        """(calibration, evaluation) batch sizes: on a GPU the defaults become 64 and 256 (the
+        results do not depend on the batch size, only the speed does); sizes a user set stay."""
+        if not self.placement().on_gpu:
+            return self.calib_batch_size, self.batch_size
+        calib = 64 if self.calib_batch_size == RunConfig.calib_batch_size else self.calib_batch_size
+        return calib, 256 if self.batch_size == RunConfig.batch_size else self.batch_size
+
+    def cache_store(self) -> CacheStore:
+        """The cache folder of this configuration."""
+        return CacheStore(self.cache_dir)
+
+    def dataset_label(self) -> str:
+        return self.dataset if not self.data_dir else f"{self.dataset}:{self.data_dir}"
+
+
+def resolve_placement(spec: str) -> Placement:
+    """`Placement.parse`, and "auto": the first GPU when torch sees one and ONNX Runtime has its
+    CUDA provider, else the CPU."""
+    if (spec or "cpu").strip().lower() != "auto":
+        return Placement.parse(spec)
+    try:
+        import torch
+
+        from calib.backends.ort import require_cuda_provider
+
+        if torch.cuda.is_available():
+            require_cuda_provider()
+            return Placement((0,))
+    except Exception:  # no GPU, no CUDA provider: auto means the CPU
+        pass
+    return CPU
+
+
+def check_placement(config: RunConfig, passes: bool = True) -> Placement:
+    """The placement, usable here: a GPU run needs torch with CUDA and ONNX Runtime's CUDA provider
+    (calib[gpu]) where ONNX Runtime runs there (the ort backend; with `passes`, the calibration
+    pass); a TensorRT backend then evaluates on the same GPU batches, and several GPUs shard
+    ONNX Runtime's passes only."""
+    placement = config.placement()
+    if not placement.on_gpu:
+        return placement
+    if placement.several and config.backend != "ort":
+        raise CalibError(f"--device {config.device} shards ONNX Runtime's CUDA provider over several GPUs: use it "
+                         f"with --backend ort, or one GPU (--device cuda:N) with --backend {config.backend}")
+    from calib.backends.ort import require_cuda_provider
+    from calib.data.cuda import require_torch_cuda
+
+    if passes or config.backend == "ort":
+        require_cuda_provider()   # first: without calib[gpu] nothing else matters
+    for device in placement.devices:
+        require_torch_cuda(device)
+    return placement
+
+
+def check_config(config: RunConfig) -> Placement:
+    """Every option that can be checked without the model or the images, checked first: a typo
+    must not cost a model export, a calibration pass or a sensitivity ranking before it fails.
+    Returns where the run goes (checked usable here)."""
+    from calib.backends import backend_class
+    from calib.calibrators import get_calibrator
+    from calib.calibrators.registry import params_for
+    from calib.quantize import get_flavor
+    from calib.stats.budget import check_budget
+
+    # Unknown names and bad parameters (--percentile 150) fail here, naming what is accepted.
+    get_calibrator(config.calibrator, **params_for(config.calibrator, config.calibrator_params))
+    backend_class(config.backend)  # unknown names fail here, naming the choices
+    if config.qdq_flavor is not None:
+        get_flavor(config.qdq_flavor)  # unknown names fail here, naming the choices
+    if config.samples < 1:
+        raise CalibError(f"--samples must be at least 1, got {config.samples}")
+    if config.eval_samples is not None and config.eval_samples < 1:
+        raise CalibError(f"--eval-samples must be at least 1, got {config.eval_samples}")
+    if config.batch_size < 1 or config.calib_batch_size < 1:
+        raise CalibError("batch sizes must be at least 1")
+    if config.max_drop is not None or config.min_agreement is not None:
+        check_budget(config.max_drop, config.min_agreement)
+    if config.gpu_decode not in GPU_DECODERS:
+        raise CalibError(f"--gpu-decode must be one of {', '.join(GPU_DECODERS)}, not '{config.gpu_decode}'")
+    if config.gpu_decode == "pil" and config.placement().on_gpu and not sys.platform.startswith("linux"):
+        raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
+    return check_placement(config)
+
+
+def default_out(config: RunConfig, kind: str | None = None) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = config.model if config.model in ZOO else Path(config.model).stem
+    return Path("runs") / f"{stamp}-{stem}-{kind or config.calibrator}"
