@@ -350,6 +350,23 @@ def test_sqnr_bootstrap_estimates_equal_the_aggregate_sqnr():
     assert diff.ci95[0] > 0  # x's noise is 5x lower on every image: a clear, significant difference
 
 
+@pytest.mark.parametrize("noisy", [0, 9, 19])
+def test_sqnr_interval_resamples_every_evaluation_image(noisy):
+    """The bootstrap draws each of the n images with probability 1/n per draw, the last one
+    included. With one noisy image among 20 (signal 1 each), a resample's SQNR is
+    10 log10(20 / (k e)) for k ~ Binomial(20, 1/20) copies of it: P(k >= 4) = 1.6% and
+    P(k >= 3) = 7.5%, so the lower 2.5% end is k = 3 wherever the noisy image sits, and the
+    upper end is +inf (k = 0 in 36% of resamples). A resampler that never draws an image gives
+    +inf for both ends when that image is the noisy one."""
+    n, e = 20, 0.01
+    noise = np.zeros(n)
+    noise[noisy] = e
+    r = sqnr_ci(np.ones(n), noise, resamples=4000, seed=0)
+    assert r.estimate == pytest.approx(10 * math.log10(n / e))
+    assert r.ci95[0] == pytest.approx(10 * math.log10(n / (3 * e)), rel=1e-12)
+    assert r.ci95[1] == math.inf
+
+
 def test_sqnr_bootstrap_with_zero_noise_stays_finite_or_none_in_json():
     r = sqnr_ci(np.ones(10), np.zeros(10))
     assert math.isinf(r.estimate)
