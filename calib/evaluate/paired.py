@@ -117,7 +117,14 @@ def tango_score(delta: float, b: float, c: float, n: float) -> float:
     2n p^2 + W p - c delta (1 - delta) = 0,  W = -b - c + delta (2n - b + c);
     Z = (b - c - n delta) / sqrt(n (2 p_c + delta (1 - delta))).
     Counts may be real numbers (used to project to more images).
+
+    Computed for delta >= 0 only, through the mirror identity Z(delta, b, c) = -Z(-delta, c, b)
+    (swapping A and B): there c delta (1 - delta) >= 0, so neither the root's discriminant nor the
+    variance subtracts nearly equal terms. For delta < 0 both did: with b = 0, c = 569, n = 577
+    the discriminant lost 7 digits and the interval's bound 1e-12.
     """
+    if delta < 0.0:
+        return -tango_score(-delta, c, b, n)
     w = -b - c + delta * (2.0 * n - b + c)
     k = c * delta * (1.0 - delta)
     root = math.sqrt(max(w * w + 8.0 * n * k, 0.0))
