@@ -317,7 +317,7 @@ def rank_calibrators(labels, fp32_top1, tops: dict[str, np.ndarray], signal=None
             rows[winner]["agreement_better_than"].append(loser)
         if noise is not None and signal is not None:
             d = sqnr_difference_ci(noise[cmp.x], noise[cmp.y], resamples, seed)
-            if d.ci95[0] > 0 or d.ci95[1] < 0:
+            if d.ci95 is not None and (d.ci95[0] > 0 or d.ci95[1] < 0):
                 winner, loser = (cmp.x, cmp.y) if d.estimate > 0 else (cmp.y, cmp.x)
                 rows[winner]["sqnr_better_than"].append(loser)
 
@@ -335,16 +335,26 @@ def rank_calibrators(labels, fp32_top1, tops: dict[str, np.ndarray], signal=None
 # ----------------------------------------------------------------------------- bootstrap
 @dataclass(frozen=True)
 class BootstrapResult:
+    """`ci95` is None when there are too few images for an interval (see `note`); an infinite
+    end (zero noise) is None in the JSON form."""
     estimate: float
-    ci95: list[float]
+    ci95: list[float] | None
     n: int
     resamples: int
     seed: int
 
+    @property
+    def note(self) -> str | None:
+        """Why there is no interval, in words for a report; None when there is one."""
+        if self.ci95 is not None:
+            return None
+        return ("no 95% interval from one image: every bootstrap resample of it is that image again, "
+                "a zero-width interval that would claim certainty")
+
     def to_json(self) -> dict:
-        finite = [None if not math.isfinite(v) else _r(v) for v in [self.estimate, *self.ci95]]
-        return {"estimate": finite[0], "ci95": finite[1:], "n": self.n, "resamples": self.resamples,
-                "seed": self.seed}
+        finite = [None if not math.isfinite(v) else _r(v) for v in [self.estimate, *(self.ci95 or [])]]
+        return {"estimate": finite[0], "ci95": finite[1:] if self.ci95 is not None else None, "n": self.n,
+                "resamples": self.resamples, "seed": self.seed}
 
 
 def bootstrap_sums(columns: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], resamples: int = 2000,
@@ -355,7 +365,8 @@ def bootstrap_sums(columns: np.ndarray, statistic: Callable[[np.ndarray], np.nda
     same rows, which is what makes it paired). `statistic`: maps (m, k) column sums to (m,)
     values (vectorized). Returns the statistic of the full sums and a percentile interval over
     `resamples` resamples of n row indices drawn with replacement, in chunks whose size depends
-    only on n (bounded memory; the same seed gives the same result).
+    only on n (bounded memory; the same seed gives the same result). One image has no interval
+    (`ci95` None, no resamples): resampling it can only repeat it.
     """
     m = np.asarray(columns, np.float64)
     if m.ndim == 1:
@@ -365,6 +376,9 @@ def bootstrap_sums(columns: np.ndarray, statistic: Callable[[np.ndarray], np.nda
         raise CalibError("no evaluation images: nothing to bootstrap")
     if resamples < 1:
         raise ValueError("resamples must be >= 1")
+    estimate = float(np.asarray(statistic(m.sum(0, keepdims=True)), np.float64).reshape(1)[0])
+    if n < 2:
+        return BootstrapResult(estimate, None, n, 0, seed)
     rng = np.random.default_rng(seed)
     chunk = max(1, min(resamples, (1 << 21) // n))  # ~16 MB of indices per chunk
     stats = []
@@ -378,7 +392,6 @@ def bootstrap_sums(columns: np.ndarray, statistic: Callable[[np.ndarray], np.nda
     a = (1.0 - level) / 2.0
     # inverted_cdf: no interpolation, so infinite SQNRs (zero noise) cannot produce NaN.
     lo, hi = np.quantile(values, [a, 1.0 - a], method="inverted_cdf")
-    estimate = float(np.asarray(statistic(m.sum(0, keepdims=True)), np.float64).reshape(1)[0])
     return BootstrapResult(estimate, [float(lo), float(hi)], n, resamples, seed)
 
 

@@ -383,6 +383,22 @@ def test_sqnr_bootstrap_with_zero_noise_stays_finite_or_none_in_json():
     json.dumps(js)
 
 
+def test_one_image_has_no_bootstrap_interval_and_says_why():
+    """Every resample of one image is that image: a zero-width interval would claim certainty.
+    The estimate stays; the interval is None, with the reason; no pair is called significant."""
+    r = sqnr_ci([4.0], [0.04])
+    assert r.estimate == pytest.approx(20.0) and r.ci95 is None and r.n == 1 and r.resamples == 0
+    assert "one image" in r.note
+    js = json.loads(json.dumps(r.to_json()))
+    assert js["estimate"] == pytest.approx(20.0) and js["ci95"] is None
+    assert sqnr_difference_ci([0.1], [0.2]).ci95 is None and mean_difference_ci([1.0], [0.0]).ci95 is None
+    assert sqnr_ci(np.ones(2), np.full(2, 0.01)).note is None
+    rows = rank_calibrators([1], [1], {"x": np.array([1]), "y": np.array([2])}, signal=[4.0],
+                            noise={"x": np.array([0.04]), "y": np.array([0.4])})
+    assert [row["name"] for row in rows] == ["x", "y"]
+    assert all(row["logits_sqnr_db_ci95"] is None and row["sqnr_better_than"] == [] for row in rows)
+
+
 def test_bootstrap_chunks_large_inputs_and_rejects_empty():
     n = 50_000
     r = bootstrap_sums(np.ones((n, 1)), lambda s: s[:, 0] / n, resamples=300, seed=0)
