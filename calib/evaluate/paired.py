@@ -333,6 +333,10 @@ def rank_calibrators(labels, fp32_top1, tops: dict[str, np.ndarray], signal=None
 
 
 # ----------------------------------------------------------------------------- bootstrap
+ONE_IMAGE_INTERVAL = ("no 95% interval from one image: every bootstrap resample of it is that image again, "
+                      "a zero-width interval that would claim certainty")
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
     """`ci95` is None when there are too few images for an interval (see `note`); an infinite
@@ -346,10 +350,7 @@ class BootstrapResult:
     @property
     def note(self) -> str | None:
         """Why there is no interval, in words for a report; None when there is one."""
-        if self.ci95 is not None:
-            return None
-        return ("no 95% interval from one image: every bootstrap resample of it is that image again, "
-                "a zero-width interval that would claim certainty")
+        return None if self.ci95 is not None else ONE_IMAGE_INTERVAL
 
     def to_json(self) -> dict:
         finite = [None if not math.isfinite(v) else _r(v) for v in [self.estimate, *(self.ci95 or [])]]
@@ -427,5 +428,5 @@ __all__: Sequence[str] = [
     "LEVEL", "BootstrapResult", "CalibratorComparison", "PairedResult", "agreement_interval", "bootstrap_sums",
     "clopper_pearson", "compare_calibrators", "mcnemar_exact", "mean_difference_ci", "paired",
     "paired_from_evaluation", "paired_top1", "pairwise_calibrators", "rank_calibrators", "sqnr_ci",
-    "sqnr_difference_ci", "tango_interval", "tango_score", "z_value",
+    "sqnr_difference_ci", "tango_interval", "tango_score", "z_value", "ONE_IMAGE_INTERVAL",
 ]
