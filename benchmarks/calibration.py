@@ -145,7 +145,7 @@ def child_fold_calib(p) -> dict:
     from calib.calibration import calibrated_tensors, weighted_inputs
     from calib.calibrators import TensorStatistics, get_calibrator
     from calib.calibrators.channel_means import ChannelMeans, Observers
-    from calib.collect import collect
+    from calib.passes import observe_pass
     from calib.models import prepared_model
     from calib.quantize import quantize_model
 
@@ -154,7 +154,7 @@ def child_fold_calib(p) -> dict:
     stats = TensorStatistics(histogram=True)
     calibrators = {name: get_calibrator(name, stats) for name in CALIBRATORS}
     means = ChannelMeans(weighted_inputs(prepared))  # bias correction's E[x], as calibrate() collects it
-    res = collect(prepared, ds, Observers(stats, means), batch_size=4, progress=None,
+    res = observe_pass(prepared, ds, Observers(stats, means), batch_size=4, progress=None,
                   tensors=calibrated_tensors(prepared))
     channel_means = json.loads(json.dumps(means.means())) if p["bias_correction"] else None  # via the sidecar
     out, validity = {}, {}
@@ -173,11 +173,11 @@ def child_fold_calib(p) -> dict:
 
 def child_evaluate(p) -> dict:
     from calib.backends.ort import OrtRunner
-    from calib.evaluate import evaluate
+    from calib.passes import evaluate
 
     m, ds = _model(p), _dataset(p, f"fold{p['fold']}-eval")
     runners = {"fp32": OrtRunner(m.path), **{name: OrtRunner(Path(path)) for name, path in p["models"].items()}}
-    ev = evaluate(runners, ds, batch_size=32, progress=None)
+    ev, _ = evaluate(runners, ds, batch_size=32, progress=None)
     fp32_top1 = ev.predictions["fp32"].top5[:, 0]
     counts = {}
     for name, pred in ev.predictions.items():

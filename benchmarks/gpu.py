@@ -36,6 +36,7 @@ import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -84,13 +85,70 @@ def timed_run(runner, x, iters: int = 30) -> float:
     import torch
 
     for _ in range(3):
-        runner.run_device(x)
+        runner.infer(x)
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(iters):
-        runner.run_device(x)
+        runner.infer(x)
     torch.cuda.synchronize()
     return x.shape[0] * iters / (time.perf_counter() - t)
+
+
+def resample_torch(images, preprocess):
+    """This benchmark's own GPU resize variant: the CPU path's crop, then torch's antialiased
+    interpolate (per image: sizes differ), rounded to 8 bits. Close to Pillow, not equal (calib
+    resizes exactly as Pillow does); measured here for the difference."""
+    import torch
+    import torch.nn.functional as F
+
+    from calib.data.resize_plan import crop_plan
+
+    s = preprocess.size
+    out = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=images[0].device)
+    for i, im in enumerate(images):
+        px, py = crop_plan(preprocess, int(im.shape[2]), int(im.shape[1]))
+        # The box is integer in both presets: crop it, resize it, then take the kept window.
+        region = im[:, int(py.in0):int(py.in1), int(px.in0):int(px.in1)].unsqueeze(0).float()
+        r = F.interpolate(region, size=(py.out_size, px.out_size), mode=preprocess.interpolation,
+                          antialias=True, align_corners=False)
+        r = r[:, :, py.keep:py.keep + s, px.keep:px.keep + s]
+        out[i] = r.round_().clamp_(0, 255).to(torch.uint8)[0]
+    return out
+
+
+@contextmanager
+def torch_resize(on: bool = True):
+    """While inside, nvJPEG batches are resized with `resample_torch` instead of Pillow's arithmetic."""
+    from calib.data.gpu_decode import GpuDecoder
+
+    if not on:
+        yield
+        return
+    pixels = GpuDecoder.pixels
+    GpuDecoder.pixels = lambda self, decoded: resample_torch(decoded, self.preprocess)
+    try:
+        yield
+    finally:
+        GpuDecoder.pixels = pixels
+
+
+# The GIL hand-over interval the end-to-end runs use: calib used to set it while a GPU decode stream
+# ran, and measured no difference (3,817 against 3,815 images/s with the default 5 ms, `--gpu-decode
+# pil`, on an H200), so calib leaves Python's default; the runs here keep the setting, to compare.
+GIL_SWITCH_INTERVAL = 0.0005
+
+
+@contextmanager
+def gil_switch_interval(seconds: float | None):
+    """This benchmark's own variant of the GIL hand-over setting: `sys.setswitchinterval` while
+    inside (never longer than it was), Python's own interval for None."""
+    before = sys.getswitchinterval()
+    if seconds is not None:
+        sys.setswitchinterval(min(before, seconds))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def main() -> None:
@@ -142,16 +200,17 @@ def run(args) -> None:
 
     @section("decode_paths", out)
     def decode_paths():
-        from calib.collect_gpu import device_batches
+        from calib.passes import batches as device_batches
         from calib.data.loader import iter_batches
 
         ref = np.concatenate([b.images for b in iter_batches(sample, 64, workers=8)])
         cache["pil"] = ref
         res = {}
-        for label, decode, resample in (("nvjpeg+pil-bicubic", "nvjpeg", "pil"),
-                                        ("nvjpeg+torch-bicubic-aa", "nvjpeg", "torch"),
-                                        ("pil[workers]", "pil", "pil")):
-            got = np.concatenate([b.images.cpu().numpy() for b in device_batches(sample, 64, "cuda:0", decode, resample)])
+        for label, decode, torch_resized in (("nvjpeg+pil-bicubic", "nvjpeg", False),
+                                             ("nvjpeg+torch-bicubic-aa", "nvjpeg", True),
+                                             ("pil[workers]", "pil", False)):
+            with torch_resize(torch_resized):
+                got = np.concatenate([b.images.cpu().numpy() for b in device_batches(sample, 64, "cuda:0", decode)])
             cache[label] = got
             res[label] = levels(got, ref, pre.std)
         return res
@@ -163,7 +222,7 @@ def run(args) -> None:
         preds = {}
         for label in ("pil", "nvjpeg+pil-bicubic", "nvjpeg+torch-bicubic-aa"):
             x = torch.from_numpy(cache[label]).cuda()
-            logits = torch.cat([fp32.run_device(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)])
+            logits = torch.cat([fp32.infer(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)])
             preds[label] = logits.argmax(1).cpu().numpy()
             res[f"fp32_top1[{label}]"] = float(np.mean(preds[label] == labels))
         for label in ("nvjpeg+pil-bicubic", "nvjpeg+torch-bicubic-aa"):
@@ -174,7 +233,7 @@ def run(args) -> None:
         x = torch.from_numpy(cache["pil"]).cuda()
 
         def on_gpu(runner):
-            return torch.cat([runner.run_device(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)]).cpu().numpy()
+            return torch.cat([runner.infer(x[i:i + 100])[0].clone() for i in range(0, len(x), 100)]).cpu().numpy()
 
         def on_cpu(runner):
             return np.concatenate([runner.run(cache["pil"][i:i + 50]) for i in range(0, n, 50)])
@@ -232,11 +291,11 @@ def run(args) -> None:
         res["int8_alone[exhaustive algo search]"] = timed_run(_Exhaustive(args.int8), x)
         with ThreadPoolExecutor(2) as pool:
             for _ in range(3):
-                list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                list(pool.map(lambda r: r.infer(x), (fp32, int8)))
             torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(30):
-                list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                list(pool.map(lambda r: r.infer(x), (fp32, int8)))
             torch.cuda.synchronize()
             res["pair_overlapped"] = args.batch * 30 / (time.perf_counter() - t)
         # Pure CPU load next to the models: processes at the decode workers' niceness that spin, or
@@ -266,7 +325,7 @@ def run(args) -> None:
                 with ThreadPoolExecutor(2) as pool:
                     t = time.perf_counter()
                     for _ in range(30):
-                        list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                        list(pool.map(lambda r: r.infer(x), (fp32, int8)))
                     torch.cuda.synchronize()
                     res[f"pair_overlapped[{len(procs)} processes {label}]"] = args.batch * 30 / (time.perf_counter() - t)
             finally:
@@ -274,14 +333,15 @@ def run(args) -> None:
                     p.kill()
                 for p in procs:
                     p.join()
-        for label, resample, decoder in (("decode_nvjpeg_pil_resize[thread]", "pil", "nvjpeg"),
-                                         ("decode_nvjpeg_torch_resize[thread]", "torch", "nvjpeg"),
-                                         ("decode_pil_workers[thread]", "pil", "pil")):
+        for label, torch_resized, decoder in (("decode_nvjpeg_pil_resize[thread]", False, "nvjpeg"),
+                                              ("decode_nvjpeg_torch_resize[thread]", True, "nvjpeg"),
+                                              ("decode_pil_workers[thread]", False, "pil")):
             subset = big.subset(big.samples[:min(len(big), 20_000)])
             t = time.perf_counter()
             count = 0
-            for b in gpu_batches(subset, args.batch, "cuda:0", resample=resample, decoder=decoder):
-                count += b.size
+            with torch_resize(torch_resized):
+                for b in gpu_batches(subset, args.batch, "cuda:0", decoder=decoder):
+                    count += b.size
             torch.cuda.synchronize()
             res[label] = count / (time.perf_counter() - t)
         # Decoding while both models run without pause in another thread (no data dependency):
@@ -295,7 +355,7 @@ def run(args) -> None:
             def models_loop():
                 with ThreadPoolExecutor(2) as pool:
                     while not stop.is_set():
-                        list(pool.map(lambda r: r.run_device(x), (fp32, int8)))
+                        list(pool.map(lambda r: r.infer(x), (fp32, int8)))
                         runs.append(time.perf_counter())
 
             loop = threading.Thread(target=models_loop)
@@ -342,12 +402,11 @@ def run(args) -> None:
 
     @section("end_to_end", out)
     def end_to_end():
-        from calib.distributed import evaluate_device
+        from calib.data.decoders import decode_path
+        from calib.passes import evaluate
 
         res = {}
         fp32_tf32 = OrtRunner(args.fp32, device="cuda:0", tf32=True)
-        from calib.data import gpu_stream
-
         for label, concurrent, reference, decode, workers, switch in (
                 ("overlapped", True, fp32, "nvjpeg", None, True),
                 ("overlapped, Pillow-worker decode", True, fp32, "pil", None, True),
@@ -355,18 +414,14 @@ def run(args) -> None:
                 ("overlapped, Pillow-worker decode, default GIL switch interval", True, fp32, "pil", None, False),
                 ("sequential, Pillow-worker decode", False, fp32, "pil", None, True),
                 ("overlapped, Pillow-worker decode, FP32 in TF32", True, fp32_tf32, "pil", None, True)):
-            interval, gpu_stream.GIL_SWITCH_INTERVAL = gpu_stream.GIL_SWITCH_INTERVAL, (
-                gpu_stream.GIL_SWITCH_INTERVAL if switch else None)
-            try:
-                r = evaluate_device({"fp32": reference, "int8": int8}, big, args.batch, "cuda:0", decode,
-                                    concurrent=concurrent, workers=workers)
-            finally:
-                gpu_stream.GIL_SWITCH_INTERVAL = interval
-            ev = r.evaluation
-            res[label] = {"images": r.images, "seconds": r.seconds, "images_per_s": r.images / r.seconds,
-                          "decode_path": r.decode_path, "fp32_top1": ev.summary("fp32")["top1"],
+            with gil_switch_interval(GIL_SWITCH_INTERVAL if switch else None):
+                ev, diffs = evaluate({"fp32": reference, "int8": int8}, big, args.batch, "cuda:0", decode, workers,
+                                     None, concurrent=concurrent)
+            images = len(ev.keys)
+            res[label] = {"images": images, "seconds": ev.seconds, "images_per_s": images / ev.seconds,
+                          "decode_path": decode_path(big.preprocess, decode), "fp32_top1": ev.summary("fp32")["top1"],
                           "int8_top1": ev.summary("int8")["top1"], "agreement": ev.agreement(),
-                          "logit_max_abs_diff": r.logit_max_abs_diff, "skipped": len(ev.skipped)}
+                          "logit_max_abs_diff": diffs, "skipped": len(ev.skipped)}
         return res
 
     @section("calibration", out)
@@ -377,33 +432,30 @@ def run(args) -> None:
         from calib.calibrators.channel_means import ChannelMeans, Observers
         from calib.calibrators.statistics import TensorStatistics
         from calib.calibration import calibrated_tensors, weighted_inputs
-        from calib.collect import collect
-        from calib.collect_gpu import collect_gpu, exposed_with_shapes
+        from calib.passes import exposed_runner, observe_pass
 
         prepared = onnx.load(str(args.fp32))
         tensors = calibrated_tensors(prepared)
         wi = weighted_inputs(prepared)
         t = time.perf_counter()
-        exposed, _ = exposed_with_shapes(prepared, tensors)
-        runner = OrtRunner(exposed.SerializeToString(), device="cuda:0")
+        runner = exposed_runner(prepared, tensors, "cuda:0")
         res = {"tensors": len(tensors), "model_load_seconds": time.perf_counter() - t, "batch": args.calib_batch}
         stats = {}
-        for label, decode in (("nvjpeg", "nvjpeg"), ("nvjpeg_again", "nvjpeg"), ("pil_inputs", "cpu"),
-                              ("pil_workers", "pil")):
+        for label, decode in (("nvjpeg", "nvjpeg"), ("nvjpeg_again", "nvjpeg"), ("pil_workers", "pil")):
             st = TensorStatistics()
             means = ChannelMeans(wi)
-            r = collect_gpu(prepared, sample, Observers(st, means), args.calib_batch, "cuda:0", tensors, None,
-                            decode, runner=runner)
+            r = observe_pass(prepared, sample, Observers(st, means), args.calib_batch, "cuda:0", tensors, None, None,
+                             decode, runner=runner)
             res[f"seconds[{label}]"] = r.seconds
             res[f"images[{label}]"] = r.images
             stats[label] = st
         st_cpu = TensorStatistics()
         t = time.perf_counter()
-        collect(prepared, sample, Observers(st_cpu, ChannelMeans(wi)), batch_size=16, workers=8, progress=None,
-                tensors=tensors)
+        observe_pass(prepared, sample, Observers(st_cpu, ChannelMeans(wi)), batch_size=16, workers=8, progress=None,
+                     tensors=tensors)
         res["seconds[cpu provider]"] = time.perf_counter() - t
         cache["stats_nvjpeg"] = stats["nvjpeg"]
-        for label in ("pil_inputs", "pil_workers", "nvjpeg"):
+        for label in ("pil_workers", "nvjpeg"):
             moved = 0.0   # the largest fraction of a tensor's values that landed in another bin
             for name in st_cpu.names():
                 a, b = st_cpu._entries[name], stats[label]._entries[name]
@@ -448,8 +500,9 @@ def run(args) -> None:
         from calib.calibration import calibrated_tensors, save_calibration, weighted_inputs
         from calib.cache import CacheStore
         from calib.calibrators import get_calibrator
-        from calib.collect_gpu import collect_gpu
-        from calib.distributed import collect_multi, evaluate_multi
+        from calib.passes import observe_pass
+        from calib.passes.shard import evaluate_sharded, observe_sharded
+        from calib.placement import Placement
         from calib.models import resolve_model
 
         gpus = torch.cuda.device_count()
@@ -457,8 +510,9 @@ def run(args) -> None:
             return {"skipped": f"{gpus} GPU"}
         res = {}
         models = {"fp32": str(args.fp32), "int8": str(args.int8)}
-        one = evaluate_multi(models, big, ["cuda:0"], args.batch)
-        two = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch)
+        every = Placement(tuple(range(gpus)))
+        one = evaluate_sharded(models, big, Placement((0,)), args.batch)
+        two = evaluate_sharded(models, big, every, args.batch)
         res["eval_images"] = one[1].images
         res["eval_seconds[1 gpu]"] = one[1].seconds
         res[f"eval_seconds[{gpus} gpus]"] = two[1].seconds
@@ -467,8 +521,8 @@ def run(args) -> None:
         res["eval_images_per_s[all gpus]"] = two[1].images / two[1].seconds
         res["eval_predictions_identical"] = bool(all(np.array_equal(one[0].predictions[k].top5, two[0].predictions[k].top5)
                                                      for k in models))
-        one_t = evaluate_multi(models, big, ["cuda:0"], args.batch, decode="pil")
-        two_t = evaluate_multi(models, big, [f"cuda:{i}" for i in range(gpus)], args.batch, decode="pil")
+        one_t = evaluate_sharded(models, big, Placement((0,)), args.batch, decoder="pil")
+        two_t = evaluate_sharded(models, big, every, args.batch, decoder="pil")
         res["eval_seconds[1 gpu, Pillow-worker decode]"] = one_t[1].seconds
         res[f"eval_seconds[{gpus} gpus, Pillow-worker decode]"] = two_t[1].seconds
         res["eval_rank_seconds[Pillow-worker decode]"] = two_t[1].rank_seconds
@@ -484,10 +538,10 @@ def run(args) -> None:
         calset = big.subset(big.samples[:5000])
         single_st = TensorStatistics()
         single_means = ChannelMeans(wi)
-        r = collect_gpu(prepared, calset, Observers(single_st, single_means), args.calib_batch, "cuda:0", tensors, None)
-        st1, m1, r1, order1 = collect_multi(prepared, calset, ["cuda:0"], args.calib_batch, tensors, wi)
-        st2, m2, r2, order2 = collect_multi(prepared, calset, [f"cuda:{i}" for i in range(gpus)], args.calib_batch,
-                                            tensors, wi)
+        r = observe_pass(prepared, calset, Observers(single_st, single_means), args.calib_batch, "cuda:0", tensors, None,
+                         None)
+        st1, m1, r1, order1 = observe_sharded(prepared, calset, Placement((0,)), args.calib_batch, tensors, wi)
+        st2, m2, r2, order2 = observe_sharded(prepared, calset, every, args.calib_batch, tensors, wi)
         res["calib_images"] = r2.images
         res["calib_seconds[in-process 1 gpu]"] = r.seconds
         res["calib_seconds[1 gpu]"] = r1.seconds

@@ -15,11 +15,12 @@ import onnx
 from calib.cache import CacheEntry, CacheKey, CacheMetadata, CacheStore, TrtCache, load_valid_cache
 from calib.cache.trt_format import DEFAULT_TRT_VERSION
 from calib.calibrators import Calibrator, TensorStatistics, calibrator_class, get_calibrator
-from calib.collect import CollectResult, collect
 from calib.data import Dataset
-from calib.data.gpu_decode import CPU_DECODE_PATH as CPU_DECODE
+from calib.data.decoders import CPU_DECODE_PATH as CPU_DECODE
 from calib.errors import CalibError
 from calib.models import Model
+from calib.passes import CollectResult
+from calib.placement import CPU, Placement
 from calib.calibrators.channel_means import ChannelMeans, Observers
 from calib.quantize import plan_for, registered_flavor_names, required_tensors
 from calib.quantize.graph import GraphIndex
@@ -61,38 +62,34 @@ def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator, decode: st
     return CacheKey(model.sha256, params, dataset.source.id, dataset.fingerprint(), calibrator.name, calibrator.params)
 
 
-def decode_for(preprocess, devices: tuple[str, ...], gpu_decode: str = "nvjpeg") -> str:
-    """The decode path a pass on `devices` uses: Pillow on the CPU; on a GPU nvJPEG with
+def decode_for(preprocess, placement: Placement, gpu_decode: str = "nvjpeg") -> str:
+    """The decode path a pass on `placement` uses: Pillow on the CPU; on a GPU nvJPEG with
     Pillow-exact resampling (calib.data.gpu_decode), or with `gpu_decode="pil"` Pillow in worker
     processes (calib.data.host_decode): the CPU path's pixels, so the CPU path's key too. A cache
     is then reused across the two providers, as it is across CPU machines: their FP32 activations
     differ by float rounding only (measured on EfficientNet-Lite0: minmax and percentile ranges
     within one histogram bin, entropy's argmin moved on 2 of 61 tensors; benchmarks/RESULTS.md)."""
-    from calib.data.gpu_decode import decode_path
+    from calib.data.decoders import decode_path
 
-    return decode_path(preprocess, "cpu" if tuple(devices) == ("cpu",) else gpu_decode)
+    return decode_path(preprocess, gpu_decode if placement.on_gpu else "cpu")
 
 
 def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: ChannelMeans, batch_size: int,
                  workers: int | None, progress: str | None, tensors: list[str],
-                 devices: tuple[str, ...] = ("cpu",), gpu_decode: str = "nvjpeg") -> CollectResult:
+                 placement: Placement = CPU, gpu_decode: str = "nvjpeg") -> CollectResult:
     """One pass over `dataset` feeding every exposed activation to `stats` (a calibrator or a
-    TensorStatistics) and the weighted ops' inputs to `means`: on the CPU (calib.collect), on one
-    GPU with the activations kept on the device (calib.collect_gpu), or sharded over several GPUs
-    and merged exactly (calib.distributed)."""
-    if tuple(devices) == ("cpu",):
-        return collect(prepared, dataset, Observers(stats, means), batch_size=batch_size, workers=workers,
-                       progress=progress, tensors=tensors)
-    if len(devices) == 1:
-        from calib.collect_gpu import collect_gpu
+    TensorStatistics) and the weighted ops' inputs to `means` (`calib.passes.observe_pass`), or
+    sharded over several GPUs and merged exactly (`calib.passes.shard`)."""
+    from calib import passes
 
-        return collect_gpu(prepared, dataset, Observers(stats, means), batch_size=batch_size, device=devices[0],
-                           tensors=tensors, progress=progress, decode=gpu_decode, workers=workers)
-    from calib.distributed import collect_multi
+    if not placement.several:
+        return passes.observe_pass(prepared, dataset, Observers(stats, means), batch_size, placement.first, tensors,
+                                   workers, progress, gpu_decode)
+    from calib.passes.shard import observe_sharded
 
-    merged, merged_means, multi, order = collect_multi(prepared, dataset, list(devices), batch_size, tensors=tensors,
-                                                       means_tensors=None if means.tensors is None else sorted(means.tensors),
-                                                       decode=gpu_decode, workers=workers)
+    merged, merged_means, multi, order = observe_sharded(prepared, dataset, placement, batch_size, tensors=tensors,
+                                                         means_tensors=None if means.tensors is None else sorted(means.tensors),
+                                                         decoder=gpu_decode, workers=workers)
     target = getattr(stats, "stats", stats)  # a calibrator reads its TensorStatistics
     target.merge(merged)
     means.merge(merged_means)
@@ -107,11 +104,11 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
               store: CacheStore, batch_size: int = 4, workers: int | None = None,
               recalibrate: bool = False, calibrator_params: dict | None = None,
               trt_version: str = DEFAULT_TRT_VERSION, progress: bool = True,
-              devices: tuple[str, ...] = ("cpu",), gpu_decode: str = "nvjpeg") -> CalibrationOutcome:
-    """Reuse a matching cache from `store`, or calibrate (on `devices`) and save one."""
+              placement: Placement = CPU, gpu_decode: str = "nvjpeg") -> CalibrationOutcome:
+    """Reuse a matching cache from `store`, or calibrate (on `placement`) and save one."""
     # --percentile applies to the percentile calibrator only (as in calibrate_many)
     calibrator = get_calibrator(calibrator_name, **calibrator_params_for(calibrator_name, calibrator_params or {}))
-    decode = decode_for(model.preprocess, devices, gpu_decode)
+    decode = decode_for(model.preprocess, placement, gpu_decode)
     key = cache_key(model, dataset, calibrator, decode)
     if not recalibrate:
         start = time.perf_counter()
@@ -123,7 +120,7 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
     means = ChannelMeans(weighted_inputs(prepared))
     result = observe_pass(prepared, dataset, calibrator, means, batch_size, workers,
                           f"calibrating ({calibrator.name})" if progress else None, calibrated_tensors(prepared),
-                          devices, gpu_decode)
+                          placement, gpu_decode)
     if result.images == 0:
         raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
     return save_calibration(model, dataset, calibrator, store, result.images, result.skipped, result.tensors,
@@ -170,11 +167,11 @@ class SharedCalibration:
 def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: list[str], store: CacheStore,
                    calibrator_params: dict | None = None, batch_size: int = 4, workers: int | None = None,
                    recalibrate: bool = False, progress: bool = True,
-                   devices: tuple[str, ...] = ("cpu",), gpu_decode: str = "nvjpeg") -> SharedCalibration:
-    """Reuse every matching cache; calibrate the others in ONE collection pass (on `devices`)
+                   placement: Placement = CPU, gpu_decode: str = "nvjpeg") -> SharedCalibration:
+    """Reuse every matching cache; calibrate the others in ONE collection pass (on `placement`)
     whose TensorStatistics all of them read, then save each one's cache."""
     params = calibrator_params or {}
-    decode = decode_for(model.preprocess, devices, gpu_decode)
+    decode = decode_for(model.preprocess, placement, gpu_decode)
     outcomes: dict[str, CalibrationOutcome] = {}
     fresh: list[str] = []
     for name in names:
@@ -194,7 +191,7 @@ def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: li
     means = ChannelMeans(weighted_inputs(prepared))  # the same observers and tensors as calibrate()
     result = observe_pass(prepared, dataset, stats, means, batch_size, workers,
                           f"calibrating ({', '.join(fresh)})" if progress else None, calibrated_tensors(prepared),
-                          devices, gpu_decode)
+                          placement, gpu_decode)
     if result.images == 0:
         raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
     compute_seconds = {}

@@ -18,11 +18,12 @@ from pathlib import Path
 import onnx
 
 from calib.cache import CacheStore
-from calib.data.gpu_decode import DECODERS as GPU_DECODERS   # --gpu-decode (calib.calibration.decode_for)
+from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode (calib.calibration.decode_for)
 from calib.data.plan import DataPlan, plan_data
 from calib.errors import CalibError
 from calib.fsutil import check_output_dir
 from calib.report.schema import ReportHeader
+from calib.placement import CPU, Placement
 from calib.models import ZOO, Model, check_classes, parse_input_size, prepared_model, resolve_model
 
 
@@ -57,17 +58,17 @@ class RunConfig:
     device: str = "cpu"                  # cpu, cuda, cuda:N, cuda:0,1 (several GPUs) or auto
     gpu_decode: str = "nvjpeg"           # on a GPU: nvjpeg, or pil (the CPU path's pixels; calib.data.host_decode)
 
-    def devices(self) -> tuple[str, ...]:
-        """("cpu",) or the CUDA devices the calibration pass and the evaluation run on (auto: a
-        GPU only for the ort backend, whose CUDA provider runs there; TensorRT runs on its own)."""
+    def placement(self) -> Placement:
+        """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
+        whose CUDA provider runs there; TensorRT runs on its own)."""
         if (self.device or "").strip().lower() == "auto" and self.backend != "ort":
-            return ("cpu",)
-        return resolve_devices(self.device)
+            return CPU
+        return resolve_placement(self.device)
 
     def pass_batch_sizes(self) -> tuple[int, int]:
         """(calibration, evaluation) batch sizes: on a GPU the defaults become 64 and 256 (the
         results do not depend on the batch size, only the speed does); sizes a user set stay."""
-        if self.devices() == ("cpu",):
+        if not self.placement().on_gpu:
             return self.calib_batch_size, self.batch_size
         calib = 64 if self.calib_batch_size == RunConfig.calib_batch_size else self.calib_batch_size
         return calib, 256 if self.batch_size == RunConfig.batch_size else self.batch_size
@@ -98,47 +99,43 @@ def class_names_of(dataset) -> "Callable[[int], str]":
     return class_name
 
 
-def resolve_devices(spec: str) -> tuple[str, ...]:
-    """"cpu" -> ("cpu",); "cuda" -> ("cuda:0",); "cuda:1"; "cuda:0,1" -> two GPUs; "auto" -> the
-    first GPU when torch sees one and ONNX Runtime has its CUDA provider, else the CPU."""
-    spec = (spec or "cpu").strip().lower()
-    if spec == "cpu":
-        return ("cpu",)
-    if spec == "auto":
-        try:
-            import torch
+def resolve_placement(spec: str) -> Placement:
+    """`Placement.parse`, and "auto": the first GPU when torch sees one and ONNX Runtime has its
+    CUDA provider, else the CPU."""
+    if (spec or "cpu").strip().lower() != "auto":
+        return Placement.parse(spec)
+    try:
+        import torch
 
-            from calib.backends.ort import require_cuda_provider
+        from calib.backends.ort import require_cuda_provider
 
-            if torch.cuda.is_available():
-                require_cuda_provider()
-                return ("cuda:0",)
-        except Exception:  # no GPU, no CUDA provider: auto means the CPU
-            pass
-        return ("cpu",)
-    if not spec.startswith("cuda"):
-        raise CalibError(f"unknown device '{spec}' (use cpu, cuda, cuda:N, cuda:0,1 or auto)")
-    from calib.distributed import parse_devices
-
-    return tuple(parse_devices(spec))
+        if torch.cuda.is_available():
+            require_cuda_provider()
+            return Placement((0,))
+    except Exception:  # no GPU, no CUDA provider: auto means the CPU
+        pass
+    return CPU
 
 
-def check_devices(config: RunConfig) -> tuple[str, ...]:
-    """The devices, usable here: a GPU run needs torch with CUDA, ONNX Runtime's CUDA provider
-    (calib[gpu]) and the ort backend (TensorRT backends run on the GPU by themselves)."""
-    devices = config.devices()
-    if devices == ("cpu",):
-        return devices
-    if config.backend != "ort":
-        raise CalibError(f"--device {config.device} runs ONNX Runtime's CUDA provider: use it with --backend ort "
-                         f"(the {config.backend} backend runs on the GPU by itself)")
+def check_placement(config: RunConfig, passes: bool = True) -> Placement:
+    """The placement, usable here: a GPU run needs torch with CUDA and ONNX Runtime's CUDA provider
+    (calib[gpu]) where ONNX Runtime runs there (the ort backend; with `passes`, the calibration
+    pass); a TensorRT backend then evaluates on the same GPU batches, and several GPUs shard
+    ONNX Runtime's passes only."""
+    placement = config.placement()
+    if not placement.on_gpu:
+        return placement
+    if placement.several and config.backend != "ort":
+        raise CalibError(f"--device {config.device} shards ONNX Runtime's CUDA provider over several GPUs: use it "
+                         f"with --backend ort, or one GPU (--device cuda:N) with --backend {config.backend}")
     from calib.backends.ort import require_cuda_provider
     from calib.data.cuda import require_torch_cuda
 
-    require_cuda_provider()   # first: without calib[gpu] nothing else matters
-    for device in devices:
+    if passes or config.backend == "ort":
+        require_cuda_provider()   # first: without calib[gpu] nothing else matters
+    for device in placement.devices:
         require_torch_cuda(device)
-    return devices
+    return placement
 
 
 def check_config(config: RunConfig) -> None:
@@ -165,9 +162,9 @@ def check_config(config: RunConfig) -> None:
         check_budget(config.max_drop, config.min_agreement)
     if config.gpu_decode not in GPU_DECODERS:
         raise CalibError(f"--gpu-decode must be one of {', '.join(GPU_DECODERS)}, not '{config.gpu_decode}'")
-    if config.gpu_decode == "pil" and config.devices() != ("cpu",) and not sys.platform.startswith("linux"):
+    if config.gpu_decode == "pil" and config.placement().on_gpu and not sys.platform.startswith("linux"):
         raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
-    check_devices(config)
+    check_placement(config)
 
 
 def bias_means(entry, enabled: bool = True) -> dict | None:
@@ -209,30 +206,27 @@ def versions() -> dict:
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-def report_header(config: RunConfig, setup: "RunSetup", devices: tuple[str, ...] = ("cpu",),
-                  gpu_parts: str | None = None, int8_models: dict[str, Path] | None = None) -> ReportHeader:
+def report_header(config: RunConfig, setup: "RunSetup", placement: Placement = CPU,
+                  int8_models: dict[str, Path] | None = None) -> ReportHeader:
     """The header every report shares: model, data, flavor, backend, where it ran and how the
-    images were decoded, versions, notes (`gpu_parts`: a note on what ran on the CPU anyway;
-    `int8_models`: the INT8 models whose figures the report shows, as ONNX files)."""
+    images were decoded, versions, notes (`int8_models`: the INT8 models whose figures the report shows, as ONNX files)."""
     from calib.calibration import decode_for
 
     notes = list(setup.data.notes)
-    if devices != ("cpu",) and gpu_parts:
-        notes.append(gpu_parts)
-    if devices != ("cpu",):
+    if placement.on_gpu:
         pil = ("images decoded, cropped and resized by Pillow in worker processes (the CPU path's "
                "preprocessing), normalised on the GPU: the CPU path's pixels bit for bit")
         nvjpeg = ("images decoded by nvJPEG and resized on the GPU (Pillow's resampling bit for bit; nvJPEG's "
                   "pixels differ from Pillow's by about one level; --gpu-decode pil gives the CPU path's pixels)")
         notes.append(pil if config.gpu_decode == "pil" else nvjpeg)
     if int8_models and config.backend == "ort":
-        note = exact_note(int8_models, devices[0])
+        note = exact_note(int8_models, placement.first)
         if note:
             notes.append(note)
     return ReportHeader(model=setup.model.name, dataset=config.dataset_label(), demo=setup.data.demo,
                         backend=config.backend, qdq_flavor=setup.flavor, notes=notes, versions=versions(),
-                        model_sha256=setup.model.sha256, device=",".join(devices),
-                        decode_path=decode_for(setup.model.preprocess, devices, config.gpu_decode))
+                        model_sha256=setup.model.sha256, device=str(placement),
+                        decode_path=decode_for(setup.model.preprocess, placement, config.gpu_decode))
 
 
 def exact_note(int8_models: dict[str, Path], device: str) -> str | None:

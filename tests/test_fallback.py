@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 from calib.backends.ort import OrtRunner
-from calib.collect import collect
+from calib.passes import observe_pass
 from calib.calibrators import get_calibrator
 from calib.data import Dataset, get_preset
 from calib.data.sources import ImageSource, Sample
 from calib.errors import CalibError
-from calib.evaluate import evaluate
+from calib.passes import evaluate
 from calib.commands.run import fallback_report
 from calib.report.fallback import render_markdown
 from calib.quantize import quantizable_layers
@@ -37,7 +37,7 @@ def setup(tiny_classifier):
     model = onnx.load(str(tiny_classifier))
     data = Dataset.of(NoiseSource(120), get_preset("torchvision", 16))
     cal = get_calibrator("minmax")
-    collect(model, data.subset(data.samples[:40]), cal, batch_size=20, workers=0, progress=None)
+    observe_pass(model, data.subset(data.samples[:40]), cal, batch_size=20, workers=0, progress=None)
     amax = {k: r.amax for k, r in cal.compute().items()}
     return model, amax, data.subset(data.samples[40:])
 
@@ -67,7 +67,7 @@ def test_fallback_meets_the_budget_with_the_broken_layer_in_float(setup):
     assert t["batch_size"] == 32 and t["int8"] > 0 and t["fallback"] > 0 and "cost" in t
     # The lead's wiring: evaluate FP32 and the chosen model on the held-out subset only.
     runners = {"fp32": OrtRunner(model.SerializeToString()), "int8": OrtRunner(result.model.SerializeToString())}
-    ev = evaluate(runners, result.final_dataset, 16, workers=0, progress=None)
+    ev, _ = evaluate(runners, result.final_dataset, 16, workers=0, progress=None)
     d = fallback_report(result, ev)
     assert d["final"]["images"] == len(result.final_dataset) == 40
     assert isinstance(d["final_met"], bool) and d["float_layers"] == result.float_layers

@@ -7,10 +7,10 @@ import onnx
 import pytest
 
 from calib.calibrators.channel_means import ChannelMeans
-from calib.collect import expose_activations
+from calib.passes import expose
 from calib.errors import CalibError
-from calib.evaluate.images import Images
-from calib.evaluate.sqnr import sqnr
+from calib.passes import Images
+from calib.stats.sqnr import sqnr
 from calib.onnx_io import ort_session
 from calib.quantize import quantizable_layers, quantize_model
 from calib.restore.ranker import rank_layers
@@ -22,7 +22,7 @@ def build_partial(*args, **kwargs):
 
 
 def _activations(model: onnx.ModelProto, x: np.ndarray):
-    exposed, names = expose_activations(model)
+    exposed, names = expose(model)
     return names, ort_session(exposed, "basic").run(names, {"input": x})
 
 

@@ -3,17 +3,18 @@
 import pytest
 
 from calib.errors import CalibError
-from calib.session import RunConfig, check_devices, resolve_devices
+from calib.placement import CPU, Placement
+from calib.session import RunConfig, check_placement, resolve_placement
 
 
 def test_devices_are_parsed():
-    assert resolve_devices("cpu") == ("cpu",)
-    assert resolve_devices("cuda") == ("cuda:0",)
-    assert resolve_devices("cuda:1") == ("cuda:1",)
-    assert resolve_devices("cuda:0,1") == ("cuda:0", "cuda:1")
+    assert resolve_placement("cpu") == CPU
+    assert resolve_placement("cuda").devices == ("cuda:0",)
+    assert resolve_placement("cuda:1").devices == ("cuda:1",)
+    assert resolve_placement("cuda:0,1").devices == ("cuda:0", "cuda:1")
     for bad in ("gpu", "cuda:x", "cuda:0,0", "tpu:1"):
         with pytest.raises(CalibError):
-            resolve_devices(bad)
+            resolve_placement(bad)
 
 
 def test_auto_falls_back_to_the_cpu_without_a_usable_gpu():
@@ -21,7 +22,7 @@ def test_auto_falls_back_to_the_cpu_without_a_usable_gpu():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: auto picks it")
-    assert resolve_devices("auto") == ("cpu",)
+    assert resolve_placement("auto") == CPU
 
 
 def test_a_gpu_run_is_refused_in_one_line_where_it_cannot_run():
@@ -30,10 +31,10 @@ def test_a_gpu_run_is_refused_in_one_line_where_it_cannot_run():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(CalibError) as info:
-        check_devices(RunConfig(device="cuda"))
+        check_placement(RunConfig(device="cuda"))
     assert "\n" not in str(info.value)
     with pytest.raises(CalibError, match="--backend ort"):
-        check_devices(RunConfig(device="cuda", backend="tensorrt"))
+        check_placement(RunConfig(device="cuda:0,1", backend="tensorrt"))
     assert RunConfig(device="cuda:0,1").pass_batch_sizes() == (64, 256)
     assert RunConfig().pass_batch_sizes() == (4, 32)
 
@@ -49,18 +50,18 @@ def test_the_decode_path_is_part_of_the_cache_key(tmp_path, tiny_classifier):
     model = resolve_model(str(tiny_classifier))
     data = plan_data("demo", None, model.preprocess, 8)
     cal = get_calibrator("minmax")
-    cpu = cache_key(model, data.calibration, cal, decode_for(model.preprocess, ("cpu",)))
-    gpu = cache_key(model, data.calibration, cal, decode_for(model.preprocess, ("cuda:0",)))
-    assert decode_for(model.preprocess, ("cpu",)) == "pil"
-    assert decode_for(model.preprocess, ("cuda:0",)).startswith("nvjpeg")
+    cpu = cache_key(model, data.calibration, cal, decode_for(model.preprocess, CPU))
+    gpu = cache_key(model, data.calibration, cal, decode_for(model.preprocess, Placement((0,))))
+    assert decode_for(model.preprocess, CPU) == "pil"
+    assert decode_for(model.preprocess, Placement((0,))).startswith("nvjpeg")
     assert cpu == cache_key(model, data.calibration, cal) and cpu.digest() != gpu.digest()
     # --gpu-decode pil gives the CPU path's pixels, so it shares the CPU path's key.
-    assert decode_for(model.preprocess, ("cuda:0",), "pil") == "pil"
-    assert decode_for(model.preprocess, ("cuda:0", "cuda:1"), "nvjpeg") == decode_for(model.preprocess, ("cuda:0",))
+    assert decode_for(model.preprocess, Placement((0,)), "pil") == "pil"
+    assert decode_for(model.preprocess, Placement((0, 1)), "nvjpeg") == decode_for(model.preprocess, Placement((0,)))
 
 
 def test_gpu_decode_is_checked_with_the_other_options():
-    from calib.data.gpu_decode import decode_path
+    from calib.data.decoders import decode_path
     from calib.data.transforms import get_preset
     from calib.session import GPU_DECODERS, RunConfig, check_config
 
@@ -74,7 +75,7 @@ def test_gpu_decode_pil_needs_linux_on_a_gpu(monkeypatch):
     import calib.session as session
 
     monkeypatch.setattr(session.sys, "platform", "win32")
-    monkeypatch.setattr(session, "check_devices", lambda config: config.devices())
+    monkeypatch.setattr(session, "check_placement", lambda config: config.placement())
     with pytest.raises(CalibError, match="needs Linux"):
         session.check_config(session.RunConfig(device="cuda", gpu_decode="pil"))
     session.check_config(session.RunConfig(device="cpu", gpu_decode="pil"))   # no GPU: nothing to fork
@@ -93,7 +94,7 @@ def test_a_gpu_report_says_how_its_images_were_decoded(monkeypatch, decoder, say
     setup = SimpleNamespace(data=SimpleNamespace(notes=[], demo=False), flavor="tensorrt",
                             model=SimpleNamespace(name="m", sha256="0" * 64, preprocess=get_preset("efficientnet-lite")))
     config = RunConfig(model="m", gpu_decode=decoder)
-    header = report_header(config, setup, ("cuda:0",), "parts")
-    assert header.notes[0] == "parts" and says in header.notes[1] and len(header.notes) == 2
+    header = report_header(config, setup, Placement((0,)))
+    assert says in header.notes[0] and len(header.notes) == 1 and header.device == "cuda:0"
     assert header.decode_path == ("pil" if decoder == "pil" else "nvjpeg+pil-bicubic")
     assert report_header(config, setup).notes == []   # on the CPU: nothing to say

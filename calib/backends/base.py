@@ -12,16 +12,28 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 
 class Runner(ABC):
-    """A loaded model/engine that runs float32 NCHW batches and returns logits."""
+    """A loaded model or engine: named inputs in, outputs out, on host or device arrays.
+
+    One contract for every backend and device (as ONNX Runtime's calibration tools and ModelOpt
+    hand an execution provider to one session factory): `infer` takes numpy arrays (host) or
+    torch tensors on the runner's GPU (device) and returns its outputs on the same side. A
+    runner on a GPU may reuse its output buffers from one call to the next (clone to keep them);
+    on the host the arrays returned are the caller's."""
 
     @abstractmethod
-    def run(self, images: np.ndarray) -> np.ndarray: ...
+    def infer(self, feed: Any, outputs: Sequence[str] | None = None) -> list:
+        """The outputs `outputs` (default: the model's own, in order) for `feed`: one array for
+        the model's first input, or a mapping input name -> array."""
+
+    def run(self, images: Any) -> Any:
+        """The first output for one batch of the first input (logits, for a classifier)."""
+        return self.infer(images)[0]
 
     def close(self) -> None:
         """Release device resources."""
@@ -37,12 +49,13 @@ class Backend(ABC):
         artifact at `out` (a copy of the ONNX file for ONNX Runtime, an engine for TensorRT)."""
 
     @abstractmethod
-    def load(self, artifact: Path) -> Runner: ...
+    def load(self, artifact: Path, device: str | None = None) -> Runner:
+        """A runner of `artifact` on `device` (None: the backend's own default device)."""
 
-    def load_for_timing(self, artifact: Path, device: str = "cpu") -> Runner:
+    def load_for_timing(self, artifact: Path, device: str | None = None) -> Runner:
         """The artifact as it deploys, for speed figures (`load` unless a backend evaluates
         something else than it deploys: ONNX Runtime's integer-exact graphs)."""
-        return self.load(artifact, device=device) if device != "cpu" else self.load(artifact)
+        return self.load(artifact, device)
 
     def artifact_suffix(self) -> str:
         return ".onnx"

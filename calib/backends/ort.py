@@ -34,6 +34,7 @@ from calib.errors import CalibError, MissingDependency
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+    from onnx import ModelProto
 
 GPU_INSTALL = ("pip install 'calib[gpu]' && pip uninstall -y onnxruntime && pip install --force-reinstall "
                "--no-deps onnxruntime-gpu (the CPU onnxruntime package and onnxruntime-gpu must never share an "
@@ -56,16 +57,6 @@ def _both_onnxruntimes() -> bool:
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
               "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-
-
-def parse_device(device: str) -> tuple[str, int]:
-    """"cpu" -> ("cpu", 0); "cuda" -> ("cuda", 0); "cuda:N" -> ("cuda", N)."""
-    kind, _, index = str(device).partition(":")
-    if kind == "cpu" and not index:
-        return "cpu", 0
-    if kind == "cuda" and (not index or index.isdigit()):
-        return "cuda", int(index or 0)
-    raise CalibError(f"unknown device '{device}' (use cpu, cuda or cuda:N)")
 
 
 _preloaded = False
@@ -145,7 +136,9 @@ def runs_integer_exact(path: Path, device: str = "cpu") -> bool:
     from calib.onnx_io import load_model
     from calib.quantize.exact import runs_exact
 
-    kind, _ = parse_device(device)
+    from calib.placement import Placement
+
+    kind = "cuda" if Placement.parse(device).on_gpu else "cpu"
     if not runs_exact(load_model(path, external_data=False), kind):
         return False
     return load_model(path).ByteSize() <= EXACT_SERIALISED_LIMIT
@@ -153,8 +146,10 @@ def runs_integer_exact(path: Path, device: str = "cpu") -> bool:
 
 class OrtRunner(Runner):
     """A model in ONNX Runtime. `device="cpu"` is the CPU provider (unchanged default);
-    `"cuda"`/`"cuda:N"` the CUDA provider, with `run_device` for tensors already on the GPU
-    (`tf32=True` lets cuDNN/cuBLAS use TF32: faster, no longer strict FP32).
+    `"cuda"`/`"cuda:N"` the CUDA provider, where `infer` takes torch CUDA tensors without host
+    copies (`tf32=True` lets cuDNN/cuBLAS use TF32: faster, no longer strict FP32). `level` and
+    `arena` are ONNX Runtime's optimization level and CPU memory arena (`calib.onnx_io.ort_session`:
+    "basic" keeps Q/DQ nodes as written; no arena returns memory after each run).
 
     Q/DQ models that ONNX Runtime only emulates run as their integer-exact graph
     (`calib.quantize.exact`: exact integer sums, float rescale), so every provider computes the
@@ -165,29 +160,43 @@ class OrtRunner(Runner):
     algorithms are not exact), and TF32 is switched on when every Conv/Gemm was rewritten:
     it is exact on integer operands."""
 
-    def __init__(self, path: Path | bytes, threads: int = 0, device: str = "cpu", tf32: bool = False,
-                 exact: bool | None = None):
-        from calib.onnx_io import ort_session
+    def __init__(self, path: "Path | bytes | ModelProto", threads: int = 0, device: str = "cpu",
+                 tf32: bool = False, exact: bool | None = None, level: str = "all", arena: bool = True):
+        from calib.placement import Placement
 
-        self.kind, self.device_id = parse_device(device)
+        placement = Placement.parse(device)
+        if placement.several:
+            raise CalibError(f"a runner runs on one device, not {device}")
+        self.kind = "cuda" if placement.on_gpu else "cpu"
+        self.device_id = placement.gpus[0] if placement.on_gpu else 0
         self.exact = None   # the ExactGraph run, when one is
+        if not isinstance(path, (bytes, str, Path)):   # a ModelProto
+            path = _serialisable(path)
         model = self._exact_graph(path, exact)
         if model is not None:
             path = model.model
             tf32 = tf32 or (self.kind == "cuda" and model.all_exact)
-        self.stream = None   # on CUDA: the torch stream the session runs on (see run_device)
+        self.stream = None   # on CUDA: the torch stream the session runs on (see infer)
+        self._tmp = None
+        if isinstance(path, _External):   # past protobuf's 2 GB: ONNX Runtime reads it from a file
+            self._tmp, path = path.tmp, path.path
         if self.kind == "cpu":
-            self.session = ort_session(path, "all", threads)
+            self.session = _cpu_session(path, level, threads, arena)
         else:
             self.stream = _own_stream(self.device_id)
-            self.session = cuda_session(path, self.device_id, tf32=tf32,
+            self.session = cuda_session(path, self.device_id, level, tf32=tf32,
                                         stream=None if self.stream is None else self.stream.cuda_stream)
-        self.input_name = self.session.get_inputs()[0].name
+        if self._tmp is not None:
+            self._tmp.cleanup()   # the session has read the files
+            self._tmp = None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_name = self.input_names[0]
         self._outputs: dict[tuple, list] = {}   # batch shape -> preallocated output tensors
 
-    def _exact_graph(self, path: Path | bytes, exact: bool | None):
+    def _exact_graph(self, path, exact: bool | None):
         """The integer-exact graph to run instead of the model at `path`, or None."""
-        if exact is False:
+        if exact is False or isinstance(path, _External):
             return None
         import onnx
 
@@ -207,31 +216,37 @@ class OrtRunner(Runner):
         self.exact = integer_exact(model, round_accumulator=self.kind == "cuda")
         return self.exact
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: images})[0]
+    def infer(self, feed, outputs=None) -> list:
+        feed = feed if isinstance(feed, dict) else {self.input_name: feed}
+        if any(_on_cuda(v) for v in feed.values()):
+            return self._infer_device(feed, list(outputs) if outputs is not None else None)
+        host = {name: (v.numpy() if type(v).__module__.startswith("torch") else v) for name, v in feed.items()}
+        return self.session.run(None if outputs is None else list(outputs), host)
 
-    def run_device(self, images: "torch.Tensor", outputs: list[str] | None = None) -> list["torch.Tensor"]:
-        """Run on a float32 CUDA tensor without host copies; returns the outputs (default: all)
-        as CUDA tensors. They are reused by the next call with the same batch shape: clone to keep."""
+    def _infer_device(self, feed: dict, outputs: list[str] | None) -> list["torch.Tensor"]:
+        """Inputs and outputs bound as CUDA tensors with IOBinding: no host copy. The outputs are
+        reused by the next call with the same input shapes: clone to keep."""
         import torch
 
         if self.kind != "cuda":
-            raise CalibError("run_device needs a runner on a CUDA device (OrtRunner(..., device='cuda'))")
-        if images.device.type != "cuda" or images.device.index != self.device_id:
-            raise CalibError(f"input is on {images.device}, the model on cuda:{self.device_id}")
-        images = images.contiguous()
-        names = outputs or [o.name for o in self.session.get_outputs()]
-        tensors = self._output_tensors(tuple(images.shape), names)
+            raise CalibError("CUDA tensors need a runner on a CUDA device (OrtRunner(..., device='cuda'))")
+        feed = {name: v.contiguous() for name, v in feed.items()}
+        first = next(iter(feed.values()))
+        for name, v in feed.items():
+            if v.device.type != "cuda" or v.device.index != self.device_id:
+                raise CalibError(f"input {name} is on {v.device}, the model on cuda:{self.device_id}")
+        names = outputs or self.output_names
+        tensors = self._output_tensors(tuple((n, tuple(v.shape)) for n, v in feed.items()), names)
         binding = self.session.io_binding()
-        binding.bind_input(self.input_name, "cuda", self.device_id, np.float32, list(images.shape),
-                           images.data_ptr())
+        for name, v in feed.items():
+            binding.bind_input(name, "cuda", self.device_id, _numpy_dtype(v.dtype), list(v.shape), v.data_ptr())
         for name, t in zip(names, tensors):
             if t is None:
                 binding.bind_output(name, "cuda", self.device_id)
             else:
                 binding.bind_output(name, "cuda", self.device_id, _numpy_dtype(t.dtype), list(t.shape),
                                     t.data_ptr())
-        current = torch.cuda.current_stream(images.device)
+        current = torch.cuda.current_stream(first.device)
         if self.stream is not None:
             # Ordered on the GPU: the session's stream waits for what the caller queued (the
             # input, its use of the last outputs); afterwards only this stream is waited for
@@ -245,20 +260,20 @@ class OrtRunner(Runner):
             binding.synchronize_outputs()
         if any(t is None for t in tensors):
             values = binding.get_outputs()
-            tensors = [t if t is not None else _from_ortvalue(values[i], images.device)
+            tensors = [t if t is not None else _from_ortvalue(values[i], first.device)
                        for i, t in enumerate(tensors)]
         return tensors
 
-    def _output_tensors(self, shape: tuple, names: list[str]) -> list:
-        key = (shape, tuple(names))
+    def _output_tensors(self, shapes: tuple, names: list[str]) -> list:
+        key = (shapes, tuple(names))
         found = self._outputs.get(key)
         if found is None:
             import torch
 
-            shapes = output_shapes(self.session, shape)
+            known = output_shapes(self.session, dict(shapes))
             found = []
             for name in names:
-                dims, dtype = shapes.get(name, (None, None))
+                dims, dtype = known.get(name, (None, None))
                 found.append(None if dims is None else
                              torch.empty(dims, dtype=dtype, device=f"cuda:{self.device_id}"))
             self._outputs = {key: found}   # one batch shape at a time (the last batch may differ)
@@ -266,6 +281,36 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self._outputs = {}
+
+
+class _External:
+    """A model past protobuf's 2 GB limit, saved with external data in a temporary folder."""
+
+    def __init__(self, model) -> None:
+        import tempfile
+
+        from calib.models.files import save_model
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="calib-runner-")
+        self.path = Path(self.tmp.name) / "model.onnx"
+        save_model(model, self.path)
+
+
+def _serialisable(model) -> "bytes | _External":
+    """A ModelProto as ONNX Runtime takes it: its bytes, or a file with external data past 2 GB."""
+    from calib.models.files import needs_external_data
+
+    return _External(model) if needs_external_data(model) else model.SerializeToString()
+
+
+def _cpu_session(path, level: str, threads: int, arena: bool):
+    from calib.onnx_io import ort_session
+
+    return ort_session(path, level, threads, arena=arena)
+
+
+def _on_cuda(value) -> bool:
+    return type(value).__module__.startswith("torch") and bool(getattr(value, "is_cuda", False))
 
 
 def _own_stream(device_id: int):
@@ -310,17 +355,18 @@ def _from_ortvalue(value, device) -> "torch.Tensor":
     return torch.from_numpy(value.numpy()).to(device)
 
 
-def output_shapes(session, input_shape: tuple) -> dict:
-    """name -> (shape, torch dtype) of each output for one input shape, where ORT knows it:
-    the symbolic batch dimension takes the input's batch size; None where a dim is unknown."""
+def output_shapes(session, input_shapes: dict) -> dict:
+    """name -> (shape, torch dtype) of each output for the given input shapes (input name ->
+    shape), where ORT knows it: symbolic dimensions take the inputs' sizes, an unnamed leading
+    dimension the batch; None where a dim is unknown."""
     import torch
 
-    batch = input_shape[0]
+    batch = next(iter(input_shapes.values()))[0]
     symbols = {}
-    in_dims = session.get_inputs()[0].shape
-    for d, actual in zip(in_dims, input_shape):
-        if isinstance(d, str):
-            symbols[d] = actual
+    for i in session.get_inputs():
+        for d, actual in zip(i.shape, input_shapes.get(i.name, ())):
+            if isinstance(d, str):
+                symbols[d] = actual
     torch_types = {np.float32: torch.float32, np.float16: torch.float16, np.float64: torch.float64,
                    np.int64: torch.int64, np.int32: torch.int32, np.int8: torch.int8, np.uint8: torch.uint8,
                    np.bool_: torch.bool}
@@ -355,12 +401,12 @@ class OrtBackend(Backend):
             shutil.copyfile(onnx_path, out)
         return Path(out)
 
-    def load(self, artifact: Path, threads: int = 0, device: str = "cpu") -> OrtRunner:
-        return OrtRunner(Path(artifact), threads, device)
+    def load(self, artifact: Path, device: str | None = None, threads: int = 0) -> OrtRunner:
+        return OrtRunner(Path(artifact), threads, device or "cpu")
 
-    def load_for_timing(self, artifact: Path, device: str = "cpu") -> OrtRunner:
+    def load_for_timing(self, artifact: Path, device: str | None = None) -> OrtRunner:
         # Speed is the model as written (what ONNX Runtime deploys), not its integer-exact graph.
-        return OrtRunner(Path(artifact), device=device, exact=False)
+        return OrtRunner(Path(artifact), device=device or "cpu", exact=False)
 
 
 def optimized_op_counts(model_path: Path) -> Counter:

@@ -10,6 +10,7 @@ it is exact in floating point and every path (numpy, torch, merge) bins a value 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 
@@ -103,3 +104,27 @@ def resample(counts: np.ndarray, edges: np.ndarray, num_bins: int) -> np.ndarray
     out = np.diff(new_cdf)
     np.maximum(out, 0.0, out=out)  # interpolation round-off must not produce negative mass
     return out
+
+
+class Entry:
+    """One tensor's running statistics (shared by the numpy and the torch reductions)."""
+
+    __slots__ = ("min", "max", "count", "nonfinite", "exp", "counts")
+
+    def __init__(self, bins: int | None):
+        self.min = math.inf
+        self.max = -math.inf
+        self.count = 0
+        self.nonfinite = 0
+        # exp is None while every finite value seen is 0: R is undefined and the zeros wait in
+        # counts[0], which is their bin for any later R.
+        self.exp: int | None = None
+        self.counts = np.zeros(bins, dtype=np.int64) if bins else None
+
+
+class Sink(Protocol):
+    """What a reduction writes into (`TensorStatistics`): its bin count and range update."""
+
+    bins: int
+
+    def _update_range(self, entry: Entry, lo: float, hi: float, n: int) -> None: ...

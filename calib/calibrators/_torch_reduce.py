@@ -9,17 +9,12 @@ bincount), so a CUDA tensor lands in exactly the same bins as the same data in n
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from calib.errors import CalibError
 
 from . import _histogram as H
-
-if TYPE_CHECKING:
-    from .statistics import TensorStatistics, _Entry
 
 # Elements per device chunk: bounds the float32 + int64 temporaries to ~200 MB.
 DEVICE_CHUNK = 1 << 24
@@ -48,7 +43,7 @@ def _work_dtype(t: "torch.Tensor") -> "torch.dtype":
     return torch.float32
 
 
-def reduce_tensor(stats: "TensorStatistics", entry: "_Entry", x: "torch.Tensor") -> None:
+def reduce_tensor(stats: H.Sink, entry: H.Entry, x: "torch.Tensor") -> None:
     """Add tensor `x` to `entry`, computing on x.device; works for CPU tensors too (tests use it)."""
     with torch.no_grad():
         flat = x.detach().reshape(-1)

@@ -38,20 +38,6 @@ class TensorSummary:
         return max(-self.min, self.max, 0.0) if self.count else 0.0
 
 
-class _Entry:
-    __slots__ = ("min", "max", "count", "nonfinite", "exp", "counts")
-
-    def __init__(self, bins: int | None):
-        self.min = math.inf
-        self.max = -math.inf
-        self.count = 0
-        self.nonfinite = 0
-        # exp is None while every finite value seen is 0: R is undefined and the zeros wait in
-        # counts[0], which is their bin for any later R.
-        self.exp: int | None = None
-        self.counts = np.zeros(bins, dtype=np.int64) if bins else None
-
-
 class TensorStatistics:
     """Per-tensor streaming statistics: finite min, max, count of nonfinite, count of values,
     and (if histogram=True) a histogram of |x|. Constant memory, mergeable.
@@ -64,7 +50,7 @@ class TensorStatistics:
     def __init__(self, histogram: bool = True, bins: int = 4096):
         self.has_histogram = bool(histogram)
         self.bins = H.check_bins(bins)
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, H.Entry] = {}
         self._scratch: dict[str, np.ndarray] = {}
 
     # ----------------------------------------------------------------- observing
@@ -74,7 +60,7 @@ class TensorStatistics:
             raise CalibError(f"tensor name must be a string, got {type(name).__name__}")
         entry = self._entries.get(name)
         if entry is None:
-            entry = self._entries[name] = _Entry(self.bins if self.has_histogram else None)
+            entry = self._entries[name] = H.Entry(self.bins if self.has_histogram else None)
         if type(x).__module__.startswith("torch"):
             # torch is imported only here, when a torch tensor actually arrives.
             from ._torch_reduce import as_host_numpy
@@ -94,9 +80,9 @@ class TensorStatistics:
 
         entry = self._entries.get(name)
         if entry is None:
-            entry = self._entries[name] = _Entry(self.bins if self.has_histogram else None)
+            entry = self._entries[name] = H.Entry(self.bins if self.has_histogram else None)
         reduce_tensor(self, entry, x)
-    def _observe_numpy(self, entry: _Entry, x: Any) -> None:
+    def _observe_numpy(self, entry: H.Entry, x: Any) -> None:
         a = np.asarray(x)
         kind = a.dtype.kind
         if kind not in "fiub":
@@ -129,13 +115,13 @@ class TensorStatistics:
             if entry.counts is not None:
                 self._bin_numpy(entry, chunk, lo, hi)
 
-    def _observe_torch(self, entry: _Entry, x: Any) -> None:
+    def _observe_torch(self, entry: H.Entry, x: Any) -> None:
         """Reduce a torch tensor on its own device; only scalars and bin counts come to the host."""
         from ._torch_reduce import reduce_tensor
 
         reduce_tensor(self, entry, x)
 
-    def _update_range(self, entry: _Entry, lo: float, hi: float, n: int) -> None:
+    def _update_range(self, entry: H.Entry, lo: float, hi: float, n: int) -> None:
         """Record a finite chunk's min/max/count and grow the histogram range if needed."""
         entry.count += n
         if lo < entry.min:
@@ -153,7 +139,7 @@ class TensorStatistics:
                 H.fold(entry.counts, exp - entry.exp)
                 entry.exp = exp
 
-    def _bin_numpy(self, entry: _Entry, chunk: np.ndarray, lo: Any, hi: Any) -> None:
+    def _bin_numpy(self, entry: H.Entry, chunk: np.ndarray, lo: Any, hi: Any) -> None:
         counts = entry.counts
         n = chunk.size
         if entry.exp is None:
@@ -205,7 +191,7 @@ class TensorStatistics:
         for name, theirs in other._entries.items():
             mine = self._entries.get(name)
             if mine is None:
-                mine = self._entries[name] = _Entry(self.bins if self.has_histogram else None)
+                mine = self._entries[name] = H.Entry(self.bins if self.has_histogram else None)
             mine.min = min(mine.min, theirs.min)
             mine.max = max(mine.max, theirs.max)
             mine.count += theirs.count
@@ -238,7 +224,7 @@ class TensorStatistics:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _entry(self, name: str) -> _Entry:
+    def _entry(self, name: str) -> H.Entry:
         try:
             return self._entries[name]
         except KeyError:
@@ -297,7 +283,7 @@ class TensorStatistics:
             raise CalibError(f"unsupported TensorStatistics state version {d.get('version')!r}")
         stats = cls(histogram=bool(d["histogram"]), bins=d["bins"])
         for name, t in d["tensors"].items():
-            e = _Entry(stats.bins if stats.has_histogram else None)
+            e = H.Entry(stats.bins if stats.has_histogram else None)
             e.min, e.max = float(t["min"]), float(t["max"])
             e.count, e.nonfinite = int(t["count"]), int(t["nonfinite"])
             if e.counts is not None:

@@ -82,13 +82,13 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
     runnable, why = impl.can_run()
     if not runnable:
         raise CalibError(f"cannot time on {backend} here: {why}")
-    from calib.session import RunConfig, check_devices
+    from calib.session import RunConfig, check_placement
 
     # The same device rules as every other command (auto, cuda:N, checks before any work).
-    devices = check_devices(RunConfig(device=device, backend=backend))
-    if len(devices) > 1:
+    config = RunConfig(device=device, backend=backend)
+    if config.placement().several:
         raise CalibError(f"calib bench times one device, not {device}: name one GPU (e.g. cuda:0)")
-    device = devices[0]
+    device = check_placement(config, passes=False).first
 
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
         shape = None

@@ -98,12 +98,12 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
 def build_device(spec: str, backend: str) -> str:
     """The one device a build checks its model on ("cpu": none), refused in one line before any
     work when it cannot be used here (the same checks as every other command's --device)."""
-    from calib.session import RunConfig, check_devices
+    from calib.session import RunConfig, check_placement
 
     config = RunConfig(device=spec, backend=backend)   # its rules: auto with a non-ort backend is the CPU
-    if len(config.devices()) > 1:
+    if config.placement().several:
         raise CalibError(f"--device {spec}: a build checks its model on one GPU (cuda or cuda:N)")
-    return check_devices(config)[0]
+    return check_placement(config).first   # the check runs in ONNX Runtime's CUDA provider
 
 
 def check_on_device(path: Path, device: str, height: int, width: int) -> None:

@@ -17,6 +17,6 @@ def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     outcome = calibrate(model, prepared_model(model), data.calibration, config.calibrator,
                         config.cache_store(), batch_size=config.pass_batch_sizes()[0], workers=config.workers,
                         recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,
-                        progress=config.progress, devices=config.devices(),
+                        progress=config.progress, placement=config.placement(),
                         gpu_decode=config.gpu_decode)
     return outcome, data

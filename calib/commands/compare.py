@@ -19,11 +19,11 @@ from calib.calibrators import calibrator_class
 from calib.diagnostics.histograms import pick_tensors, tensor_histograms
 from calib.diagnostics.sqnr import activation_sqnr
 from calib.errors import CalibError
-from calib.evaluate.classes import class_changes
+from calib.stats.classes import class_changes
 from calib.evaluate.models import evaluate_models
 from calib.models import prepared_path, save_model
-from calib.evaluate.paired import ONE_IMAGE_INTERVAL, rank_calibrators
-from calib.evaluate.sqnr import finite_or_none
+from calib.stats.paired import ONE_IMAGE_INTERVAL, rank_calibrators
+from calib.stats.sqnr import finite_or_none
 from calib.quantize import quantize_model, required_tensors
 from calib.report.compare import write_compare_report
 from calib.report.plots import histogram_figures
@@ -32,10 +32,6 @@ from calib.fsutil import mark_calib_onnx, staged_dir
 from calib.session import RunConfig, bias_means, class_names_of, eval_section, report_header, setup
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
-GPU_PARTS = ("on the GPU: the calibration pass and the evaluation (decoded once per batch); on the CPU "
-             "(Pillow decode): the per-tensor SQNR and the histograms")
-
-
 def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATORS,
                         out: Path | None = None, chosen: str | None = None, sqnr_images: int = 16,
                         histogram_tensors: int = 6, histogram_samples: int | None = None) -> CompareReport:
@@ -63,12 +59,12 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
     s = setup(config, out, "compare")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     started = time.perf_counter()
-    devices = config.devices()
+    placement = config.placement()
     calib_batch, eval_batch = config.pass_batch_sizes()
     with staged_dir(out) as stage:
         shared = calibrate_many(model, prepared, data.calibration, names, config.cache_store(),
                                 config.calibrator_params, calib_batch, config.workers,
-                                config.recalibrate, config.progress, devices=devices, gpu_decode=config.gpu_decode)
+                                config.recalibrate, config.progress, placement=placement, gpu_decode=config.gpu_decode)
         amaxes = {n: shared.outcomes[n].entry.cache.amax() for n in names}
         qdq = {}
         onnx_models = {"fp32": prepared_path(model)}
@@ -80,7 +76,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
             save_model(qdq[n], onnx_models[n])
         ev, artifacts = evaluate_models(backend, onnx_models, data.evaluation, stage, eval_batch,
                                         config.workers, config.progress, stems={n: f"int8-{n}" for n in names},
-                                        devices=devices, gpu_decode=config.gpu_decode)
+                                        placement=placement, gpu_decode=config.gpu_decode)
         fp32 = ev.summary("fp32")
         rows = {}
         for n in names:
@@ -97,14 +93,14 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
         order = [t for t in required_tensors(prepared, flavor) if all(t in a for a in amaxes.values())]
         sqnr_set = data.evaluation.subset(data.evaluation.samples[:max(1, sqnr_images)])
         sqnr = activation_sqnr(prepared, qdq, sqnr_set, order, min(config.batch_size, 4), config.workers,
-                               "SQNR" if config.progress else None)
+                               "SQNR" if config.progress else None, placement.first, config.gpu_decode)
         logits_name = prepared.graph.output[0].name
         logits_sqnr = {n: sqnr[n].pop(logits_name, math.inf) for n in names}
         for n in names:
             rows[n]["logits_sqnr_db"] = finite_or_none(logits_sqnr[n])
         # Rank on every evaluation image: logits SQNR (a far steadier signal than top-1 on a few
         # hundred images) with bootstrap intervals, agreement with exact intervals, and which
-        # differences are significant (calib.evaluate.paired.rank_calibrators).
+        # differences are significant (calib.stats.paired.rank_calibrators).
         ev_fp32 = ev.predictions["fp32"]
         tops = {n: ev.predictions[n].top5[:, 0] for n in names}
         noise = {n: ev.noise[n] for n in names} if ev.signal is not None else None  # None: rank by agreement
@@ -127,14 +123,15 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
         else:
             stats, hist_images = tensor_histograms(prepared, data.calibration, picked, config.batch_size,
                                                    config.workers, histogram_samples,
-                                                   "histograms" if config.progress else None)
+                                                   "histograms" if config.progress else None, placement.first,
+                                                   config.gpu_decode)
             hist_note = f"recollected on {hist_images} calibration images (caches were reused)"
         figures = histogram_figures(stats, picked, amaxes, chosen)
 
         changes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], tops[chosen],
                                 names=class_names_of(data.evaluation)).to_json()
         changed = {"fixed": changes["images_fixed"], "broken": changes["images_broken"]}
-        header = report_header(config, s, devices, GPU_PARTS, {n: onnx_models[n] for n in names})
+        header = report_header(config, s, placement, {n: onnx_models[n] for n in names})
         if noise is not None and len(ev.signal) < 2:  # the ranking's SQNR intervals are null: say why
             header.notes.append(f"logits SQNR: {ONE_IMAGE_INTERVAL}")
         report = CompareReport(

@@ -16,7 +16,7 @@ from calib.diagnostics.histograms import pick_tensors, tensor_histograms
 from calib.diagnostics.sqnr import activation_sqnr
 from calib.errors import CalibError
 from calib.evaluate.models import evaluate_models
-from calib.evaluate.sqnr import finite_or_none
+from calib.stats.sqnr import finite_or_none
 from calib.models import prepared_path, save_model
 from calib.quantize import quantize_model, required_tensors
 from calib.report.plots import histogram_figures
@@ -26,6 +26,7 @@ from calib.restore.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
 from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
 from calib.fsutil import mark_calib_onnx, staged_dir
+from calib.placement import CPU, Placement
 from calib.session import RunConfig, RunSetup, bias_means, class_names_of, eval_section, report_header, setup
 
 
@@ -37,12 +38,12 @@ def run(config: RunConfig) -> RunReport:
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
-    devices = config.devices()
+    placement = config.placement()
     calib_batch, eval_batch = config.pass_batch_sizes()
     with staged_dir(out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
                             batch_size=calib_batch, workers=config.workers, recalibrate=config.recalibrate,
-                            calibrator_params=config.calibrator_params, progress=config.progress, devices=devices,
+                            calibrator_params=config.calibrator_params, progress=config.progress, placement=placement,
                             gpu_decode=config.gpu_decode)
         means = bias_means(outcome.entry, config.bias_correction)
         int8_onnx = stage / "int8.onnx"
@@ -52,18 +53,19 @@ def run(config: RunConfig) -> RunReport:
             fallback = fallback_to_budget(prepared, outcome.entry.cache.amax(), flavor, data.evaluation,
                                           max_drop=config.max_drop, min_agreement=config.min_agreement,
                                           batch_size=config.batch_size, workers=config.workers, seed=config.seed,
-                                          progress=config.progress, channel_means=means)
+                                          progress=config.progress, channel_means=means,
+                                          device=placement.first, decoder=config.gpu_decode)
             qdq = fallback.model  # evaluated below on the held-out subset only
         mark_calib_onnx(qdq, qdq_flavor=flavor, cache=outcome.entry.path.name)
         save_model(qdq, int8_onnx)  # external data past 2 GB
         fp32_onnx = prepared_path(model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
         ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx},
                                         fallback.final_dataset if fallback else data.evaluation, stage,
-                                        eval_batch, config.workers, config.progress, devices=devices,
+                                        eval_batch, config.workers, config.progress, placement=placement,
                                         gpu_decode=config.gpu_decode)
         fp32_artifact, int8_artifact = (out / a.name if a.parent == stage else a for a in artifacts.values())
         report = build_report(config, s, outcome, ev, fp32_artifact, int8_artifact,
-                              fallback.final_dataset if fallback else data.evaluation, devices, int8_onnx)
+                              fallback.final_dataset if fallback else data.evaluation, placement, int8_onnx)
         if config.backend == "ort":
             report.ort_kernels = integer_kernel_check(int8_onnx)
         if fallback is not None:
@@ -75,7 +77,7 @@ def run(config: RunConfig) -> RunReport:
         if config.html:
             figures = run_figures(prepared, qdq, outcome, flavor, data.calibration, data.evaluation,
                                   config.calibrator, batch_size=config.batch_size, workers=config.workers,
-                                  progress=config.progress)
+                                  progress=config.progress, device=placement.first, decoder=config.gpu_decode)
         write_run_report(stage, report, figures, html=config.html)
     return report
 
@@ -85,11 +87,11 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
                          fallback: FallbackResult | None, evaluated: Dataset) -> None:
     """What a deployment engineer decides from: paired intervals for the drop and agreement,
     logits SQNR, speed and size, per-class changes where a class has enough images, and the
-    verdict built from them (calib.evaluate.verdict)."""
-    from calib.evaluate.classes import class_changes
-    from calib.evaluate.paired import paired_from_evaluation, sqnr_ci
+    verdict built from them (calib.stats.verdict)."""
+    from calib.stats.classes import class_changes
+    from calib.stats.paired import paired_from_evaluation, sqnr_ci
     from calib.evaluate.speed import measure_speed
-    from calib.evaluate.verdict import DEFAULT_TOLERANCE, recommend
+    from calib.stats.verdict import DEFAULT_TOLERANCE, recommend
     from calib.onnx_io import model_size_mb
 
     result = paired_from_evaluation(ev)
@@ -105,7 +107,7 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     report.size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
     shape = input_chw(prepared)
     if config.speed_seconds > 0:
-        device = config.devices()[0]  # one GPU is what a deployment runs on
+        device = config.placement().first  # one GPU is what a deployment runs on
         report.speed = measure_speed(backend, artifacts, shape, config.speed_seconds, device)
         report.speed["backend"] = config.backend if device == "cpu" else f"{config.backend} on {device}"
         if config.backend != "ort":
@@ -115,7 +117,7 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     # A tensorrt-flavor model timed on ONNX Runtime's CPU says nothing about its TensorRT speed, and
     # ONNX Runtime's CUDA provider runs any Q/DQ model as dequantize + float kernels (no integer
     # convolutions): there the INT8 speed previews nothing a deployment would run.
-    on_gpu = config.devices() != ("cpu",)
+    on_gpu = config.placement().on_gpu
     representative = config.backend != "ort" or (flavor == "ort" and not on_gpu)
     ev_fp32, ev_int8 = ev.predictions["fp32"], ev.predictions["int8"]
     report.classes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], ev_int8.top5[:, 0],
@@ -151,20 +153,16 @@ def integer_kernel_check(int8_onnx: Path) -> dict:
             "float_matmul": ops.get("MatMul", 0) + ops.get("FusedMatMul", 0) + ops.get("Gemm", 0)}
 
 
-GPU_PARTS = ("on the GPU: the calibration pass, the evaluation (decoded once per batch) and the speed figures; "
-             "on the CPU (Pillow decode): the per-tensor SQNR and histograms of report.html, the fallback search")
-
-
 def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev, fp32_artifact: Path,
                  int8_artifact: Path, evaluated: Dataset | None = None,
-                 devices: tuple[str, ...] = ("cpu",), int8_onnx: Path | None = None) -> RunReport:
+                 placement: Placement = CPU, int8_onnx: Path | None = None) -> RunReport:
     """The run report; `evaluated` is the dataset the figures come from (the held-out part of the
     evaluation images with a fallback budget; all of them otherwise); `int8_onnx` the INT8 model
     that was evaluated, as an ONNX file (what the report may say about how it ran)."""
     model, data = s.model, s.data
     evaluated = evaluated if evaluated is not None else data.evaluation
     fp32, int8 = ev.summary("fp32"), ev.summary("int8")
-    header = report_header(config, s, devices, GPU_PARTS, {"int8": int8_onnx} if int8_onnx else None)
+    header = report_header(config, s, placement, {"int8": int8_onnx} if int8_onnx else None)
     return RunReport(
         header=header,
         calibrator=config.calibrator,
@@ -207,7 +205,8 @@ def fallback_report(result: FallbackResult, ev=None) -> FallbackReport:
 def run_figures(prepared: onnx.ModelProto, qdq: onnx.ModelProto, outcome: CalibrationOutcome, flavor: str,
                 calibration: Dataset, evaluation: Dataset, calibrator: str, batch_size: int = 16,
                 workers: int | None = None, sqnr_images: int = 16, histogram_tensors: int = 6,
-                histogram_samples: int | None = 128, progress: bool = True) -> dict:
+                histogram_samples: int | None = 128, progress: bool = True, device: str = "cpu",
+                decoder: str = "nvjpeg") -> dict:
     """The figures of `calib run`'s report.html: histograms of a few tensors with the threshold,
     and per-tensor SQNR of the INT8 model on the first `sqnr_images` evaluation images."""
     amax = outcome.entry.cache.amax()
@@ -217,14 +216,14 @@ def run_figures(prepared: onnx.ModelProto, qdq: onnx.ModelProto, outcome: Calibr
         peaks = {t: max(-v.get("min", 0.0), v.get("max", 0.0)) for t, v in outcome.entry.metadata.tensors.items()}
     subset = evaluation.subset(evaluation.samples[:max(1, sqnr_images)])
     sq = activation_sqnr(prepared, {calibrator: qdq}, subset, order, min(batch_size, 4), workers,
-                         "SQNR" if progress else None)[calibrator]
+                         "SQNR" if progress else None, device, decoder)[calibrator]
     logits = sq.pop(prepared.graph.output[0].name, math.inf)
     picked = pick_tensors({calibrator: amax}, order, peaks, histogram_tensors, {calibrator: sq})
     stats = getattr(outcome.calibrator, "stats", None)
     note = ""
     if stats is None or not stats.has_histogram or not all(t in stats for t in picked):
         stats, n = tensor_histograms(prepared, calibration, picked, batch_size, workers, histogram_samples,
-                                     "histograms" if progress else None)
+                                     "histograms" if progress else None, device, decoder)
         why = "the cache was reused" if outcome.reused else f"{calibrator} keeps no histogram"
         note = f"recollected on {n} calibration images ({why})"
     figures = histogram_figures(stats, picked, {calibrator: amax}, calibrator)

@@ -8,7 +8,7 @@ from pathlib import Path
 from calib.calibration import calibrate
 from calib.data import take
 from calib.errors import CalibError
-from calib.evaluate.images import load_images
+from calib.passes import load_images
 from calib.report.schema import SensitivityReport
 from calib.report.sensitivity import write_sensitivity_report
 from calib.restore.ranker import rank_layers
@@ -25,19 +25,19 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
     s = setup(config, out, "sensitivity")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     with staged_dir(out) as stage:
-        devices = config.devices()
+        placement = config.placement()
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
                             batch_size=config.pass_batch_sizes()[0], workers=config.workers,
                             recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,
-                            progress=config.progress, devices=devices,
+                            progress=config.progress, placement=placement,
                             gpu_decode=config.gpu_decode)
         subset = load_images(take(data.evaluation, images, config.seed), config.batch_size, config.workers,
-                             "decoding" if config.progress else None)
+                             "decoding" if config.progress else None, placement.first, config.gpu_decode)
         means = bias_means(outcome.entry, config.bias_correction)
         result = rank_layers(prepared, outcome.entry.cache.amax(), flavor, subset, config.batch_size,
-                             weighted_only=weighted_only, progress=config.progress, channel_means=means)
-        header = report_header(config, s, devices, "on the GPU: the calibration pass; on the CPU (Pillow "
-                                                   "decode): the layer ranking", int8_models=None)
+                             weighted_only=weighted_only, progress=config.progress, channel_means=means,
+                             device=placement.first)
+        header = report_header(config, s, placement, int8_models=None)
         report = SensitivityReport(header=header, calibrator=config.calibrator, cache=str(outcome.entry.path),
                                    out=str(out), bias_correction=bool(means), sensitivity=result.as_dict())
         write_sensitivity_report(stage, report)

@@ -1,7 +1,8 @@
 """Data: image sources, preprocessing presets, datasets and batch streaming."""
 
+from calib.data.batch import Batch
 from calib.data.dataset import Dataset, split, take
-from calib.data.loader import Batch, SkipLog, iter_batches
+from calib.data.loader import SkipLog, iter_batches
 from calib.data.sources import ImageSource, Sample, imagenet_val
 from calib.data.transforms import Preprocess, get_preset
 

@@ -7,22 +7,22 @@ resize on the GPU reach over ten thousand.
 
 Preprocessing must not drift from the CPU path (`calib.data.transforms.Preprocess`, PIL):
 
-- the crop arithmetic is the CPU path's, integer for integer (`crop_plan`);
-- `resample="pil"` (the default) reproduces Pillow's resampling exactly: the same filter
+- the crop arithmetic is the CPU path's, integer for integer (`calib.data.resize_plan`);
+- the resize reproduces Pillow's resampling exactly: the same filter
   coefficients (Pillow's `src/libImaging/Resample.c`: `precompute_coeffs`, bicubic a = -0.5,
   support scaled by the downscale factor, i.e. antialiased), the same 22-bit fixed-point weights
   (`normalize_coeffs_8bpc`), horizontal pass first, rounding and clamping to 8 bits after each
   pass. On a GPU with triton this is `calib.data.resample_kernel`, Pillow's own int32 sums (about
   half the stream time, measured on an H200); elsewhere both passes are float64 matrix products
   of integers below 2**53, so every sum is exact. Either way the output equals Pillow's bit for
-  bit on the same decoded pixels;
-- `resample="torch"` uses `torch.nn.functional.interpolate(..., antialias=True)` instead (close
-  to, not equal to, Pillow: kept to measure the difference);
+  bit on the same decoded pixels (torch's antialiased `interpolate` is close to Pillow, not
+  equal: benchmarks/gpu.py keeps it as a variant of its own, to measure the difference);
 - normalisation is the same float32 `(x - mean) / std`.
 
 What is left is the decoder: nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's
 (what Pillow uses) by about one 8-bit level on average. That difference is why the decode path
-is part of the cache key (`decode_path`): a run calibrates and evaluates through one path.
+is part of the cache key (`calib.data.decoders.decode_path`): a run calibrates and evaluates
+through one path.
 
 Images that are not baseline/progressive 8-bit 1- or 3-channel JPEGs (PNG, CMYK JPEG, ...) and
 any image nvJPEG rejects are decoded by Pillow on the CPU, one by one, and resized on the GPU
@@ -36,128 +36,20 @@ CPU path's by construction.
 from __future__ import annotations
 
 import io
-import math
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from calib.data import resample_kernel
 from calib.data.cuda import to_device
-from calib.data.packed import PackedImages
+from calib.data.decoders import DECODERS, decode_path
+from calib.data.resize_plan import PRECISION_BITS, ImagePlan, image_plan, plan_tables
 from calib.data.transforms import Preprocess, pil_pixels
 from calib.errors import CalibError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-CPU_DECODE_PATH = "pil"
-DECODERS = ("nvjpeg", "pil")   # on a GPU (--gpu-decode): nvJPEG, or Pillow (calib.data.host_decode)
-RESAMPLERS = ("pil", "torch")
-PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images (Resample.c)
-_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
-
-
-def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg", resample: str = "pil") -> str:
-    """A short name of how pixels were produced; part of the cache key, shown in reports.
-
-    "pil" for the CPU path's pixels (Pillow decode and Pillow's resampling, on the CPU: the CPU
-    path, or the GPU path's Pillow workers); e.g. "nvjpeg+pil-bicubic" (nvJPEG decode,
-    Pillow-exact resampling on the GPU) or "nvjpeg+torch-bicubic-aa" (torch's antialiased
-    interpolate)."""
-    if resample not in RESAMPLERS:
-        raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")
-    if decoder == "cpu":   # the CPU path: `resample` names a GPU resampler, which it does not use
-        return CPU_DECODE_PATH
-    if decoder == "pil":
-        if resample != "pil":
-            raise CalibError(f"Pillow decoding resizes with Pillow; resample='{resample}' is for nvjpeg")
-        return CPU_DECODE_PATH
-    interp = preprocess.interpolation if preprocess is not None else "bicubic"
-    return f"{decoder}+{resample}-{interp}" + ("-aa" if resample == "torch" else "")
-
-
-# --------------------------------------------------------------------------- crop arithmetic
-@dataclass(frozen=True)
-class AxisPlan:
-    """One axis of Pillow's `resize(box=...)` followed by an integer crop.
-
-    The source interval [in0, in1) of an axis of `in_size` pixels is resampled to `out_size`
-    pixels, of which `count` starting at `keep` are kept."""
-    in_size: int
-    in0: float
-    in1: float
-    out_size: int
-    keep: int
-    count: int
-
-
-def crop_plan(preprocess: Preprocess, width: int, height: int) -> tuple[AxisPlan, AxisPlan]:
-    """(x, y) plans with exactly the arithmetic of `Preprocess.__call__`."""
-    size = preprocess.size
-    if preprocess.crop == "padded":
-        side = int(size / (size + preprocess.crop_padding) * min(width, height))
-        left, top = (width - side + 1) // 2, (height - side + 1) // 2
-        return (AxisPlan(width, left, left + side, size, 0, size),
-                AxisPlan(height, top, top + side, size, 0, size))
-    scale = preprocess.resize_to / min(width, height)
-    nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return (AxisPlan(width, 0, width, nw, left, size), AxisPlan(height, 0, height, nh, top, size))
-
-
-def _filter(x: np.ndarray, interpolation: str) -> np.ndarray:
-    """Pillow's bicubic (a = -0.5) and bilinear (triangle) filters, operation for operation."""
-    x = np.abs(x)
-    if interpolation == "bilinear":
-        return np.where(x < 1.0, 1.0 - x, 0.0)
-    a = -0.5
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * a
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-@lru_cache(maxsize=4096)
-def _coefficients(in_size: int, in0: float, in1: float, out_size: int, interpolation: str):
-    """Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: (first source index per output,
-    int64 fixed-point weights (out_size, ksize)). Cached: image sizes repeat across a dataset."""
-    if interpolation not in _SUPPORT:
-        raise CalibError(f"GPU resampling supports {', '.join(_SUPPORT)}, not '{interpolation}'")
-    scale = (in1 - in0) / out_size
-    filterscale = max(scale, 1.0)
-    support = _SUPPORT[interpolation] * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
-    center = in0 + (np.arange(out_size, dtype=np.float64) + 0.5) * scale
-    ss = 1.0 / filterscale
-    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
-    xmax = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - xmin
-    taps = np.arange(ksize, dtype=np.int64)
-    valid = taps[None, :] < xmax[:, None]
-    w = _filter(((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * ss, interpolation)
-    w = np.where(valid, w, 0.0)
-    ww = np.zeros(out_size, dtype=np.float64)
-    for j in range(ksize):  # left to right, as Pillow sums (float addition is not associative)
-        ww += w[:, j]
-    k = np.where(ww[:, None] != 0.0, w / np.where(ww == 0.0, 1.0, ww)[:, None], w)
-    one = float(1 << PRECISION_BITS)
-    kk = np.where(k < 0, np.trunc(-0.5 + k * one), np.trunc(0.5 + k * one)).astype(np.int64)
-    return xmin, kk
-
-
-def axis_weights(plan: AxisPlan, interpolation: str) -> tuple[int, np.ndarray]:
-    """(first source pixel, int64 weights (count, span)): the kept outputs of one axis as a
-    dense matrix over the source pixels [first, first + span) they read."""
-    xmin, kk = _coefficients(plan.in_size, float(plan.in0), float(plan.in1), plan.out_size, interpolation)
-    xmin, kk = xmin[plan.keep:plan.keep + plan.count], kk[plan.keep:plan.keep + plan.count]
-    nonzero = kk != 0
-    last = np.where(nonzero, xmin[:, None] + np.arange(kk.shape[1])[None, :] + 1, 0).max()
-    first = int(xmin.min())
-    span = max(int(last) - first, 1)
-    dense = np.zeros((plan.count, span), dtype=np.int64)
-    rows, taps = np.nonzero(nonzero)
-    dense[rows, xmin[rows] - first + taps] = kk[rows, taps]
-    return first, dense
-
 
 # --------------------------------------------------------------------------- resampling (torch)
 def _round_fixed(t: "torch.Tensor") -> "torch.Tensor":
@@ -166,85 +58,12 @@ def _round_fixed(t: "torch.Tensor") -> "torch.Tensor":
     return t.add_(half).div_(float(1 << PRECISION_BITS)).floor_().clamp_(0.0, 255.0)
 
 
-@lru_cache(maxsize=1)
-def pillow_orders_passes() -> bool:
-    """Whether the installed Pillow runs the vertical pass first when the height shrinks more
-    than twice as much as the width (newer Pillow's `ImagingResampleInner`; older ones always
-    go horizontal first). Probed once on a small image where the two orders differ."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (340, 250), dtype=np.uint8)
-    ref = np.asarray(Image.fromarray(pixels, "L").resize((224, 224), Image.Resampling.BICUBIC,
-                                                        box=(16, 61, 234, 279))).astype(np.int64)
-    x0, wx = axis_weights(AxisPlan(250, 16, 234, 224, 0, 224), "bicubic")
-    y0, wy = axis_weights(AxisPlan(340, 61, 279, 224, 0, 224), "bicubic")
-    crop = pixels[y0:y0 + wy.shape[1], x0:x0 + wx.shape[1]].astype(np.int64)
-
-    def rnd(v):
-        return np.clip((v + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS, 0, 255)
-
-    vertical_first = rnd(rnd(wy @ crop) @ wx.T)
-    return bool(np.array_equal(vertical_first, ref))
-
-
-def vertical_first(px: AxisPlan, py: AxisPlan) -> bool:
-    """Pillow's pass order for one image (`horizontal_first` in Resample.c, when it has one)."""
-    if not pillow_orders_passes():
-        return False
-    shrink_y, shrink_x = py.in_size - py.out_size, px.in_size - px.out_size
-    return shrink_y > 0 and shrink_y > shrink_x * 2
-
-
-@dataclass(frozen=True)
-class ImagePlan:
-    """Everything the Pillow-exact resize needs for one image size: the crop window of the
-    source ([y0, y0 + sy) x [x0, x0 + sx)), each axis' compact weights (per-output offsets into
-    the window and fixed-point taps) and Pillow's pass order. Depends only on the image size
-    and the preset, so it is computed once per size (`image_plan`)."""
-    x0: int
-    sx: int
-    offx: np.ndarray
-    kkx: np.ndarray
-    y0: int
-    sy: int
-    offy: np.ndarray
-    kky: np.ndarray
-    v_first: bool
-
-
-@lru_cache(maxsize=8192)
-def image_plan(preprocess: Preprocess, width: int, height: int) -> ImagePlan:
-    """The cached `ImagePlan` of a `width` x `height` image (image sizes repeat across a dataset:
-    the per-image Python work of a batch is then a dictionary lookup)."""
-    px, py = crop_plan(preprocess, width, height)
-    x0, sx, offx, kkx = _compact(px, preprocess.interpolation)
-    y0, sy, offy, kky = _compact(py, preprocess.interpolation)
-    return ImagePlan(x0, sx, offx, kkx, y0, sy, offy, kky, vertical_first(px, py))
-
-
-def plan_tables(plans: Sequence[ImagePlan], size: int) -> tuple[np.ndarray, int, int]:
-    """(int32 (n, size, 2 + kx + ky) table, kx, ky): per image and output, the x offset, the y
-    offset, then the kx horizontal and ky vertical weights (zero past an image's own taps). Both
-    resamplers read it; one array, so one copy to the device."""
-    kx = max(p.kkx.shape[1] for p in plans)
-    ky = max(p.kky.shape[1] for p in plans)
-    table = np.zeros((len(plans), size, 2 + kx + ky), np.int32)
-    for i, p in enumerate(plans):
-        table[i, :, 0], table[i, :, 1] = p.offx, p.offy
-        table[i, :, 2:2 + p.kkx.shape[1]] = p.kkx
-        table[i, :, 2 + kx:2 + kx + p.kky.shape[1]] = p.kky
-    return table, kx, ky
-
-
 KERNELS = ("auto", "triton", "matmul")
 _triton_failed: list[str] = []   # set when a Triton launch failed here: "auto" stops trying it
 
 
-def resample_pil(images: "Sequence[torch.Tensor] | PackedImages", preprocess: Preprocess,
-                 kernel: str = "auto") -> "torch.Tensor":
-    """Pillow-exact crop + resize of uint8 images on one device -> uint8 (N, 3, S, S): (3, H, W)
-    tensors, or a `PackedImages` buffer (planar or interleaved images, as decoded).
+def resample_pil(images: Sequence["torch.Tensor"], preprocess: Preprocess, kernel: str = "auto") -> "torch.Tensor":
+    """Pillow-exact crop + resize of uint8 (3, H, W) images on one device -> uint8 (N, 3, S, S).
 
     `kernel`: "triton" (`calib.data.resample_kernel`: Pillow's int32 arithmetic, a fraction of
     the GPU time), "matmul" (float64 products with dense weight matrices, any torch device), or
@@ -256,20 +75,13 @@ def resample_pil(images: "Sequence[torch.Tensor] | PackedImages", preprocess: Pr
     if not len(images):
         raise CalibError("resample_pil needs at least one image (a batch where nothing decoded has no pixels)")
     s = preprocess.size
-    if isinstance(images, PackedImages):
-        sizes, device = images.sizes, images.device
-    else:
-        sizes, device = [(int(im.shape[1]), int(im.shape[2])) for im in images], images[0].device
+    sizes, device = [(int(im.shape[1]), int(im.shape[2])) for im in images], images[0].device
     plans = [image_plan(preprocess, w, h) for h, w in sizes]
     order = [p.v_first for p in plans]
     triton = _use_triton(kernel, device)
 
     def group(index, v_first):
-        if isinstance(images, PackedImages):
-            part = images if len(index) == len(images) else images.subset(index)
-        else:
-            part = [images[i] for i in index]
-        return _resample_order(part, [plans[i] for i in index], preprocess, v_first, triton,
+        return _resample_order([images[i] for i in index], [plans[i] for i in index], preprocess, v_first, triton,
                                strict=kernel == "triton")
 
     if all(order) or not any(order):
@@ -283,8 +95,6 @@ def resample_pil(images: "Sequence[torch.Tensor] | PackedImages", preprocess: Pr
 
 def _use_triton(kernel: str, device) -> bool:
     """Whether `kernel` means the Triton kernel on `device`; "triton" where it cannot run is an error."""
-    from calib.data import resample_kernel
-
     if kernel == "matmul":
         return False
     if kernel == "triton":
@@ -302,8 +112,6 @@ def _resample_order(images, plans: Sequence[ImagePlan], preprocess: Preprocess, 
     import torch
 
     if triton and (strict or not _triton_failed):
-        from calib.data import resample_kernel
-
         try:
             return resample_kernel.resample(images, plans, plan_tables(plans, preprocess.size), v_first)
         except torch.OutOfMemoryError:
@@ -316,19 +124,7 @@ def _resample_order(images, plans: Sequence[ImagePlan], preprocess: Preprocess, 
             _triton_failed.append(f"{type(e).__name__}: {e}")
             warnings.warn(f"the Triton resize kernel failed ({_triton_failed[0].splitlines()[0][:200]}); "
                           f"resizing with the slower exact matmul path from now on", stacklevel=3)
-    return _resample_group(images.views() if isinstance(images, PackedImages) else images, plans, preprocess,
-                           v_first)
-
-
-def _compact(plan: AxisPlan, interpolation: str) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """(first source pixel, span, per-output offset from `first`, weights (count, ksize)) of
-    the kept outputs: the dense matrix of `axis_weights`, without its zeros."""
-    xmin, kk = _coefficients(plan.in_size, float(plan.in0), float(plan.in1), plan.out_size, interpolation)
-    xmin, kk = xmin[plan.keep:plan.keep + plan.count], kk[plan.keep:plan.keep + plan.count]
-    first = int(xmin.min())
-    taps = np.nonzero(kk.any(axis=0))[0]
-    span = max(int((xmin[:, None] + np.arange(kk.shape[1])[None, :])[kk != 0].max(initial=first)) + 1 - first, 1)
-    return first, span, xmin - first, kk[:, :int(taps.max()) + 1 if taps.size else 1]
+    return _resample_group(images, plans, preprocess, v_first)
 
 
 def _dense_on_device(offsets: "torch.Tensor", weights: "torch.Tensor", span: int) -> "torch.Tensor":
@@ -380,24 +176,6 @@ def _resample_group(images, plans: Sequence[ImagePlan], preprocess: Preprocess, 
     if v_first:
         return _round_fixed(torch.matmul(_round_fixed(torch.matmul(wy_t, x)), wx_t)).to(torch.uint8)
     return _round_fixed(torch.matmul(wy_t, _round_fixed(torch.matmul(x, wx_t)))).to(torch.uint8)
-
-
-def resample_torch(images: Sequence["torch.Tensor"], preprocess: Preprocess) -> "torch.Tensor":
-    """Same crop, torch's antialiased interpolate (per image: sizes differ), rounded to 8 bits."""
-    import torch
-    import torch.nn.functional as F
-
-    s = preprocess.size
-    out = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=images[0].device)
-    for i, im in enumerate(images):
-        px, py = crop_plan(preprocess, int(im.shape[2]), int(im.shape[1]))
-        # The box is integer in both presets: crop it, resize it, then take the kept window.
-        region = im[:, int(py.in0):int(py.in1), int(px.in0):int(px.in1)].unsqueeze(0).float()
-        r = F.interpolate(region, size=(py.out_size, px.out_size), mode=preprocess.interpolation,
-                          antialias=True, align_corners=False)
-        r = r[:, :, py.keep:py.keep + s, px.keep:px.keep + s]
-        out[i] = r.round_().clamp_(0, 255).to(torch.uint8)[0]
-    return out
 
 
 def normalise(pixels: "torch.Tensor", preprocess: Preprocess) -> "torch.Tensor":
@@ -468,12 +246,9 @@ class GpuDecoder:
 
     DECODERS = DECODERS
 
-    def __init__(self, preprocess: Preprocess, device: str = "cuda", resample: str = "pil",
-                 decoder: str = "nvjpeg") -> None:
+    def __init__(self, preprocess: Preprocess, device: str = "cuda", decoder: str = "nvjpeg") -> None:
         from calib.data.cuda import require_torch_cuda
 
-        if resample not in RESAMPLERS:
-            raise CalibError(f"unknown GPU resampler '{resample}' (choose from: {', '.join(RESAMPLERS)})")
         if decoder not in self.DECODERS:
             raise CalibError(f"unknown GPU decoder '{decoder}' (choose from: {', '.join(self.DECODERS)})")
         self.torch, self.device = require_torch_cuda(device)
@@ -486,9 +261,8 @@ class GpuDecoder:
                 from calib.errors import MissingDependency
                 raise MissingDependency("torchvision", "nvJPEG decoding on the GPU") from None
         self.preprocess = preprocess
-        self.resample = resample
         self.decoder = decoder
-        self.path = decode_path(preprocess, decoder, resample)
+        self.path = decode_path(preprocess, decoder)
         self.fallbacks = 0   # images Pillow decoded because nvJPEG could not
 
     def decode(self, items: Sequence[bytes | Callable]) -> list["torch.Tensor | None"]:
@@ -535,13 +309,11 @@ class GpuDecoder:
             self.fallbacks += 1
         return self.torch.from_numpy(pixels).to(self.device, non_blocking=False)
 
-    def pixels(self, decoded: "Sequence[torch.Tensor] | PackedImages") -> "torch.Tensor":
-        """Crop + resize decoded uint8 images to uint8 (n, 3, S, S)."""
-        if self.resample == "pil":
-            return resample_pil(decoded, self.preprocess)
-        return resample_torch(decoded.views() if isinstance(decoded, PackedImages) else decoded, self.preprocess)
+    def pixels(self, decoded: Sequence["torch.Tensor"]) -> "torch.Tensor":
+        """Crop + resize decoded uint8 images to uint8 (n, 3, S, S), as Pillow does."""
+        return resample_pil(decoded, self.preprocess)
 
-    def preprocess_decoded(self, decoded: "Sequence[torch.Tensor] | PackedImages") -> "torch.Tensor":
+    def preprocess_decoded(self, decoded: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """Decoded uint8 images -> the float32 (n, 3, S, S) batch the models take."""
         return normalise(self.pixels(decoded), self.preprocess)
 

@@ -29,18 +29,17 @@ in TensorRT's samples (device allocations, streams, page-locked memory, async co
 pycuda ships no wheels for every CUDA version (it compiles against a local CUDA toolkit), while
 the torch wheel that already runs the model carries its own CUDA runtime.
 
-With `decode="nvjpeg"` step 1 moves to the GPU (`calib.data.gpu_decode`): a producer thread
-reads the files (a small I/O thread pool), decodes them with nvJPEG and preprocesses them on a
-CUDA stream of its own, and hands finished device batches over through a bounded queue with a
-CUDA event each; step 3 becomes a device-to-device copy into the slot. `gpu_batches` is the
-same producer without the fixed slots, for consumers that need no stable pointer (ORT with
-IOBinding, the calibration statistics). `gpu_batches(..., decoder="pil")` has worker processes
-run the CPU path's preprocessing (Pillow decode, crop and resize) into shared, page-locked slots
-instead (`calib.data.host_decode`); the thread then copies each slot to the GPU and normalises
-there: the CPU path's pixels bit for bit.
+`gpu_batches` decodes on the GPU's side instead (a decoder of `calib.data.decoders.DECODERS`),
+for consumers that need no stable pointer (ORT with IOBinding, the calibration statistics): a
+producer thread with a CUDA stream of its own hands finished device batches over through a
+bounded queue, with a CUDA event each. With `decoder="nvjpeg"` it reads the files (a small I/O
+thread pool), decodes them with nvJPEG and preprocesses them on the GPU (`calib.data.gpu_decode`);
+with `decoder="pil"` worker processes run the CPU path's preprocessing (Pillow decode, crop and
+resize) into shared, page-locked slots (`calib.data.host_decode`), and the thread copies each
+slot to the GPU and normalises there: the CPU path's pixels bit for bit.
 
-A batch handed out is a view into a reused buffer: it is valid until the next batch is asked
-for. Clone it to keep it. Use it on the stream that was current when it was handed out (or
+A batch `GpuBatchStream` hands out is a view into a reused buffer: it is valid until the next
+batch is asked for. Clone it to keep it. Use it on the stream that was current when it was handed out (or
 record that stream's work before asking for the next batch), since that is the stream the
 release event is recorded on.
 """
@@ -48,49 +47,20 @@ release event is recorded on.
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from calib.data.batch import Batch
 from calib.data.cuda import require_torch_cuda
 from calib.data.dataset import Dataset
 from calib.data.host_decode import default_gpu_workers
-from calib.data.loader import Batch, SkipLog, iter_batches
+from calib.data.loader import SkipLog, iter_batches
 from calib.data.sources import ImageSource, Sample
 from calib.errors import CalibError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-
-@dataclass
-class DeviceBatch:
-    """One batch in GPU memory.
-
-    `images` is (size, C, H, W) float32 on the device; `buffer` is the whole fixed-size slot
-    (batch_size rows; rows past `size` are zero), which TensorRT calibrators hand over as is.
-    Both are valid until the next batch is requested.
-    """
-    images: "torch.Tensor"
-    buffer: "torch.Tensor"
-    labels: np.ndarray          # (size,) int64, on the host
-    keys: list[str]
-    skipped: list[str] = field(default_factory=list)
-    ready: object = field(default=None, repr=False)  # CUDA event: the copy into `buffer` is done
-
-    @property
-    def size(self) -> int:
-        return len(self.keys)
-
-    @property
-    def pointer(self) -> int:
-        """Device address of the fixed-size buffer (what TensorRT's get_batch returns)."""
-        return int(self.buffer.data_ptr())
 
 
 class _Slot:
@@ -107,26 +77,23 @@ class _Slot:
 class GpuBatchStream:
     """Stream `dataset` to the GPU in batches of `batch_size`, in dataset order.
 
-    Iterate it for `DeviceBatch`es (each pass decodes the dataset again), or call `get_batch()`
+    Iterate it for `Batch`es on the device (each pass decodes the dataset again), or call `get_batch()`
     repeatedly for TensorRT-style (pointer, valid count) pairs. Undecodable images are skipped
     and logged in `skips`, as in `iter_batches`; the last batch (or one with skipped images)
-    may hold fewer than `batch_size` images: `DeviceBatch.size` tells.
-    """
+    may hold fewer than `batch_size` images: `Batch.size` tells; `Batch.buffer` is the whole slot.
 
-    DECODERS = ("cpu", "nvjpeg")
+    The batches are the CPU path's (`iter_batches`' decode workers), copied up: TensorRT's
+    calibrators and `decoder="cpu"` runs on a GPU take them (`gpu_batches` decodes on the GPU).
+    """
 
     def __init__(self, dataset: Dataset, batch_size: int, workers: int | None = None,
                  device: str = "cuda", depth: int = 2, progress: str | None = None,
-                 skips: SkipLog | None = None, decode: str = "cpu", resample: str = "pil") -> None:
+                 skips: SkipLog | None = None) -> None:
         if batch_size < 1:
             raise CalibError(f"batch size must be at least 1, not {batch_size}")
         if depth < 2:
             raise CalibError(f"GPU stream depth must be at least 2 (double buffering), not {depth}")
-        if decode not in self.DECODERS:
-            raise CalibError(f"unknown decoder '{decode}' (choose from: {', '.join(self.DECODERS)})")
         self._torch, self.device = require_torch_cuda(device)
-        self.decode = decode
-        self.resample = resample
         self.dataset = dataset
         self.batch_size = batch_size
         self.workers = workers
@@ -134,13 +101,13 @@ class GpuBatchStream:
         self.progress = progress
         self.skips = skips if skips is not None else SkipLog()
         self._copy_stream = self._torch.cuda.Stream(device=self.device)
-        self._pass: Iterator[DeviceBatch] | None = None   # the pass get_batch() walks
-        self.current: DeviceBatch | None = None            # what get_batch() returned last
+        self._pass: Iterator[Batch] | None = None   # the pass get_batch() walks
+        self.current: Batch | None = None            # what get_batch() returned last
         self.images = 0                                     # images handed out in this pass
 
     # -- iteration ---------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[DeviceBatch]:
+    def __iter__(self) -> Iterator[Batch]:
         return self._batches()
 
     def get_batch(self) -> tuple[int, int] | None:
@@ -182,20 +149,9 @@ class GpuBatchStream:
 
     # -- pipeline ----------------------------------------------------------------------------
 
-    @property
-    def decode_path(self) -> str:
-        """How the pixels were made ("pil", or e.g. "nvjpeg+pil-bicubic"): part of the cache key."""
-        from calib.data.gpu_decode import decode_path
-
-        return decode_path(self.dataset.preprocess, "pil" if self.decode == "cpu" else "nvjpeg", self.resample)
-
-    def _batches(self) -> Iterator[DeviceBatch]:
-        if self.decode == "nvjpeg":
-            source = _DecodeThread(self.dataset, self.batch_size, self.device, self.resample,
-                                   progress=self.progress).batches(self.skips)
-        else:
-            source = iter_batches(self.dataset, self.batch_size, self.workers, progress=self.progress,
-                                  skips=self.skips)
+    def _batches(self) -> Iterator[Batch]:
+        source = iter_batches(self.dataset, self.batch_size, self.workers, progress=self.progress,
+                              skips=self.skips)
         pending: deque[tuple[_Slot, Batch]] = deque()
         slots: list[_Slot] = []   # each pass owns its buffers: two passes never share a slot
         count = 0
@@ -228,21 +184,9 @@ class GpuBatchStream:
                              f"then {tuple(chw)}")
         return slots[index % self.depth]
 
-    def _fill(self, slot: _Slot, batch: "Batch | _Decoded") -> None:
+    def _fill(self, slot: _Slot, batch: Batch) -> None:
         torch = self._torch
         n = len(batch.keys)
-        if isinstance(batch, _Decoded):  # already on the device: one device-to-device copy
-            with torch.cuda.stream(self._copy_stream):
-                if slot.was_released:
-                    self._copy_stream.wait_event(slot.released)
-                self._copy_stream.wait_event(batch.event)
-                slot.device[:n].copy_(batch.images, non_blocking=True)
-                batch.images.record_stream(self._copy_stream)
-                if n < self.batch_size:
-                    slot.device[n:].zero_()
-                slot.copy_done.record(self._copy_stream)
-            slot.copied = True
-            return
         if slot.copied:
             slot.copy_done.synchronize()   # the last copy out of this pinned buffer has finished
         # One thread, GIL released: torch's copy_ would fan out to every intra-op thread and take
@@ -258,12 +202,12 @@ class GpuBatchStream:
             slot.copy_done.record(self._copy_stream)
         slot.copied = True
 
-    def _hand_out(self, slot: _Slot, batch: Batch) -> DeviceBatch:
+    def _hand_out(self, slot: _Slot, batch: Batch) -> Batch:
         n = len(batch.keys)
         self._torch.cuda.current_stream(self.device).wait_event(slot.copy_done)
         self.images += n
-        return DeviceBatch(slot.device[:n], slot.device, batch.labels, batch.keys, batch.skipped,
-                           slot.copy_done)
+        return Batch(slot.device[:n], batch.labels, batch.keys, batch.skipped, buffer=slot.device,
+                     ready=slot.copy_done)
 
     def _release(self, slot: _Slot) -> None:
         slot.released.record(self._torch.cuda.current_stream(self.device))
@@ -271,43 +215,6 @@ class GpuBatchStream:
 
 
 # --------------------------------------------------------------------------- GPU decoding
-# While batches stream, this process runs several Python threads that each hold the GIL briefly
-# between native calls (the decode thread, the threads that launch the models). A thread coming
-# back from a native call waits for the holder to release the GIL, up to the switch interval
-# (5 ms by default) if the holder runs Python: time the GPU then idles. Shorter hand-overs while
-# any stream runs; the interval from before the first one is restored when the last one ends.
-# (Measured on an H200 end to end, `--gpu-decode pil`: 3,817 against 3,815 images/s with the
-# default interval, no difference; 3,288 against 3,244 with the previous decode-only workers. Kept:
-# it costs nothing, and the threads it is for are still there.)
-GIL_SWITCH_INTERVAL: float | None = 0.0005
-_switches = {"streams": 0, "before": None}
-_switches_lock = threading.Lock()
-
-
-def _short_gil_switches(start: bool) -> None:
-    with _switches_lock:
-        if start:
-            _switches["streams"] += 1
-            if _switches["streams"] == 1:
-                _switches["before"] = sys.getswitchinterval()
-                if GIL_SWITCH_INTERVAL is not None:
-                    sys.setswitchinterval(min(_switches["before"], GIL_SWITCH_INTERVAL))
-        else:
-            _switches["streams"] -= 1
-            if _switches["streams"] == 0:
-                sys.setswitchinterval(_switches["before"])
-
-
-@dataclass
-class _Decoded:
-    """A batch the decode thread finished on its stream; `event` marks the end of its work."""
-    images: "torch.Tensor"
-    labels: np.ndarray
-    keys: list[str]
-    skipped: list[str]
-    event: object
-
-
 def _reads_files(source: ImageSource) -> bool:
     """Sources whose samples are files opened by path (the base class's `open`)."""
     return type(source).open is ImageSource.open
@@ -336,14 +243,13 @@ class _DecodeThread:
 
     _END = object()
 
-    def __init__(self, dataset: Dataset, batch_size: int, device, resample: str = "pil",
-                 depth: int = 3, io_threads: int = 4, progress: str | None = None,
-                 decoder: str = "nvjpeg", workers: int | None = None) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, device, depth: int = 3, io_threads: int = 4,
+                 progress: str | None = None, decoder: str = "nvjpeg", workers: int | None = None) -> None:
         from calib.data.gpu_decode import GpuDecoder
 
         self.dataset = dataset
         self.chunks = [dataset.samples[i:i + batch_size] for i in range(0, len(dataset.samples), batch_size)]
-        self.decoder = GpuDecoder(dataset.preprocess, str(device), resample, decoder)
+        self.decoder = GpuDecoder(dataset.preprocess, str(device), decoder)
         self.device = self.decoder.device
         self.io_threads = io_threads
         self.depth = depth
@@ -417,8 +323,8 @@ class _DecodeThread:
         event = torch.cuda.Event()
         event.record(stream)
         bad = sorted(set(range(len(chunk))) - set(ok))
-        self._put(_Decoded(images, np.asarray([chunk[i].label for i in ok], np.int64),
-                           [chunk[i].key for i in ok], [chunk[i].key for i in bad], event))
+        self._put(Batch(images, np.asarray([chunk[i].label for i in ok], np.int64),
+                        [chunk[i].key for i in ok], [chunk[i].key for i in bad], ready=event))
 
     def _put(self, item) -> None:
         while not self.stop.is_set():
@@ -428,13 +334,12 @@ class _DecodeThread:
             except queue.Full:
                 continue
 
-    def batches(self, skips: SkipLog) -> Iterator[_Decoded]:
+    def batches(self, skips: SkipLog) -> Iterator[Batch]:
         """Finished batches (images may be None when no image of a chunk decoded: skipped)."""
         from calib.progress import progress_bar
 
         bar = progress_bar(total=len(self.dataset.samples), desc=self.progress, unit="img",
                            enabled=self.progress is not None)
-        _short_gil_switches(True)
         try:
             if self.workers is not None and self.chunks:
                 from calib.data.host_decode import HostDecoder
@@ -456,11 +361,8 @@ class _DecodeThread:
                 if item.images is not None:
                     yield item
         finally:
-            try:
-                bar.close()
-                self.close()
-            finally:
-                _short_gil_switches(False)
+            bar.close()
+            self.close()
 
     def close(self) -> None:
         """Stop: the workers first (a thread waiting for their batch then fails at once), then
@@ -476,27 +378,27 @@ class _DecodeThread:
             self.host = None
 
 
-def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", resample: str = "pil",
-                depth: int = 3, io_threads: int = 4, progress: str | None = None,
-                skips: SkipLog | None = None, decoder: str = "nvjpeg",
-                workers: int | None = None) -> Iterator[DeviceBatch]:
+def gpu_batches(dataset: Dataset, batch_size: int, device: str = "cuda", *, depth: int = 3, io_threads: int = 4,
+                progress: str | None = None, skips: SkipLog | None = None, decoder: str = "nvjpeg",
+                workers: int | None = None) -> Iterator[Batch]:
     """Batches decoded and preprocessed on the GPU (nvJPEG; Pillow per image where nvJPEG cannot),
-    in dataset order, as `DeviceBatch`es whose `images` are ready on the caller's current stream.
+    in dataset order, as `Batch`es whose `images` are ready on the caller's current stream.
 
     Each batch is a fresh tensor (the caching allocator recycles them), valid for as long as the
     caller keeps it. `decoder="pil"` runs the CPU path's preprocessing in `workers` processes
     (`calib.data.host_decode`; 0: in this process) and normalises on the GPU: the CPU path's
     pixels, bit for bit. Undecodable images are logged in `skips`."""
     skips = skips if skips is not None else SkipLog()
-    producer = _DecodeThread(dataset, batch_size, device, resample, depth, io_threads, progress, decoder, workers)
+    producer = _DecodeThread(dataset, batch_size, device, depth, io_threads, progress, decoder, workers)
     torch = producer.decoder.torch
     current = torch.cuda.current_stream(producer.device)
     batches = producer.batches(skips)
     try:
         for item in batches:
-            current.wait_event(item.event)
+            current.wait_event(item.ready)
             item.images.record_stream(current)  # freed only after the caller's work on it
-            yield DeviceBatch(item.images, item.images, item.labels, item.keys, item.skipped, item.event)
+            item.buffer = item.images
+            yield item
     finally:
         # Closing this generator must stop the decoder now: Python 3.12 does not always finalise
         # a generator suspended in another one's loop when the outer one is closed (gh-118272).

@@ -17,12 +17,12 @@ import sys
 import time
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
 
+from calib.data.batch import Batch
 from calib.data.dataset import Dataset
 from calib.data.sources import ImageSource, Sample
 from calib.data.transforms import Preprocess
@@ -31,14 +31,6 @@ from calib.errors import CalibError, InternalError
 
 # Blocked while the workers start (see WorkerPool); a worker unblocks them with its own handlers set.
 _WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-@dataclass
-class Batch:
-    images: np.ndarray          # (N, C, H, W) float32
-    labels: np.ndarray          # (N,) int64
-    keys: list[str]             # sample keys, in order
-    skipped: list[str] = field(default_factory=list)  # keys that could not be decoded
 
 
 class SkipLog:

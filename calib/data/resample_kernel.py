@@ -8,7 +8,7 @@ specialise on its integer arguments) for 4.5 ms (benchmarks/gpu.json). It does w
 `ImagingResampleVertical_8bpc` do (`src/libImaging/Resample.c`): for each output pixel, an int32
 sum of the filter's taps (22-bit fixed-point weights times 8-bit pixels) started at 2**21, shifted
 right by 22 and clamped to [0, 255]. That is integer arithmetic, so it equals Pillow bit for bit by
-construction; the weights and tap offsets are the very tables of `gpu_decode.image_plan`.
+construction; the weights and tap offsets are the very tables of `resize_plan.image_plan`.
 
 One kernel resamples one axis of a batch of images of different sizes. Each image has its own
 addressing (base, channel/kept-axis/tap strides, window origin, extents), so the same kernel
@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from calib.data.cuda import to_device
+from calib.data.packed import PackedImages
+from calib.data.resize_plan import PRECISION_BITS, ImagePlan
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from calib.data.gpu_decode import ImagePlan
-    from calib.data.packed import PackedImages
-
-PRECISION_BITS = 22          # Pillow's fixed-point precision for 8-bit images (Resample.c)
 BLOCK_A, BLOCK_J = 32, 32    # a tile: 32 kept-axis lines x 32 outputs along the resampled axis
 
 
@@ -97,18 +97,14 @@ def available(device: "torch.device") -> bool:
     return True
 
 
-def resample(images: "Sequence[torch.Tensor] | PackedImages", plans: Sequence["ImagePlan"],
+def resample(images: Sequence["torch.Tensor"], plans: Sequence[ImagePlan],
              tables: tuple[np.ndarray, int, int], v_first: bool) -> "torch.Tensor":
-    """uint8 images (one device: (3, H, W) tensors, or a `PackedImages` buffer whose images may be
-    planar or interleaved) -> uint8 (n, 3, size, size): Pillow's crop + resize with every image's
-    `ImagePlan` (all of one pass order, `v_first`) and their offsets and weights,
-    `gpu_decode.plan_tables(plans, size)`."""
+    """uint8 (3, H, W) images (one device) -> uint8 (n, 3, size, size): Pillow's crop + resize with
+    every image's `ImagePlan` (all of one pass order, `v_first`) and their offsets and weights,
+    `resize_plan.plan_tables(plans, size)`."""
     import torch
 
-    from calib.data.cuda import to_device
-    from calib.data.packed import PackedImages
-
-    packed = images if isinstance(images, PackedImages) else PackedImages.from_images(images)
+    packed = PackedImages.from_images(images)
     tables, kx, ky = tables                    # offx, offy, kkx..., kky... per image and output
     device = packed.device
     n, s = len(packed), tables.shape[1]

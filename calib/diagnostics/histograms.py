@@ -3,34 +3,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import onnx
 
 from calib.calibrators import TensorStatistics
-from calib.data import Dataset, SkipLog, iter_batches
-from calib.diagnostics.sqnr import with_outputs
-from calib.onnx_io import ort_session
+from calib.data import Dataset
 
 
 def tensor_histograms(prepared: onnx.ModelProto, dataset: Dataset, tensors: list[str], batch_size: int = 16,
                       workers: int | None = None, limit: int | None = None,
-                      progress: str | None = None) -> tuple[TensorStatistics, int]:
+                      progress: str | None = None, device: str = "cpu",
+                      decoder: str = "nvjpeg") -> tuple[TensorStatistics, int]:
     """Histograms of |x| of a few FP32 tensors over (the first `limit` images of) `dataset`,
     for plots when the calibration statistics are not at hand (caches were reused)."""
+    from calib.passes import observe_pass
+
     stats = TensorStatistics(histogram=True)
-    sess = ort_session(with_outputs(prepared, tensors), "all")
-    input_name = sess.get_inputs()[0].name
     subset = dataset if limit is None else dataset.subset(dataset.samples[:limit])
-    count = 0
-    with contextlib.closing(iter_batches(subset, batch_size, workers=workers, progress=progress,
-                                         skips=SkipLog())) as batches:
-        for batch in batches:
-            for name, value in zip(tensors, sess.run(tensors, {input_name: batch.images})):
-                stats.observe(name, value)
-            count += len(batch.keys)
-    return stats, count
+    result = observe_pass(prepared, subset, stats, batch_size, device, tensors, workers, progress, decoder)
+    return stats, result.images
 
 
 def pick_tensors(amaxes: dict[str, dict[str, float]], order: list[str], peaks: dict[str, float] | None = None,

@@ -1,4 +1,4 @@
-"""Per-tensor SQNR of Q/DQ models against FP32 (the measure itself: calib.evaluate.sqnr), and the
+"""Per-tensor SQNR of Q/DQ models against FP32 (the measure itself: calib.stats.sqnr), and the
 models that expose the tensors to compare."""
 
 from __future__ import annotations
@@ -6,21 +6,7 @@ from __future__ import annotations
 import onnx
 
 from calib.data import Dataset
-from calib.evaluate.sqnr import SqnrAccumulator
-from calib.onnx_io import ort_session
 from calib.quantize.naming import dequantized_name, float_name
-
-
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of `model` that also outputs the float tensors `names` (added after its own outputs)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    existing = {o.name for o in out.graph.output}
-    for name in names:
-        if name not in existing:
-            out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-            existing.add(name)
-    return out
 
 
 def int8_view(qdq: onnx.ModelProto, tensors: list[str]) -> dict[str, str]:
@@ -47,35 +33,37 @@ def int8_view(qdq: onnx.ModelProto, tensors: list[str]) -> dict[str, str]:
 
 def activation_sqnr(prepared: onnx.ModelProto, qdq_models: dict[str, onnx.ModelProto], dataset: Dataset,
                     tensors: list[str], batch_size: int = 4, workers: int | None = None,
-                    progress: str | None = None) -> dict[str, dict[str, float]]:
-    """Per-tensor SQNR (dB) of each INT8 model against FP32 on `dataset` (decoded once for all).
+                    progress: str | None = None, device: str = "cpu",
+                    decoder: str = "nvjpeg") -> dict[str, dict[str, float]]:
+    """Per-tensor SQNR (dB) of each INT8 model against FP32 on `dataset` (decoded once for all,
+    on `device`).
 
     The same tensors are exposed in the FP32 model and in each Q/DQ model; in the Q/DQ model we
     read each tensor's DequantizeLinear output (see `int8_view` above). The Q/DQ models run
-    under ORT_ENABLE_BASIC so the Q/DQ nodes stay as written (simulated INT8, no fusion). The
-    logits (the model output) are included under their own name. One Q/DQ session at a time,
-    without memory arenas, `batch_size` images per run: peak memory stays ~2 x batch_size x the
-    activations of one image.
+    under ORT_ENABLE_BASIC and as written (not their integer-exact graph) so the Q/DQ nodes stay
+    as written (simulated INT8, no fusion). The logits (the model output) are included under
+    their own name. One Q/DQ model at a time, without memory arenas, `batch_size` images per run:
+    peak memory stays ~2 x batch_size x the activations of one image.
     """
-    from calib.evaluate.images import load_images
+    from calib.backends.ort import OrtRunner
+    from calib.passes import expose, load_images, walk
+    from calib.passes.consumers import Sqnr
 
     logits = prepared.graph.output[0].name
     names = [t for t in tensors if t != logits] + [logits]
-    images = load_images(dataset, batch_size, workers, progress)
-    fp32 = ort_session(with_outputs(prepared, names), "all", arena=False)
-    input_name = fp32.get_inputs()[0].name
+    images = load_images(dataset, batch_size, workers, progress, device, decoder)
+    exposed, _ = expose(prepared, names)
+    fp32 = OrtRunner(exposed, device=device, arena=False, exact=False)
     out = {}
     for cal, q in qdq_models.items():
         view = int8_view(q, names)
         view[logits] = q.graph.output[0].name
         wanted = [t for t in names if t in view]
-        int8 = ort_session(with_outputs(q, [view[t] for t in wanted]), "basic", arena=False)
-        acc = SqnrAccumulator()
-        for batch in images.batches(batch_size):
-            ref = dict(zip(names, fp32.run(names, {input_name: batch})))
-            for t, y in zip(wanted, int8.run([view[t] for t in wanted], {input_name: batch})):
-                acc.add(t, ref[t], y)
-            del ref
-        out[cal] = acc.result()
+        exposed_q, _ = expose(q, [view[t] for t in wanted])
+        int8 = OrtRunner(exposed_q, device=device, level="basic", arena=False, exact=False)
+        sqnr = Sqnr({t: view[t] for t in wanted})
+        walk(images.batches(batch_size), {"fp32": fp32, "int8": int8}, [sqnr],
+             outputs={"fp32": names, "int8": [view[t] for t in wanted]})
+        out[cal] = sqnr.result()
         del int8
     return out

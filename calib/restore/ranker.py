@@ -36,11 +36,11 @@ from typing import Iterable
 import numpy as np
 import onnx
 
+from calib.backends.ort import OrtRunner
 from calib.errors import CalibError, InternalError
-from calib.evaluate import top5
-from calib.evaluate.images import Images, run_logits
-from calib.evaluate.sqnr import finite_or_none, sqnr, sqnr_rows
-from calib.onnx_io import ort_session
+from calib.passes import Images, logits as run_logits
+from calib.stats.sqnr import finite_or_none, sqnr, sqnr_rows
+from calib.tensor import top5
 from calib.progress import progress_bar
 from calib.quantize import quantizable_layers, quantize_model
 
@@ -94,7 +94,7 @@ def _score(fp32: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
 def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, images: Images,
                 batch_size: int = 32, layers: Iterable[str] | None = None, weighted_only: bool = False,
                 fp32_logits: np.ndarray | None = None, progress: bool = True, check_images: int = 2,
-                channel_means: dict[str, list[float]] | None = None) -> SensitivityResult:
+                channel_means: dict[str, list[float]] | None = None, device: str = "cpu") -> SensitivityResult:
     """Sensitivity of each layer on `images` (FP32 logits computed once and shared).
 
     The single-layer models run under ORT_ENABLE_ALL (3-4x faster than ORT_ENABLE_BASIC on
@@ -103,7 +103,14 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     float input AND weight). As a guard, each model's logits on the first `check_images` images
     are compared with ORT_ENABLE_BASIC (Q/DQ simulated exactly, no fusion); a model where the two
     disagree (SQNR < 25 dB) is re-run under ORT_ENABLE_BASIC and listed in `basic_fallbacks`.
+    On a GPU (`device`, with `images` decoded there) the models run in ONNX Runtime's CUDA
+    provider as written (no fusion bug to guard against there: no check).
     """
+    def runner(model, level: str = "all"):
+        return OrtRunner(model, device=device, level=level, exact=False)
+
+    if device != "cpu":
+        check_images = 0
     start = time.perf_counter()
     all_layers = quantizable_layers(prepared, flavor)
     chosen = all_layers
@@ -115,12 +122,12 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     if not chosen:
         raise CalibError("the model has no quantized layer to rank")
     if fp32_logits is None:
-        fp32_logits = run_logits(ort_session(prepared, "all"), images, batch_size)
+        fp32_logits = run_logits(runner(prepared), images, batch_size)
     every = {layer.id for layer in all_layers}
     # The two ends: every layer quantized (the INT8 model), every layer float (must be FP32).
-    int8_logits = run_logits(ort_session(quantize_model(prepared, amax, flavor, channel_means=channel_means, quantized_layers=every)[0], "all"),
-                             images, batch_size)
-    float_logits = run_logits(ort_session(quantize_model(prepared, amax, flavor, quantized_layers=set())[0], "all"),
+    int8_logits = run_logits(runner(quantize_model(prepared, amax, flavor, channel_means=channel_means,
+                                                   quantized_layers=every)[0]), images, batch_size)
+    float_logits = run_logits(runner(quantize_model(prepared, amax, flavor, quantized_layers=set())[0]),
                               images, batch_size)
     all_float_diff = float(np.max(np.abs(float_logits - fp32_logits)))
     if all_float_diff > 1e-3 * max(1.0, float(np.max(np.abs(fp32_logits)))):
@@ -131,11 +138,11 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     for layer in bar:
         data = quantize_model(prepared, amax, flavor, channel_means=channel_means,
                               quantized_layers={layer.id})[0].SerializeToString()
-        logits = run_logits(ort_session(data, "all"), images, batch_size)
-        if check_images > 0 and sqnr(run_logits(ort_session(data, "basic"), check, batch_size),
+        logits = run_logits(runner(data), images, batch_size)
+        if check_images > 0 and sqnr(run_logits(runner(data, "basic"), check, batch_size),
                                      logits[:check_images]) < 25.0:
             basic_fallbacks.append(layer.id)
-            logits = run_logits(ort_session(data, "basic"), images, batch_size)
+            logits = run_logits(runner(data, "basic"), images, batch_size)
         rows.append(LayerSensitivity(layer.id, layer.op_type, layer.position, layer.weighted,
                                      **_score(fp32_logits, logits, images.labels)))
     bar.close()

@@ -24,9 +24,8 @@ import onnx
 
 from calib.data import Dataset
 from calib.errors import CalibError
-from calib.evaluate import top5
-from calib.evaluate.images import load_images, run_logits
-from calib.onnx_io import ort_session
+from calib.passes import load_images, logits as run_logits
+from calib.tensor import top5
 from calib.restore.budget import budget_text, check_budget, meets
 from calib.quantize import quantizable_layers, quantize_model
 from calib.restore.ranker import rank_layers
@@ -61,7 +60,8 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
                        max_drop: float | None = None, min_agreement: float | None = None, batch_size: int = 32,
                        workers: int | None = None, seed: int = 0, ranking_images: int = 64,
                        max_search_images: int | None = 512, throughput_seconds: float = 2.0,
-                       progress: bool = True, channel_means: dict[str, list[float]] | None = None) -> FallbackResult:
+                       progress: bool = True, channel_means: dict[str, list[float]] | None = None,
+                       device: str = "cpu", decoder: str = "nvjpeg") -> FallbackResult:
     """Leave the fewest top-ranked layers in float so that the search subset meets the budget.
 
     `channel_means`: the cache's bias-correction means, as given to quantize_model (None: off).
@@ -73,13 +73,14 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     budget = {"max_drop": max_drop, "min_agreement": min_agreement}
     start = time.perf_counter()
     search_set, final_set = split_search_final(evaluation, seed, max_search=max_search_images)
-    images = load_images(search_set, batch_size, workers, "decoding search images" if progress else None)
+    images = load_images(search_set, batch_size, workers, "decoding search images" if progress else None,
+                         device, decoder)
     from calib.backends.ort import OrtRunner
 
     # Candidates run as the final figures evaluate them (OrtRunner: ONNX Runtime's integer kernels,
     # or the integer-exact graph where it only emulates the flavor); a float layer keeps its weight
     # and its input float together, the pattern ONNX Runtime computes right.
-    fp32_logits = run_logits(ort_session(prepared, "all"), images, batch_size)
+    fp32_logits = run_logits(OrtRunner(prepared, device=device, exact=False), images, batch_size)
     fp32_top1 = float(np.mean(top5(fp32_logits)[:, 0] == images.labels))
     layers = quantizable_layers(prepared, flavor)
     cache: dict[int, dict] = {}
@@ -89,8 +90,8 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     def attempt(k: int) -> dict:
         if k not in cache:
             model, _ = quantize_model(prepared, amax, flavor, channel_means=channel_means, float_layers=ranking[:k])
-            cache[k] = _metrics(fp32_logits, run_logits(OrtRunner(model.SerializeToString()).session, images,
-                                                        batch_size), images.labels)
+            cache[k] = _metrics(fp32_logits, run_logits(OrtRunner(model, device=device), images, batch_size),
+                                images.labels)
             models[k] = model
         return cache[k]
 
@@ -102,7 +103,7 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     else:
         subset = images.head(ranking_images)
         result = rank_layers(prepared, amax, flavor, subset, batch_size, fp32_logits=fp32_logits[:ranking_images],
-                             progress=progress, channel_means=channel_means)
+                             progress=progress, channel_means=channel_means, device=device)
         ranking, ranked_on = result.ranking(), len(subset)
         n = len(ranking)
         everything = attempt(n)

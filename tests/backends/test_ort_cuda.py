@@ -1,4 +1,4 @@
-"""OrtRunner on ONNX Runtime's CUDA provider: device parsing, the one-line errors when CUDA
+"""OrtRunner on ONNX Runtime's CUDA provider: the one-line errors when CUDA
 cannot load, output shapes for IOBinding, and (on a GPU with onnxruntime-gpu) device runs that
 match the CPU provider."""
 
@@ -9,20 +9,18 @@ import pytest
 
 from tests.conftest import has_cuda_ort
 
-from calib.backends.ort import OrtRunner, cuda_provider_available, output_shapes, parse_device
+from calib.backends.ort import OrtRunner, cuda_provider_available, output_shapes
 from calib.errors import CalibError, MissingDependency
 
 
 gpu = pytest.mark.skipif(not has_cuda_ort(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
 
 
-def test_parse_device():
-    assert parse_device("cpu") == ("cpu", 0)
-    assert parse_device("cuda") == ("cuda", 0)
-    assert parse_device("cuda:3") == ("cuda", 3)
-    for bad in ("gpu", "cuda:x", "cpu:1", "cuda:0,1"):
-        with pytest.raises(CalibError, match="unknown device"):
-            parse_device(bad)
+def test_a_runner_runs_on_one_device(tiny_classifier):
+    with pytest.raises(CalibError, match="one device"):
+        OrtRunner(tiny_classifier, device="cuda:0,1")
+    with pytest.raises(CalibError, match="unknown device"):
+        OrtRunner(tiny_classifier, device="gpu")
 
 
 def test_cpu_runner_is_unchanged(tiny_classifier):
@@ -33,8 +31,11 @@ def test_cpu_runner_is_unchanged(tiny_classifier):
     assert runner.session.get_providers() == ["CPUExecutionProvider"]
     ref = ort_session(tiny_classifier, "all").run(None, {"input": x})[0]
     np.testing.assert_array_equal(runner.run(x), ref)
+    torch = pytest.importorskip("torch")
     with pytest.raises(CalibError, match="CUDA device"):
-        runner.run_device(None)
+        runner._infer_device({"input": torch.zeros(1)}, None)
+    # Host arrays in, host arrays out; named inputs and chosen outputs are the same run.
+    np.testing.assert_array_equal(runner.infer({"input": x}, ["logits"])[0], ref)
 
 
 @pytest.mark.skipif(cuda_provider_available(), reason="this onnxruntime has a CUDA provider")
@@ -93,7 +94,7 @@ def test_output_shapes_take_the_batch(tiny_classifier):
 
     from calib.onnx_io import ort_session
 
-    shapes = output_shapes(ort_session(tiny_classifier), (5, 3, 16, 16))
+    shapes = output_shapes(ort_session(tiny_classifier), {"input": (5, 3, 16, 16)})
     assert shapes["logits"] == ([5, 1000], torch.float32)
 
 
@@ -106,16 +107,16 @@ def test_cuda_runner_matches_cpu(tiny_classifier):
     cpu = OrtRunner(tiny_classifier).run(x)
     runner = OrtRunner(tiny_classifier, device="cuda:0")
     assert runner.session.get_providers()[0] == "CUDAExecutionProvider"
-    assert runner.stream is not None   # its own stream (torch is here): run_device waits for it only
+    assert runner.stream is not None   # its own stream (torch is here): infer waits for it only
     np.testing.assert_allclose(runner.run(x), cpu, rtol=1e-4, atol=1e-4)
-    (logits,) = runner.run_device(torch.from_numpy(x).cuda())
+    (logits,) = runner.infer(torch.from_numpy(x).cuda())
     assert logits.is_cuda and tuple(logits.shape) == (7, 1000)
     np.testing.assert_allclose(logits.cpu().numpy(), cpu, rtol=1e-4, atol=1e-4)
     # A second shape (a short last batch) gets its own buffers.
-    (short,) = runner.run_device(torch.from_numpy(x[:2]).cuda())
+    (short,) = runner.infer(torch.from_numpy(x[:2]).cuda())
     np.testing.assert_allclose(short.cpu().numpy(), cpu[:2], rtol=1e-4, atol=1e-4)
-    with pytest.raises(CalibError, match="input is on"):
-        runner.run_device(torch.from_numpy(x))
+    host = runner.infer(torch.from_numpy(x))[0]   # a host tensor is a host run
+    assert isinstance(host, np.ndarray)
 
 
 @gpu
@@ -125,8 +126,8 @@ def test_cuda_runs_are_deterministic(tiny_classifier):
 
     x = torch.randn((16, 3, 16, 16), device="cuda:0")
     runner = OrtRunner(tiny_classifier, device="cuda:0")
-    a = runner.run_device(x)[0].clone()
-    b = runner.run_device(x)[0].clone()
+    a = runner.infer(x)[0].clone()
+    b = runner.infer(x)[0].clone()
     assert torch.equal(a, b)
 
 

@@ -2,7 +2,7 @@
 
 export (legacy or dynamo, the walkthrough's dynamic axes) -> calib's intake (resolve_model with
 --input-size 64, prepared_model: fixed 64x64 with a dynamic batch, opset >= 13, BatchNorm and shape
-subgraphs folded by ONNX Runtime's basic level) -> one calibration pass (calib.collect) serving
+subgraphs folded by ONNX Runtime's basic level) -> one calibration pass (calib.passes.observe_pass) serving
 minmax and entropy -> both Q/DQ flavors -> ONNX Runtime.
 
 The SQNR floor. Each quantized tensor t adds noise: rounding, step s_t = amax_t/127 with the error
@@ -33,13 +33,13 @@ import numpy as np
 import onnx
 
 from calib.calibrators import TensorStatistics, get_calibrator
-from calib.collect import collect
+from calib.passes import observe_pass
 from calib.data import Dataset
 from calib.models import prepared_model, resolve_model
 from calib.onnx_io import load_model, ort_session
 from calib.quantize import Plan, flavor_names, get_flavor, plan_for, quantize_model
 from calib.quantize.graph import FLOAT_TYPES, GraphIndex
-from calib.evaluate.sqnr import sqnr
+from calib.stats.sqnr import sqnr
 
 SIZE = 64
 CALIBRATORS = ("minmax", "entropy")
@@ -141,7 +141,7 @@ def run(arch: str, exporter: str, path: Path, export_seconds: float, calibration
     stats = TensorStatistics(histogram=True)
     calibrators = {name: get_calibrator(name, stats) for name in CALIBRATORS}
     start = time.perf_counter()
-    collect(prepared, calibration, stats, batch_size=8, workers=0, progress=None, tensors=need)
+    observe_pass(prepared, calibration, stats, batch_size=8, workers=0, progress=None, tensors=need)
     amax = {name: {t: r.amax for t, r in c.compute().items()} for name, c in calibrators.items()}
     seconds = time.perf_counter() - start
     fp32 = ort_session(prepared, "basic").run(None, {"input": images})[0]

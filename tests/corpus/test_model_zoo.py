@@ -1,7 +1,7 @@
 """The old ONNX model-zoo graphs that ship in the onnx wheel (`onnx/backend/test/data/light`): IR 3,
 opset 9, every initializer also a graph input, weights made by ConstantOfShape (all 0.02), fixed
 batch 1, outputs (1, 1000) or (1, 1000, 1, 1). The weights are constant, so only the mechanics
-count: prepared, calibrated through calib.collect on two demo photos, planned and quantized in
+count: prepared, calibrated through calib.passes.observe_pass on two demo photos, planned and quantized in
 both flavors, run by ONNX Runtime."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from calib.calibrators import get_calibrator
-from calib.collect import collect
+from calib.passes import observe_pass
 from calib.data import Dataset
 from calib.data.demo import DemoSource
 from calib.data.transforms import torchvision_imagenet
@@ -50,7 +50,7 @@ def test_old_model_zoo_graph_goes_through_both_flavors(path):
     data = Dataset.of(photos, torchvision_imagenet(224)).subset(photos.samples[:2])
     minmax = get_calibrator("minmax")
     need = list(dict.fromkeys(t for p in plans.values() for t in p.activations))
-    result = collect(prepared, data, minmax, batch_size=1, workers=0, progress=None, tensors=need)
+    result = observe_pass(prepared, data, minmax, batch_size=1, workers=0, progress=None, tensors=need)
     assert result.images == 2 and set(result.tensors) == set(need)
     amax = {t: r.amax for t, r in minmax.compute().items()}
     x = np.stack([torchvision_imagenet(224)(photos.open(s)) for s in photos.samples[:1]])

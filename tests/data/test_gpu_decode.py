@@ -1,4 +1,4 @@
-"""GPU decoding and preprocessing: crop arithmetic and Pillow-exact resampling (run on the CPU
+"""GPU decoding and preprocessing: Pillow-exact resampling (run on the CPU
 here, with torch CPU tensors), JPEG header parsing, and, with CUDA, nvJPEG batches vs the CPU path.
 
 The `gpu` tests read an ImageNet-layout folder named by CALIB_GPU_IMAGES (default `.gpu-images`)
@@ -16,8 +16,7 @@ import pytest
 from PIL import Image
 
 from calib.data.dataset import Dataset, take
-from calib.data.gpu_decode import (AxisPlan, axis_weights, crop_plan, decode_path, jpeg_components, normalise,
-                                   resample_pil, resample_torch)
+from calib.data.gpu_decode import jpeg_components, normalise, resample_pil
 from calib.data.transforms import pil_pixels
 from calib.data.loader import iter_batches
 from calib.data.transforms import get_preset
@@ -56,25 +55,6 @@ def _image(w: int, h: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
 
 
 @pytest.mark.parametrize("preset", ["efficientnet-lite", "torchvision"])
-@pytest.mark.parametrize("w, h", SIZES)
-def test_crop_plan_is_the_cpu_arithmetic(preset, w, h):
-    pre = get_preset(preset)
-    px, py = crop_plan(pre, w, h)
-    s = pre.size
-    if pre.crop == "padded":
-        side = int(s / (s + pre.crop_padding) * min(w, h))
-        assert (px.in0, py.in0) == ((w - side + 1) // 2, (h - side + 1) // 2)
-        assert px.in1 - px.in0 == py.in1 - py.in0 == side
-        assert (px.out_size, px.keep, px.count) == (s, 0, s)
-    else:
-        scale = pre.resize_to / min(w, h)
-        assert (px.out_size, py.out_size) == (max(s, round(w * scale)), max(s, round(h * scale)))
-        assert (px.in0, px.in1, py.in0, py.in1) == (0, w, 0, h)
-        assert (px.keep, py.keep) == ((px.out_size - s) // 2, (py.out_size - s) // 2)
-        assert px.count == py.count == s
-
-
-@pytest.mark.parametrize("preset", ["efficientnet-lite", "torchvision"])
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_pil_resampling_on_torch_equals_the_cpu_path_bit_for_bit(preset, mode):
     import torch
@@ -102,27 +82,6 @@ def test_pil_resampling_on_real_photos(imagenet_sample):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_axis_weights_rows_sum_to_one_in_fixed_point():
-    for plan in (AxisPlan(500, 0, 500, 224, 0, 224), AxisPlan(100, 0, 100, 224, 0, 224),
-                 AxisPlan(340, 61, 279, 224, 0, 224)):
-        for interp in ("bicubic", "bilinear"):
-            first, dense = axis_weights(plan, interp)
-            assert first >= 0 and first + dense.shape[1] <= plan.in_size
-            sums = dense.sum(axis=1)
-            assert np.all(np.abs(sums - (1 << 22)) <= dense.shape[1])  # rounding of each weight
-
-
-def test_torch_resampling_is_close_to_pil():
-    import torch
-
-    pre = get_preset("efficientnet-lite")
-    images = [_image(w, h) for w, h in SIZES[:4]]
-    ref = np.stack([pre(im) for im in images])
-    got = normalise(resample_torch([torch.from_numpy(pil_pixels(im)) for im in images], pre), pre).numpy()
-    diff = np.abs(got - ref) * 128
-    assert diff.mean() < 2.0
-
-
 def _encoded(image: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **kw)
@@ -139,19 +98,6 @@ def test_jpeg_components():
     assert jpeg_components(b"\xff\xd8\xff\xe0 not really a jpeg") is None
     assert jpeg_components(_encoded(rgb, "JPEG")[:20]) is None
     assert jpeg_components(b"") is None
-
-
-def test_decode_path_names():
-    pre = get_preset("efficientnet-lite")
-    assert decode_path(pre, "pil") == "pil"
-    with pytest.raises(CalibError, match="Pillow decoding resizes with Pillow"):
-        decode_path(pre, "pil", "torch")   # the workers run the CPU path's own resize
-    assert decode_path(pre, "cpu", "torch") == "pil"   # the CPU path ignores a GPU resampler
-    assert decode_path(pre) == "nvjpeg+pil-bicubic"
-    assert decode_path(pre, resample="torch") == "nvjpeg+torch-bicubic-aa"
-    assert decode_path(get_preset("torchvision")) == "nvjpeg+pil-bilinear"
-    with pytest.raises(CalibError, match="resampler"):
-        decode_path(pre, resample="lanczos")
 
 
 def test_decoder_without_cuda_is_a_one_line_error(monkeypatch):
@@ -243,15 +189,14 @@ def test_pil_decoder_workers_follow_the_cpu_path_on_doubtful_files(tmp_path):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("resample", ["pil", "torch"])
-def test_nvjpeg_batches_follow_the_cpu_path(generated, resample):
+def test_nvjpeg_batches_follow_the_cpu_path(generated):
     from calib.data.gpu_decode import jpeg_components
     from calib.data.gpu_stream import gpu_batches
     from calib.data.loader import SkipLog
 
     cpu = list(iter_batches(generated, 8, workers=0))
     skips = SkipLog()
-    got = list(gpu_batches(generated, 8, "cuda", resample=resample, skips=skips))
+    got = list(gpu_batches(generated, 8, "cuda", skips=skips))
     assert [b.keys for b in got] == [b.keys for b in cpu]
     assert [k for k in skips.skipped] == [s.key for s in generated.samples if s.key.endswith("broken.JPEG")]
     for g, c in zip(got, cpu):
@@ -260,7 +205,7 @@ def test_nvjpeg_batches_follow_the_cpu_path(generated, resample):
         for key, a, b in zip(g.keys, x, c.images):
             diff = np.abs(a - b) * 128
             data = Path(key).read_bytes()
-            if jpeg_components(data) not in (1, 3) and resample == "pil":
+            if jpeg_components(data) not in (1, 3):
                 np.testing.assert_array_equal(a, b)   # Pillow fallback: the CPU path's pixels
             else:
                 assert diff.mean() < 8.0, key   # noise images: chroma upsampling differs most
@@ -277,28 +222,3 @@ def test_nvjpeg_on_photos_is_close_to_pil(photos):
     got = np.concatenate([b.images.cpu().numpy() for b in gpu_batches(photos, 16, "cuda")])
     diff = np.abs(got - cpu) * 128
     assert diff.mean() < 2.0 and np.percentile(diff, 99) < 16
-
-
-@gpu
-@pytest.mark.gpu
-def test_gpu_batch_stream_with_nvjpeg_keeps_its_contract(generated):
-    import torch
-
-    from calib.data.gpu_stream import GpuBatchStream, gpu_batches
-
-    ref = [b.images.cpu() for b in gpu_batches(generated, 7, "cuda")]
-    with GpuBatchStream(generated, 7, decode="nvjpeg") as stream:
-        assert stream.decode_path == "nvjpeg+pil-bicubic"
-        got = []
-        while (item := stream.get_batch()) is not None:
-            pointer, count = item
-            batch = stream.current
-            assert pointer == batch.buffer.data_ptr() and count == batch.size
-            assert batch.buffer.shape[0] == 7
-            if count < 7:
-                assert torch.count_nonzero(batch.buffer[count:]) == 0
-            got.append(batch.images.cpu())
-    assert len(got) == len(ref)
-    for a, b in zip(got, ref):
-        assert torch.equal(a, b)
-

@@ -40,25 +40,6 @@ def _image(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8))
 
 
-def _packed(images, device: str = "cpu"):
-    """The images in one buffer, every other one interleaved (H, W, 3) as libjpeg-turbo writes it."""
-    import torch
-
-    from calib.data.packed import PackedImages
-
-    chunks, sizes, bases, interleaved, base = [], [], [], [], 0
-    for k, im in enumerate(images):
-        planes = pil_pixels(im)
-        rows = k % 2 == 0
-        a = np.ascontiguousarray(planes.transpose(1, 2, 0)) if rows else planes
-        chunks.append(a.reshape(-1))
-        sizes.append((planes.shape[1], planes.shape[2]))
-        bases.append(base)
-        interleaved.append(rows)
-        base += a.size
-    return PackedImages(torch.from_numpy(np.concatenate(chunks)).to(device), sizes, bases, interleaved)
-
-
 def _check(device: str, sizes, presets=("efficientnet-lite", "torchvision")) -> None:
     import torch
 
@@ -70,14 +51,31 @@ def _check(device: str, sizes, presets=("efficientnet-lite", "torchvision")) -> 
         got = resample_pil(tensors, pre, kernel="triton")
         np.testing.assert_array_equal(normalise(got, pre).cpu().numpy(), ref)
         assert torch.equal(got, resample_pil(tensors, pre, kernel="matmul"))
-        assert torch.equal(got, resample_pil(_packed(images, device), pre, kernel="triton"))
 
 
-def test_packed_planar_and_interleaved_images_on_the_matmul_path():
+def test_mixed_pass_orders_on_the_matmul_path():
+    import torch
+
     pre = get_preset("efficientnet-lite", 32)
     images = [_image(w, h) for w, h in [(20, 150), (150, 20), (40, 44), (64, 48)]]
     ref = np.stack([pre(im) for im in images])
-    np.testing.assert_array_equal(normalise(resample_pil(_packed(images), pre, kernel="matmul"), pre).numpy(), ref)
+    tensors = [torch.from_numpy(pil_pixels(im)) for im in images]
+    np.testing.assert_array_equal(normalise(resample_pil(tensors, pre, kernel="matmul"), pre).numpy(), ref)
+
+
+def test_packed_images_address_each_planar_image():
+    import torch
+
+    from calib.data.packed import PackedImages
+
+    images = [torch.from_numpy(pil_pixels(_image(w, h))) for w, h in [(5, 7), (3, 2), (4, 4)]]
+    packed = PackedImages.from_images(images)
+    assert len(packed) == 3 and packed.sizes == [(7, 5), (2, 3), (4, 4)] and packed.bases == [0, 105, 123]
+    for i, im in enumerate(images):
+        (h, w), base = packed.sizes[i], packed.bases[i]
+        c, r, k = packed.strides(i)
+        view = packed.flat.as_strided((3, h, w), (c, r, k), base)
+        assert torch.equal(view, im)
 
 
 def test_no_images_is_a_one_line_error():
@@ -143,8 +141,6 @@ def test_vertical_first_and_mixed_orders_under_the_interpreter(monkeypatch):
         ref = np.stack([pre(im) for im in images])
         tensors = [torch.from_numpy(pil_pixels(im)) for im in images]
         np.testing.assert_array_equal(normalise(resample_pil(tensors, pre, kernel="triton"), pre).numpy(), ref)
-        packed = resample_pil(_packed(images), pre, kernel="triton")   # interleaved rows read in place
-        np.testing.assert_array_equal(normalise(packed, pre).numpy(), ref)
     finally:
         resample_kernel._kernel.cache_clear()
 

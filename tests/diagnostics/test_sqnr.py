@@ -7,7 +7,7 @@ from calib.data import Dataset
 from calib.data.demo import DemoSource
 from calib.data.transforms import get_preset
 from calib.diagnostics.sqnr import activation_sqnr
-from calib.evaluate.sqnr import sqnr, sqnr_db
+from calib.stats.sqnr import sqnr, sqnr_db
 from calib.quantize import quantize_model, required_tensors
 
 

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from calib.collect import expose_activations
+from calib.passes import expose
 
 
 def make_model(nodes, inputs: dict, outputs: dict, inits: dict | None = None, opset: int = 17,
@@ -33,7 +33,7 @@ def weights(rng, *shape, scale=0.3) -> np.ndarray:
 
 def ranges(model: onnx.ModelProto, feeds: dict) -> dict[str, float]:
     """max |x| of every float activation on `feeds` (a fixed-amax stand-in for calibration)."""
-    exposed, names = expose_activations(model)
+    exposed, names = expose(model)
     sess = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
     return {n: float(np.abs(v).max()) for n, v in zip(names, sess.run(names, feeds))}
 

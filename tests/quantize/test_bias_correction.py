@@ -4,7 +4,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from calib.calibrators.channel_means import ChannelMeans
-from calib.collect import expose_activations
+from calib.passes import expose
 from calib.quantize import bias_shift, quantize_model
 
 
@@ -47,7 +47,7 @@ def test_correction_removes_the_mean_output_error(tiny_classifier):
     model = onnx.load(str(tiny_classifier))
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((64, 3, 16, 16)) + 0.5).astype(np.float32)
-    exposed, names = expose_activations(model)
+    exposed, names = expose(model)
     outs = dict(zip(names, ort.InferenceSession(exposed.SerializeToString()).run(names, {"input": x})))
     means = ChannelMeans(["input", "r1", "r2", "flat"])
     for n, v in outs.items():

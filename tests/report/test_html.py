@@ -15,7 +15,7 @@ from calib.calibration import calibrate
 from calib.commands.compare import compare_calibrators as compare
 from calib.commands.run import build_report, fallback_report, run_figures as run_html_extras
 from calib.data.plan import plan_data
-from calib.evaluate import evaluate
+from calib.passes import evaluate
 from calib.restore.search import fallback_to_budget
 from calib.models import resolve_model
 from calib.models import prepared_model
@@ -82,7 +82,7 @@ def test_run_report_with_figures_and_fallback(tmp_path, tiny_model):
     fb = fallback_to_budget(prepared, amax, "ort", data.evaluation, min_agreement=1.0, batch_size=8, workers=0,
                             throughput_seconds=0.05, progress=False)
     runners = {"fp32": OrtRunner(model.path), "int8": OrtRunner(fb.model.SerializeToString())}
-    ev = evaluate(runners, fb.final_dataset, 8, 0, progress=None)
+    ev, _ = evaluate(runners, fb.final_dataset, 8, workers=0, progress=None)
     report = build_report(config, RunSetup(model, "ort", data, prepared, tmp_path / "run"), outcome, ev, model.path,
                           tmp_path / "run" / "int8.onnx")
     report.fallback = fallback_report(fb, ev)

@@ -67,7 +67,7 @@ class _TensorRTFamily(Backend):
     def _run_problem(self) -> str | None:
         return tensorrt_run_problem(find_gpu(self.device), self.label)
 
-    def load(self, artifact: Path) -> TrtRunner:
+    def load(self, artifact: Path, device: str | None = None) -> TrtRunner:
         artifact = Path(artifact)
         if not artifact.is_file():
             raise CalibError(f"engine not found: {artifact}")
@@ -86,7 +86,7 @@ class _TensorRTFamily(Backend):
             raise CalibError(f"{artifact} was built with {self.label} {built_with}, this is {self.label} "
                              f"{self.version}: engines are not portable across versions, rebuild it")
         self._check_target(artifact, record)
-        return TrtRunner(self.trt, data, str(artifact), self.device, label=self.label)
+        return TrtRunner(self.trt, data, str(artifact), device or self.device, label=self.label)
 
     def _check_target(self, artifact: Path, record: dict) -> None:
         """Refuse an engine built for another GPU than this one (where the sidecar says)."""

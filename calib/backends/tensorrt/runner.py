@@ -67,7 +67,7 @@ class CudaIO:
 
 
 class TrtRunner(Runner):
-    """Runs a serialized engine: one image input (numpy or torch), logits from the first output."""
+    """Runs a serialized engine: one image input (numpy, or torch on its GPU), its outputs."""
 
     def __init__(self, trt: ModuleType, data: bytes, source: str = "engine", device: str = "cuda",
                  io: Any = None, label: str = "TensorRT") -> None:
@@ -100,8 +100,16 @@ class TrtRunner(Runner):
             self.batch_range = (int(lo[0]), int(hi[0]))
         self._outputs: dict[str, Any] = {}
 
-    def run(self, images) -> np.ndarray:
-        x = self.io.to_device(images, self.dtypes[self.input_name])
+    def infer(self, feed, outputs=None) -> list:
+        """One image input, host (numpy) or device (torch on this engine's GPU): device input
+        gets the engine's own output tensors back (reused by the next call), host input host
+        copies. A mapping feed names the input."""
+        if isinstance(feed, dict):
+            if set(feed) != {self.input_name}:
+                raise CalibError(f"this engine takes one input '{self.input_name}', got {', '.join(feed)}")
+            feed = feed[self.input_name]
+        on_device = type(feed).__module__.startswith("torch") and getattr(feed, "is_cuda", False)
+        x = self.io.to_device(feed, self.dtypes[self.input_name])
         n = int(x.shape[0])
         lo, hi = self.batch_range
         if not lo <= n <= hi:
@@ -119,7 +127,11 @@ class TrtRunner(Runner):
         if not self.context.execute_async_v3(self.io.stream_handle()):
             raise CalibError(f"TensorRT inference failed: {self.logger.first_error or 'see its log above'}")
         self.io.synchronize()  # `x` may be freed once we return; the outputs are complete
-        return self.io.to_numpy(self._outputs[self.output_names[0]])
+        names = list(outputs) if outputs is not None else self.output_names
+        unknown = [n for n in names if n not in self._outputs]
+        if unknown:
+            raise CalibError(f"the engine has no output {', '.join(unknown)}")
+        return [self._outputs[n] if on_device else self.io.to_numpy(self._outputs[n]) for n in names]
 
     def close(self) -> None:
         if getattr(self, "io", None) is not None and getattr(self, "context", None) is not None:

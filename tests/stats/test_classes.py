@@ -8,8 +8,8 @@ import pytest
 
 from calib.data.classes import class_name
 from calib.errors import CalibError
-from calib.evaluate.classes import DEFAULT_MIN_IMAGES, class_changes
-from calib.evaluate.paired import paired
+from calib.stats.classes import DEFAULT_MIN_IMAGES, class_changes
+from calib.stats.paired import paired
 
 
 def _synthetic(seed: int = 0):

@@ -4,8 +4,8 @@ behind the logits SQNR."""
 import numpy as np
 import pytest
 
-from calib.backends.base import Runner
-from calib.evaluate.accuracy import Evaluation, Predictions, evaluate, top5
+from calib.stats.accuracy import Evaluation, Predictions
+from calib.tensor import top5
 
 
 def test_top5_is_best_first_and_handles_few_classes():
@@ -30,26 +30,25 @@ def test_top1_top5_and_agreement_known_answers():
     assert ev.summary("int8") == {"top1": 0.5, "top5": 1.0}
 
 
-class _Fixed(Runner):
-    def __init__(self, fn):
-        self.fn = fn
-
-    def run(self, images):
-        return self.fn(images)
-
-
-def test_evaluate_keeps_per_image_logits_powers(tmp_path, monkeypatch):
+def test_evaluate_keeps_per_image_logits_powers():
     """Noise per image is sum((fp32 - int8)^2) and signal sum(fp32^2), so the logits SQNR over
-    the run is the ratio of their sums."""
-    import calib.evaluate.accuracy as accuracy
-    from calib.data.loader import Batch
+    the run is the ratio of their sums (batches handed to the pass, no decoding)."""
+    from calib.passes import Images, evaluate
+
+    class Fixed:
+        output_names = ["logits"]
+
+        def __init__(self, fn):
+            self.fn = fn
+
+        def infer(self, x, outputs=None):
+            return [self.fn(x)]
 
     images = np.arange(4 * 3, dtype=np.float32).reshape(4, 3, 1, 1)
-    batches = [Batch(images[:2], np.array([0, 1]), ["a", "b"]), Batch(images[2:], np.array([2, 0]), ["c", "d"])]
-    monkeypatch.setattr(accuracy, "iter_batches", lambda *a, **k: (b for b in batches))
-    fp32 = _Fixed(lambda x: x.reshape(len(x), 3))
-    int8 = _Fixed(lambda x: x.reshape(len(x), 3) + 1.0)
-    ev = evaluate({"fp32": fp32, "int8": int8}, dataset=None, batch_size=2, progress=None)
+    data = Images(images, np.array([0, 1, 2, 0]), ["a", "b", "c", "d"])
+    fp32 = Fixed(lambda x: x.reshape(len(x), 3))
+    int8 = Fixed(lambda x: x.reshape(len(x), 3) + 1.0)
+    ev, _ = evaluate({"fp32": fp32, "int8": int8}, data, batch_size=2, progress=None)
     ref = images.reshape(4, 3).astype(np.float64)
     assert np.allclose(ev.signal, (ref * ref).sum(1)) and np.allclose(ev.noise["int8"], 3.0)
     assert ev.logits_sqnr_db() == pytest.approx(10 * np.log10((ref * ref).sum() / 12.0))

@@ -410,7 +410,7 @@ def mean_difference_ci(x, y, resamples: int = 2000, seed: int = 0) -> BootstrapR
 
 def sqnr_ci(signal, noise, resamples: int = 2000, seed: int = 0) -> BootstrapResult:
     """Logits SQNR (dB) = 10 log10(sum signal / sum noise) over images, with a bootstrap interval.
-    `signal`, `noise`: per-image sums of x^2 and (x - y)^2 (see calib.evaluate.sqnr)."""
+    `signal`, `noise`: per-image sums of x^2 and (x - y)^2 (see calib.stats.sqnr)."""
     s, e = np.asarray(signal, np.float64).ravel(), np.asarray(noise, np.float64).ravel()
     _same_length(s, e)
     return bootstrap_sums(np.stack([s, e], 1), lambda t: _db(t[:, 0], t[:, 1]), resamples, seed)

@@ -13,12 +13,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from calib.errors import CalibError
-from calib.evaluate import Evaluation, Predictions
-from calib.evaluate.paired import (agreement_interval, bootstrap_sums, clopper_pearson, compare_calibrators,
+from calib.stats.accuracy import Evaluation, Predictions
+from calib.stats.paired import (agreement_interval, bootstrap_sums, clopper_pearson, compare_calibrators,
                                    mcnemar_exact, mean_difference_ci, paired, paired_from_evaluation, paired_top1,
                                    pairwise_calibrators, rank_calibrators, sqnr_ci, sqnr_difference_ci, tango_interval,
                                    tango_score, z_value)
-from calib.evaluate.sqnr import sqnr_db
+from calib.stats.sqnr import sqnr_db
 
 Z = z_value()
 

@@ -1,7 +1,7 @@
 """The verdict in words: what a paired FP32-vs-INT8 result lets a deployment engineer conclude, and
 the recommendation at the top of a run report.
 
-Accuracy verdict (from `calib.evaluate.paired.PairedResult`, A = FP32, B = INT8, drop = A - B):
+Accuracy verdict (from `calib.stats.paired.PairedResult`, A = FP32, B = INT8, drop = A - B):
 
 * "loss of X to Y points"  the difference is significant (exact McNemar rejects and the 95% CI
                            of the drop excludes 0) and FP32 is ahead; X..Y is the CI.
@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from calib.evaluate.paired import ALPHA, PairedResult, mcnemar_exact, tango_interval
+from calib.stats.paired import ALPHA, PairedResult, mcnemar_exact, tango_interval
 
 DEFAULT_TOLERANCE = 0.01
 MAX_IMAGES = 10_000_000  # beyond this "images needed" is reported as None (more than any eval set)

@@ -1,5 +1,6 @@
-"""collect: only float tensors are exposed, with their real types; errors of the observer
-thread always reach the caller; a failure mid-calibration ends everything."""
+"""The calibration pass (calib.passes.calibration, calib.passes.expose, the walk's consumer thread):
+only float tensors are exposed, with their real types; errors of the consumer thread always reach
+the caller; a failure mid-calibration ends everything."""
 
 import threading
 import time
@@ -10,8 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calib import collect as collect_module
-from calib.collect import collect, expose_activations
+from calib.passes import expose, observe_pass
+from calib.passes.walk import Step, _Background
 from tests.conftest import make_classifier
 from tests.data.test_loader import image_dataset, live_children, run_watching_children, still_running
 
@@ -45,7 +46,7 @@ def _shape_arithmetic_model() -> onnx.ModelProto:
 
 def test_only_float_tensors_are_exposed_with_their_types():
     model = _shape_arithmetic_model()
-    exposed, names = expose_activations(model)
+    exposed, names = expose(model)
     assert set(names) == {"input", "act", "flat", "scaled", "back", "mixed", "output"}
     session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
     declared = {o.name: o.type for o in session.get_outputs()}
@@ -63,8 +64,8 @@ def test_tensors_inference_cannot_type_are_kept_only_if_onnx_runtime_computes_fl
         def observe(self, name, x):
             seen[name] = x.dtype
 
-    result = collect(_shape_arithmetic_model(), image_dataset(tmp_path / "img", 8), Record(), batch_size=4,
-                     workers=0, progress=None)
+    result = observe_pass(_shape_arithmetic_model(), image_dataset(tmp_path / "img", 8), Record(), batch_size=4,
+                          workers=0, progress=None)
     assert result.images == 8
     assert set(seen) == {"input", "act", "flat", "scaled", "back", "mixed", "output"}
     assert set(seen.values()) == {np.dtype(np.float32)}
@@ -81,18 +82,18 @@ class FailingObserver:
 
 
 def _observe_threads():
-    return [t for t in threading.enumerate() if t.name == "calib-observe"]
+    return [t for t in threading.enumerate() if t.name == "calib-consume"]
 
 
 @pytest.mark.parametrize("where", ["first batch", "last batch"])
 def test_an_observer_error_is_never_swallowed(tmp_path, where):
     model = onnx.load(str(make_classifier(tmp_path / "m.onnx")))
-    names = expose_activations(model)[1]
+    names = expose(model)[1]
     batches = 3  # 12 images, 4 per batch
     fail_at = 1 if where == "first batch" else (batches - 1) * len(names) + len(names)
     with pytest.raises(ValueError, match=f"observer failed at call {fail_at}"):
-        collect(model, image_dataset(tmp_path / "img", 12), FailingObserver(fail_at), batch_size=4, workers=2,
-                progress=None)
+        observe_pass(model, image_dataset(tmp_path / "img", 12), FailingObserver(fail_at), batch_size=4, workers=2,
+                     progress=None)
     assert not _observe_threads()
     assert not live_children()
 
@@ -105,7 +106,7 @@ def test_a_model_error_ends_the_observer_and_the_workers(tmp_path):
             time.sleep(0.05)
 
     with pytest.raises(Exception, match="Reshape"):
-        collect(model, image_dataset(tmp_path / "img", 15), Slow(), batch_size=4, workers=2, progress=None)
+        observe_pass(model, image_dataset(tmp_path / "img", 15), Slow(), batch_size=4, workers=2, progress=None)
     assert not _observe_threads()
     assert not live_children()
 
@@ -128,33 +129,33 @@ def test_a_model_failing_mid_calibration_exits_with_nothing_left(tmp_path):
         import sys, onnx
         from pathlib import Path
         from tests.data.test_loader import image_dataset
-        from calib.collect import collect
+        from calib.passes import observe_pass
 
         class Slow:
             def observe(self, name, x):
                 import time; time.sleep(0.05)
 
-        collect(onnx.load({str(tmp_path / 'short.onnx')!r}), image_dataset(Path({str(tmp_path / 'img')!r}), 15),
-                Slow(), batch_size=4, workers=2, progress=None)
+        observe_pass(onnx.load({str(tmp_path / 'short.onnx')!r}), image_dataset(Path({str(tmp_path / 'img')!r}), 15),
+                     Slow(), batch_size=4, workers=2, progress=None)
         """
     code, err, children = run_watching_children(script, tmp_path)
     assert code == 1 and "Reshape" in err
     assert len(children) == 2 and not still_running(children)
 
 
-def test_the_background_observer_drops_queued_work_when_the_caller_fails():
+def test_the_consumer_thread_drops_queued_work_when_the_caller_fails():
     calls = []
     started = threading.Event()
 
     class Blocking:
-        def observe(self, name, x):
-            calls.append(name)
+        def consume(self, step):
+            calls.append(step.index)
             started.set()
             time.sleep(0.2)
 
-    background = collect_module._BackgroundObserver(Blocking())
-    background.put([("a", 1)])
+    background = _Background([Blocking()])
+    background.put(Step(None, 0, {}))
     started.wait(5)
-    background.put([("b", 2)])  # queued behind the one in progress
+    background.put(Step(None, 1, {}))  # queued behind the one in progress
     background.close(cancel=True)
-    assert calls == ["a"] and not background.thread.is_alive()
+    assert calls == [0] and not background.thread.is_alive()

@@ -11,7 +11,7 @@ per-class change is +-100 points and says nothing. DEFAULT_MIN_IMAGES = 10 becau
 - ImageNet's validation set has 50 images per class, so 10 per class is reached by a stratified
   evaluation of 10 000 images (or the full 50 000): the floor is meant for large evaluations.
 Each shown class also carries its paired 95% interval and a `significant` flag (the same tests
-as `calib.evaluate.paired`: Tango interval and exact McNemar), so a reader sees which changes
+as `calib.stats.paired`: Tango interval and exact McNemar), so a reader sees which changes
 are real.
 
 Every evaluation also gets the aggregate, which is meaningful at any size: how many classes
@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from calib.errors import CalibError
-from calib.evaluate.paired import paired
+from calib.stats.paired import paired
 
 DEFAULT_MIN_IMAGES = 10
 SUPERCLASSES_NOTE = ("WordNet superclasses are not shown: calib ships no WordNet hierarchy "

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from calib.evaluate.paired import mcnemar_exact, paired, tango_interval, z_value
-from calib.evaluate.verdict import (DEFAULT_TOLERANCE, EVALUATE_MORE, SHIP_FP32, SHIP_INT8, SHIP_INT8_FLOAT_LAYERS,
+from calib.stats.paired import mcnemar_exact, paired, tango_interval, z_value
+from calib.stats.verdict import (DEFAULT_TOLERANCE, EVALUATE_MORE, SHIP_FP32, SHIP_INT8, SHIP_INT8_FLOAT_LAYERS,
                                     accuracy_verdict, images_needed, recommend)
 
 Z = z_value()
