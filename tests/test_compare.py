@@ -147,3 +147,17 @@ def test_compare_ranks_by_logits_sqnr_with_intervals(tmp_path, tiny_classifier):
     assert r["chosen"] == ranking[0]["name"]
     md = (tmp_path / "r" / "compare.md").read_text()
     assert "significantly better than" in md and "95% CI" in md
+
+
+def test_one_evaluation_image_gives_no_sqnr_intervals_and_the_report_says_why(tmp_path, tiny_classifier):
+    """The ranking keeps each calibrator's logits SQNR, with no bootstrap interval (null) and no
+    "significantly better" claim from one image; a note says why."""
+    cfg = RunConfig(model=str(tiny_classifier), dataset="demo", samples=4, eval_samples=1,
+                    cache_dir=str(tmp_path / "caches"), batch_size=8, workers=0, progress=False)
+    compare(cfg, ["minmax", "mse"], tmp_path / "one", sqnr_images=1)
+    saved = json.loads((tmp_path / "one" / "compare.json").read_text())
+    assert saved["eval"]["samples"] == 1
+    for row in saved["ranking"]:
+        assert row["logits_sqnr_db"] is not None and row["logits_sqnr_db_ci95"] is None
+        assert row["sqnr_better_than"] == []
+    assert any(n.startswith("logits SQNR: no 95% interval from one image") for n in saved["notes"])

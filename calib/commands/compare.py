@@ -22,7 +22,7 @@ from calib.errors import CalibError
 from calib.stats.classes import class_changes
 from calib.evaluate.models import evaluate_models
 from calib.models import prepared_path, save_model
-from calib.stats.paired import rank_calibrators
+from calib.stats.paired import ONE_IMAGE_INTERVAL, rank_calibrators
 from calib.stats.sqnr import finite_or_none
 from calib.quantize import quantize_model, required_tensors
 from calib.report.compare import write_compare_report
@@ -133,6 +133,8 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
                                 names=class_names_of(data.evaluation)).to_json()
         changed = {"fixed": changes["images_fixed"], "broken": changes["images_broken"]}
         header = report_header(config, s, placement, {n: onnx_models[n] for n in names})
+        if noise is not None and len(ev.signal) < 2:  # the ranking's SQNR intervals are null: say why
+            header.notes.append(f"logits SQNR: {ONE_IMAGE_INTERVAL}")
         report = CompareReport(
             header=header, kind="compare", out=str(out),
             bias_correction={n: bool(bias_means(shared.outcomes[n].entry, config.bias_correction)) for n in names},

@@ -101,7 +101,10 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     report.paired = result.to_json()
     if ev.signal is not None and len(ev.signal):
         report.logits_sqnr_db = finite_or_none(ev.logits_sqnr_db("int8"))
-        report.logits_sqnr_db_ci95 = sqnr_ci(ev.signal, ev.noise["int8"], seed=config.seed).to_json()["ci95"]
+        sq = sqnr_ci(ev.signal, ev.noise["int8"], seed=config.seed)
+        report.logits_sqnr_db_ci95 = sq.to_json()["ci95"]
+        if sq.note:
+            report.header.notes.append(f"logits SQNR: {sq.note}")
     report.size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
     shape = input_chw(prepared)
     if config.speed_seconds > 0:

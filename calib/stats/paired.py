@@ -117,7 +117,14 @@ def tango_score(delta: float, b: float, c: float, n: float) -> float:
     2n p^2 + W p - c delta (1 - delta) = 0,  W = -b - c + delta (2n - b + c);
     Z = (b - c - n delta) / sqrt(n (2 p_c + delta (1 - delta))).
     Counts may be real numbers (used to project to more images).
+
+    Computed for delta >= 0 only, through the mirror identity Z(delta, b, c) = -Z(-delta, c, b)
+    (swapping A and B): there c delta (1 - delta) >= 0, so neither the root's discriminant nor the
+    variance subtracts nearly equal terms. For delta < 0 both did: with b = 0, c = 569, n = 577
+    the discriminant lost 7 digits and the interval's bound 1e-12.
     """
+    if delta < 0.0:
+        return -tango_score(-delta, c, b, n)
     w = -b - c + delta * (2.0 * n - b + c)
     k = c * delta * (1.0 - delta)
     root = math.sqrt(max(w * w + 8.0 * n * k, 0.0))
@@ -310,7 +317,7 @@ def rank_calibrators(labels, fp32_top1, tops: dict[str, np.ndarray], signal=None
             rows[winner]["agreement_better_than"].append(loser)
         if noise is not None and signal is not None:
             d = sqnr_difference_ci(noise[cmp.x], noise[cmp.y], resamples, seed)
-            if d.ci95[0] > 0 or d.ci95[1] < 0:
+            if d.ci95 is not None and (d.ci95[0] > 0 or d.ci95[1] < 0):
                 winner, loser = (cmp.x, cmp.y) if d.estimate > 0 else (cmp.y, cmp.x)
                 rows[winner]["sqnr_better_than"].append(loser)
 
@@ -326,18 +333,29 @@ def rank_calibrators(labels, fp32_top1, tops: dict[str, np.ndarray], signal=None
 
 
 # ----------------------------------------------------------------------------- bootstrap
+ONE_IMAGE_INTERVAL = ("no 95% interval from one image: every bootstrap resample of it is that image again, "
+                      "a zero-width interval that would claim certainty")
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
+    """`ci95` is None when there are too few images for an interval (see `note`); an infinite
+    end (zero noise) is None in the JSON form."""
     estimate: float
-    ci95: list[float]
+    ci95: list[float] | None
     n: int
     resamples: int
     seed: int
 
+    @property
+    def note(self) -> str | None:
+        """Why there is no interval, in words for a report; None when there is one."""
+        return None if self.ci95 is not None else ONE_IMAGE_INTERVAL
+
     def to_json(self) -> dict:
-        finite = [None if not math.isfinite(v) else _r(v) for v in [self.estimate, *self.ci95]]
-        return {"estimate": finite[0], "ci95": finite[1:], "n": self.n, "resamples": self.resamples,
-                "seed": self.seed}
+        finite = [None if not math.isfinite(v) else _r(v) for v in [self.estimate, *(self.ci95 or [])]]
+        return {"estimate": finite[0], "ci95": finite[1:] if self.ci95 is not None else None, "n": self.n,
+                "resamples": self.resamples, "seed": self.seed}
 
 
 def bootstrap_sums(columns: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], resamples: int = 2000,
@@ -348,7 +366,8 @@ def bootstrap_sums(columns: np.ndarray, statistic: Callable[[np.ndarray], np.nda
     same rows, which is what makes it paired). `statistic`: maps (m, k) column sums to (m,)
     values (vectorized). Returns the statistic of the full sums and a percentile interval over
     `resamples` resamples of n row indices drawn with replacement, in chunks whose size depends
-    only on n (bounded memory; the same seed gives the same result).
+    only on n (bounded memory; the same seed gives the same result). One image has no interval
+    (`ci95` None, no resamples): resampling it can only repeat it.
     """
     m = np.asarray(columns, np.float64)
     if m.ndim == 1:
@@ -358,6 +377,9 @@ def bootstrap_sums(columns: np.ndarray, statistic: Callable[[np.ndarray], np.nda
         raise CalibError("no evaluation images: nothing to bootstrap")
     if resamples < 1:
         raise ValueError("resamples must be >= 1")
+    estimate = float(np.asarray(statistic(m.sum(0, keepdims=True)), np.float64).reshape(1)[0])
+    if n < 2:
+        return BootstrapResult(estimate, None, n, 0, seed)
     rng = np.random.default_rng(seed)
     chunk = max(1, min(resamples, (1 << 21) // n))  # ~16 MB of indices per chunk
     stats = []
@@ -371,7 +393,6 @@ def bootstrap_sums(columns: np.ndarray, statistic: Callable[[np.ndarray], np.nda
     a = (1.0 - level) / 2.0
     # inverted_cdf: no interpolation, so infinite SQNRs (zero noise) cannot produce NaN.
     lo, hi = np.quantile(values, [a, 1.0 - a], method="inverted_cdf")
-    estimate = float(np.asarray(statistic(m.sum(0, keepdims=True)), np.float64).reshape(1)[0])
     return BootstrapResult(estimate, [float(lo), float(hi)], n, resamples, seed)
 
 
@@ -407,5 +428,5 @@ __all__: Sequence[str] = [
     "LEVEL", "BootstrapResult", "CalibratorComparison", "PairedResult", "agreement_interval", "bootstrap_sums",
     "clopper_pearson", "compare_calibrators", "mcnemar_exact", "mean_difference_ci", "paired",
     "paired_from_evaluation", "paired_top1", "pairwise_calibrators", "rank_calibrators", "sqnr_ci",
-    "sqnr_difference_ci", "tango_interval", "tango_score", "z_value",
+    "sqnr_difference_ci", "tango_interval", "tango_score", "z_value", "ONE_IMAGE_INTERVAL",
 ]

@@ -51,3 +51,22 @@ def feed(stats_or_cal, name: str, data: np.ndarray, batch: int) -> None:
     """Observe `data` (first axis = images) in batches of `batch`."""
     for start in range(0, data.shape[0], batch):
         stats_or_cal.observe(name, data[start : start + batch])
+
+
+def mse_reference(p: np.ndarray, thresholds, levels: int = 127) -> np.ndarray:
+    """Expected squared error of symmetric fake quantization with `levels` steps each side of zero
+    for |x| with density p[j] spread uniformly over [j, j + 1) (bin widths as the unit), at each
+    threshold t (step t / levels). Integrated exactly, piece by piece: the axis is cut at every
+    bin edge and every rounding boundary (k + 1/2) * step; on each piece the density and the
+    quantized value q are constant, and (v - q)^2 integrates to ((b - q)^3 - (a - q)^3) / 3."""
+    p = np.asarray(p, dtype=np.float64)
+    out = []
+    for t in thresholds:
+        step = t / levels
+        cuts = (np.arange(levels) + 0.5) * step
+        points = np.unique(np.concatenate([np.arange(p.size + 1, dtype=np.float64), cuts[cuts < p.size]]))
+        a, b = points[:-1], points[1:]
+        mid = 0.5 * (a + b)
+        q = np.minimum(np.floor(mid / step + 0.5), levels) * step  # beyond t: clipped to t
+        out.append(float(np.sum(p[np.floor(mid).astype(int)] * ((b - q) ** 3 - (a - q) ** 3) / 3.0)))
+    return np.array(out)

@@ -14,7 +14,7 @@ from calib.calibrators.entropy import kl_divergences
 from calib.calibrators.mse import error_matrix
 from calib.errors import CalibError
 
-from calibrators_helpers import fake_quant_mse, feed, gaussian_with_outliers, kl_reference
+from calibrators_helpers import fake_quant_mse, feed, gaussian_with_outliers, kl_reference, mse_reference
 
 ALL = ("entropy", "minmax", "percentile", "mse")
 
@@ -225,6 +225,34 @@ def test_mse_model_matches_fake_quantization(rng):
     amax = get_calibrator("mse", s).compute()["x"].amax
     grid = np.linspace(2.0, float(edges[-1]), 300)
     assert fake_quant_mse(x, amax) <= 1.002 * min(fake_quant_mse(x, t) for t in grid)
+
+
+def test_mse_minimises_the_error_of_127_levels():
+    """The MSE threshold is the one with the least error of symmetric INT8, 127 steps each side
+    (scale amax/127), on the histogram's density. The data make the choice hinge on the step: a
+    bulk uniform on [0, 512) and 5 values in 512,000 at 2048, whose clipping error weighs against
+    the bulk's rounding error, so the optimum sits mid-range and moves by ~10 bins if the step is
+    amax/128. 2048 unit bins: the calibrator's 2048-bin resampling keeps them as they are."""
+    counts = np.zeros(4096, np.int64)
+    counts[:512] = 1000
+    counts[2048] = 5  # value 2048 = max|x|: merged into the last bin, [2047, 2048]
+    state = {"format": "calib.TensorStatistics", "version": 1, "histogram": True, "bins": 4096,
+             "tensors": {"x": {"min": -2048.0, "max": 2048.0, "count": int(counts.sum()), "nonfinite": 0,
+                               "exp": 12, "counts": counts}}}
+    stats = TensorStatistics.from_state_dict(state)
+    hist, edges = stats.histogram("x")
+    assert hist.size == 2048 and np.array_equal(edges, np.arange(2049.0))
+    p = hist / hist.sum()
+    candidates = np.arange(1, 2049, dtype=np.float64)   # every bin edge, as the calibrator tries
+    err127 = mse_reference(p, candidates, 127)
+    best = candidates[int(np.argmin(err127))]
+    # the data tell 127 from 128 levels: 128's optimum is several bins away, and worse for 127
+    window = candidates[int(best) - 60:int(best) + 60]
+    best128 = window[int(np.argmin(mse_reference(p, window, 128)))]
+    assert abs(best128 - best) >= 5 and window[0] < best128 < window[-1]
+    amax = get_calibrator("mse", stats).compute()["x"].amax
+    assert amax in candidates and abs(amax - best) <= 1
+    assert mse_reference(p, [amax])[0] <= err127.min() * (1 + 1e-9)
 
 
 def test_percentile_parameter(known):

@@ -91,6 +91,32 @@ def test_merge_equals_single_pass_even_with_different_ranges(rng):
         assert np.array_equal(a.histogram("t")[0], whole.histogram("t")[0])
 
 
+def test_merge_over_shards_equals_one_pass_including_nonfinite_counts(rng):
+    """Shards of one tensor, each with its own NaN/Inf values (2, 3 and 1 of them; and a shard
+    with nothing but non-finite values), merged in any order: the state of one pass over all the
+    data, so the non-finite count is the sum, 6 + 2, not the largest shard's."""
+    x = rng.standard_normal(30_000).astype(np.float32)
+    x[[5, 900]] = [np.nan, np.inf]
+    x[[10_500, 12_000, 19_999]] = [-np.inf, np.nan, np.nan]
+    x[25_000] = np.inf
+    only_bad = np.array([np.nan, -np.inf], np.float32)
+    shards = [x[:10_000], x[10_000:20_000], only_bad, x[20_000:]]
+    whole = TensorStatistics()
+    whole.observe("t", np.concatenate(shards))
+    assert whole.summary("t").nonfinite == 8
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        parts = []
+        for i in order:
+            part = TensorStatistics()
+            part.observe("t", shards[i])
+            parts.append(part)
+        merged = parts[0]
+        for part in parts[1:]:
+            merged.merge(part)
+        assert merged.summary("t") == whole.summary("t")
+        assert state_equal(merged, whole)
+
+
 def test_merge_rejects_incompatible():
     a = TensorStatistics()
     with pytest.raises(CalibError):

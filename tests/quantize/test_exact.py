@@ -93,6 +93,36 @@ def test_layers_past_the_float32_bound_are_kept():
     del rng
 
 
+def _weights_with_abs_sum(total: int, c_in: int) -> np.ndarray:
+    """One output channel of 3x3 int8 weights, signs alternating, whose |w| sum to `total` (their
+    signed sum stays near 0)."""
+    flat = np.zeros(c_in * 9, np.int64)
+    full, rest = divmod(total, 127)
+    flat[:full] = 127
+    flat[full] = rest
+    flat[1::2] *= -1
+    assert np.abs(flat).sum() == total and abs(flat.sum()) <= 127
+    return flat.reshape(1, c_in, 3, 3).astype(np.int8)
+
+
+@pytest.mark.parametrize("x_type,x_zero", [(TensorProto.INT8, 0), (TensorProto.UINT8, 128)])
+def test_the_bound_is_the_largest_sum_any_input_can_reach(x_type, x_zero):
+    """A layer is rewritten only if max|q - z| * sum|w| < 2**24: the input that matches every
+    weight's sign with the extreme level (-128 - 0, or 0 - 128) reaches that sum. Weights with
+    mixed signs (a signed sum near 0) and the extreme level 128, not 127, decide it here."""
+    limit = 2 ** 24
+    for total, rewritten in ((limit // 128 - 1, True), (limit // 128, False), (137_000, False)):
+        w = np.concatenate([_weights_with_abs_sum(total, 120), np.ones((1, 120, 3, 3), np.int8)])
+        model = _single_conv(x_zero, x_type, w, None, 0.01, np.full(2, 0.01, np.float32))
+        # the largest |sum| an input can reach: each x_int = -128 * sign(w), i.e. 128 * sum|w|
+        worst = -128 * np.sign(w[0].astype(np.int64))
+        assert abs(int(np.sum(worst * w[0]))) == 128 * total
+        exact = integer_exact(model)
+        assert (exact.rewritten == ["conv"]) == rewritten == (128 * total < limit), total
+        if not rewritten:
+            assert "2**24" in exact.kept["conv"]
+
+
 def test_float_layers_are_left_float(tiny):
     model, x, amax = tiny
     gemm = next(layer for layer in quantizable_layers(model, "tensorrt") if layer.op_type == "Gemm")

@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from calib.errors import CalibError
@@ -189,11 +189,19 @@ def test_tango_all_discordant():
     assert lo == pytest.approx(-hi) and hi > 0.3
 
 
+@st.composite
+def _paired_counts(draw) -> tuple[int, int, int]:
+    """(b, c, n): discordant counts that fit in n images."""
+    n = draw(st.integers(1, 2000))
+    b = draw(st.integers(0, n))
+    return b, draw(st.integers(0, n - b)), n
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 2000), st.data())
-def test_tango_interval_is_valid_and_mirror_symmetric(n, data):
-    b = data.draw(st.integers(0, n))
-    c = data.draw(st.integers(0, n - b))
+@given(_paired_counts())
+@example((0, 569, 577))  # near-total discordance: the score once lost ~1e-12 to cancellation for delta < 0
+def test_tango_interval_is_valid_and_mirror_symmetric(counts):
+    b, c, n = counts
     lo, hi = tango_interval(b, c, n)
     est = (b - c) / n
     assert -1.0 <= lo <= est <= hi <= 1.0
@@ -350,12 +358,45 @@ def test_sqnr_bootstrap_estimates_equal_the_aggregate_sqnr():
     assert diff.ci95[0] > 0  # x's noise is 5x lower on every image: a clear, significant difference
 
 
+@pytest.mark.parametrize("noisy", [0, 9, 19])
+def test_sqnr_interval_resamples_every_evaluation_image(noisy):
+    """The bootstrap draws each of the n images with probability 1/n per draw, the last one
+    included. With one noisy image among 20 (signal 1 each), a resample's SQNR is
+    10 log10(20 / (k e)) for k ~ Binomial(20, 1/20) copies of it: P(k >= 4) = 1.6% and
+    P(k >= 3) = 7.5%, so the lower 2.5% end is k = 3 wherever the noisy image sits, and the
+    upper end is +inf (k = 0 in 36% of resamples). A resampler that never draws an image gives
+    +inf for both ends when that image is the noisy one."""
+    n, e = 20, 0.01
+    noise = np.zeros(n)
+    noise[noisy] = e
+    r = sqnr_ci(np.ones(n), noise, resamples=4000, seed=0)
+    assert r.estimate == pytest.approx(10 * math.log10(n / e))
+    assert r.ci95[0] == pytest.approx(10 * math.log10(n / (3 * e)), rel=1e-12)
+    assert r.ci95[1] == math.inf
+
+
 def test_sqnr_bootstrap_with_zero_noise_stays_finite_or_none_in_json():
     r = sqnr_ci(np.ones(10), np.zeros(10))
     assert math.isinf(r.estimate)
     js = r.to_json()
     assert js["estimate"] is None and js["ci95"] == [None, None]
     json.dumps(js)
+
+
+def test_one_image_has_no_bootstrap_interval_and_says_why():
+    """Every resample of one image is that image: a zero-width interval would claim certainty.
+    The estimate stays; the interval is None, with the reason; no pair is called significant."""
+    r = sqnr_ci([4.0], [0.04])
+    assert r.estimate == pytest.approx(20.0) and r.ci95 is None and r.n == 1 and r.resamples == 0
+    assert "one image" in r.note
+    js = json.loads(json.dumps(r.to_json()))
+    assert js["estimate"] == pytest.approx(20.0) and js["ci95"] is None
+    assert sqnr_difference_ci([0.1], [0.2]).ci95 is None and mean_difference_ci([1.0], [0.0]).ci95 is None
+    assert sqnr_ci(np.ones(2), np.full(2, 0.01)).note is None
+    rows = rank_calibrators([1], [1], {"x": np.array([1]), "y": np.array([2])}, signal=[4.0],
+                            noise={"x": np.array([0.04]), "y": np.array([0.4])})
+    assert [row["name"] for row in rows] == ["x", "y"]
+    assert all(row["logits_sqnr_db_ci95"] is None and row["sqnr_better_than"] == [] for row in rows)
 
 
 def test_bootstrap_chunks_large_inputs_and_rejects_empty():

@@ -203,6 +203,21 @@ def test_ship_fp32_when_the_loss_is_significant_and_beyond_the_tolerance():
     assert recommend(r, tolerance=0.06).action == SHIP_INT8
 
 
+def test_ship_fp32_is_decided_by_the_point_estimate_not_the_interval():
+    """A significant loss whose point estimate exceeds the tolerance ships FP32 even though the
+    interval's lower end is below the tolerance (10 broken, 1 fixed of 400: drop 2.25 points, CI
+    0.8 to 4.3): the rule is on the estimate (a loss of 2 points is likely, not just possible)."""
+    r = paired(*_run(400, 10, 1))
+    lo, hi = r.drop_ci95
+    assert r.significant and r.drop == pytest.approx(0.0225)
+    assert 0.0 < lo < DEFAULT_TOLERANCE < r.drop < hi
+    rec = recommend(r, speed=SPEED_FAST, size_mb=SIZE)
+    assert rec.action == SHIP_FP32 and "tolerance" in rec.reason
+    assert rec.accuracy.kind == "loss"
+    # a tolerance above the estimate (but below the interval's upper end) asks for more images
+    assert recommend(r, tolerance=0.03, speed=SPEED_FAST).action == EVALUATE_MORE
+
+
 def test_evaluate_more_when_the_interval_straddles_the_tolerance():
     r = paired(*_run(100, 1, 1))
     rec = recommend(r, speed=SPEED_FAST, size_mb=SIZE)
