@@ -1,8 +1,9 @@
 """Caches written by TensorRT itself (trtexec, Polygraphy, an IInt8EntropyCalibrator2 subclass)
 in and out of calib: import attaches metadata; export rewrites the header for a TensorRT version.
 
-Both refuse what TensorRT would silently misuse: a header-only file, scales that are NaN,
-infinite, zero or negative, a sidecar that disagrees with the text (`validate_entry`); import
+Both refuse what TensorRT would silently misuse: a header-only file, scales that are not valid
+int8 scales (NaN, infinite, zero, negative, subnormal, or so large that amax overflows:
+`validate.scale_problem`), a sidecar that disagrees with the text (`validate_entry`); import
 refuses a cache that lacks scales for some of the model's quantized tensors unless forced (and
 says which); export writes headers for released TensorRT versions only
 (`trt_format.RELEASED_TRT_VERSIONS`) unless the version is explicitly assumed. Hex scales are
@@ -53,8 +54,8 @@ def import_cache(path: Path, model, store: CacheStore, required: list[str] | Non
     as written, so the imported cache's text equals the original's (apart from its header line
     when that was not TensorRT's canonical form).
 
-    Refused (InvalidCache, nothing written): a header-only file, scales that are not finite and
-    positive, a header TensorRT does not write; with `required` (the model's quantized tensors),
+    Refused (InvalidCache, nothing written): a header-only file, invalid scales
+    (`validate.scale_problem`), a header TensorRT does not write; with `required` (the model's quantized tensors),
     a cache missing some of them unless `force` (then `missing` lists them)."""
     path = Path(path)
     cache = read_trt_cache(path)

@@ -56,7 +56,8 @@ def test_the_key_covers_calibrator_parameters_and_the_sample_list(tmp_path):
 
 # -- row 1: a corrupt cache is never reused -------------------------------------------------------
 
-@pytest.mark.parametrize("hex_value", ["7fc00000", "bd418306", "7f800000", "00000000"])
+@pytest.mark.parametrize("hex_value", ["7fc00000", "bd418306", "7f800000", "00000000",
+                                       "00000001", "7f7fffff"])  # subnormal, FLT_MAX: issue 22 row 1
 def test_a_copied_cache_with_a_bad_scale_is_refused_not_reused(tmp_path, hex_value):
     # As in the issue: copy a valid pair into another folder, set one scale to NaN / negative.
     original, meta = _save(CacheStore(tmp_path / "a"), scales={"input": 0.5, "conv": 0.25})
