@@ -16,6 +16,10 @@ A cache may be used only when:
   replaced, disagrees);
 - with `model_sha256`, the sidecar names that model;
 - with `required`, every tensor the model quantizes has a scale.
+
+`validate_cache` is the form every command that is handed a cache file uses (verify, build,
+export, import): the file, then these rules, with one model's `ModelRequirements` when there is
+a model to check against. A cache one of them refuses, the others refuse too.
 """
 
 from __future__ import annotations
@@ -82,6 +86,17 @@ def _names(names: list[str], limit: int = 5) -> str:
     return ", ".join(f"'{n[:80]}'" for n in names[:limit]) + (" …" if len(names) > limit else "")
 
 
+@dataclass(frozen=True)
+class ModelRequirements:
+    """What one model asks of a cache (`calib.commands.build.cache_requirements` computes it
+    from the model and its Q/DQ flavor): a scale for each tensor the flavor quantizes, a sidecar
+    naming this model's hash, and (reported, not refused) no scales for tensors it lacks."""
+    name: str
+    sha256: str
+    required: tuple[str, ...]
+    activations: tuple[str, ...] | None = None
+
+
 @dataclass
 class Validation:
     model_sha256: str | None
@@ -104,6 +119,12 @@ class Validation:
     def ok(self) -> bool:
         return not self.header and not self.sidecar and self.hash_matches and not self.missing \
             and not self.bad_scales
+
+    @property
+    def fatal(self) -> bool:
+        """Problems no --force can override (a broken file, a sidecar that disagrees, invalid
+        scales), as opposed to a cache for another model or one missing some tensors."""
+        return bool(self.header or self.sidecar or self.bad_scales)
 
     @property
     def tensor(self) -> str | None:
@@ -205,6 +226,19 @@ def _check_sidecar(v: Validation, entry: CacheEntry) -> None:
     if differ:
         v.sidecar.append(f"{len(differ)} scale(s) differ from sidecar {side}: {_names(differ, 3)}")
     v.sidecar_tensors = only_cache + only_side + differ
+
+
+def validate_cache(cache: str | Path | CacheEntry, model: ModelRequirements | None = None,
+                   require_metadata: bool = False) -> tuple[CacheEntry, Validation]:
+    """The one validation of a cache a command is handed (verify, build, export, import): the
+    file parsed (`load_cache`; a CalibError when it cannot be), then `validate_entry`, against
+    `model` when given. Returns the entry and the verdict; each command decides what its
+    --force may override (`Validation.fatal` never)."""
+    entry = cache if isinstance(cache, CacheEntry) else load_cache(cache, require_metadata=require_metadata)
+    if model is None:
+        return entry, validate_entry(entry)
+    return entry, validate_entry(entry, list(model.required), model.sha256,
+                                 list(model.activations) if model.activations is not None else None)
 
 
 def load_valid_cache(path: str | Path, required: list[str] | None = None, model_sha256: str | None = None,

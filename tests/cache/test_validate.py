@@ -8,8 +8,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from calib.cache import (CacheKey, CacheMetadata, CacheStore, InvalidCache, TrtCache, load_cache, load_valid_cache,
-                         validate_entry)
+from calib.cache import (CacheKey, CacheMetadata, CacheStore, InvalidCache, ModelRequirements, TrtCache, load_cache,
+                         load_valid_cache, validate_entry)
 from calib.cache.inspect import validate
 from calib.cache.validate import MAX_SCALE, MIN_SCALE, scale_problem
 from calib.errors import CalibError
@@ -181,3 +181,97 @@ def test_invalid_cache_is_a_calib_error_with_one_line(saved):
     with pytest.raises(CalibError) as e:
         load_valid_cache(saved)
     assert isinstance(e.value, InvalidCache) and str(saved) in str(e.value) and "\n" not in str(e.value)
+
+
+# -- one validation on every path (issue 22 rows 1 and 2) ----------------------------------------
+# The same pair, handed to every command that uses a cache: reuse (CacheStore.find, what `calib
+# run` does), verify, build, export (given the model) and import must all accept it, or all refuse.
+
+PATH_CASES = {"valid": None, "missing-one-tensor": "drop", "subnormal": "00000001", "flt-max": "7f7fffff",
+              "nan": "7fc00000", "negative": "bf800000"}
+
+
+@pytest.fixture()
+def tiny(tiny_classifier):
+    from calib.commands.build import cache_requirements
+    from calib.models import prepared_model, resolve_model
+
+    model = resolve_model(str(tiny_classifier))
+    prepared = prepared_model(model)
+    return model, prepared, cache_requirements(model, prepared, "tensorrt")
+
+
+def _pair_for(tmp_path, model, needs, case):
+    """A calib pair for `model` (every quantized tensor at scale 0.01), then edited as `case` says
+    in the text and the sidecar alike."""
+    names = list(needs.required)
+    scales = {n: float(np.float32(0.01)) for n in names}
+    meta = _meta(scales)
+    meta.key = CacheKey(model.sha256, {"name": "p"}, "imagenet-val", "f" * 64, "entropy", {})
+    path = CacheStore(tmp_path / "store").save(TrtCache.from_scales(scales, "EntropyCalibration2"), meta)
+    edit = PATH_CASES[case]
+    if edit == "drop":
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join(line for line in lines if line.rpartition(":")[0] != names[-1]) + "\n")
+        side = json.loads(path.with_suffix(".json").read_text())
+        del side["tensors"][names[-1]]
+        path.with_suffix(".json").write_text(json.dumps(side))
+    elif edit is not None:
+        _set_pair(path, names[0], edit)
+    return path, meta.key
+
+
+def _verdicts(tmp_path, model, prepared, needs, path, key):
+    from calib.cache.interop import export_cache, import_cache
+    from calib.commands.build import build_from_cache, check_cache
+
+    def accepted(call):
+        try:
+            call()
+        except InvalidCache as e:
+            assert "\n" not in str(e)
+            return False
+        except CalibError as e:   # build's own wording for a missing tensor or another model
+            assert "\n" not in str(e) and "--force" in str(e)
+            return False
+        return True
+
+    return {
+        "reuse": accepted(lambda: CacheStore(path.parent).find(key, required=list(needs.required))),
+        "verify": check_cache(model, prepared, path, "tensorrt")[1].ok,
+        "build": accepted(lambda: build_from_cache(model, prepared, path, "tensorrt", tmp_path / "int8.onnx")),
+        "export": accepted(lambda: export_cache(path, "10.3", tmp_path / "out.cache", model=needs)),
+        "import": accepted(lambda: import_cache(path, model, CacheStore(tmp_path / "imported"),
+                                                required=list(needs.required))),
+    }
+
+
+@pytest.mark.parametrize("case", list(PATH_CASES))
+def test_every_path_gives_the_same_verdict(tmp_path, tiny, case):
+    model, prepared, needs = tiny
+    path, key = _pair_for(tmp_path, model, needs, case)
+    verdicts = _verdicts(tmp_path, model, prepared, needs, path, key)
+    assert verdicts == {k: case == "valid" for k in verdicts}, verdicts
+    if case != "valid":   # a refusal writes nothing
+        assert not (tmp_path / "out.cache").exists() and not (tmp_path / "int8.onnx").exists()
+        assert not (tmp_path / "imported").exists() or not list((tmp_path / "imported").glob("*.cache"))
+
+
+def test_export_given_the_model_refuses_what_verify_refuses(tmp_path, tiny):
+    """Issue 22 row 2: a cache missing one quantized tensor's scale was exported with exit 0 while
+    `cache verify` rejected it; and a cache calibrated for another model."""
+    from calib.cache.interop import export_cache
+    from calib.commands.build import check_cache
+
+    model, prepared, needs = tiny
+    path, _ = _pair_for(tmp_path, model, needs, "missing-one-tensor")
+    with pytest.raises(InvalidCache, match="1 quantized tensor.s. have no scale") as e:
+        export_cache(path, "10.3", tmp_path / "out.cache", model=needs)
+    assert e.value.tensor == needs.required[-1] and "nothing exported" in str(e.value)
+    assert e.value.problems == check_cache(model, prepared, path, "tensorrt")[1].problems()
+    assert not (tmp_path / "out.cache").exists()
+    other = ModelRequirements("other", "b" * 64, needs.required)
+    path, _ = _pair_for(tmp_path / "2", model, needs, "valid")
+    with pytest.raises(InvalidCache, match="calibrated for another model"):
+        export_cache(path, "10.3", tmp_path / "out.cache", model=other)
+    assert export_cache(path, "10.3", tmp_path / "out.cache", model=needs).path.is_file()
