@@ -45,7 +45,8 @@ from calib.cache.metadata import CacheKey, CacheMetadata
 from calib.cache.trt_format import TrtCache
 from calib.cache.validate import RECALIBRATE, InvalidCache, validate_entry
 from calib.errors import CalibError
-from calib.fsutil import atomic_path, atomic_write_text, file_mode, fsync_dir, make_dir, temp_target
+from calib.fsutil import (atomic_path, atomic_write_text, check_output_dir, file_mode, fsync_dir, make_dir,
+                          temp_target)
 
 __all__ = ["CacheEntry", "CacheStore", "INDEX", "LOCK", "load_cache", "read_trt_cache", "sidecar_path"]
 
@@ -95,6 +96,16 @@ def _consistent(cache_path: Path, meta: CacheMetadata) -> bool:
 class CacheStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    def check(self, write: bool) -> None:
+        """Up front, before any work: the cache folder is not a file, and with `write` (a cache
+        will be saved: --recalibrate, or no cache matched) calib may create files in it (or
+        create it). Reusing a cache only reads, so a read-only folder passes without `write`.
+        A one-line CalibError."""
+        if self.root.exists() and not self.root.is_dir():
+            raise CalibError(f"cache folder {self.root} is a file, not a folder")
+        if write:
+            check_output_dir(self.root, empty=False)
 
     # -- locking and tidying up ---------------------------------------------------------------
 

@@ -379,3 +379,21 @@ def test_calibrate_reuses_a_cache_from_a_read_only_folder(tmp_path, small_imagen
     again = calibrate(model, prepared, data, "minmax", store, workers=0, progress=False)
     assert again.reused and again.entry.cache == first.entry.cache
     assert _snapshot(tmp_path / "caches") == before
+
+
+def test_the_up_front_check_asks_for_write_access_only_to_save(tmp_path, read_only):
+    """`calib run` refused a read-only cache folder up front, even to reuse a cache from it. The
+    store's check asks for write access only when a cache will be saved."""
+    store = CacheStore(tmp_path / "ro")
+    _save(store)
+    read_only.append(str(tmp_path / "ro"))
+    store.check(write=False)
+    with pytest.raises(CalibError, match="no permission") as e:
+        store.check(write=True)
+    assert "\n" not in str(e.value)
+    CacheStore(tmp_path / "new").check(write=True)          # created by the save, later
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "f").write_text("x")
+    for write in (False, True):
+        with pytest.raises(CalibError, match="is a file, not a folder"):
+            CacheStore(tmp_path / "f").check(write=write)
