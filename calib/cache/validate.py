@@ -10,7 +10,8 @@ A cache may be used only when:
   NaN, inf, zero or negative scales quantize everything to garbage, and so do the extremes that
   pass as "finite and positive": a subnormal scale (1.4e-45) has no normal reciprocal (x/scale
   overflows: numpy's "divide by zero", every activation clipped to +-127, top-1 0%), and
-  FLT_MAX's amax overflows float32. TensorRT's own calibrators never write either;
+  FLT_MAX's amax overflows float32. calib's own writer never produces one
+  (`calib.quantize.qdq.activation_scale` clamps into the rule);
 - with a sidecar, the sidecar describes this very text: the same tensors, the same scales bit
   for bit, the same algorithm and TensorRT version (a cache edited by hand, or a pair half
   replaced, disagrees);
