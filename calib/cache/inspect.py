@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from calib.cache.files import CacheEntry
-from calib.cache.validate import Validation, validate_entry
+from calib.cache.validate import Validation, scale_problem, validate_entry
 
 # A scale this many times the median of its cache is shown as an outlier (a range blown up by
 # a few extreme activations costs that tensor most of its resolution).
@@ -23,15 +23,16 @@ def validate(entry: CacheEntry, model_sha256: str, required: list[str], activati
 def scale_table(entry: CacheEntry) -> list[dict]:
     """Rows sorted by scale, largest first, with outlier flags."""
     scales = entry.cache.scales
-    finite = [s for s in scales.values() if math.isfinite(s) and s > 0]
-    median = float(np.median(finite)) if finite else 0.0
+    valid = [s for s in scales.values() if scale_problem(s) is None]
+    median = float(np.median(valid)) if valid else 0.0
     tensors = entry.metadata.tensors if entry.metadata else {}
     rows = []
     for name, s in scales.items():
         info = tensors.get(name, {})
         flags = []
-        if not (math.isfinite(s) and s > 0):
-            flags.append("invalid")
+        problem = scale_problem(s)
+        if problem is not None:
+            flags.append(f"invalid: {problem}")
         elif median and s > OUTLIER_FACTOR * median:
             flags.append(f">{OUTLIER_FACTOR:g}x median")
         # TensorRT-written caches record no observed range (None).

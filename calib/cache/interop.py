@@ -1,10 +1,13 @@
 """Caches written by TensorRT itself (trtexec, Polygraphy, an IInt8EntropyCalibrator2 subclass)
 in and out of calib: import attaches metadata; export rewrites the header for a TensorRT version.
 
-Both refuse what TensorRT would silently misuse: a header-only file, scales that are NaN,
-infinite, zero or negative, a sidecar that disagrees with the text (`validate_entry`); import
+Both refuse what TensorRT would silently misuse: a header-only file, scales that are not valid
+int8 scales (NaN, infinite, zero, negative, subnormal, or so large that amax overflows:
+`validate.scale_problem`), a sidecar that disagrees with the text (`validate_entry`); import
 refuses a cache that lacks scales for some of the model's quantized tensors unless forced (and
-says which); export writes headers for released TensorRT versions only
+says which); export, given the model, refuses what `calib cache verify` refuses for it (a missing
+scale, another model's cache): import, export and verify all go through `validate_cache`. Export
+writes headers for released TensorRT versions only
 (`trt_format.RELEASED_TRT_VERSIONS`) unless the version is explicitly assumed. Hex scales are
 copied as text, never through a float: round trips are bit-exact.
 """
@@ -18,7 +21,7 @@ from calib.cache.files import CacheEntry, read_trt_cache, sidecar_path
 from calib.cache.metadata import CacheKey, CacheMetadata
 from calib.cache.store import CacheStore
 from calib.cache.trt_format import released_version, version_string
-from calib.cache.validate import InvalidCache, load_valid_cache, validate_entry
+from calib.cache.validate import InvalidCache, ModelRequirements, load_valid_cache, validate_cache
 from calib.errors import CalibError
 from calib.fsutil import atomic_write_text, check_output_file
 
@@ -53,14 +56,15 @@ def import_cache(path: Path, model, store: CacheStore, required: list[str] | Non
     as written, so the imported cache's text equals the original's (apart from its header line
     when that was not TensorRT's canonical form).
 
-    Refused (InvalidCache, nothing written): a header-only file, scales that are not finite and
-    positive, a header TensorRT does not write; with `required` (the model's quantized tensors),
+    Refused (InvalidCache, nothing written): a header-only file, invalid scales
+    (`validate.scale_problem`), a header TensorRT does not write; with `required` (the model's quantized tensors),
     a cache missing some of them unless `force` (then `missing` lists them)."""
     path = Path(path)
     cache = read_trt_cache(path)
-    bare = CacheEntry(path, cache, None)
-    v = validate_entry(bare, required, model.sha256)
-    if v.header or v.bad_scales:
+    # The text alone (a sidecar-named file beside it is not this cache's metadata yet).
+    needs = ModelRequirements(model.name, model.sha256, tuple(required)) if required is not None else None
+    _, v = validate_cache(CacheEntry(path, cache, None), needs)
+    if v.fatal:
         v.missing = []  # the fatal problems first; `--force` cannot fix these
         raise v.error("nothing imported")
     if v.missing and not force:
@@ -83,17 +87,21 @@ def import_cache(path: Path, model, store: CacheStore, required: list[str] | Non
 
 
 def export_cache(path: Path, trt_version: str, out: Path, assume: bool = False, overwrite: bool = False,
-                 required: list[str] | None = None) -> ExportResult:
+                 model: ModelRequirements | None = None) -> ExportResult:
     """Write the cache with the header TensorRT `trt_version` expects: the same tensors in the
     same order with the same hex scales, only the header's version changed.
 
-    Refused (nothing written): an invalid cache (`validate_entry`, with `required` when given),
-    a TensorRT version never released unless `assume` (then a warning names the assumption),
+    Refused (nothing written): an invalid cache (`validate_cache`: against `model` when given,
+    exactly as `calib cache verify` checks it, so a cache missing a quantized tensor's scale or
+    calibrated for another model is refused), a TensorRT version never released unless `assume`
+    (then a warning names the assumption),
     `out` naming the source cache, a folder, a file with a sidecar-named file beside it, or an
     existing file that is not a TensorRT cache with exactly these scales, unless `overwrite`."""
     path, out = Path(path), Path(out)
     canonical, warning = released_version(trt_version, assume)
-    entry = load_valid_cache(path, required, advice="nothing exported")
+    entry, v = validate_cache(path, model)
+    if not v.ok:
+        raise v.error("nothing exported")
     exported = entry.cache.with_version(canonical)
     text = exported.to_text()
     if out.exists() and path.exists() and out.resolve() == path.resolve():

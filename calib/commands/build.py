@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 
 from calib.backends import get_backend
-from calib.cache import Validation, load_cache, validate_entry
+from calib.cache import ModelRequirements, Validation, validate_cache
 from calib.errors import CalibError
 from calib.fsutil import atomic_path, check_output_file, is_calib_onnx, mark_calib_onnx
 from calib.models import Model, needs_external_data, save_model
@@ -28,13 +28,17 @@ class BuildResult:
     left_in_float: list[str]
 
 
+def cache_requirements(model: Model, prepared: onnx.ModelProto, flavor: str) -> ModelRequirements:
+    """What `model` asks of a cache under the Q/DQ `flavor`: the one set of requirements build,
+    `cache verify` and `cache export --model` check a cache against (`calib.cache.validate_cache`)."""
+    return ModelRequirements(model.name, model.sha256, tuple(required_tensors(prepared, flavor)),
+                             tuple(GraphIndex(prepared).activations()))
+
+
 def check_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, flavor: str):
     """The cache and its validation against the model and the flavor's quantized tensors (one
-    validation for every use of a cache: calib.cache.validate_entry)."""
-    entry = load_cache(cache_path)
-    report = validate_entry(entry, required_tensors(prepared, flavor), model.sha256,
-                            GraphIndex(prepared).activations())
-    return entry, report
+    validation for every use of a cache: calib.cache.validate_cache)."""
+    return validate_cache(cache_path, cache_requirements(model, prepared, flavor))
 
 
 def is_calib_artifact(path: Path) -> bool:
@@ -70,7 +74,7 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
     if b.artifact_suffix() != ".onnx":
         check_output_file(qdq_path_for(out), overwrite, is_calib_onnx)
     entry, report = check_cache(model, prepared, cache_path, flavor)
-    if report.header or report.sidecar or report.bad_scales:
+    if report.fatal:
         raise report.error("nothing built")
     if not report.hash_matches and not force:
         raise CalibError(f"cache {cache_path} was calibrated for model sha256 {report.cache_model_sha256}, "

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from calib.cache.validate import MAX_SCALE, MIN_SCALE
 from calib.quantize.graph import GraphIndex
 from calib.quantize.naming import (DEQUANTIZE_NODE, QUANTIZE_NODE, bias_corrected_name, dequantized_name,
                                    quantized_constant_name, quantized_name, scale_name, zero_point_name)
@@ -33,8 +34,16 @@ def symmetric_int8(amax: float) -> ActivationQuant:
 
 
 def activation_scale(amax: float, levels: int) -> float:
-    # A zero range (all-zero tensor) still needs a positive scale; any value quantizes 0 exactly.
-    return float(np.float32(amax / levels)) if amax > 0 else float(np.finfo(np.float32).tiny)
+    """amax/levels as a float32, always a valid scale (`calib.cache.validate.scale_problem`):
+    a zero range (all-zero tensor) still needs a positive scale (any value quantizes 0 exactly),
+    and a range below MIN_SCALE*levels or above MAX_SCALE*levels gets the nearest valid scale, so
+    calibration never writes a scale that every reader of the cache would refuse."""
+    scale = amax / levels
+    if not scale > MIN_SCALE:
+        return MIN_SCALE
+    if scale >= MAX_SCALE:
+        return MAX_SCALE
+    return min(float(np.float32(scale)), MAX_SCALE)  # rounding to float32 may pass MAX_SCALE
 
 
 class QDQBuilder:

@@ -72,8 +72,9 @@ def test_killed_mid_calibration_leaves_nothing(sig, tmp_path, imagenet_sample):
 # -- killed while saving ------------------------------------------------------------------------
 # The child saves a large cache (version B) over an existing one with the same key (version A).
 # Whatever point it dies at, a reader must find A or B whole, never a partial file, two halves
-# of a pair, or an index row for something that is not there; the next store operation
-# (`entries`, i.e. `calib cache list`, or a save) leaves no temp file behind.
+# of a pair, or an index row for something that is not there, and write nothing (no lock file,
+# no index, no rename); the next writer (`save`, or `tidy`) finishes the job on disk and leaves
+# no temp file behind.
 
 TENSORS = 20000
 CHILD = r"""
@@ -120,31 +121,53 @@ def _child(mode, root, version="B", arg="0", **kw):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def _assert_whole(root, allowed):
-    """The store holds one complete, valid pair from `allowed` (or nothing, if None is allowed)."""
-    from calib.cache import CacheStore, load_cache, validate_entry
-    from calib.cache.store import INDEX
+def _snapshot(folder):
+    """The folder's own modification time, and every entry's name, size and modification time."""
+    return folder.stat().st_mtime_ns, sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
 
-    store = CacheStore(root)
-    caches = sorted(root.glob("*.cache"))
-    if not caches:
+
+def _reader_view(store, root, allowed):
+    """What readers (entries, find) see: one complete, valid pair from `allowed` (or nothing, if
+    None is allowed); returns its version."""
+    from calib.cache import CacheMetadata, validate_entry
+    from calib.cache.files import read_trt_cache
+
+    rows = store.entries()
+    if not rows:
         assert None in allowed, "the old cache is gone"
         return None
-    assert len(caches) == 1
-    entry = load_cache(caches[0])                       # parses: no partial text
-    assert entry.metadata is not None
-    found = store.find(entry.metadata.key)              # rolls an interrupted save forward
-    assert found is not None and validate_entry(found).ok
+    assert len(rows) == 1 and rows[0]["valid"], rows
+    path = root / rows[0]["file"]
+    if path.exists():
+        read_trt_cache(path)                            # parses: no partial text
+    meta = CacheMetadata.from_json(path.with_suffix(".json").read_text())
+    found = store.find(meta.key)                        # the committed pair (an interrupted save's text)
+    assert found is not None and validate_entry(found).ok and found.path == path
     version = found.metadata.dataset_description
     assert version in allowed
     assert len(found.cache.hex_scales) == TENSORS
     factor = 1.0 if version == "A" else 2.0
     assert found.cache.scales["/blocks.0/conv:0 out"] == factor / 1024.0
-    rows = store.entries()                              # the next store operation: tidies up
-    assert [r["file"] for r in rows] == [caches[0].name] and rows[0]["valid"]
+    return version
+
+
+def _assert_whole(root, allowed):
+    """Readers see one whole pair and write nothing, whatever a killed writer left; the next
+    writer (`tidy`, as `save` does first) then leaves that pair on disk, no temp file, a current index."""
+    from calib.cache import CacheStore, load_cache, validate_entry
+    from calib.cache.store import INDEX
+
+    store = CacheStore(root)
+    before = _snapshot(root)
+    version = _reader_view(store, root, allowed)
+    assert _snapshot(root) == before                    # reading never writes
+    store.tidy()
     assert _leftovers(root) == []
+    assert _reader_view(store, root, allowed) == version
+    caches = sorted(root.glob("*.cache"))
+    assert all(validate_entry(load_cache(c)).ok for c in caches)   # rolled forward on disk
     index = json.loads((root / INDEX).read_text())
-    assert [r["file"] for r in index] == [caches[0].name]
+    assert [r["file"] for r in index] == [c.name for c in caches]
     return version
 
 
@@ -192,9 +215,6 @@ def test_sigkill_during_a_first_save_leaves_nothing_or_the_new_pair(tmp_path):
                 proc.stdin.flush()
         proc.kill()
         proc.communicate(timeout=60)
-        from calib.cache import CacheStore
-
-        CacheStore(root).entries()  # the next store operation
         assert _assert_whole(root, {None} if kill_at == 1 else {"B"}) == (None if kill_at == 1 else "B")
         assert _leftovers(root) == []
 

@@ -29,7 +29,7 @@ def test_scale_table_flags_outliers_and_invalid_scales(tmp_path):
     path = CacheStore(tmp_path).save(TrtCache.from_scales(scales, "EntropyCalibration2"), _meta(scales))
     path.write_text(path.read_text().replace(TrtCache.from_scales({"x": 0.01}, "x").hex_scales["x"] + "\n", "7fc00000\n", 1))
     rows = {r["tensor"]: r for r in scale_table(load_cache(path))}   # a broken cache still shows
-    assert rows["big"]["flags"] == [">20x median"] and rows["t0"]["flags"] == ["invalid"]
+    assert rows["big"]["flags"] == [">20x median"] and rows["t0"]["flags"] == ["invalid: not finite"]
 
 
 def test_diff_ratios(tmp_path):

@@ -6,12 +6,13 @@ from calib.cache import CacheStore, InvalidCache, load_cache, parse
 from calib.cache.interop import export_cache, import_cache
 from calib.errors import CalibError
 
-# As TensorRT writes them: awkward scales whose last bits a float round trip could change.
+# As TensorRT writes them: awkward scales whose last bits a float round trip could change (the
+# smallest and the largest valid scale among them: `validate.MIN_SCALE`, `MAX_SCALE`).
 TRT_TEXT = """TRT-8601-EntropyCalibration2
 input: 3c010a14
-conv1: 00000001
+conv1: 00800000
 conv2: 3d8c7bd3
-(Unnamed Layer* 3) [Constant]_output: 7f7fffff
+(Unnamed Layer* 3) [Constant]_output: 7c010203
 onnx::Gemm_12: 3ab2f5e1
 """
 NAMES = ["input", "conv1", "conv2", "(Unnamed Layer* 3) [Constant]_output", "onnx::Gemm_12"]
@@ -41,7 +42,9 @@ def test_import_keeps_every_hex_scale_bit_exact(tmp_path, trt_cache, model):
 
 @pytest.mark.parametrize("text,message", [
     ("TRT-8601-EntropyCalibration2\n", "no scales"),
-    ("TRT-8601-EntropyCalibration2\na: 7f800000\nb: 7f800000\n", "not finite and positive"),
+    ("TRT-8601-EntropyCalibration2\na: 7f800000\nb: 7f800000\n", "2 invalid scale"),
+    ("TRT-8601-EntropyCalibration2\na: 3c010a14\nb: 00000001\n", "'b' = 1.4013e-45 .subnormal"),
+    ("TRT-8601-EntropyCalibration2\na: 7f7fffff\nb: 3c010a14\n", "'a' = 3.40282e.38 .amax"),
     ("TRT-8601-EntropyCalibration2\na: 3c010a14\nb: bd418306\n", "'b' = -0.0472"),
     ("TRT-8601-EntropyCalibration2\na: 7fc00000\n", "nan"),
     ("TRT-8601-BestCalibration\na: 3c010a14\n", "TensorRT does not have"),
@@ -78,8 +81,8 @@ def test_export_rewrites_the_header_and_keeps_the_scales(tmp_path, trt_cache, mo
         assert parse(out.read_text()).hex_scales == parse(TRT_TEXT).hex_scales
 
 
-@pytest.mark.parametrize("hex_value", ["7fc00000", "ff800000", "bf800000"])
-def test_export_refuses_nan_inf_and_negative_caches(tmp_path, hex_value):
+@pytest.mark.parametrize("hex_value", ["7fc00000", "ff800000", "bf800000", "00000001", "7f7fffff"])
+def test_export_refuses_nan_inf_negative_subnormal_and_overflowing_caches(tmp_path, hex_value):
     path = tmp_path / "bad.cache"
     path.write_text(f"TRT-8601-EntropyCalibration2\na: 3c010a14\nb: {hex_value}\n")
     with pytest.raises(InvalidCache, match="nothing exported"):

@@ -1,12 +1,17 @@
+import builtins
+import errno
+import io
 import json
 import os
 import shutil
 import stat
+import threading
+import time
 
 import pytest
 
 from calib.cache import CacheKey, CacheMetadata, CacheStore, InvalidCache, TrtCache, load_cache
-from calib.cache.store import INDEX
+from calib.cache.store import INDEX, LOCK
 from calib.errors import CalibError
 
 
@@ -56,7 +61,8 @@ def test_the_key_covers_calibrator_parameters_and_the_sample_list(tmp_path):
 
 # -- row 1: a corrupt cache is never reused -------------------------------------------------------
 
-@pytest.mark.parametrize("hex_value", ["7fc00000", "bd418306", "7f800000", "00000000"])
+@pytest.mark.parametrize("hex_value", ["7fc00000", "bd418306", "7f800000", "00000000",
+                                       "00000001", "7f7fffff"])  # subnormal, FLT_MAX: issue 22 row 1
 def test_a_copied_cache_with_a_bad_scale_is_refused_not_reused(tmp_path, hex_value):
     # As in the issue: copy a valid pair into another folder, set one scale to NaN / negative.
     original, meta = _save(CacheStore(tmp_path / "a"), scales={"input": 0.5, "conv": 0.25})
@@ -102,21 +108,26 @@ def test_find_and_list_work_without_the_index(tmp_path):
     assert store.find(meta.key).path == path
     rows = store.entries()
     assert sorted(r["calibrator"] for r in rows) == ["entropy", "minmax"]
-    assert len(json.loads((tmp_path / INDEX).read_text())) == 2  # rebuilt
+    assert not (tmp_path / INDEX).exists()  # readers never write it
+    assert store.tidy() == rows
+    assert len(json.loads((tmp_path / INDEX).read_text())) == 2  # a writer rebuilds it
 
 
-def test_list_rebuilds_a_corrupt_or_stale_index_and_shows_broken_caches(tmp_path):
+def test_list_reads_past_a_corrupt_or_stale_index_and_shows_broken_caches(tmp_path):
     store = CacheStore(tmp_path)
     path, _ = _save(store)
     (tmp_path / INDEX).write_text("{ not json")
     assert [r["file"] for r in store.entries()] == [path.name]
-    assert isinstance(json.loads((tmp_path / INDEX).read_text()), list)
+    assert (tmp_path / INDEX).read_text() == "{ not json"   # left to writers
     (tmp_path / "dropped-in.cache").write_text("TRT-8601-EntropyCalibration2\nt: 7fc00000\n")
     rows = {r["file"]: r for r in store.entries()}
     assert set(rows) == {path.name, "dropped-in.cache"}
     assert not rows["dropped-in.cache"]["valid"] and "not finite" in rows["dropped-in.cache"]["problem"]
+    other, _ = _save(store, calibrator="minmax")            # a writer refreshes the whole index
+    index = {r["file"]: r for r in json.loads((tmp_path / INDEX).read_text())}
+    assert set(index) == {path.name, "dropped-in.cache", other.name} and not index["dropped-in.cache"]["valid"]
     path.write_text(path.read_text().replace("3f000000", "3f000001"))  # edited after indexing
-    assert not {r["file"]: r for r in store.entries()}[path.name]["valid"]
+    assert not {r["file"]: r for r in store.entries()}[path.name]["valid"]   # the stale row is not trusted
 
 
 def test_a_corrupt_index_never_leaves_a_save_half_registered(tmp_path):
@@ -224,3 +235,165 @@ def test_reuse_never_crosses_calibrator_parameters_or_sample_lists(tmp_path, sma
     assert store.find(keys[("first", 99.9)]) is not None
     assert [store.find(k) for name, k in keys.items() if name != ("first", 99.9)] == [None, None, None]
 
+
+
+# -- issue 22 row 3: reading never writes ---------------------------------------------------------
+# `calib cache list` wrote index.json and a lock file into any folder it listed, and `run` could not
+# reuse a cache from a read-only folder. Readers (find, entries) now write nothing; writers
+# (save, tidy) refresh the index and finish what killed writers left.
+
+def _snapshot(folder):
+    """The folder's own modification time, and every entry's name, size and modification time."""
+    return folder.stat().st_mtime_ns, sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
+
+
+@pytest.fixture()
+def read_only(monkeypatch):
+    """Folders appended to the returned list are read-only for this process, as on a read-only
+    mount (tests run as root, whom chmod does not stop): whatever would create, change, rename or
+    remove something under them fails with EROFS."""
+    folders: list[str] = []
+
+    def guard(path):
+        p = os.path.abspath(os.fsdecode(os.fspath(path)))
+        if any(p == f or p.startswith(f + os.sep) for f in folders):
+            raise OSError(errno.EROFS, "Read-only file system", p)
+
+    real_os_open, real_io_open = os.open, io.open
+
+    def os_open(path, flags, *a, **k):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
+            guard(path)
+        return real_os_open(path, flags, *a, **k)
+
+    def io_open(file, mode="r", *a, **k):
+        if not isinstance(file, int) and any(c in mode for c in "wax+"):
+            guard(file)
+        return real_io_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(io, "open", io_open)
+    monkeypatch.setattr(builtins, "open", io_open)
+    for name in ("replace", "rename", "unlink", "remove", "mkdir", "rmdir", "utime", "chmod", "link", "symlink"):
+        def guarded(path, *a, _real=getattr(os, name), **k):
+            guard(path)
+            return _real(path, *a, **k)
+        monkeypatch.setattr(os, name, guarded)
+    return folders
+
+
+def test_the_read_only_seam_refuses_writes(tmp_path, read_only):
+    read_only.append(str(tmp_path))
+    for write in (lambda: (tmp_path / "x").write_text("x"), lambda: (tmp_path / "d").mkdir(),
+                  lambda: os.open(tmp_path / "y", os.O_RDWR | os.O_CREAT)):
+        with pytest.raises(OSError) as e:
+            write()
+        assert e.value.errno == errno.EROFS
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list_and_find_in_a_read_only_folder_write_nothing(tmp_path, read_only):
+    root = tmp_path / "ro"
+    store = CacheStore(root)
+    path, meta = _save(store)
+    other, _ = _save(store, calibrator="minmax")
+    # As a folder copied without its index and lock file, with what a killed writer left: readers
+    # used to create both, and to remove the temp file.
+    (root / INDEX).unlink()
+    (root / LOCK).unlink()
+    (root / f".{path.name}.k1ll3d.tmp").write_text("TRT-100300-EntropyCalibration2\ninput: 3f")
+    (root / "dropped-in.cache").write_text("TRT-8601-EntropyCalibration2\nt: 7fc00000\n")
+    read_only.append(str(root))
+    before = _snapshot(root)
+    assert store.find(meta.key).path == path
+    assert store.find(_meta(fingerprint="e" * 64).key) is None
+    rows = {r["file"]: r for r in store.entries()}
+    assert set(rows) == {path.name, other.name, "dropped-in.cache"}
+    assert rows[path.name]["valid"] and rows[other.name]["valid"] and not rows["dropped-in.cache"]["valid"]
+    assert _snapshot(root) == before
+    # Writing there is refused in one line, and still leaves everything as it was.
+    with pytest.raises(CalibError, match="cannot") as e:
+        _save(store, calibrator="percentile")
+    assert "\n" not in str(e.value) and _snapshot(root) == before
+
+
+def test_readers_leave_a_stale_index_and_the_lock_file_alone(tmp_path):
+    store = CacheStore(tmp_path)
+    path, meta = _save(store)
+    _save(store, calibrator="minmax")
+    path.write_text(path.read_text().replace("3f000000", "3f000001"))   # the index row is stale now
+    before = _snapshot(tmp_path)
+    with pytest.raises(InvalidCache):
+        store.find(meta.key)
+    assert not {r["file"]: r for r in store.entries()}[path.name]["valid"]
+    assert _snapshot(tmp_path) == before
+
+
+def test_readers_see_an_interrupted_save_whole_and_the_next_writer_finishes_it(tmp_path, read_only):
+    """Killed between its two renames: the new sidecar beside the old text, the new text in its
+    temp file. A reader takes that text, in memory; `tidy` (or the next save) renames it into place."""
+    store = CacheStore(tmp_path)
+    path, meta = _save(store, scales={"input": 0.5})
+    new_meta = _meta(scales={"input": 0.25})
+    new_text = TrtCache.from_scales({"input": 0.25}, "EntropyCalibration2").to_text()
+    path.with_suffix(".json").write_text(new_meta.to_json())               # renamed: the commit point
+    (tmp_path / f".{path.name}.a8c2x9.tmp").write_text(new_text)          # not renamed yet
+    read_only.append(str(tmp_path))
+    before = _snapshot(tmp_path)
+    assert store.find(meta.key).cache.scales == {"input": 0.25}
+    assert store.entries()[0]["valid"]
+    assert _snapshot(tmp_path) == before
+    read_only.clear()
+    store.tidy()
+    assert path.read_text() == new_text and _temps(tmp_path) == []
+    assert load_cache(path).cache.scales == {"input": 0.25}
+
+
+def test_readers_wait_for_a_writer_in_the_middle_of_a_save(tmp_path):
+    store = CacheStore(tmp_path)
+    _, meta = _save(store)
+    done = []
+    with store.lock():                      # a writer mid-save
+        reader = threading.Thread(target=lambda: done.append(store.find(meta.key)))
+        reader.start()
+        time.sleep(0.5)
+        assert done == []                   # waiting on the shared lock, not reading half a save
+    reader.join(timeout=10)
+    assert done and done[0] is not None
+
+
+def test_calibrate_reuses_a_cache_from_a_read_only_folder(tmp_path, small_imagenet, tiny_classifier, read_only):
+    """What `calib run` does with --cache-dir pointing at a read-only folder holding its cache."""
+    from calib.calibration import calibrate
+    from calib.data import Dataset, imagenet_val, take
+    from calib.models import prepared_model, resolve_model
+
+    model = resolve_model(str(tiny_classifier))
+    prepared = prepared_model(model)
+    data = take(Dataset.of(imagenet_val(small_imagenet), model.preprocess), 8, seed=0)
+    store = CacheStore(tmp_path / "caches")
+    first = calibrate(model, prepared, data, "minmax", store, workers=0, progress=False)
+    assert not first.reused
+    read_only.append(str(tmp_path / "caches"))
+    before = _snapshot(tmp_path / "caches")
+    again = calibrate(model, prepared, data, "minmax", store, workers=0, progress=False)
+    assert again.reused and again.entry.cache == first.entry.cache
+    assert _snapshot(tmp_path / "caches") == before
+
+
+def test_the_up_front_check_asks_for_write_access_only_to_save(tmp_path, read_only):
+    """`calib run` refused a read-only cache folder up front, even to reuse a cache from it. The
+    store's check asks for write access only when a cache will be saved."""
+    store = CacheStore(tmp_path / "ro")
+    _save(store)
+    read_only.append(str(tmp_path / "ro"))
+    store.check(write=False)
+    with pytest.raises(CalibError, match="no permission") as e:
+        store.check(write=True)
+    assert "\n" not in str(e.value)
+    CacheStore(tmp_path / "new").check(write=True)          # created by the save, later
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "f").write_text("x")
+    for write in (False, True):
+        with pytest.raises(CalibError, match="is a file, not a folder"):
+            CacheStore(tmp_path / "f").check(write=write)
