@@ -218,7 +218,7 @@ def test_build_device_auto_follows_the_other_commands_rule(monkeypatch):
     from calib.commands.build import build_device
 
     # A GPU machine: auto picks the GPU for the ort backend, the CPU for backends that run on the
-    # GPU by themselves (RunConfig.devices), as for run, compare and bench.
+    # GPU by themselves (RunConfig.placement), as for run, compare and bench.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ort, "require_cuda_provider", lambda: None)
     assert build_device("auto", "tensorrt-rtx") == "cpu"

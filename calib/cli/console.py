@@ -3,11 +3,22 @@ form or a command's rows. Kept out of the command definitions so those stay thin
 
 from __future__ import annotations
 
+import json
 import os
 
 import typer
 
 DEMO_LINE = "DEMO run on 5 embedded photos: see datasets/imagenet-val.md to run on ImageNet."
+
+
+def notes(lines, prefix: str = "note") -> None:
+    """One line on stderr per note or warning ("note: ...", "warning: ...")."""
+    for line in lines:
+        typer.echo(f"{prefix}: {line}", err=True)
+
+
+def as_json(data) -> None:
+    typer.echo(json.dumps(data, indent=1))
 
 
 def run_summary(r: dict, html: bool) -> None:
@@ -52,8 +63,10 @@ def sensitivity_summary(d: dict, top: int = 10) -> None:
     typer.echo(f"report: {os.path.join(d['out'], 'report.html')}")
 
 
-def bench_table(rows: list[dict], name: str, backend: str, precision: str) -> None:
-    typer.echo(f"{'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9}   {name} on {backend} ({precision})")
+def bench_table(rows: list[dict]) -> None:
+    first = rows[0]
+    typer.echo(f"{'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9}   "
+               f"{os.path.basename(first['model'])} on {first['backend']} ({first['precision']})")
     for r in rows:
         typer.echo(f"{r['batch_size']:>5} {r['latency_ms_p50']:9.2f} {r['latency_ms_p90']:9.2f} "
                    f"{r['latency_ms_p99']:9.2f} {r['throughput']:9.1f}")
@@ -93,3 +106,22 @@ def cache_diff_table(d: dict, a: str, b: str, top: int) -> None:
         typer.echo(f"{r['ratio']:10.4f} {r['a']:12.6g} {r['b']:12.6g}  {r['tensor']}")
     if d["only_a"] or d["only_b"]:
         typer.echo(f"only in {a}: {len(d['only_a'])} tensors; only in {b}: {len(d['only_b'])} tensors")
+
+
+def build_summary(result) -> None:
+    """What `calib build` says: the cache's problems and the tensors left in float on stderr, the
+    GPU the model was run on, then the path of what was built."""
+    notes(result.validation.problems(), "warning")
+    for name in result.left_in_float:
+        typer.echo(f"left in float (no scale): {name}", err=True)
+    if result.device != "cpu":
+        typer.echo(f"runs in ONNX Runtime's CUDA provider on {result.device}", err=True)
+    typer.echo(str(result.path))
+
+
+def import_summary(result) -> None:
+    if result.missing:
+        typer.echo(f"warning: imported with --force: {len(result.missing)} quantized tensor(s) have no scale and "
+                   f"stay float in builds: {', '.join(result.missing[:5])}" + (" …" if len(result.missing) > 5 else ""),
+                   err=True)
+    typer.echo(str(result.path))

@@ -5,15 +5,22 @@ kernels). TensorRT runs an engine: an `.engine` file is loaded as is, an ONNX fi
 into an engine (in a temporary folder unless `engine=` names where to keep it), with a batch
 profile that covers the batch sizes asked for. Inputs are random (see `time_runner`), so the
 numbers measure speed, not accuracy; each row is one batch size.
+
+`bench` is the `calib bench` command as one call (a zoo name or a file, from a RunConfig);
+`bench_model` times a model file.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calib.backends import get_backend, time_runner
 from calib.errors import CalibError
+
+if TYPE_CHECKING:
+    from calib.session import RunConfig
 
 
 def model_precision(proto) -> str:
@@ -127,3 +134,16 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             return rows
         finally:
             runner.close()
+
+
+def bench(config: RunConfig, batch_sizes: list[int], seconds: float, precision: str | None = None,
+          timing_cache: str | Path | None = None) -> list[dict]:
+    """`calib bench`: time `config.model` (a zoo model's FP32 ONNX file, or a path to an ONNX or
+    engine file) on `config.backend` at `config.device`; `config.input_size` for a dynamic H/W.
+    `timing_cache` is TensorRT's (refused by ONNX Runtime, as any build option)."""
+    from calib.models import ZOO, parse_input_size, resolve_model
+
+    path = resolve_model(config.model).path if config.model in ZOO else Path(config.model)
+    extra = {"timing_cache": Path(timing_cache)} if timing_cache else {}
+    return bench_model(path, config.backend, batch_sizes, seconds, precision,
+                       input_size=parse_input_size(config.input_size), device=config.device, **extra)

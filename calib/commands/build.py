@@ -1,7 +1,10 @@
 """Production builds from a cache alone: validate it against the model, then materialize the
 Q/DQ model (or a backend engine). No dataset is touched. With a GPU device (`--device cuda:N`,
 ONNX Runtime backend) the built model is then loaded in ONNX Runtime's CUDA provider on that GPU
-and run once, so a model that cannot run there is found at build time, not in production."""
+and run once, so a model that cannot run there is found at build time, not in production.
+
+`build` is the `calib build` command as one call (device and options checked first, then the
+build, then the run on the device); `build_from_cache` the build itself, for a resolved model."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -16,9 +20,12 @@ from calib.backends import get_backend
 from calib.cache import ModelRequirements, Validation, validate_cache
 from calib.errors import CalibError
 from calib.fsutil import atomic_path, check_output_file, is_calib_onnx, mark_calib_onnx
-from calib.models import Model, needs_external_data, save_model
+from calib.models import Model, needs_external_data, parse_input_size, prepared_model, resolve_model, save_model
 from calib.quantize import quantize_model, required_tensors
 from calib.quantize.graph import GraphIndex
+
+if TYPE_CHECKING:
+    from calib.session import RunConfig
 
 
 @dataclass
@@ -26,6 +33,7 @@ class BuildResult:
     path: Path
     validation: Validation
     left_in_float: list[str]
+    device: str = "cpu"        # where the built model was loaded and run once ("cpu": it was not)
 
 
 def cache_requirements(model: Model, prepared: onnx.ModelProto, flavor: str) -> ModelRequirements:
@@ -127,3 +135,35 @@ def check_on_device(path: Path, device: str, height: int, width: int) -> None:
         runner.close()
     if not np.all(np.isfinite(out)):
         raise CalibError(f"{path} gives non-finite outputs in ONNX Runtime's CUDA provider on {device}")
+
+
+def trt_options(backend: str, **given) -> dict:
+    """The TensorRT build options given (None: not given; `timing_cache` becomes a Path), refused in
+    one line for a backend that builds no engine."""
+    options = {name: value for name, value in given.items() if value is not None and name != "timing_cache"}
+    if given.get("timing_cache"):
+        options["timing_cache"] = Path(given["timing_cache"])
+    if options and not backend.startswith("tensorrt"):
+        raise CalibError(f"--{next(iter(options)).replace('_', '-')} applies to the TensorRT backends only")
+    return options
+
+
+def build(config: RunConfig, cache: str | Path, out: str | Path, force: bool = False, overwrite: bool = False,
+          **backend_options) -> BuildResult:
+    """`calib build`: the INT8 model of `config`'s model (model, preprocess, input_size, backend,
+    qdq_flavor, bias_correction, device) from `cache` alone, written to `out`.
+
+    The device and the backend options are checked before anything is resolved or written; with
+    a GPU device the built model is then loaded and run once there (`BuildResult.device`)."""
+    from calib.session import default_flavor
+
+    checked_on = build_device(config.device, config.backend)
+    options = trt_options(config.backend, **backend_options)
+    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
+    flavor = config.qdq_flavor or default_flavor(config.backend)
+    result = build_from_cache(model, prepared_model(model), Path(cache), flavor, Path(out), backend=config.backend,
+                              force=force, bias_correction=config.bias_correction, overwrite=overwrite, **options)
+    if checked_on != "cpu":
+        check_on_device(result.path, checked_on, *model.size)
+        result.device = checked_on
+    return result
