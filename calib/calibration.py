@@ -118,6 +118,7 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
         found = store.find(key, required=calibrated_tensors(prepared))
         if found is not None:
             return CalibrationOutcome(found, True, time.perf_counter() - start, found.metadata.samples, [])
+    store.check(write=True)   # a cache will be saved: the folder must take it, before the pass
     means = ChannelMeans(weighted_inputs(prepared))
     result = observe_pass(prepared, dataset, calibrator, means, batch_size, workers,
                           f"calibrating ({calibrator.name})" if progress else None, calibrated_tensors(prepared),
@@ -180,6 +181,7 @@ def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: li
         fresh.append(name)
     if not fresh:
         return SharedCalibration(outcomes, 0.0, {}, None)
+    store.check(write=True)   # caches will be saved: the folder must take them, before the pass
     stats = TensorStatistics(histogram=True)  # the plots want histograms even for minmax
     calibrators = [get_calibrator(n, stats, **params_for(n, params)) for n in fresh]
     means = ChannelMeans(weighted_inputs(prepared))  # the same observers and tensors as calibrate()

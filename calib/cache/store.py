@@ -97,6 +97,10 @@ class CacheStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    def holds_caches(self) -> bool:
+        """Whether the folder holds any cache file (a lookup may then find one to reuse)."""
+        return self.root.is_dir() and any(self.root.glob("*.cache"))
+
     def check(self, write: bool) -> None:
         """Up front, before any work: the cache folder is not a file, and with `write` (a cache
         will be saved: --recalibrate, or no cache matched) calib may create files in it (or

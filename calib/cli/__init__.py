@@ -236,11 +236,19 @@ def cache_export(cache: str = typer.Argument(..., help="cache file"), *,
                  assume_version: bool = opt("--assume-version", default=param(CACHE, "export_trt_cache"),
                                             help="write a TensorRT version calib does not know as released (with a "
                                                  "warning)"),
+                 model: str | None = opt("--model", default=None,
+                                         help="validate the cache against this model first, as cache verify does "
+                                              "(efficientnet_lite0/1/2 or an ONNX file)"),
+                 qdq_flavor: str = opt("--qdq-flavor", default=param(CACHE, "export_trt_cache", "flavor"),
+                                       help="with --model: the flavor whose tensors must have scales"),
                  output: OutputArgs = OutputArgs("overwrite")) -> None:
     """Write the cache with the header a TensorRT <= 10 build expects (trtexec --int8 --calib=FILE)."""
     from calib.commands.cache import export_trt_cache
+    from calib.session import RunConfig
 
-    result = export_trt_cache(cache, trt_version, out, assume_version=assume_version, overwrite=output.overwrite)
+    config = RunConfig(model=model) if model is not None else None
+    result = export_trt_cache(cache, trt_version, out, assume_version=assume_version, overwrite=output.overwrite,
+                              config=config, flavor=qdq_flavor)
     console.notes(result.warnings, "warning")
     typer.echo(str(result.path))
 

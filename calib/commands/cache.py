@@ -91,6 +91,17 @@ def import_trt_cache(config: RunConfig, file: str | Path, force: bool = False) -
 
 
 def export_trt_cache(cache: str | Path, trt_version: str, out: str | Path, assume_version: bool = False,
-                     overwrite: bool = False) -> ExportResult:
-    """Write `cache` with the header TensorRT `trt_version` expects (calib.cache.interop.export_cache)."""
-    return export_cache(Path(cache), trt_version, Path(out), assume=assume_version, overwrite=overwrite)
+                     overwrite: bool = False, config: RunConfig | None = None,
+                     flavor: str = CACHE_FLAVOR) -> ExportResult:
+    """Write `cache` with the header TensorRT `trt_version` expects (calib.cache.interop.export_cache);
+    with `config`, after validating it against that model and the tensors `flavor` quantizes,
+    exactly as `verify_cache` does."""
+    requirements = None
+    if config is not None:
+        from calib.commands.build import cache_requirements
+        from calib.models import prepared_model
+
+        model = resolved_model(config)
+        requirements = cache_requirements(model, prepared_model(model), flavor)
+    return export_cache(Path(cache), trt_version, Path(out), assume=assume_version, overwrite=overwrite,
+                        model=requirements)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data.plan import DataPlan, plan_data
-from calib.fsutil import check_output_dir
 from calib.models import parse_input_size, prepared_model, resolve_model
 from calib.session import RunConfig, check_config
 
 
 def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     check_config(config)
-    check_output_dir(config.cache_dir, empty=False)
+    store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
+    store.check(write=config.recalibrate or not store.holds_caches())
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed, evaluate=False)
     outcome = calibrate(model, prepared_model(model), data.calibration, config.calibrator,

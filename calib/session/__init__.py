@@ -1,11 +1,22 @@
 """The session of a command: its configuration and checks (`config`) and what it sets up from them
-(`setup`). Commands (`calib.commands.*`) build on this; nothing here knows about any one command."""
+(`context`). Commands (`calib.commands.*`) build on this; nothing here knows about any one command.
 
-from calib.session.config import (GPU_DECODERS, RunConfig, check_config, check_placement, default_out,
-                                  resolve_placement)
-from calib.session.setup import (RunSetup, bias_means, check_model_classes, class_names_of, default_flavor,
-                                 report_header, setup)
+Names are loaded on first use: `calib --help` reads option defaults from `calib.session.config`
+without importing onnx through `setup`."""
 
-__all__ = ["GPU_DECODERS", "RunConfig", "RunSetup", "bias_means", "check_config", "check_model_classes",
-           "check_placement", "class_names_of", "default_flavor", "default_out", "report_header",
-           "resolve_placement", "setup"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {name: "calib.session.config" for name in ("GPU_DECODERS", "RunConfig", "check_config", "check_placement",
+                                                  "default_out", "resolve_placement")}
+_WHERE.update({name: "calib.session.context" for name in ("RunSetup", "bias_means", "check_model_classes",
+                                                       "class_names_of", "default_flavor", "report_header", "setup")})
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'calib.session' has no attribute '{name}'")
+    return getattr(importlib.import_module(_WHERE[name]), name)

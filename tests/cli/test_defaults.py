@@ -116,9 +116,9 @@ def test_the_cli_restates_no_default_the_library_declares():
 
 def test_help_imports_no_heavy_library():
     """`calib --help` builds every command's options: reading the defaults must not import the
-    modules that hold them (calib.session pulls in onnx)."""
+    modules that hold them (calib.session.context pulls in onnx)."""
     code = ("import sys, typer.main, calib.cli; typer.main.get_command(calib.cli.app); "
-            "print(sorted(m for m in ('onnx', 'torch', 'numpy', 'calib.session', 'calib.commands.run') "
+            "print(sorted(m for m in ('onnx', 'torch', 'numpy', 'calib.session.context', 'calib.commands.run') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -59,7 +59,8 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     placement = check_config(config)
     out = Path(out) if out else default_out(config, kind)
     check_output_dir(out)                              # before any model export or calibration
-    check_output_dir(config.cache_dir, empty=False)
+    store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
+    store.check(write=config.recalibrate or not store.holds_caches())
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
     flavor = config.qdq_flavor or default_flavor(config.backend)
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
