@@ -40,9 +40,20 @@ def test_a_clipped_tensor_stands_out(tmp_path, tiny_classifier):
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_cuda_ort(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
 def test_a_clipped_tensor_stands_out_on_the_gpu(tiny_classifier):
+    """The same figures decoded and run on the GPU (Pillow workers: the CPU path's pixels)."""
+    from PIL import Image
+
+    from calib.data.sources import ImageSource, Sample
+
+    class Noise(ImageSource):   # seeded smooth images: no photos needed on the GPU machine
+        def open(self, sample):
+            rng = np.random.default_rng(int(sample.key))
+            return Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((24, 24))
+
     model = onnx.load(str(tiny_classifier))
     tensors = required_tensors(model, "tensorrt")
-    dataset = Dataset.of(DemoSource(variants=False), get_preset("torchvision", 16))
+    dataset = Dataset.of(Noise([Sample(str(i), 0) for i in range(8)], "noise", "8 noise images"),
+                         get_preset("torchvision", 16))
     amax = {t: 50.0 for t in tensors}
     victim = tensors[1]
     good, _ = quantize_model(model, amax, "tensorrt")

@@ -11,7 +11,6 @@ from calib.data.dataset import Dataset
 from calib.data.sources import ImageSource, Sample
 from calib.passes.shard import shard_batches, shard_dataset
 from calib.placement import Placement
-from calib.errors import CalibError
 
 
 def _gpus() -> int:
@@ -25,18 +24,6 @@ def _gpus() -> int:
 
 
 two_gpus = pytest.mark.skipif(_gpus() < 2, reason="needs two NVIDIA GPUs and onnxruntime-gpu")
-
-
-def test_a_placement_is_parsed_once():
-    assert Placement.parse("cpu").devices == ("cpu",) and not Placement.parse("").on_gpu
-    assert Placement.parse("cuda").devices == ("cuda:0",)
-    assert Placement.parse("cuda:1").devices == ("cuda:1",) and not Placement.parse("cuda:1").several
-    two = Placement.parse("cuda:0,1")
-    assert two.devices == ("cuda:0", "cuda:1") and two.several and str(two) == "cuda:0,cuda:1"
-    assert two.first == "cuda:0"
-    for bad in ("gpu", "cuda:0,0", "cuda:a", "cuda:-1"):
-        with pytest.raises(CalibError):
-            Placement.parse(bad)
 
 
 @pytest.mark.parametrize("count, batch, world", [(10, 3, 2), (9, 3, 2), (1, 4, 3), (100, 7, 4), (0, 2, 2)])
