@@ -194,7 +194,7 @@ def child_speed(p) -> dict:
     from calib.backends.ort import OrtRunner, optimized_op_counts
     from calib.cache import load_cache
     from calib.models import prepared_model
-    from calib.session import bias_means
+    from calib.session.context import bias_means
     from calib.quantize import quantize_model
 
     m = _model(p)

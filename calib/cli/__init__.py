@@ -244,7 +244,7 @@ def cache_export(cache: str = typer.Argument(..., help="cache file"), *,
                  output: OutputArgs = OutputArgs("overwrite")) -> None:
     """Write the cache with the header a TensorRT <= 10 build expects (trtexec --int8 --calib=FILE)."""
     from calib.commands.cache import export_trt_cache
-    from calib.session import RunConfig
+    from calib.session.config import RunConfig
 
     config = RunConfig(model=model) if model is not None else None
     result = export_trt_cache(cache, trt_version, out, assume_version=assume_version, overwrite=output.overwrite,

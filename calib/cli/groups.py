@@ -166,7 +166,7 @@ def with_groups(func: Callable[..., Any]) -> Callable[..., Any]:
 def run_config(*groups: Group, **fields: Any):
     """The RunConfig the parsed `groups` (and any further `fields`) describe; an option a command
     does not take keeps RunConfig's default."""
-    from calib.session import RunConfig
+    from calib.session.config import RunConfig
 
     values: dict[str, Any] = {}
     for part in [g.config() for g in groups] + [fields]:

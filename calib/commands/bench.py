@@ -20,7 +20,7 @@ from calib.backends import get_backend, time_runner
 from calib.errors import CalibError
 
 if TYPE_CHECKING:
-    from calib.session import RunConfig
+    from calib.session.config import RunConfig
 
 
 def model_precision(proto) -> str:
@@ -89,7 +89,7 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
     runnable, why = impl.can_run()
     if not runnable:
         raise CalibError(f"cannot time on {backend} here: {why}")
-    from calib.session import RunConfig, check_placement
+    from calib.session.config import RunConfig, check_placement
 
     # The same device rules as every other command (auto, cuda:N, checks before any work).
     config = RunConfig(device=device, backend=backend)

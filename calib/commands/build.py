@@ -25,7 +25,7 @@ from calib.quantize import quantize_model, required_tensors
 from calib.quantize.graph import GraphIndex
 
 if TYPE_CHECKING:
-    from calib.session import RunConfig
+    from calib.session.config import RunConfig
 
 
 @dataclass
@@ -110,7 +110,7 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
 def build_device(spec: str, backend: str) -> str:
     """The one device a build checks its model on ("cpu": none), refused in one line before any
     work when it cannot be used here (the same checks as every other command's --device)."""
-    from calib.session import RunConfig, check_placement
+    from calib.session.config import RunConfig, check_placement
 
     config = RunConfig(device=spec, backend=backend)   # its rules: auto with a non-ort backend is the CPU
     placement = config.placement()
@@ -155,7 +155,7 @@ def build(config: RunConfig, cache: str | Path, out: str | Path, force: bool = F
 
     The device and the backend options are checked before anything is resolved or written; with
     a GPU device the built model is then loaded and run once there (`BuildResult.device`)."""
-    from calib.session import default_flavor
+    from calib.session.context import default_flavor
 
     checked_on = build_device(config.device, config.backend)
     options = trt_options(config.backend, **backend_options)

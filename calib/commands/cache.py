@@ -21,7 +21,7 @@ from calib.errors import CalibError
 
 if TYPE_CHECKING:
     from calib.models import Model
-    from calib.session import RunConfig
+    from calib.session.config import RunConfig
 
 # list, show, diff and export read caches only: the model side (onnx, about a second to import) is
 # imported by verify and import, which need it.

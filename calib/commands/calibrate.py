@@ -5,7 +5,7 @@ from __future__ import annotations
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data.plan import DataPlan, plan_data
 from calib.models import parse_input_size, prepared_model, resolve_model
-from calib.session import RunConfig, check_config
+from calib.session.config import RunConfig, check_config
 
 
 def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:

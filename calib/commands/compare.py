@@ -30,7 +30,8 @@ from calib.report.plots import histogram_figures
 from calib.report.schema import CompareReport, SharedCalibrationSection
 from calib.fsutil import mark_calib_onnx, staged_dir
 from calib.report.header import eval_section
-from calib.session import RunConfig, bias_means, class_names_of, report_header, setup
+from calib.session.config import RunConfig
+from calib.session.context import bias_means, class_names_of, report_header, setup
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATORS,

@@ -28,7 +28,8 @@ from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, s
 from calib.fsutil import mark_calib_onnx, staged_dir
 from calib.placement import CPU, Placement
 from calib.report.header import eval_section
-from calib.session import RunConfig, RunSetup, bias_means, class_names_of, report_header, setup
+from calib.session.config import RunConfig
+from calib.session.context import RunSetup, bias_means, class_names_of, report_header, setup
 
 
 def run(config: RunConfig) -> RunReport:

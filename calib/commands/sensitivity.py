@@ -13,7 +13,8 @@ from calib.report.schema import SensitivityReport
 from calib.report.sensitivity import write_sensitivity_report
 from calib.restore.ranker import rank_layers
 from calib.fsutil import staged_dir
-from calib.session import RunConfig, bias_means, report_header, setup
+from calib.session.config import RunConfig
+from calib.session.context import bias_means, report_header, setup
 
 
 def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 64,
