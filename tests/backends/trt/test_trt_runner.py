@@ -71,6 +71,8 @@ def test_cuda_io_returns_what_the_engine_wrote_on_the_gpu():
             got = runner.run(x)
             np.testing.assert_allclose(got, expected_logits(x), rtol=1e-5)
         x = torch.from_numpy(_images(4, 3)).cuda()
-        np.testing.assert_allclose(runner.run(x), expected_logits(x.cpu().numpy()), rtol=1e-5)
+        got = runner.run(x)   # device in, device out: the runner contract
+        assert got.is_cuda
+        np.testing.assert_allclose(got.float().cpu().numpy(), expected_logits(x.cpu().numpy()), rtol=1e-5)
     finally:
         runner.close()
