@@ -222,3 +222,90 @@ def test_build_device_auto_follows_the_other_commands_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ort, "require_cuda_provider", lambda: None)
     assert build_device("auto", "tensorrt-rtx") == "cpu"
+
+
+# Issue 22: what calib takes as --model, and what a run asks of the machine.
+
+def _dynamic_hw(path: Path, classes: int = 1000) -> Path:
+    """The tiny classifier with dynamic height and width (NVIDIA's walkthrough export)."""
+    import onnx
+
+    from tests.conftest import make_classifier
+
+    proto = onnx.load(str(make_classifier(path, classes=classes)))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    for d, name in zip(dims[2:], ("height", "width")):
+        d.Clear()
+        d.dim_param = name
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "calibrate", "build"])
+def test_a_quantized_model_is_refused_as_the_fp32_reference(command, calibrated, tmp_path):
+    work, cache = calibrated
+    int8 = work / "run" / "int8.onnx"   # calib's own ort-flavor output
+    out = tmp_path / "out"
+    caches = ["--cache-dir", tmp_path / "caches"]
+    extra = {"run": ["--out", out, "--samples", 4, *caches], "calibrate": ["--samples", 4, *caches],
+             "build": ["--cache", cache, "--out", out / "int8.onnx"]}[command]
+    proc = calib(command, "--model", int8, *extra, check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "already quantized", "QuantizeLinear", "FP32")
+    assert not out.exists() and not (tmp_path / "caches").exists() and not leftovers(tmp_path)
+
+
+def test_a_tensorrt_flavor_int8_model_is_refused_in_one_line(tmp_path):
+    from tests.models.test_intake import _calib_int8
+
+    int8 = _calib_int8(tmp_path, "tensorrt")
+    proc = calib("run", "--model", int8, "--samples", 4, "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "already quantized")
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_a_uint8_input_is_refused_naming_its_data_type(tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    path = _dynamic_hw(tmp_path / "u8.onnx")
+    proto = onnx.load(str(path))
+    proto.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    onnx.save(proto, str(path))
+    proc = calib("run", "--model", path, "--samples", 4, "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "uint8 input", "float32")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_refuses_a_batch_the_machine_cannot_hold(tmp_path):
+    from tests.conftest import make_classifier
+
+    model = make_classifier(tmp_path / "m224.onnx", size=224)   # about 3 MB an image: 300 GB at 100000
+    proc = calib("bench", "--model", model, "--batch-sizes", "1,100000", "--seconds", 0.05, check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "timing at batch 100000 needs about", "is available", "use a batch of at most")
+
+
+def test_an_input_size_the_machine_cannot_hold_is_refused_before_any_work(tmp_path):
+    model = _dynamic_hw(tmp_path / "dyn.onnx")   # 100000x100000: some 600 GB for one image
+    out = tmp_path / "out"
+    proc = calib("run", "--model", model, "--input-size", 100000, "--samples", 4, "--out", out,
+                 "--cache-dir", tmp_path / "caches", check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "for even one image", "smaller --input-size")
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_a_model_that_runs_only_at_batch_1_runs_at_batch_1_with_one_warning(tmp_path):
+    from tests.models.test_prepare import batch_one_model
+
+    model = batch_one_model(tmp_path / "vitlike.onnx", classes=1000)
+    out = tmp_path / "out"
+    proc = calib("run", "--model", model, "--samples", 4, "--eval-samples", 2, "--out", out,
+                 "--cache-dir", tmp_path / "caches", "--no-html", "--speed-seconds", 0)
+    warned = [line for line in proc.stderr.splitlines() if "runs only at batch 1" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: ")
+    assert "Traceback" not in proc.stderr and "onnxruntime" not in proc.stderr
+    assert (out / "report.json").is_file()

@@ -98,3 +98,55 @@ def test_a_gpu_report_says_how_its_images_were_decoded(monkeypatch, decoder, say
     assert says in header.notes[0] and len(header.notes) == 1 and header.device == "cuda:0"
     assert header.decode_path == ("pil" if decoder == "pil" else "nvjpeg+pil-bicubic")
     assert report_header(config, setup).notes == []   # on the CPU: nothing to say
+
+
+def test_setup_lowers_a_batch_the_machine_cannot_hold_and_refuses_a_model_that_does_not_fit(tmp_path, monkeypatch):
+    """Issue 22: --input-size 4000 on a dynamic-size model grew until the kernel killed it with no
+    message. setup estimates the memory of its batches from the model's graph (calib.models.memory)
+    before any work: a batch too large is lowered in one warning line, one image too large is
+    refused in one line, and nothing is written (no prepared model, no output folder)."""
+    import warnings
+
+    from calib.models import memory
+    from calib.models.memory import memory_need
+    from calib.onnx_io import load_model
+    from calib.session.context import setup
+    from tests.conftest import make_classifier
+
+    model = make_classifier(tmp_path / "m.onnx", size=16)
+    need = memory_need(load_model(model), (3, 16, 16))
+    config = RunConfig(model=str(model), samples=4, cache_dir=str(tmp_path / "caches"), progress=False)
+    monkeypatch.setattr(memory, "available_memory", lambda: need.total(10))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = setup(config, tmp_path / "out")
+    assert (config.calib_batch_size, config.batch_size) == (4, 10) and s.prepared is not None
+    lines = [str(w.message) for w in caught]
+    assert len(lines) == 1 and "evaluation: a batch of 32 needs about" in lines[0] and "batches of 10" in lines[0]
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("CALIB_HOME", str(home))
+    monkeypatch.setattr(memory, "available_memory", lambda: need.total(1) - 1)
+    with pytest.raises(CalibError) as info:
+        setup(RunConfig(model=str(model), samples=4, cache_dir=str(tmp_path / "caches")), tmp_path / "out2")
+    message = str(info.value)
+    assert "\n" not in message and "for even one image" in message and "smaller --input-size" in message
+    assert not (tmp_path / "out2").exists() and not list(home.rglob("*.onnx"))
+
+
+def test_setup_runs_a_model_that_runs_only_at_batch_1_at_batch_1_and_says_so_once(tmp_path):
+    """Issue 22: a batch axis declared dynamic that runs only at batch 1 (prepared with its batch
+    fixed at 1: calib.models.prepare) sets both passes to batch 1, in one warning line."""
+    import warnings
+
+    from calib.session.context import setup
+    from tests.models.test_prepare import batch_one_model
+
+    path = batch_one_model(tmp_path / "vitlike.onnx", classes=1000)
+    config = RunConfig(model=str(path), samples=4, cache_dir=str(tmp_path / "caches"), progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        setup(config, tmp_path / "out")
+    assert config.pass_batch_sizes() == (1, 1) and config.speed_seconds == 0
+    lines = [str(w.message) for w in caught]
+    assert len(lines) == 1 and "runs only at batch 1" in lines[0] and "vitlike.onnx" in lines[0]

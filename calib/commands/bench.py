@@ -112,6 +112,7 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             if batch != "dynamic" and set(batch_sizes) != {batch}:
                 raise CalibError(f"{model_path} has a fixed batch size of {batch}: bench it with "
                                  f"--batch-sizes {batch}, or export it with a dynamic batch axis")
+            _check_bench_memory(_onnx_need(model_path, shape), batch_sizes, device)
             if builds_engines:
                 options = {"min_batch": min(batch_sizes), "max_batch": max(batch_sizes),
                            "opt_batch": max(batch_sizes)} if batch == "dynamic" else {}
@@ -126,6 +127,9 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
         try:
             if shape is None:
                 shape = tuple(runner.input_shape)
+                from calib.models.memory import MemoryNeed
+
+                _check_bench_memory(MemoryNeed(0, 4 * shape[0] * shape[1] * shape[2], 0), batch_sizes, device)
             rows = []
             for b in batch_sizes:
                 timing = time_runner(runner, shape, b, seconds)
@@ -134,6 +138,25 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             return rows
         finally:
             runner.close()
+
+
+def _onnx_need(model_path: Path, chw: tuple[int, int, int]):
+    """The memory estimate (calib.models.memory) of an ONNX file run on (C, H, W) images, read from
+    its structure alone (no weights loaded)."""
+    from calib.models.memory import memory_need
+    from calib.onnx_io import load_model
+
+    return memory_need(load_model(model_path, external_data=False), chw)
+
+
+def _check_bench_memory(need, batch_sizes: list[int], device: str) -> None:
+    """The largest batch asked for must fit in the machine's memory (checked before any build or
+    allocation: numpy's out-of-memory error is a traceback, the kernel's OOM killer says nothing).
+    On a GPU the activations are the GPU's: the host holds the images."""
+    from calib.models.memory import check_memory
+
+    b = max(batch_sizes)
+    check_memory(need, b, f"timing at batch {b}", activations=device == "cpu")
 
 
 def bench(config: RunConfig, batch_sizes: list[int], seconds: float, precision: str | None = None,

@@ -25,6 +25,17 @@ DEFAULT_PRESET = "torchvision"  # user models: torchvision's ImageNet preprocess
 _FLOAT, _FLOAT16, _BFLOAT16 = 1, 10, 16
 _TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                11: "float64", 16: "bfloat16"}
+# Ops only a quantized graph holds: Q/DQ pairs (calib's own int8.onnx, either flavor) and the integer
+# operators of ONNX and of ONNX Runtime's com.microsoft domain (its QOperator format,
+# https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html#onnx-quantization-representation-format).
+# Kept here rather than imported from calib.quantize, which sits above calib.models (docs/design.md).
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+    "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere",
+    "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "QOrderedMatMul",
+    "MatMulNBits",
+})
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ def resolve_model(spec: str, preprocess: str | None = None,
         raise CalibError(f"model file not found: {path}")
     proto = _load_structure(path)
     check_external_data(path, proto)
+    _refuse_quantized(path, proto)
     name, dims = _image_input(path, proto)
     _check_output(path, proto)
     h, w = _resolve_hw(path, dims, size, preprocess)
@@ -136,6 +148,39 @@ def _is_fp16(proto, inputs) -> bool:
             or any(t.data_type in half for t in all_tensors(proto)))
 
 
+def quantized_ops(proto) -> list[str]:
+    """The quantized operators a model holds (QUANTIZED_OPS found in its graph, subgraphs and
+    functions), sorted: calib quantizes an FP32 model, and a model that already holds Q/DQ or
+    integer ops would be quantized a second time (or fail in ONNX Runtime halfway through)."""
+    found: set[str] = set()
+
+    def walk(nodes) -> None:
+        for node in nodes:
+            if node.op_type in QUANTIZED_OPS:
+                found.add(node.op_type)
+            for a in node.attribute:
+                if a.HasField("g"):
+                    walk(a.g.node)
+                for g in a.graphs:
+                    walk(g.node)
+
+    walk(proto.graph.node)
+    for f in proto.functions:
+        walk(f.node)
+    return sorted(found)
+
+
+def _refuse_quantized(path: Path, proto) -> None:
+    """A quantized model is no FP32 reference: refused in one line naming what was found (calib
+    bench times such a model as it is)."""
+    ops = quantized_ops(proto)
+    if ops:
+        shown = ", ".join(ops[:4]) + (f" and {len(ops) - 4} more" if len(ops) > 4 else "")
+        raise CalibError(f"{path} is already quantized (it holds {shown}): calib needs the FP32 model as the "
+                         f"reference to calibrate and quantize; pass the FP32 export (calib bench times a "
+                         f"quantized model as it is)")
+
+
 def _image_input(path: Path, proto) -> tuple[str, tuple]:
     """The one image input's name and dims, or a one-line error."""
     inits = {i.name for i in proto.graph.initializer}
@@ -151,7 +196,11 @@ def _image_input(path: Path, proto) -> tuple[str, tuple]:
     elem, dims = image.type.tensor_type.elem_type, _dims(image)
     if elem != _FLOAT or dims is None or len(dims) != 4 or dims[1] != 3:
         hint = ""
-        if dims is not None and len(dims) == 4 and dims[3] == 3 and dims[1] != 3:
+        if elem != _FLOAT and elem in _TYPE_NAMES:  # the data type first: channels are no fix for it
+            layout = ", and channels last" if dims is not None and len(dims) == 4 and dims[3] == 3 != dims[1] else ""
+            hint = (f" ({_type_name(elem)} input{layout}: calib feeds float32 images normalized by the preprocessing "
+                    f"preset; export the model with a float32 NCHW input, its own preprocessing left out)")
+        elif dims is not None and len(dims) == 4 and dims[3] == 3 and dims[1] != 3:
             hint = " (channels last: export the NCHW model)"
         elif dims is not None and len(dims) == 4 and isinstance(dims[1], int):
             hint = f" ({dims[1]} channels: calib feeds RGB images, C must be 3)"

@@ -5,7 +5,8 @@ What users bring differs from what calib writes in ways that matter to a quantiz
   treats them as inputs one may feed. Only the image is an input here.
 - Dynamic height and width (NVIDIA's walkthrough export) become the model's resolved size, so
   ONNX Runtime folds the shape arithmetic; the batch axis stays dynamic (a fixed batch becomes
-  dynamic, and the graph is checked to give the same scores batched as one by one).
+  dynamic, and the graph is checked to give the same scores batched as one by one), except in a
+  graph declared dynamic that runs only at batch 1 (an exporter defect): its batch is fixed at 1.
 - Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset >= 13
   (https://onnx.ai/onnx/operators/onnx__QuantizeLinear.html): older graphs are converted with
   onnx.version_converter.
@@ -87,13 +88,19 @@ def _prepare(model: Model, tmp: Path, out: Path) -> None:
     del proto
     optimized = tmp / "optimized.onnx"
     _ort_basic(src, optimized, large, model.path)
-    classes, spatial = _probe(optimized, model, fixed_batch)
+    classes, spatial, batch_one = _probe(optimized, model, fixed_batch)
     proto = load_model(optimized)
     drop_foreign_opsets(proto)
     if spatial:
         _flatten_output(proto)
+    batch: str | int = model.input_shape[0]
+    if batch_one:  # said in the graph itself, so every model and engine made from it takes batches of 1
+        _forget_shapes(proto)
+        dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = batch = 1
     infer_shapes(proto)
-    _set_output_shape(proto, model.input_shape[0], classes)
+    _set_output_shape(proto, batch, classes)
     written = save_model(proto, tmp / out.name)
     for f in reversed(written):  # the side file first: a reader that sees the .onnx sees its data
         os.replace(f, out.parent / f.name)
@@ -224,17 +231,24 @@ def _ort_basic_external(src: Path, dst: Path) -> None:
         "session.optimized_model_external_initializers_min_size_in_bytes": str(files.EXTERNAL_TENSOR_MIN_BYTES)})
 
 
-def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool]:
+def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool, bool]:
     """Run the optimized model on two random images, one by one and as a batch: the class count,
-    whether the output is (N, K, 1, 1), and proof that the batch axis really is dynamic."""
+    whether the output is (N, K, 1, 1), and whether it runs at batch 1 only. A batch axis declared
+    dynamic that ONNX Runtime cannot run at 2 is a common exporter defect (the dynamo export of a
+    ViT reshapes to a fixed (197, 192)): such a model is run at batch 1 (`fixed_batch`) rather than
+    refused. A batch of 2 that runs must give the scores of the images one by one."""
     from calib.onnx_io import ort_session
 
     h, w = model.size
     session = ort_session(path, "disabled")
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((2, 3, h, w)).astype(np.float32)
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a failure here is said in calib's one line, not also in ORT's log
     try:
-        singles = [session.run(None, {name: x[i:i + 1]})[0] for i in range(2)]
+        singles = [session.run(None, {name: x[i:i + 1]}, quiet)[0] for i in range(2)]
     except Exception as e:
         raise CalibError(f"{model.path}: ONNX Runtime cannot run it on {h}x{w} images "
                          f"({_first_line(e)}); is that the input size it takes?") from None
@@ -244,12 +258,12 @@ def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool
                          f"(N, K, 1, 1), found {tuple(shape)} for one image")
     fix = (f"export it with a dynamic batch axis (dynamic_axes={{'{name}': {{0: 'batch'}}}})")
     try:
-        pair = session.run(None, {name: x})[0]
+        pair = session.run(None, {name: x}, quiet)[0]
     except Exception as e:
         if fixed_batch is not None:
             raise CalibError(f"{model.path}: its graph fixes the batch size at {fixed_batch} and calib writes "
                              f"models with a dynamic batch: {fix}") from None
-        raise CalibError(f"{model.path}: ONNX Runtime cannot run it on a batch of 2 ({_first_line(e)})") from None
+        return int(shape[1]), len(shape) == 4, True  # declared dynamic, runs at batch 1 only
     single = np.concatenate(singles)
     scale = float(np.nanmax(np.abs(single))) if single.size else 0.0
     if pair.shape != single.shape or not np.allclose(pair, single, rtol=1e-3, atol=1e-4 * (1 + scale), equal_nan=True):
@@ -258,7 +272,16 @@ def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool
                              f"output {tuple(pair.shape)}) and calib writes models with a dynamic batch: {fix}")
         raise CalibError(f"{model.path}: its scores for a batch of 2 differ from those of the images one by one "
                          f"(output {tuple(pair.shape)}); calib writes models with a dynamic batch: {fix}")
-    return int(shape[1]), len(shape) == 4
+    return int(shape[1]), len(shape) == 4, False
+
+
+def fixed_batch(prepared) -> int | None:
+    """The batch size a prepared model runs at, when it runs at one only (its input's first axis
+    is a number, set where `_probe` found that a batch axis declared dynamic runs at batch 1);
+    None for the dynamic batch of every other model. Commands read it to run such a model at that
+    batch instead of failing at their own batch sizes."""
+    dims = prepared.graph.input[0].type.tensor_type.shape.dim
+    return dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
 
 def _flatten_output(proto) -> None:
@@ -280,12 +303,15 @@ def _flatten_output(proto) -> None:
     g.node.append(helper.make_node("Flatten", [inner], [out], axis=1, name="calib_flatten_scores"))
 
 
-def _set_output_shape(proto, batch: str, classes: int) -> None:
+def _set_output_shape(proto, batch: str | int, classes: int) -> None:
     t = proto.graph.output[0].type.tensor_type
     t.elem_type = 1
     t.ClearField("shape")
     d = t.shape.dim.add()
-    d.dim_param = str(batch)
+    if isinstance(batch, int):
+        d.dim_value = batch
+    else:
+        d.dim_param = str(batch)
     t.shape.dim.add().dim_value = classes
 
 

@@ -13,7 +13,7 @@ import onnx
 
 from calib.data.plan import DataPlan, plan_data
 from calib.fsutil import check_output_dir
-from calib.models import Model, check_classes, parse_input_size, prepared_model, resolve_model
+from calib.models import Model, check_classes, fixed_batch, parse_input_size, prepared_model, resolve_model
 from calib.placement import CPU, Placement
 from calib.report.schema import ReportHeader
 from calib.session.config import RunConfig, check_config, default_out
@@ -62,12 +62,56 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
     store.check(write=config.recalibrate or not store.holds_caches())
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
+    fit_to_memory(config, model, placement)            # before the prepared model, whose probe runs it
     flavor = config.qdq_flavor or default_flavor(config.backend)
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
                      config.eval_data_dir, config.eval_samples)
     prepared = prepared_model(model)
+    run_at_fixed_batch(config, model, prepared)
     check_model_classes(model, data.calibration, prepared)
     return RunSetup(model, flavor, data, prepared, out, placement)
+
+
+def fit_to_memory(config: RunConfig, model: Model, placement: Placement) -> None:
+    """The calibration and evaluation batches must fit in the machine's memory (estimated from the
+    model's graph at its input size: calib.models.memory): a batch too large is lowered to one that
+    fits, said in one warning line (results do not depend on the batch size, only speed does); a
+    model that does not fit even one image (--input-size 4000) is refused in one line, before the
+    kernel's OOM killer ends the run with no message."""
+    import warnings
+
+    from calib.models.memory import fit_batch, memory_need
+    from calib.onnx_io import load_model
+
+    need = memory_need(load_model(model.path, external_data=False), (3, *model.size))
+    on_host = not placement.on_gpu   # on a GPU the activations are the GPU's: the host holds the images
+    for field, batch, what in zip(("calib_batch_size", "batch_size"), config.pass_batch_sizes(),
+                                  ("the calibration pass", "the evaluation")):
+        fits, note = fit_batch(need, batch, f"{model.name}: {what}", activations=on_host)
+        if note is None:
+            continue
+        if placement.on_gpu and fits == getattr(RunConfig, field) and fits > 1:
+            fits -= 1   # the default's value would read as "not set" and grow again on a GPU (pass_batch_sizes)
+            note = note.rsplit(" ", 1)[0] + f" {fits}"
+        setattr(config, field, fits)
+        warnings.warn(note, stacklevel=2)
+
+
+def run_at_fixed_batch(config: RunConfig, model: Model, prepared: onnx.ModelProto) -> None:
+    """A model whose prepared graph runs at one batch size only (a batch axis declared dynamic that
+    ONNX Runtime cannot run at 2: calib.models.prepare) is calibrated and evaluated at that batch,
+    said once in one warning line; the report's speed figures, which time batch 32, are skipped."""
+    import warnings
+
+    batch = fixed_batch(prepared)
+    if batch is None:
+        return
+    config.batch_size = config.calib_batch_size = batch
+    skipped = config.speed_seconds > 0
+    config.speed_seconds = 0
+    warnings.warn(f"{model.path.name} declares a dynamic batch axis but runs only at batch {batch} (its graph "
+                  f"fixes a shape, an exporter defect): calibrating and evaluating it at batch {batch}"
+                  + ("; speed figures skipped" if skipped else ""), stacklevel=2)
 
 
 def check_model_classes(model: Model, dataset, prepared: onnx.ModelProto) -> None:

@@ -102,3 +102,23 @@ def test_bench_reports_the_precision_of_the_model_it_timed(tmp_path):
     assert bench(fp32, "ort", [2], seconds=0.02)[0]["precision"] == "fp32"
     with pytest.raises(CalibError, match="does not apply to ONNX Runtime"):
         bench(fp32, "ort", [2], seconds=0.02, precision="int8")
+
+
+def test_bench_refuses_a_batch_the_machine_cannot_hold_before_allocating(tmp_path, monkeypatch):
+    """Issue 22: --batch-sizes 100000 ended in numpy's out-of-memory traceback. The memory a batch
+    needs is estimated from the model and checked against what the machine has, before any work."""
+    import importlib
+
+    from calib.models import memory
+
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    monkeypatch.setattr(memory, "available_memory", lambda: 50_000_000)  # a 50 MB machine
+    timed = []
+    monkeypatch.setattr(importlib.import_module("calib.commands.bench"), "time_runner",
+                        lambda *a, **k: timed.append(a))
+    with pytest.raises(CalibError) as e:
+        bench(model, "ort", [1, 100_000], seconds=0.02)
+    message = str(e.value)
+    assert "\n" not in message and "timing at batch 100000 needs about" in message
+    assert "50 MB is available" in message and "use a batch of at most" in message
+    assert not timed

@@ -206,3 +206,58 @@ def test_parse_input_size():
     for bad in ("x", "0", "224x", "a1", "1x2x3", "-5"):
         with pytest.raises(CalibError, match="--input-size must be"):
             parse_input_size(bad)
+
+
+@pytest.mark.parametrize("shape,layout", [(("N", 3, 224, 224), False), (("N", 224, 224, 3), True)])
+def test_a_uint8_input_is_refused_naming_its_data_type(tmp_path, shape, layout):
+    """Issue 22: a uint8 image input (a model that does its own preprocessing) was refused with a
+    message about channels; the data type is what calib cannot feed."""
+    nodes = [helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["x"], ["r"], axes=[2, 3], keepdims=0),
+             helper.make_node("Identity", ["r"], ["output"])]
+    path = _save(tmp_path, [_image(shape=shape, elem=TensorProto.UINT8)], [_scores(("N", 3))], nodes)
+    with pytest.raises(CalibError) as e:
+        resolve_model(str(path))
+    message = _one_line(e)
+    assert "uint8 input" in message and "float32 NCHW input" in message
+    assert ("channels last" in message) == layout and "C must be 3" not in message
+
+
+def _calib_int8(tmp_path, flavor):
+    """calib's own int8.onnx of the tiny classifier, in `flavor`, with the amax of a random cache."""
+    from calib.models import prepared_model as prepare
+    from calib.quantize import quantize_model, required_tensors
+
+    fp32 = resolve_model(str(make_classifier(tmp_path / "fp32.onnx", classes=10)))
+    prepared = prepare(fp32)
+    amax = {name: 2.0 for name in required_tensors(prepared, flavor)}
+    qdq, _ = quantize_model(prepared, amax, flavor)
+    path = tmp_path / f"int8-{flavor}.onnx"
+    onnx.save(qdq, str(path))
+    return path
+
+
+@pytest.mark.parametrize("flavor", ["ort", "tensorrt"])
+def test_calibs_own_int8_model_is_refused_as_the_fp32_reference(tmp_path, flavor):
+    """Issue 22: int8.onnx passed back as --model was quantized again (ort flavor) or failed in ONNX
+    Runtime (tensorrt flavor)."""
+    path = _calib_int8(tmp_path, flavor)
+    with pytest.raises(CalibError) as e:
+        resolve_model(str(path))
+    message = _one_line(e)
+    assert "already quantized" in message and "QuantizeLinear" in message and "FP32" in message
+
+
+@pytest.mark.parametrize("op", ["ConvInteger", "MatMulInteger"])
+def test_a_model_of_integer_ops_is_refused_as_the_fp32_reference(tmp_path, op):
+    """ONNX Runtime's QOperator models (ConvInteger, MatMulInteger, QLinearConv, QGemm...) hold no
+    QuantizeLinear, but are just as quantized."""
+    inits = [numpy_helper.from_array(np.ones((3, 3, 1, 1) if op == "ConvInteger" else (3, 3), np.uint8), "w")]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["input"], ["q", "s", "z"]),
+             helper.make_node(op, ["q", "w", "z"], ["i"]),
+             helper.make_node("Cast", ["i"], ["c"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["c"], ["output"], axes=[2, 3], keepdims=0)]
+    path = _save(tmp_path, [_image(shape=("N", 3, 8, 8))], [_scores(("N", 3))], nodes, inits)
+    with pytest.raises(CalibError) as e:
+        resolve_model(str(path))
+    assert "already quantized" in _one_line(e) and op in _one_line(e)

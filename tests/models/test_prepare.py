@@ -189,3 +189,47 @@ def test_opsets_9_to_21(export_model, arch, exporter, opset):
     x = _images(2, 32)
     want = _run(str(path), x).reshape(2, 10)
     np.testing.assert_allclose(_run(p, x), want, rtol=1e-4, atol=1e-5 * (1 + np.abs(want).max()))
+
+
+def batch_one_model(path, classes=10, size=16):
+    """A classifier whose input declares a dynamic batch but whose Reshape fixes the tokens at
+    (8, 64), with no batch axis: the dynamo export of a ViT reshapes to a fixed (197, 192) the same
+    way. ONNX Runtime runs it on one image, and fails on two."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((classes, 8)) * 0.3).astype(np.float32), "fc"),
+             numpy_helper.from_array(np.array([8, (size // 2) ** 2], np.int64), "tokens")]
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Reshape", ["r", "tokens"], ["t"]),
+             helper.make_node("Transpose", ["t"], ["tt"], perm=[1, 0]),
+             helper.make_node("ReduceMean", ["tt"], ["m"], axes=[0], keepdims=1),
+             helper.make_node("Gemm", ["m", "fc"], ["output"], transB=1)]
+    graph = helper.make_graph(nodes, "batch_one",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_dynamic_batch_that_runs_only_at_batch_1_is_fixed_at_1(tmp_path, monkeypatch):
+    """Issue 22: a batch axis declared dynamic that ONNX Runtime cannot run at 2 was refused; the
+    prepared graph now fixes it at 1, which every command reads (fixed_batch) to run at batch 1."""
+    from calib.models.prepare import fixed_batch
+
+    monkeypatch.setenv("CALIB_HOME", str(tmp_path / "home"))
+    path = batch_one_model(tmp_path / "vitlike.onnx")
+    with pytest.raises(Exception):
+        _run(str(path), _images(2, 16))  # the defect itself
+    m = resolve_model(str(path))
+    assert m.input_shape == ("N", 3, 16, 16)  # as declared: only the probe tells
+    p = prepared_model(m)
+    assert fixed_batch(p) == 1
+    assert _dims(p.graph.input[0]) == [1, 3, 16, 16] and _dims(p.graph.output[0]) == [1, 10]
+    x = _images(1, 16)
+    np.testing.assert_allclose(_run(p, x), _run(str(path), x), rtol=1e-4, atol=1e-5)
+    # A model that runs batched keeps its dynamic batch.
+    assert fixed_batch(prepared_model(resolve_model(str(make_classifier(tmp_path / "ok.onnx", classes=10))))) is None
