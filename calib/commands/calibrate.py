@@ -6,17 +6,22 @@ from calib.calibration import CalibrationOutcome, calibrate
 from calib.data.plan import DataPlan, plan_data
 from calib.models import parse_input_size, prepared_model, resolve_model
 from calib.session.config import RunConfig, check_config
+from calib.session.context import fit_to_memory, run_at_fixed_batch
 
 
 def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
-    check_config(config)
+    """The calibration of `run`, alone: the same checks (options, cache folder, memory, a model
+    that runs at one batch only) before the same pass."""
+    placement = check_config(config)
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
     store.check(write=config.recalibrate or not store.holds_caches())
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
+    fit_to_memory(config, model, placement)
     data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed, evaluate=False)
-    outcome = calibrate(model, prepared_model(model), data.calibration, config.calibrator,
-                        config.cache_store(), batch_size=config.pass_batch_sizes()[0], workers=config.workers,
+    prepared = prepared_model(model)
+    run_at_fixed_batch(config, model, prepared)
+    outcome = calibrate(model, prepared, data.calibration, config.calibrator,
+                        store, batch_size=config.pass_batch_sizes()[0], workers=config.workers,
                         recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,
-                        progress=config.progress, placement=config.placement(),
-                        gpu_decode=config.gpu_decode)
+                        progress=config.progress, placement=placement, gpu_decode=config.gpu_decode)
     return outcome, data
