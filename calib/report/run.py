@@ -164,6 +164,9 @@ def render_html(r: dict, extras: dict | None = None) -> str:
                        f"agreement {esc(_ci_pct(r['agreement_ci95']).strip(' ()'))}. INT8 broke "
                        f"{images(p['discordant']['a_only'])} FP32 got right and fixed {p['discordant']['b_only']} "
                        f"(exact McNemar p = {p['p_value']:.3g}).</p>")
+    if ev.get("skipped_files"):
+        summary.append("<p>Skipped (undecodable) images: "
+                       + ", ".join(f"<code>{esc(f)}</code>" for f in ev["skipped_files"]) + ".</p>")
     body.append(section("summary", "Accuracy", summary))
     if speed_rows(r):
         body.append(section("speed", "Speed and size", [
