@@ -45,8 +45,8 @@ def render_html(fb: dict) -> str:
     fb = as_json(fb)
     s, f = fb["search"], fb.get("final")
     met = fb.get("final_met")
-    parts = [f"<p>Budget: {esc(fb['budget_text'])}. The search ran on <b>{s['images']}</b> evaluation "
-             f"images; the final figures come from the <b>{fb['final_images']}</b> held-out images it never saw "
+    parts = [f"<p>Budget: {esc(fb['budget_text'])}. The search ran on <b>{images(s['images'])}</b> of the "
+             f"evaluation; the final figures come from the <b>{images(fb['final_images'])}</b> held out, which it never saw "
              f"(the report's top-1/agreement above are those).</p>"]
     rows = [["all INT8 (search set)", pct(s["int8"]["drop"]), pct(s["int8"]["agreement"]), "0"],
             ["fallback (search set)", pct(s["fallback"]["drop"]), pct(s["fallback"]["agreement"]),
