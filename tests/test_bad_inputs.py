@@ -309,3 +309,93 @@ def test_a_model_that_runs_only_at_batch_1_runs_at_batch_1_with_one_warning(tmp_
     assert len(warned) == 1 and warned[0].startswith("warning: ")
     assert "Traceback" not in proc.stderr and "onnxruntime" not in proc.stderr
     assert (out / "report.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 22: what a report says about where its figures come from, and what questions them.
+
+def _class_folder(root: Path, val: Path, wnids: list[str]) -> Path:
+    import shutil
+
+    for wnid in wnids:
+        shutil.copytree(val / wnid, root / wnid)
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_folders(tmp_path_factory, imagenet_sample):
+    """A calibration folder A (6 images) and an evaluation folder B (8 other images and an
+    undecodable one whose name is not UTF-8, made through bytes paths as Linux allows)."""
+    import os
+
+    val = imagenet_sample / "val"
+    wnids = sorted(os.listdir(val))
+    work = tmp_path_factory.mktemp("i22")
+    a = _class_folder(work / "A", val, wnids[:6])
+    b = _class_folder(work / "B", val, wnids[6:14])
+    with open(os.path.join(os.fsencode(b / wnids[6]), b"bad_\xff\xfe.JPEG"), "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return work, a, b
+
+
+@pytest.fixture(scope="module")
+def run_a_b(two_folders, tiny_model):
+    """`calib run --data-dir A --eval-data-dir B` with more --samples than A holds."""
+    work, a, b = two_folders
+    proc = calib("run", "--model", tiny_model, "--dataset", "imagenet-val", "--data-dir", a, "--eval-data-dir", b,
+                 "--samples", 10, "--cache-dir", work / "caches", "--out", work / "run", "--speed-seconds", 0,
+                 "--workers", 0)
+    return work / "run", proc
+
+
+def test_i22_row1_run_names_the_evaluation_folder_and_the_model_file(two_folders, run_a_b, tiny_model):
+    _, a, b = two_folders
+    out, _ = run_a_b
+    r = json.loads((out / "report.json").read_text())
+    assert r["evaluation_data"]["folder"] == str(b) and r["calibration_data"]["folder"] == str(a)
+    assert r["model_file"] == str(Path(tiny_model).resolve()) and r["device"] == "cpu" and r["decode_path"]
+    md = (out / "report.md").read_text()
+    evaluated = next(line for line in md.splitlines() if line.startswith("- evaluated on"))
+    assert str(b) in evaluated and str(a) not in evaluated
+    for line in ("- evaluation data: `", "- calibration data: `", "- model file: `{r['model_file']}`",
+                 "- device: `cpu`", f"- decode path: `{r['decode_path']}`"):
+        assert line in md
+    assert str(b) in (out / "report.html").read_text()
+
+
+def test_i22_row1_compare_names_the_evaluation_folder(two_folders, tiny_model):
+    work, a, b = two_folders
+    calib("compare", "--model", tiny_model, "--dataset", "imagenet-val", "--data-dir", a, "--eval-data-dir", b,
+          "--samples", 6, "--calibrators", "minmax,percentile", "--cache-dir", work / "caches",
+          "--out", work / "compare", "--workers", 0, "--sqnr-images", 2)
+    r = json.loads((work / "compare" / "compare.json").read_text())
+    assert r["evaluation_data"]["folder"] == str(b) and r["calibration_data"]["folder"] == str(a)
+    md = (work / "compare" / "compare.md").read_text()
+    assert str(b) in md.splitlines()[2] and str(a) not in md.splitlines()[2]   # the FP32 line
+    assert f"- model file: `{r['model_file']}`" in md and "- device: `cpu`" in md
+
+
+def test_i22_row2_a_file_name_that_is_not_utf8_is_reported_escaped(run_a_b):
+    out, proc = run_a_b
+    r = json.loads((out / "report.json").read_text())
+    assert any(f.endswith("bad_\\xff\\xfe.JPEG") for f in r["eval"]["skipped_files"]), r["eval"]["skipped_files"]
+    assert "bad_\\xff\\xfe.JPEG`" in (out / "report.md").read_text(encoding="utf-8")
+    assert "bad_\\xff\\xfe.JPEG" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_i22_row3_fp32_at_chance_level_is_warned_in_one_line_and_in_the_report(run_a_b):
+    out, proc = run_a_b   # the tiny model has random weights: 0% top-1
+    warned = [line for line in proc.stderr.splitlines() if "no better than chance" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: FP32 top-1 is 0.00%"), proc.stderr
+    assert any("no better than chance" in w for w in json.loads((out / "report.json").read_text())["warnings"])
+    assert "- warning: FP32 top-1 is 0.00%" in (out / "report.md").read_text()
+
+
+def test_i22_row4_the_reports_warnings_are_printed_on_the_terminal_once_each(run_a_b):
+    out, proc = run_a_b
+    r = json.loads((out / "report.json").read_text())
+    assert any("only 6 images available for calibration" in w for w in r["warnings"])
+    lines = proc.stderr.splitlines()
+    for w in r["warnings"]:
+        assert lines.count(f"warning: {w}") == 1, (w, proc.stderr)
+        assert f"- warning: {w}" in (out / "report.md").read_text()

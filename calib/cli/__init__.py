@@ -65,7 +65,8 @@ def compare(
     calibrators: str = opt("--calibrators", default=param(*COMPARE, shown=",".join),
                            help="comma-separated calibrators to compare"),
     chosen: Optional[str] = opt("--chosen", default=param(*COMPARE),
-                                help="calibrator the detailed sections show (default: best agreement)"),
+                                help="calibrator the detailed sections show (default: the highest logits SQNR "
+                                     "against FP32 on the evaluation images)"),
     calibrator: CalibratorArgs = CalibratorArgs.without("calibrator"), quantize: QuantizeArgs, batches: BatchArgs,
     output: OutputArgs = OutputArgs("cache_dir", "out"), device: DeviceArgs,
     sqnr_images: int = opt("--sqnr-images", min=1, default=param(*COMPARE),

@@ -8,13 +8,22 @@ import os
 
 import typer
 
+from calib.commands.words import change, images, points
+
 DEMO_LINE = "DEMO run on 5 embedded photos: see datasets/imagenet-val.md to run on ImageNet."
 
 
 def notes(lines, prefix: str = "note") -> None:
-    """One line on stderr per note or warning ("note: ...", "warning: ...")."""
-    for line in lines:
+    """One line on stderr per note or warning ("note: ...", "warning: ..."), each once."""
+    for line in dict.fromkeys(lines):
         typer.echo(f"{prefix}: {line}", err=True)
+
+
+def report_warnings(r: dict) -> None:
+    """The report's warnings (overlap, fewer calibration images than asked, unlabelled images,
+    FP32 at chance level...) on stderr at the end of the command: a reader of the terminal alone
+    must see them too, not only a reader of report.md."""
+    notes(r.get("warnings") or [], "warning")
 
 
 def as_json(data) -> None:
@@ -26,34 +35,36 @@ def run_summary(r: dict, html: bool) -> None:
         typer.echo(DEMO_LINE)
     ci = r.get("top1_drop_ci95")
     typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%}  INT8 top-1 {r['int8']['top1']:.2%}  "
-               f"drop {100 * r['top1_drop']:.2f} pts" + (f" (95% CI {100 * ci[0]:.2f} to {100 * ci[1]:.2f})" if ci else "")
-               + f"  agreement {r['agreement']:.2%}  ({r['eval']['samples']} images)")
+               f"drop {points(r['top1_drop'])} pts" + (f" (95% CI {points(ci[0])} to {points(ci[1])})" if ci else "")
+               + f"  agreement {r['agreement']:.2%}  ({images(r['eval']['samples'])})")
     v = r.get("verdict")
     if v:
         typer.echo(f"verdict: {v['headline']}: {v['reason']}")
     fb = r.get("fallback")
     if fb:
         f = fb["final"]
-        cost = f", INT8 throughput -{100 * fb['throughput']['cost']:.0f}%" if fb.get("throughput") else ""
+        cost = f", INT8 throughput {change(fb['throughput']['cost'])}" if fb.get("throughput") else ""
         typer.echo(f"fallback: {len(fb['float_layers'])} of {fb['layers']} layers left in float; held-out "
-                   f"{f['images']} images: drop {100 * f['drop']:.2f} pts, agreement {f['agreement']:.2%} "
+                   f"{images(f['images'])}: drop {points(f['drop'])} pts, agreement {f['agreement']:.2%} "
                    f"(budget {'met' if fb['final_met'] else 'NOT met'}){cost}")
     out_dir = os.path.dirname(r["int8_model"])
     typer.echo(f"report: {os.path.join(out_dir, 'report.md')}" + (" and report.html" if html else ""))
+    report_warnings(r)
 
 
 def compare_summary(r: dict) -> None:
     if r["demo"]:
         typer.echo(DEMO_LINE)
-    typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%} ({r['eval']['samples']} images)")
+    typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%} ({images(r['eval']['samples'])})")
     order = [row["name"] for row in r.get("ranking") or []] or r["calibrators"]
     for name in order:  # best logits SQNR first
         x = r["results"][name]
         sq = x.get("eval_logits_sqnr_db", x["logits_sqnr_db"])
         typer.echo(f"{name:12} logits SQNR {'inf' if sq is None else f'{sq:.1f}'} dB  top-1 {x['top1']:.2%}  "
-                   f"drop {100 * x['top1_drop']:.2f} pts  agreement {x['agreement']:.2%}"
+                   f"drop {points(x['top1_drop'])} pts  agreement {x['agreement']:.2%}"
                    f"{'  <- chosen' if name == r['chosen'] else ''}")
     typer.echo(f"report: {os.path.join(r['out'], 'report.html')}")
+    report_warnings(r)
 
 
 def sensitivity_summary(d: dict, top: int = 10) -> None:
@@ -61,6 +72,7 @@ def sensitivity_summary(d: dict, top: int = 10) -> None:
         sq = "inf" if r["logits_sqnr_db"] is None else f"{r['logits_sqnr_db']:.1f}"
         typer.echo(f"{i:3}. {sq:>6} dB  agreement {r['agreement']:.2%}  {r['layer']}")
     typer.echo(f"report: {os.path.join(d['out'], 'report.html')}")
+    report_warnings(d)
 
 
 def bench_table(rows: list[dict]) -> None:

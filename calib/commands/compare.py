@@ -29,9 +29,9 @@ from calib.report.compare import write_compare_report
 from calib.report.plots import histogram_figures
 from calib.report.schema import CompareReport, SharedCalibrationSection
 from calib.fsutil import mark_calib_onnx, staged_dir
-from calib.report.header import eval_section
+from calib.report.header import chance_warning, eval_section
 from calib.session.config import RunConfig
-from calib.session.context import bias_means, class_names_of, report_header, setup
+from calib.session.context import bias_means, class_count, class_names_of, report_header, setup
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATORS,
@@ -134,6 +134,9 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
                                 names=class_names_of(data.evaluation)).to_json()
         changed = {"fixed": changes["images_fixed"], "broken": changes["images_broken"]}
         header = report_header(config, s, placement, {n: onnx_models[n] for n in names})
+        chance = chance_warning(fp32["top1"], len(ev.keys), class_count(data.evaluation))
+        if chance:
+            header.warn(chance)
         if noise is not None and len(ev.signal) < 2:  # the ranking's SQNR intervals are null: say why
             header.notes.append(f"logits SQNR: {ONE_IMAGE_INTERVAL}")
         report = CompareReport(
@@ -148,7 +151,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
                 note="Calibrators calibrated in this run share one pass over the images; their calibration seconds "
                      "are that pass plus their own computation (for a reused cache: the seconds recorded when it "
                      "was made)"),
-            eval=eval_section(ev, data.calibration, data.evaluation, header.notes),
+            eval=eval_section(ev, data.calibration, data.evaluation, header),
             fp32=fp32, results=rows,
             sqnr={"images": len(sqnr_set), "tensors": order,
                   "what": "DequantizeLinear output of each quantized tensor vs the FP32 tensor; "

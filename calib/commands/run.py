@@ -27,9 +27,9 @@ from calib.restore.ranker import MEASURE
 from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
 from calib.fsutil import mark_calib_onnx, staged_dir
 from calib.placement import CPU, Placement
-from calib.report.header import eval_section
+from calib.report.header import chance_warning, eval_section
 from calib.session.config import RunConfig
-from calib.session.context import RunSetup, bias_means, class_names_of, report_header, setup
+from calib.session.context import RunSetup, bias_means, class_count, class_names_of, report_header, setup
 
 
 def run(config: RunConfig) -> RunReport:
@@ -165,6 +165,9 @@ def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev
     evaluated = evaluated if evaluated is not None else data.evaluation
     fp32, int8 = ev.summary("fp32"), ev.summary("int8")
     header = report_header(config, s, placement, {"int8": int8_onnx} if int8_onnx else None)
+    chance = chance_warning(fp32["top1"], len(ev.keys), class_count(evaluated))
+    if chance:
+        header.warn(chance)
     return RunReport(
         header=header,
         calibrator=config.calibrator,
@@ -175,7 +178,7 @@ def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev
         calibration=CalibrationSection(samples=outcome.samples, seconds=round(outcome.seconds, 3),
                                        cache=str(outcome.entry.path), reused=outcome.reused,
                                        skipped=len(outcome.skipped), requested_samples=data.requested_samples),
-        eval=eval_section(ev, data.calibration, evaluated, header.notes),
+        eval=eval_section(ev, data.calibration, evaluated, header),
         fp32=fp32,
         int8=int8,
         bias_correction=bool(bias_means(outcome.entry, config.bias_correction)),

@@ -13,8 +13,9 @@ from calib.report.schema import SensitivityReport
 from calib.report.sensitivity import write_sensitivity_report
 from calib.restore.ranker import rank_layers
 from calib.fsutil import staged_dir
+from calib.report.header import chance_warning
 from calib.session.config import RunConfig
-from calib.session.context import bias_means, report_header, setup
+from calib.session.context import bias_means, class_count, report_header, setup
 
 
 def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 64,
@@ -39,7 +40,11 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
                              weighted_only=weighted_only, progress=config.progress, channel_means=means,
                              device=placement.first)
         header = report_header(config, s, placement, int8_models=None)
+        ranked = result.as_dict()
+        chance = chance_warning(ranked["fp32_top1"], ranked["images"], class_count(data.evaluation))
+        if chance:
+            header.warn(chance)
         report = SensitivityReport(header=header, calibrator=config.calibrator, cache=str(outcome.entry.path),
-                                   out=str(out), bias_correction=bool(means), sensitivity=result.as_dict())
+                                   out=str(out), bias_correction=bool(means), sensitivity=ranked)
         write_sensitivity_report(stage, report)
     return report

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from calib.fsutil import atomic_write_text
-from calib.report.format import db, images, pct
+from calib.report.format import db, images, number, pct, points
+from calib.report.header import evaluation_text, note_lines, origin_rows
 from calib.report.schema import as_json
 from calib.report.html import demo_banner, esc, histogram_section, img, notes, page, section, sqnr_worst, table
 from calib.report.plots import accuracy_bars, colors, sqnr_lines
@@ -25,7 +26,7 @@ def calibration_sentence(r: dict) -> str:
 def _ci(ci, scale: float = 100.0, unit: str = "") -> str:
     if not ci or ci[0] is None or ci[1] is None:
         return "–"
-    return f"{scale * ci[0]:.1f} to {scale * ci[1]:.1f}{unit}"
+    return f"{number(scale * ci[0], 1)} to {number(scale * ci[1], 1)}{unit}"
 
 
 def no_class_rows(r: dict) -> str:
@@ -46,7 +47,7 @@ def ranking_rows(r: dict) -> list[list[str]]:
         rows.append([str(i), x["name"],
                      f"{db(x['logits_sqnr_db'])} ({_ci(x['logits_sqnr_db_ci95'], 1.0)})",
                      f"{pct(x['agreement'])} ({_ci(x['agreement_ci95'], unit='%')})",
-                     f"{100 * x['top1_drop']:.2f} ({_ci(x['top1_drop_ci95'])})",
+                     f"{points(x['top1_drop'])} ({_ci(x['top1_drop_ci95'])})",
                      ", ".join(better) or "none"])
     return rows
 
@@ -55,7 +56,7 @@ def ranking_lines(r: dict) -> list[str]:
     rows = ranking_rows(r)
     if not rows:
         return []
-    return (["", f"Ranked by logits SQNR on the {r['eval']['samples']} evaluation images, with 95% intervals "
+    return (["", f"Ranked by logits SQNR on the evaluation images ({images(r['eval']['samples'])}), with 95% intervals "
                  "(SQNR: paired bootstrap; agreement: exact; drop: Tango's paired interval). A calibrator is "
                  "significantly better than another only where the paired difference excludes zero; the rest "
                  "of the order is chance at this number of images.", "",
@@ -71,21 +72,22 @@ def render_markdown(r: dict) -> str:
         lines += ["> **Demo data**: 5 embedded photos; the figures say the pipeline works, not how accurate "
                   "INT8 is.", ""]
     lines += [f"FP32: top-1 {pct(r['fp32']['top1'])}, top-5 {pct(r['fp32']['top5'])} on "
-              f"{r['eval']['samples']} evaluation images ({r['dataset']}); "
-              + r["eval"].get("overlap_text", f"{r['calibration']['samples']} calibration images") + ".", "",
+              f"{images(r['eval']['samples'])} of {evaluation_text(r)}; "
+              + r["eval"].get("overlap_text", "calibration on " + images(r["calibration"]["samples"])) + ".", "",
               "| calibrator | top-1 | top-5 | drop (pts) | agreement | logits SQNR (dB) | calibration (s) |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for n in r["calibrators"]:
         x = r["results"][n]
         mark = " **(chosen)**" if n == r["chosen"] else ""
         sq = db(x.get("eval_logits_sqnr_db", x["logits_sqnr_db"]))
-        lines.append(f"| {n}{mark} | {pct(x['top1'])} | {pct(x['top5'])} | {100 * x['top1_drop']:.2f} | "
+        lines.append(f"| {n}{mark} | {pct(x['top1'])} | {pct(x['top5'])} | {points(x['top1_drop'])} | "
                      f"{pct(x['agreement'])} | {sq} | {x['calibration_seconds']:.1f}"
                      f"{' (cache reused)' if x['reused'] else ''} |")
     lines += ranking_lines(r)
     lines += ["", f"- chosen: **{r['chosen']}** ({r['chosen_reason']})",
               f"- {calibration_sentence(r)}",
-              f"- per-tensor SQNR on {r['sqnr']['images']} evaluation images: {r['sqnr']['what']}"]
+              f"- per-tensor SQNR on {images(r['sqnr']['images'])} of the evaluation: {r['sqnr']['what']}"]
+    lines += [f"- {what}: `{value}`" for what, value in origin_rows(r)]
     worst = sorted(((v, t) for t, v in r["sqnr"]["db"][r["chosen"]].items() if v is not None))[:5]
     if worst:
         lines.append("- lowest SQNR tensors (" + r["chosen"] + "): "
@@ -100,8 +102,7 @@ def render_markdown(r: dict) -> str:
         for c in r["classes"]:
             lines.append(f"| {c['class']} {c['name']} | {c['images']} | {pct(c['fp32_top1'])} | "
                          f"{pct(c['int8_top1'])} | {100 * c['change']:+.1f} pts |")
-    for note in r.get("notes", []):
-        lines.append(f"- note: {note}")
+    lines += note_lines(r)
     lines += ["", "Plots: `report.html`."]
     return "\n".join(lines) + "\n"
 
@@ -111,16 +112,16 @@ def render_html(r: dict, figures: list[dict]) -> str:
     names, chosen, res = r["calibrators"], r["chosen"], r["results"]
     palette = colors(names)
     body = [f"<h1>calib compare: {esc(r['model'])}</h1>",
-            f"<p class=\"meta\">{esc(r['qdq_flavor'])} Q/DQ on {esc(r['backend'])}; calibration on "
-            f"{r['calibration']['samples']} images, evaluation on {r['eval']['samples']} images of "
-            f"{esc(r['dataset'])} ({esc(r['eval'].get('overlap_text', ''))}); FP32 top-1 <b>{pct(r['fp32']['top1'])}</b>, top-5 {pct(r['fp32']['top5'])}</p>"]
+            f"<p class=\"meta\">{esc(r['qdq_flavor'])} Q/DQ on {esc(r['backend'])} ({esc(r.get('device', 'cpu'))}); "
+            f"calibration on {images(r['calibration']['samples'])}, evaluation on {images(r['eval']['samples'])} of "
+            f"{esc(evaluation_text(r))} ({esc(r['eval'].get('overlap_text', ''))}); FP32 top-1 <b>{pct(r['fp32']['top1'])}</b>, top-5 {pct(r['fp32']['top5'])}</p>"]
     body += demo_banner(r)
     rows, classes = [], []
     for n in names:
         x = res[n]
         drop_cls = "bad" if x["top1_drop"] > 0.01 else ""
         rows.append([f'<span style="color:{palette[n]}">■</span> {esc(n)}' + (" (chosen)" if n == chosen else ""),
-                     pct(x["top1"]), pct(x["top5"]), f'<span class="{drop_cls}">{100 * x["top1_drop"]:.2f}</span>',
+                     pct(x["top1"]), pct(x["top5"]), f'<span class="{drop_cls}">{points(x["top1_drop"])}</span>',
                      pct(x["agreement"]), db(x.get("eval_logits_sqnr_db", x["logits_sqnr_db"])),
                      f"{x['calibration_seconds']:.1f}" + (" (cache reused)" if x["reused"] else "")])
         classes.append("chosen" if n == chosen else "")
@@ -132,7 +133,7 @@ def render_html(r: dict, figures: list[dict]) -> str:
                img(accuracy_bars(names, [res[n]["top1"] for n in names], [res[n]["agreement"] for n in names],
                                  r["fp32"]["top1"], chosen), "top-1 and agreement per calibrator")]
     if ranking_rows(r):
-        summary.append(f"<p>Ranked by logits SQNR on the {r['eval']['samples']} evaluation images, with 95% "
+        summary.append(f"<p>Ranked by logits SQNR on the evaluation images ({images(r['eval']['samples'])}), with 95% "
                        "intervals. A calibrator is significantly better than another only where the paired "
                        "difference excludes zero; the rest of the order is chance at this number of images.</p>")
         summary.append(table(["rank", "calibrator", "logits SQNR dB (95% CI)", "agreement (95% CI)",
@@ -140,7 +141,7 @@ def render_html(r: dict, figures: list[dict]) -> str:
                              [[esc(c) for c in row] for row in ranking_rows(r)], left=(1, 5)))
     body.append(section("summary", "Accuracy per calibrator", summary))
     h = r["histograms"]
-    intro = (f"Histogram of |x| (log count) over {h['images']} calibration images for the first and last "
+    intro = (f"Histogram of |x| (log count) over {images(h['images'])} of the calibration for the first and last "
              f"quantized tensors and those where the calibrators disagree most; vertical lines: the "
              f"threshold (amax) each calibrator picked — values beyond it are clipped.")
     if h.get("note"):
@@ -148,7 +149,7 @@ def render_html(r: dict, figures: list[dict]) -> str:
     body.append(histogram_section(figures, intro))
     s = r["sqnr"]
     body.append(section("sqnr", "Per-layer SQNR against FP32", [
-        f"<p>SQNR (dB) of every quantized tensor on {s['images']} evaluation images: {esc(s['what'])}. "
+        f"<p>SQNR (dB) of every quantized tensor on {images(s['images'])} of the evaluation: {esc(s['what'])}. "
         "Each point is the tensor a layer reads (its DequantizeLinear output). Higher is better; "
         "values above 80 dB (float round-off) and ∞ (no error) are drawn at the top.</p>",
         img(sqnr_lines(s["tensors"], s["db"], chosen, palette), "per-tensor SQNR"),

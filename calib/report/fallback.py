@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from calib.report.schema import as_json
 from calib.report.html import esc, section, table
-from calib.report.format import pct
+from calib.report.format import change, images, pct, points
 
 SLOWER_THAN_FP32 = ("the model with fallback runs slower than FP32 itself (switching between float and INT8 "
                     "layers costs more than the INT8 layers save): ship FP32, or try another calibrator first "
@@ -18,23 +18,23 @@ def render_markdown(fb: dict) -> str:
     s = fb["search"]
     lines = ["", "## Fallback to the accuracy budget", "",
              f"- budget: {fb['budget_text']}",
-             f"- search subset: {s['images']} evaluation images"
+             f"- search subset: {images(s['images'])} of the evaluation"
              + (f" (layers ranked on {fb['ranking_images']} of them)" if fb["ranking_images"] else "")
-             + f"; the final figures above come from the other {fb['final_images']} held-out images",
-             f"- all INT8 on the search subset: drop {100 * s['int8']['drop']:.2f} points, agreement "
+             + f"; the final figures above come from the other {images(fb['final_images'])}, held out",
+             f"- all INT8 on the search subset: drop {points(s['int8']['drop'])} points, agreement "
              f"{100 * s['int8']['agreement']:.2f}%",
-             f"- with fallback on the search subset: drop {100 * s['fallback']['drop']:.2f} points, agreement "
+             f"- with fallback on the search subset: drop {points(s['fallback']['drop'])} points, agreement "
              f"{100 * s['fallback']['agreement']:.2f}%"]
     if "final" in fb:
         f = fb["final"]
-        lines.append(f"- with fallback on the held-out subset: drop {100 * f['drop']:.2f} points, agreement "
+        lines.append(f"- with fallback on the held-out subset: drop {points(f['drop'])} points, agreement "
                      f"{100 * f['agreement']:.2f}% — budget {'met' if fb['final_met'] else 'NOT met'}")
     lines.append(f"- layers left in float ({len(fb['float_layers'])} of {fb['layers']}): "
                  + (", ".join(f"`{x}`" for x in fb["float_layers"]) or "none"))
     t = fb.get("throughput")
     if t:
         lines.append(f"- INT8 throughput (ONNX Runtime CPU, batch {t['batch_size']}): {t['int8']:.1f} → "
-                     f"{t['fallback']:.1f} img/s ({100 * t['cost']:.1f}% cost); FP32 {t['fp32']:.1f} img/s")
+                     f"{t['fallback']:.1f} img/s ({change(t['cost'], 1)}); FP32 {t['fp32']:.1f} img/s")
         if fb.get("slower_than_fp32"):
             lines.append(f"- warning: {SLOWER_THAN_FP32}")
     return "\n".join(lines) + "\n"
@@ -45,8 +45,8 @@ def render_html(fb: dict) -> str:
     fb = as_json(fb)
     s, f = fb["search"], fb.get("final")
     met = fb.get("final_met")
-    parts = [f"<p>Budget: {esc(fb['budget_text'])}. The search ran on <b>{s['images']}</b> evaluation "
-             f"images; the final figures come from the <b>{fb['final_images']}</b> held-out images it never saw "
+    parts = [f"<p>Budget: {esc(fb['budget_text'])}. The search ran on <b>{images(s['images'])}</b> of the "
+             f"evaluation; the final figures come from the <b>{images(fb['final_images'])}</b> held out, which it never saw "
              f"(the report's top-1/agreement above are those).</p>"]
     rows = [["all INT8 (search set)", pct(s["int8"]["drop"]), pct(s["int8"]["agreement"]), "0"],
             ["fallback (search set)", pct(s["fallback"]["drop"]), pct(s["fallback"]["agreement"]),
@@ -61,7 +61,7 @@ def render_html(fb: dict) -> str:
     if t:
         parts.append(f"<p>INT8 throughput (ONNX Runtime CPU, batch {t['batch_size']}): all INT8 "
                      f"{t['int8']:.1f} img/s, with fallback {t['fallback']:.1f} img/s "
-                     f"(<b>{100 * t['cost']:.1f}%</b> slower); FP32 {t['fp32']:.1f} img/s.</p>")
+                     f"(<b>{change(t['cost'], 1)}</b>); FP32 {t['fp32']:.1f} img/s.</p>")
         if fb.get("slower_than_fp32"):
             parts.append(f'<p class="bad">{esc(SLOWER_THAN_FP32)}.</p>')
     if fb["float_layers"]:

@@ -68,7 +68,14 @@ def demo_banner(r: dict) -> list[str]:
 
 
 def notes(r: dict, extra: list[str] | None = None) -> str:
-    items = [esc(n) for n in r.get("notes", [])] + (extra or [])
+    """The Notes section: the report's notes (warnings in red), where the figures come from
+    (model file, data, device, decode path), `extra` (HTML), the library versions."""
+    from calib.report.header import origin_rows
+
+    warnings = set(r.get("warnings") or [])
+    items = [f'<span class="bad">warning</span>: {esc(n)}' if n in warnings else esc(n) for n in r.get("notes", [])]
+    items += [f"{esc(what)}: <code>{esc(value)}</code>" for what, value in origin_rows(r)]
+    items += extra or []
     versions = r.get("versions")
     if versions:
         items.append("versions: " + esc(", ".join(f"{k} {v}" for k, v in versions.items())))

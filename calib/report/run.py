@@ -8,7 +8,9 @@ from pathlib import Path
 
 from calib.fsutil import atomic_write_text
 from calib.report import fallback as fallback_report
-from calib.report.format import db, pct
+from calib.report.format import db, images, pct, points
+from calib.report.header import evaluation_text, note_lines, origin_rows
+from calib.stats.verdict import distinct
 from calib.report.schema import as_json
 from calib.report.html import demo_banner, esc, histogram_section, img, notes, page, section, sqnr_worst, table
 from calib.report.plots import sqnr_lines
@@ -35,15 +37,16 @@ def render_markdown(r: dict) -> str:
         "| | top-1 | top-5 |", "|---|---|---|",
         f"| FP32 | {pct(r['fp32']['top1'])} | {pct(r['fp32']['top5'])} |",
         f"| INT8 | {pct(r['int8']['top1'])} | {pct(r['int8']['top5'])} |", "",
-        f"- top-1 drop (FP32 − INT8): **{100 * r['top1_drop']:.2f} points**" + _ci_points(r.get("top1_drop_ci95")),
+        f"- top-1 drop (FP32 − INT8): **{points(r['top1_drop'])} points**" + _ci_points(r.get("top1_drop_ci95")),
         f"- top-1 agreement INT8 vs FP32: **{pct(r['agreement'])}**" + _ci_pct(r.get("agreement_ci95")),
-        f"- evaluated on {ev['samples']} images ({ev['skipped']} skipped), {r['dataset']}"
+        f"- evaluated on {images(ev['samples'])} ({ev['skipped']} skipped) of {evaluation_text(r)}"
         + (f"; {ev['overlap_text']}" if ev.get("overlap_text") else ""),
-        f"- calibrated on {cal['samples']} images in {cal['seconds']:.1f} s"
+        f"- calibrated on {images(cal['samples'])} in {cal['seconds']:.1f} s"
         + (" (cache reused)" if cal["reused"] else ""),
         f"- cache: `{cal['cache']}`",
         f"- backend: {r['backend']}; FP32 model `{r['fp32_model']}`; INT8 model `{r['int8_model']}`",
     ]
+    lines += [f"- {what}: `{value}`" for what, value in origin_rows(r)]
     p = r.get("paired")
     if p:
         lines.append(f"- images INT8 broke (FP32 right, INT8 wrong): {p['discordant']['a_only']}; fixed: "
@@ -57,8 +60,7 @@ def render_markdown(r: dict) -> str:
         k = r["ort_kernels"]
         lines.append(f"- ONNX Runtime runs {k['QLinearConv']} convolutions as integer QLinearConv "
                      f"and {k['float_conv']} in float (after its graph optimizations)")
-    for note in r.get("notes", []):
-        lines.append(f"- note: {note}")
+    lines += note_lines(r)
     if r.get("fallback"):
         lines.append(fallback_report.render_markdown(r["fallback"]).rstrip("\n"))
     lines += _class_lines(r.get("classes"))
@@ -68,7 +70,7 @@ def render_markdown(r: dict) -> str:
 
 
 def _ci_points(ci) -> str:
-    return f" (95% CI {100 * ci[0]:.2f} to {100 * ci[1]:.2f})" if ci else ""
+    return f" (95% CI {points(ci[0])} to {points(ci[1])})" if ci else ""
 
 
 def _ci_pct(ci) -> str:
@@ -85,8 +87,9 @@ def speed_rows(r: dict) -> list[list[str]]:
                          f"{s['int8']['latency_ms_b1']:.2f}"])
             rows.append([f"throughput at batch 32 ({label}), images/s", f"{s['fp32']['throughput_b32']:.1f}",
                          f"{s['int8']['throughput_b32']:.1f}"])
-    if r.get("size_mb"):
-        rows.append(["model size, MB", f"{r['size_mb']['fp32']:.1f}", f"{r['size_mb']['int8']:.1f}"])
+    if r.get("size_mb"):  # enough decimals to tell the sizes apart (0.1 and 0.1 MB would not)
+        f, q = r["size_mb"]["fp32"], r["size_mb"]["int8"]
+        rows.append(["model size, MB", *(distinct(f, q) or (f"{f:.1f}", f"{q:.1f}"))])
     return rows
 
 
@@ -102,7 +105,7 @@ def _class_lines(c: dict | None) -> list[str]:
         return []
     lines = ["", f"Classes: {c['classes_gained']} gained and {c['classes_lost']} lost top-1 accuracy, "
                  f"{c['classes_unchanged']} unchanged, over {c['classes']} classes; INT8 broke "
-                 f"{c['images_broken']} images and fixed {c['images_fixed']}."]
+                 f"{images(c['images_broken'])} and fixed {c['images_fixed']}."]
     if c["per_class"]:
         lines += ["", f"Classes with at least {c['min_images']} images whose accuracy changed:", "",
                   "| class | images | FP32 | INT8 | change (pts) | significant |", "|---|---:|---:|---:|---:|---|"]
@@ -129,7 +132,8 @@ def render_html(r: dict, extras: dict | None = None) -> str:
     extras = extras or {}
     cal, ev = r["calibration"], r["eval"]
     body = [f"<h1>calib run: {esc(r['model'])} / {esc(r['calibrator'])}</h1>",
-            f"<p class=\"meta\">{esc(r['qdq_flavor'])} Q/DQ on {esc(r['backend'])}; {esc(r['dataset'])}</p>"]
+            f"<p class=\"meta\">{esc(r['qdq_flavor'])} Q/DQ on {esc(r['backend'])} ({esc(r.get('device', 'cpu'))}); "
+            f"evaluated on {esc(evaluation_text(r))}</p>"]
     body += demo_banner(r)
     v = r.get("verdict")
     if v:
@@ -140,26 +144,29 @@ def render_html(r: dict, extras: dict | None = None) -> str:
                  + (f"<li>{esc(v['note'])}</li>" if v.get("note") else "") + "</ul>"]
         body.append(section("verdict", "Verdict", parts))
     rows = [["FP32", pct(r["fp32"]["top1"]), pct(r["fp32"]["top5"]), "", ""],
-            ["INT8", pct(r["int8"]["top1"]), pct(r["int8"]["top5"]), f"{100 * r['top1_drop']:.2f}",
+            ["INT8", pct(r["int8"]["top1"]), pct(r["int8"]["top5"]), points(r["top1_drop"]),
              pct(r["agreement"])]]
     summary = [table(["model", "top-1", "top-5", "drop (pts)", "agreement"], rows),
-               f"<p>Evaluated on {ev['samples']} images ({ev['skipped']} skipped); "
+               f"<p>Evaluated on {images(ev['samples'])} ({ev['skipped']} skipped) of {esc(evaluation_text(r))}; "
                f"{esc(ev.get('overlap_text', ''))}; calibration {cal['seconds']:.1f} s"
                f"{' (cache reused)' if cal['reused'] else ''}; cache <code>{esc(cal['cache'])}</code>; "
                f"INT8 model <code>{esc(r['int8_model'])}</code>.</p>"]
     if r.get("logits_sqnr_db_ci95"):  # over every evaluation image
         ci = r["logits_sqnr_db_ci95"]
         summary.append(f"<p>Logits SQNR against FP32: {db(r['logits_sqnr_db'])} dB (95% CI {db(ci[0])} to "
-                       f"{db(ci[1])}) on the {ev['samples']} evaluation images.</p>")
+                       f"{db(ci[1])}) on the evaluation images ({images(ev['samples'])}).</p>")
     elif extras.get("logits_sqnr_db", math.nan) is not None and "logits_sqnr_db" in extras:
         summary.append(f"<p>Logits SQNR against FP32: {db(extras['logits_sqnr_db'])} dB "
-                       f"(on {extras['sqnr_images']} images).</p>")
+                       f"(on {images(extras['sqnr_images'])}).</p>")
     if r.get("top1_drop_ci95"):
         p = r["paired"]
         summary.append(f"<p>95% intervals: top-1 drop {esc(_ci_points(r['top1_drop_ci95']).strip(' ()'))} points, "
                        f"agreement {esc(_ci_pct(r['agreement_ci95']).strip(' ()'))}. INT8 broke "
-                       f"{p['discordant']['a_only']} images FP32 got right and fixed {p['discordant']['b_only']} "
+                       f"{images(p['discordant']['a_only'])} FP32 got right and fixed {p['discordant']['b_only']} "
                        f"(exact McNemar p = {p['p_value']:.3g}).</p>")
+    if ev.get("skipped_files"):
+        summary.append("<p>Skipped (undecodable) images: "
+                       + ", ".join(f"<code>{esc(f)}</code>" for f in ev["skipped_files"]) + ".</p>")
     body.append(section("summary", "Accuracy", summary))
     if speed_rows(r):
         body.append(section("speed", "Speed and size", [
@@ -169,8 +176,8 @@ def render_html(r: dict, extras: dict | None = None) -> str:
     c = r.get("classes")
     if c:
         cparts = [f"<p>{c['classes_gained']} classes gained and {c['classes_lost']} lost top-1 accuracy, "
-                  f"{c['classes_unchanged']} unchanged, over {c['classes']} classes; INT8 broke {c['images_broken']} "
-                  f"images and fixed {c['images_fixed']}.</p>"]
+                  f"{c['classes_unchanged']} unchanged, over {c['classes']} classes; INT8 broke "
+                  f"{images(c['images_broken'])} and fixed {c['images_fixed']}.</p>"]
         if c["per_class"]:
             cparts.append(table(["class", "images", "FP32", "INT8", "change (pts)", "significant"],
                                 [[esc(f"{x['class']} {x['name']}"), str(x["images"]), pct(x["fp32_top1"]),
@@ -193,7 +200,7 @@ def render_html(r: dict, extras: dict | None = None) -> str:
         series = {r["calibrator"]: extras["sqnr"]}
         body.append(section("sqnr", "Per-layer SQNR against FP32", [
             f"<p>SQNR (dB) of every quantized tensor (its DequantizeLinear output vs the FP32 tensor, "
-            f"simulated Q/DQ) on {extras['sqnr_images']} evaluation images; values above 80 dB (tensors "
+            f"simulated Q/DQ) on {images(extras['sqnr_images'])} of the evaluation; values above 80 dB (tensors "
             f"left in float, float round-off) are drawn at the top.</p>",
             img(sqnr_lines(extras["sqnr_tensors"], series, r["calibrator"]), "per-tensor SQNR"),
             sqnr_worst(extras["sqnr_tensors"], series, r["calibrator"])]))

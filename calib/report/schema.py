@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from calib.report.format import printable
+
 # 2: paired intervals, speed, size, verdict and per-class changes added (docs/report.md); every
 # key of version 1 keeps its meaning.
 SCHEMA_VERSION = 2
@@ -29,6 +31,21 @@ class ReportHeader:
     model_sha256: str = ""
     device: str = "cpu"          # where the calibration pass and the evaluation ran
     decode_path: str = "pil"     # how images became pixels: "pil" (CPU) or e.g. "nvjpeg+pil-bicubic"
+    # Where the figures come from, as the user named it (issue 22: `--eval-data-dir B` was reported
+    # as the `--data-dir A` it sat beside, and only the hashed prepared copy of the model was named).
+    model_file: str = ""                                       # the FP32 ONNX file resolve_model found
+    calibration_data: dict = field(default_factory=dict)       # {source, folder, description}
+    evaluation_data: dict | None = None                        # the same; None where nothing is evaluated
+    # The notes that question the figures (also in `notes`, in the same words): printed on the
+    # terminal as warnings at the end of a command, and marked "warning" in report.md.
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, text: str) -> None:
+        """Add a note that questions the figures: to `notes` and `warnings`, once."""
+        if text not in self.notes:
+            self.notes.append(text)
+        if text not in self.warnings:
+            self.warnings.append(text)
 
 
 class Report:
@@ -37,6 +54,8 @@ class Report:
     optional: ClassVar[tuple[str, ...]] = ()
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form, with every string printable (`printable`): a file name that is not UTF-8
+        reaches reports as surrogate escapes, which no UTF-8 writer or terminal accepts."""
         out: dict[str, Any] = {"schema_version": SCHEMA_VERSION} if hasattr(self, "header") else {}
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
@@ -46,7 +65,7 @@ class Report:
                 continue
             else:
                 out[f.name] = value.to_json() if isinstance(value, Report) else value
-        return out
+        return printable(out)
 
     def __getitem__(self, key: str) -> Any:
         return self.to_json()[key]
@@ -179,5 +198,6 @@ class SensitivityReport(Report):
 
 
 def as_json(report: Report | dict) -> dict:
-    """The JSON form of a report, whether given the dataclass or the dict itself."""
-    return report.to_json() if isinstance(report, Report) else report
+    """The JSON form of a report, whether given the dataclass or the dict itself (made printable:
+    a dict read back from a file may hold the surrogates an older calib wrote)."""
+    return report.to_json() if isinstance(report, Report) else printable(report)

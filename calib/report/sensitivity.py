@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from calib.fsutil import atomic_write_bytes, atomic_write_text
-from calib.report.format import db, pct
+from calib.report.format import db, images, pct
+from calib.report.header import evaluation_text, note_lines, origin_rows
 from calib.report.schema import as_json
 from calib.report.html import demo_banner, esc, img, notes, page, section, table
 from calib.report.plots import sensitivity_bars
@@ -18,11 +19,13 @@ def render_markdown(d: dict, top: int | None = None) -> str:
     s = d["sensitivity"]
     lines = [f"# calib sensitivity: {d['model']} / {d['calibrator']} / {s['flavor']} Q/DQ", "",
              f"- measure: {s['measure']}",
-             f"- {s['images']} evaluation images; FP32 top-1 {100 * s['fp32_top1']:.2f}%; every layer INT8: "
+             f"- {images(s['images'])} of {evaluation_text(d)}; FP32 top-1 {100 * s['fp32_top1']:.2f}%; every layer INT8: "
              f"logits SQNR {db(s['int8']['logits_sqnr_db'])}, agreement {100 * s['int8']['agreement']:.2f}%, "
              f"top-1 {100 * s['int8']['top1']:.2f}%",
              f"- check: every layer float reproduces FP32 (max |Δlogit| {s['all_float_max_abs_diff']:.2g})",
-             f"- {len(rows)} layers ranked in {s['seconds']:.1f} s", "",
+             f"- {len(rows)} layers ranked in {s['seconds']:.1f} s"]
+    lines += [f"- {what}: `{value}`" for what, value in origin_rows(d)] + note_lines(d)
+    lines += ["",
              "| rank | layer | op | logits SQNR (dB) | agreement | top-1 | worst image SQNR (dB) |",
              "|---:|---|---|---:|---:|---:|---:|"]
     for i, r in enumerate(rows[:top] if top else rows, 1):
@@ -35,7 +38,7 @@ def render_html(d: dict) -> str:
     d = as_json(d)
     s = d["sensitivity"]
     body = [f"<h1>calib sensitivity: {esc(d['model'])} / {esc(d['calibrator'])}</h1>",
-            f"<p class=\"meta\">{esc(s['flavor'])} Q/DQ; {s['images']} evaluation images of {esc(d['dataset'])}; "
+            f"<p class=\"meta\">{esc(s['flavor'])} Q/DQ; {images(s['images'])} of {esc(evaluation_text(d))}; "
             f"{len(s['rows'])} layers ranked in {s['seconds']:.1f} s</p>"]
     body += demo_banner(d)
     body.append(section("sensitivity", "Layers ranked by the damage they do", [

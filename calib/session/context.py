@@ -117,20 +117,27 @@ def run_at_fixed_batch(config: RunConfig, model: Model, prepared: onnx.ModelProt
 def check_model_classes(model: Model, dataset, prepared: onnx.ModelProto) -> None:
     """A classifier whose class count is not the dataset's label count would score 0% top-1 and
     say nothing: refused in one line before any calibration."""
+    check_classes(model, class_count(dataset), dataset.source.description, prepared=prepared)
+
+
+def class_count(dataset) -> int:
+    """How many classes the dataset's labels name (its own names, else ImageNet's 1000): the
+    classifier's class count (check_model_classes), and what chance level is measured against."""
     from calib.data.classes import imagenet_classes
 
-    source = dataset.source
-    labels = len(getattr(source, "class_names", None) or imagenet_classes())
-    check_classes(model, labels, source.description, prepared=prepared)
+    return len(getattr(dataset.source, "class_names", None) or imagenet_classes())
 
 
 def report_header(config: RunConfig, setup: RunSetup, placement: Placement = CPU,
                   int8_models: dict[str, Path] | None = None) -> ReportHeader:
-    """The header every report shares (`calib.report.header.header`) for this configuration."""
+    """The header every report shares (`calib.report.header.header`) for this configuration: it
+    names the model file and the calibration and evaluation data the setup really used."""
     from calib.calibration import decode_for
     from calib.report.header import header
 
     return header(model=setup.model.name, dataset=config.dataset_label(), demo=setup.data.demo,
                   backend=config.backend, flavor=setup.flavor, notes=setup.data.notes, model_sha256=setup.model.sha256,
                   placement=placement, decoder=config.gpu_decode,
-                  decode_path=decode_for(setup.model.preprocess, placement, config.gpu_decode), int8_models=int8_models)
+                  decode_path=decode_for(setup.model.preprocess, placement, config.gpu_decode), int8_models=int8_models,
+                  model_file=getattr(setup.model, "path", None), calibration=getattr(setup.data, "calibration", None),
+                  evaluation=getattr(setup.data, "evaluation", None))

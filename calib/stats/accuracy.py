@@ -48,3 +48,15 @@ class Evaluation:
     def summary(self, name: str) -> dict:
         p = self.predictions[name]
         return {"top1": p.top1_accuracy, "top5": p.top5_accuracy}
+
+
+def above_chance(correct: int, n: int, classes: int, alpha: float = 0.05) -> bool:
+    """Whether `correct` right answers of `n` beat guessing among `classes` classes: the one-sided
+    exact binomial test of "top-1 = 1/classes" rejects at `alpha`. A classifier that does not is
+    almost always fed the wrong preprocessing or labels (issue 22: FP32 at 0% went unremarked);
+    0 right is never above chance, 1 right of 5 among 1000 classes is (p = 0.005)."""
+    from scipy.stats import binom
+
+    if n < 1 or classes < 2 or correct < 1:
+        return classes < 2 and correct > 0
+    return float(binom.sf(correct - 1, n, 1.0 / classes)) < alpha

@@ -167,21 +167,42 @@ class Recommendation:
                 "accuracy": self.accuracy.to_json(), "figures": self.figures, "float_layers": list(self.float_layers)}
 
 
+def times(x: float, what: str = "faster", opposite: str = "slower") -> str:
+    """A speed ratio x = INT8 speed / FP32 speed said the right way round: "1.48× slower", not
+    "0.67× slower" (issue 22); "as fast as FP32" when it rounds to 1.00×."""
+    if x <= 0 or not x == x:
+        return f"{what} by an unknown factor"
+    ratio, word = (x, what) if x >= 1 else (1.0 / x, opposite)
+    text = f"{ratio:.2f}"
+    return "as fast as FP32" if text == "1.00" else f"{text}× {word}"
+
+
+def distinct(a: float, b: float, decimals: int = 1, most: int = 6) -> tuple[str, str] | None:
+    """`a` and `b` with the fewest decimals (at least `decimals`, at most `most`) that tell them
+    apart, so "0.1 MB instead of 0.1 MB" cannot be printed; None when they are equal at `most`."""
+    for d in range(decimals, most + 1):
+        x, y = f"{a:.{d}f}", f"{b:.{d}f}"
+        if x != y:
+            return x, y
+    return None
+
+
 def _speed_figure(speed: dict | None, min_speedup: float) -> tuple[dict | None, bool | None]:
     """(figure, int8_is_faster) from {"fp32": {"latency_ms_b1", "throughput_b32"}, "int8": {...}};
-    latency at batch 1 decides when both are there, else throughput at batch 32."""
+    latency at batch 1 decides when both are there, else throughput at batch 32. `speedup` is
+    INT8's speed over FP32's (below 1: INT8 is slower); the text says it the right way round."""
     if not speed or "fp32" not in speed or "int8" not in speed:
         return None, None
     f, q = speed["fp32"] or {}, speed["int8"] or {}
     if f.get("latency_ms_b1") and q.get("latency_ms_b1"):
         x = f["latency_ms_b1"] / q["latency_ms_b1"]
-        text = (f"INT8 {x:.2f}× {'faster' if x >= 1 else 'slower'} at batch 1 "
-                f"({q['latency_ms_b1']:.2f} ms vs {f['latency_ms_b1']:.2f} ms)")
+        ms = distinct(q["latency_ms_b1"], f["latency_ms_b1"], 2) or (f"{q['latency_ms_b1']:.2f}",) * 2
+        text = f"INT8 {times(x)} at batch 1 ({ms[0]} ms vs {ms[1]} ms)"
         return {"name": "latency_b1", "speedup": round(x, 3), "fp32_ms": f["latency_ms_b1"],
                 "int8_ms": q["latency_ms_b1"], "text": text}, x > 1.0 and x >= min_speedup
     if f.get("throughput_b32") and q.get("throughput_b32"):
         x = q["throughput_b32"] / f["throughput_b32"]
-        text = (f"INT8 {x:.2f}× the FP32 throughput at batch 32 "
+        text = (f"INT8 {times(x)} at batch 32 "
                 f"({q['throughput_b32']:.0f} vs {f['throughput_b32']:.0f} images/s)")
         return {"name": "throughput_b32", "speedup": round(x, 3), "fp32": f["throughput_b32"],
                 "int8": q["throughput_b32"], "text": text}, x > 1.0 and x >= min_speedup
@@ -192,8 +213,10 @@ def _size_figure(size_mb: dict | None) -> dict | None:
     if not size_mb or not size_mb.get("fp32") or not size_mb.get("int8"):
         return None
     f, q = size_mb["fp32"], size_mb["int8"]
-    return {"name": "size", "fp32_mb": f, "int8_mb": q, "ratio": round(q / f, 3),
-            "text": f"INT8 model {q:.1f} MB instead of {f:.1f} MB"}
+    pair = distinct(q, f)
+    text = (f"INT8 model {pair[0]} MB instead of {pair[1]} MB" if pair
+            else f"INT8 model the same size as FP32 ({f:.1f} MB)")
+    return {"name": "size", "fp32_mb": f, "int8_mb": q, "ratio": round(q / f, 3), "text": text}
 
 
 def recommend(result: PairedResult, tolerance: float = DEFAULT_TOLERANCE, speed: dict | None = None,
@@ -243,5 +266,5 @@ def recommend(result: PairedResult, tolerance: float = DEFAULT_TOLERANCE, speed:
     return Recommendation(action, headline, sentence, reason, verdict, figures, layers)
 
 
-__all__ = ["DEFAULT_TOLERANCE", "EVALUATE_MORE", "SHIP_FP32", "SHIP_INT8", "SHIP_INT8_FLOAT_LAYERS",
+__all__ = ["distinct", "times", "DEFAULT_TOLERANCE", "EVALUATE_MORE", "SHIP_FP32", "SHIP_INT8", "SHIP_INT8_FLOAT_LAYERS",
            "AccuracyVerdict", "Recommendation", "accuracy_verdict", "images_needed", "recommend"]

@@ -200,3 +200,15 @@ def test_build_and_bench_build_their_config_from_the_same_groups(monkeypatch):
     (config, sizes, seconds, precision, timing_cache), _ = invoke("bench", "--batch-sizes", "1,8", "--device", "auto")
     assert config == RunConfig(device="auto") and sizes == [1, 8] and seconds == 3.0
     assert precision is None and timing_cache is None
+
+
+def test_chosen_help_says_the_choice_is_by_logits_sqnr():
+    """Issue 22: the help said "best agreement" while compare picks the highest logits SQNR."""
+    from typer.testing import CliRunner
+
+    from calib.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["compare", "--help"]).output.split())
+    chosen = text[text.index("--chosen"):]
+    chosen = chosen[:chosen.index(" --", 1)]
+    assert "logits SQNR" in chosen and "agreement" not in chosen, chosen

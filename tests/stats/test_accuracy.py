@@ -53,3 +53,12 @@ def test_evaluate_keeps_per_image_logits_powers():
     assert np.allclose(ev.signal, (ref * ref).sum(1)) and np.allclose(ev.noise["int8"], 3.0)
     assert ev.logits_sqnr_db() == pytest.approx(10 * np.log10((ref * ref).sum() / 12.0))
     assert ev.keys == ["a", "b", "c", "d"] and ev.predictions["int8"].labels.tolist() == [0, 1, 2, 0]
+
+
+def test_above_chance_is_an_exact_one_sided_test_against_one_in_k():
+    from calib.stats.accuracy import above_chance
+
+    assert not above_chance(0, 5, 1000)            # 0%: never above chance (issue 22)
+    assert above_chance(1, 5, 1000)                # p = 0.005
+    assert not above_chance(3, 2000, 1000)         # 2 expected by guessing
+    assert not above_chance(12, 20, 2) and above_chance(17, 20, 2)

@@ -229,3 +229,31 @@ def test_evaluate_more_when_the_interval_straddles_the_tolerance():
 def test_recommendation_without_speed_or_size():
     rec = recommend(paired(*_run(800, 0, 0)))
     assert rec.action == SHIP_INT8 and [f["name"] for f in rec.figures] == ["top1_drop"]
+
+
+# ----------------------------------------------------------------------------- wording (issue 22)
+def test_speed_ratios_are_said_the_right_way_round():
+    from calib.stats.verdict import times
+
+    assert times(2.125) == "2.12× faster" or times(2.125) == "2.13× faster"
+    assert times(1 / 1.48) == "1.48× slower"          # not "0.67× slower"
+    assert times(0.999) == "as fast as FP32"
+    slow = recommend(paired(*_run(800, 1, 1)), speed={"fp32": {"latency_ms_b1": 2.0},
+                                                      "int8": {"latency_ms_b1": 2.96}})
+    assert slow.figures[0]["text"].startswith("INT8 1.48× slower at batch 1 (2.96 ms vs 2.00 ms)")
+    assert slow.figures[0]["speedup"] == pytest.approx(2.0 / 2.96, abs=1e-3)   # the key keeps its meaning
+    tput = recommend(paired(*_run(800, 1, 1)), speed={"fp32": {"throughput_b32": 300.0},
+                                                      "int8": {"throughput_b32": 200.0}})
+    assert "INT8 1.50× slower at batch 32 (200 vs 300 images/s)" in tput.sentence
+
+
+def test_sizes_get_the_digits_that_tell_them_apart_or_are_said_equal():
+    from calib.stats.verdict import distinct
+
+    assert distinct(0.1234, 0.1456) == ("0.12", "0.15")
+    assert distinct(5.1, 18.5) == ("5.1", "18.5")
+    assert distinct(0.1, 0.1) is None
+    near = recommend(paired(*_run(800, 1, 1)), size_mb={"fp32": 0.1411, "int8": 0.1049})
+    assert "INT8 model 0.10 MB instead of 0.14 MB" in near.sentence
+    same = recommend(paired(*_run(800, 1, 1)), size_mb={"fp32": 0.1, "int8": 0.1})
+    assert "INT8 model the same size as FP32 (0.1 MB)" in same.sentence
