@@ -357,7 +357,7 @@ def test_i22_row1_run_names_the_evaluation_folder_and_the_model_file(two_folders
     md = (out / "report.md").read_text()
     evaluated = next(line for line in md.splitlines() if line.startswith("- evaluated on"))
     assert str(b) in evaluated and str(a) not in evaluated
-    for line in ("- evaluation data: `", "- calibration data: `", "- model file: `{r['model_file']}`",
+    for line in ("- evaluation data: `", "- calibration data: `", f"- model file: `{r['model_file']}`",
                  "- device: `cpu`", f"- decode path: `{r['decode_path']}`"):
         assert line in md
     assert str(b) in (out / "report.html").read_text()
