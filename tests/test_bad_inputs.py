@@ -222,3 +222,35 @@ def test_build_device_auto_follows_the_other_commands_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ort, "require_cuda_provider", lambda: None)
     assert build_device("auto", "tensorrt-rtx") == "cpu"
+
+
+# --- Issue 22: options (rows 1-8). Each bad input: one line on stderr, exit 2, nothing written. ---
+
+
+def assert_usage_error(proc, *words):
+    """A bad option or value: calib's one line (never click's usage block) and exit 2."""
+    assert_one_line_error(proc, *words)
+    assert proc.returncode == 2, proc.stderr
+    assert "Usage:" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--bogus"], ["--bogus", "calib run --help"]),
+    (["run", "--seed", "-1"], ["--seed"]),
+    (["run", "--speed-seconds", "inf"], ["--speed-seconds", "finite"]),
+    (["cache", "show"], ["cache", "calib cache show --help"]),
+    (["build", "--cache", "c.cache", "--out", "m.onnx", "--backend", "tensorrt-rtx", "--compute-capability", "abc"], ["86, 89, 120", "8.9"]),
+    (["build", "--cache", "c.cache", "--out", "m.onnx", "--backend", "tensorrt-rtx", "--compute-capability", ""], ["86, 89, 120"]),
+])
+def test_issue22_row3_row4_usage_errors_are_one_line(args, words, tmp_path):
+    proc = calib(*args, cwd=tmp_path, check=False)
+    assert_usage_error(proc, *words)
+    assert not list(tmp_path.iterdir())
+
+
+def test_issue22_row4_compute_capability_takes_the_docs_notation():
+    from calib.commands.build import trt_options
+
+    assert trt_options("tensorrt-rtx", compute_capability="8.9") == {"compute_capability": 89}
+    assert trt_options("tensorrt-rtx", compute_capability="89") == {"compute_capability": 89}
+    assert trt_options("tensorrt-rtx", compute_capability="12.0") == {"compute_capability": 120}

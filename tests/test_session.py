@@ -4,7 +4,7 @@ import pytest
 
 from calib.errors import CalibError
 from calib.placement import CPU, Placement
-from calib.session import RunConfig, check_placement, resolve_placement
+from calib.session import RunConfig, check_config, check_placement, resolve_placement
 
 
 def test_devices_are_parsed():
@@ -98,3 +98,14 @@ def test_a_gpu_report_says_how_its_images_were_decoded(monkeypatch, decoder, say
     assert says in header.notes[0] and len(header.notes) == 1 and header.device == "cuda:0"
     assert header.decode_path == ("pil" if decoder == "pil" else "nvjpeg+pil-bicubic")
     assert report_header(config, setup).notes == []   # on the CPU: nothing to say
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"speed_seconds": float("inf")}, "--speed-seconds must be a finite number"),
+    ({"max_drop": float("nan")}, "--max-drop must be a finite number"),
+    ({"seed": -1}, "--seed must be at least 0"),
+    ({"speed_seconds": -1.0}, "--speed-seconds must be at least 0"),
+])
+def test_issue22_row3_numbers_are_checked_for_library_callers_too(fields, words):
+    with pytest.raises(CalibError, match=words):
+        check_config(RunConfig(**fields))

@@ -78,8 +78,8 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
         raise CalibError(f"model file not found: {model_path}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise CalibError(f"batch sizes must be positive integers, got {batch_sizes}")
-    if seconds <= 0:
-        raise CalibError(f"seconds must be positive, got {seconds}")
+    if not 0 < seconds < float("inf"):   # inf would time forever, nan compares false with every bound
+        raise CalibError(f"seconds must be a positive finite number, got {seconds}")
     batch_sizes = [int(b) for b in batch_sizes]
     impl = get_backend(backend)
     builds_engines = impl.artifact_suffix() != ".onnx"

@@ -145,6 +145,10 @@ def trt_options(backend: str, **given) -> dict:
         options["timing_cache"] = Path(given["timing_cache"])
     if options and not backend.startswith("tensorrt"):
         raise CalibError(f"--{next(iter(options)).replace('_', '-')} applies to the TensorRT backends only")
+    if "compute_capability" in options:   # "8.9" or "89", checked before anything is resolved or written
+        from calib.backends.tensorrt.plan import check_compute_capability
+
+        options["compute_capability"] = check_compute_capability(options["compute_capability"])
     return options
 
 

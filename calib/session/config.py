@@ -5,9 +5,10 @@ here once (`Placement`)."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from calib.cache import CacheStore
@@ -110,6 +111,21 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     return placement
 
 
+def check_numbers(config: RunConfig) -> None:
+    """Every float field finite and the seed a seed, for library callers as for the command line
+    (whose option groups refuse these where they are parsed): an infinite --speed-seconds timed
+    forever, a nan budget compared false with every bound, and numpy refuses a negative seed only
+    after the model is prepared."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CalibError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}")
+    if config.seed < 0:
+        raise CalibError(f"--seed must be at least 0, got {config.seed}")
+    if config.speed_seconds < 0:
+        raise CalibError(f"--speed-seconds must be at least 0, got {config.speed_seconds}")
+
+
 def check_config(config: RunConfig) -> Placement:
     """Every option that can be checked without the model or the images, checked first: a typo
     must not cost a model export, a calibration pass or a sensitivity ranking before it fails.
@@ -125,6 +141,7 @@ def check_config(config: RunConfig) -> Placement:
     backend_class(config.backend)  # unknown names fail here, naming the choices
     if config.qdq_flavor is not None:
         get_flavor(config.qdq_flavor)  # unknown names fail here, naming the choices
+    check_numbers(config)
     if config.samples < 1:
         raise CalibError(f"--samples must be at least 1, got {config.samples}")
     if config.eval_samples is not None and config.eval_samples < 1:
