@@ -165,11 +165,12 @@ def test_row11_version_and_plain_help():
 
 
 def test_percentile_applies_to_the_percentile_calibrator_only(tiny_model, tmp_path):
-    """--percentile with minmax was refused after the model was prepared; it is ignored for
-    calibrators that take no percentile, as compare always did."""
+    """--percentile with minmax was refused after the model was prepared, then ignored; it is
+    refused before any work (issue 22 row 1: an option that has no effect is an error)."""
     proc = calib("calibrate", "--model", tiny_model, "--samples", 4, "--percentile", 99.9,
-                 "--cache-dir", tmp_path / "c")
-    assert Path(proc.stdout.strip().splitlines()[-1]).is_file()
+                 "--cache-dir", tmp_path / "c", check=False)
+    assert_one_line_error(proc, "--percentile", "no effect", "minmax")
+    assert proc.returncode == 2 and not (tmp_path / "c").exists()
 
 
 def test_bench_takes_the_same_devices_as_run(tiny_model):

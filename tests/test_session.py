@@ -109,3 +109,29 @@ def test_a_gpu_report_says_how_its_images_were_decoded(monkeypatch, decoder, say
 def test_issue22_row3_numbers_are_checked_for_library_callers_too(fields, words):
     with pytest.raises(CalibError, match=words):
         check_config(RunConfig(**fields))
+
+
+@pytest.mark.parametrize("value", [101.0, 0.0, -5.0, float("nan")])
+def test_issue22_row1_a_percentile_is_range_checked_whatever_the_calibrator(value):
+    for calibrator in ("minmax", "percentile"):
+        with pytest.raises(CalibError, match=r"percentile must be a number in \(0, 100\]"):
+            check_config(RunConfig(calibrator=calibrator, calibrator_params={"percentile": value}))
+
+
+def test_issue22_row1_a_parameter_no_chosen_calibrator_takes_is_refused():
+    with pytest.raises(CalibError, match="--percentile 99.0 has no effect with minmax: only the percentile"):
+        check_config(RunConfig(calibrator="minmax", calibrator_params={"percentile": 99.0}))
+    with pytest.raises(CalibError, match="no effect with minmax, mse"):
+        check_config(RunConfig(calibrator_params={"percentile": 99.0}), ["minmax", "mse"])
+    # compare's several calibrators: fine when one of them takes it.
+    check_config(RunConfig(calibrator_params={"percentile": 99.0}), ["minmax", "percentile"])
+    check_config(RunConfig(calibrator="percentile", calibrator_params={"percentile": 99.0}))
+
+
+def test_issue22_row1_compare_refuses_a_percentile_none_of_its_calibrators_takes(tmp_path):
+    from calib.commands.compare import compare_calibrators
+
+    config = RunConfig(calibrator_params={"percentile": 99.0}, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(CalibError, match="no effect"):
+        compare_calibrators(config, ["minmax", "entropy"], tmp_path / "out")
+    assert not list(tmp_path.iterdir())

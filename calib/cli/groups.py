@@ -249,7 +249,8 @@ class CalibratorArgs(Group):
                                "EntropyCalibration2), percentile, mse, or a plug-in"),
         # None: not given; the percentile calibrator's own default applies (calib.calibrators).
         "percentile": opt(Optional[float], "--percentile", default=None,
-                          help="percentile calibrator: the percentile of |x| (default 99.99)"),
+                          help="percentile calibrator: the percentile of |x|, in (0, 100] (default 99.99); refused "
+                               "when no calibrator used takes it"),
         "recalibrate": opt(bool, "--recalibrate", help="ignore a matching cache and calibrate again"),
     }
 

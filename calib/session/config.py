@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Sequence
 
 from calib.cache import CacheStore
 from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode
@@ -126,18 +127,50 @@ def check_numbers(config: RunConfig) -> None:
         raise CalibError(f"--speed-seconds must be at least 0, got {config.speed_seconds}")
 
 
-def check_config(config: RunConfig) -> Placement:
+def check_calibrator_params(params: dict, calibrators: Sequence[str]) -> None:
+    """Each calibrator parameter (--percentile) range-checked by the calibrator that declares it,
+    and refused when none of `calibrators` takes it: `params_for` hands each calibrator only its
+    own parameters, so `--percentile 101` with minmax used to be accepted and ignored. compare
+    passes its several calibrators: --percentile is fine there when one of them takes it."""
+    from calib.calibrators import available_calibrators, calibrator_class
+
+    for key, value in params.items():
+        users = [name for name in calibrators if key in calibrator_class(name).defaults]
+        owners = users or [name for name in available_calibrators() if key in _defaults_of(name)]
+        if owners:
+            calibrator_class(owners[0])(None, **{key: value})   # its own check: (0, 100] for a percentile
+        if not users:
+            takes = f"only the {', '.join(owners)} calibrator takes it" if owners else "no calibrator takes it"
+            raise CalibError(f"--{key.replace('_', '-')} {value} has no effect with {', '.join(calibrators)}: {takes}")
+
+
+def _defaults_of(name: str) -> dict:
+    """The parameters calibrator `name` takes; none for a plug-in that cannot be loaded (the
+    calibrators a command uses are loaded, and fail, on their own)."""
+    from calib.calibrators import calibrator_class
+
+    try:
+        return dict(calibrator_class(name).defaults)
+    except CalibError:
+        return {}
+
+
+def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) -> Placement:
     """Every option that can be checked without the model or the images, checked first: a typo
     must not cost a model export, a calibration pass or a sensitivity ranking before it fails.
+    `calibrators`: the ones the command uses (default: `config.calibrator`; compare: its list).
     Returns where the run goes (checked usable here)."""
     from calib.backends import backend_class
-    from calib.calibrators import get_calibrator
+    from calib.calibrators import calibrator_class
     from calib.calibrators.registry import params_for
     from calib.quantize import get_flavor
     from calib.stats.budget import check_budget
 
     # Unknown names and bad parameters (--percentile 150) fail here, naming what is accepted.
-    get_calibrator(config.calibrator, **params_for(config.calibrator, config.calibrator_params))
+    calibrators = list(calibrators) if calibrators is not None else [config.calibrator]
+    for name in calibrators:
+        calibrator_class(name)(None, **params_for(name, config.calibrator_params))
+    check_calibrator_params(config.calibrator_params, calibrators)
     backend_class(config.backend)  # unknown names fail here, naming the choices
     if config.qdq_flavor is not None:
         get_flavor(config.qdq_flavor)  # unknown names fail here, naming the choices

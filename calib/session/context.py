@@ -53,10 +53,12 @@ class RunSetup:
     placement: Placement = CPU
 
 
-def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = None) -> RunSetup:
+def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = None,
+          calibrators: list[str] | None = None) -> RunSetup:
     """What run, compare and sensitivity share: the model, the Q/DQ flavor, the calibration and
-    evaluation data, the prepared FP32 graph and the output folder."""
-    placement = check_config(config)
+    evaluation data, the prepared FP32 graph and the output folder. `calibrators`: those the
+    command uses, when not `config.calibrator` alone (compare)."""
+    placement = check_config(config, calibrators)
     out = Path(out) if out else default_out(config, kind)
     check_output_dir(out)                              # before any model export or calibration
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
