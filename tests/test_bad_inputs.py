@@ -255,3 +255,16 @@ def test_issue22_row4_compute_capability_takes_the_docs_notation():
     assert trt_options("tensorrt-rtx", compute_capability="8.9") == {"compute_capability": 89}
     assert trt_options("tensorrt-rtx", compute_capability="89") == {"compute_capability": 89}
     assert trt_options("tensorrt-rtx", compute_capability="12.0") == {"compute_capability": 120}
+
+
+def test_issue22_row2_data_dir_alone_means_imagenet_val_and_demo_refuses_a_folder(tiny_model, small_imagenet,
+                                                                                 tmp_path):
+    work = tmp_path / "work"
+    proc = calib("run", "--dataset", "demo", "--data-dir", small_imagenet, "--samples", 4, "--model", tiny_model,
+                 "--cache-dir", work / "c", "--out", work / "r", check=False)
+    assert_one_line_error(proc, "--dataset demo", "--data-dir")
+    assert proc.returncode == 2 and not work.exists()
+    proc = calib("calibrate", "--data-dir", small_imagenet, "--samples", 4, "--model", tiny_model,
+                 "--cache-dir", work / "c", "--workers", 0)
+    sidecar = json.loads(Path(proc.stdout.strip().splitlines()[-1]).with_suffix(".json").read_text())
+    assert sidecar["key"]["dataset_id"].startswith("imagenet-val") and 1 <= sidecar["samples"] <= 4   # a corrupt one skipped

@@ -135,3 +135,20 @@ def test_issue22_row1_compare_refuses_a_percentile_none_of_its_calibrators_takes
     with pytest.raises(CalibError, match="no effect"):
         compare_calibrators(config, ["minmax", "entropy"], tmp_path / "out")
     assert not list(tmp_path.iterdir())
+
+
+def test_issue22_row2_a_folder_without_a_dataset_is_imagenet_val():
+    assert RunConfig().dataset == "demo"
+    assert RunConfig(data_dir="/some/folder").dataset == "imagenet-val"
+    assert RunConfig(dataset="hf:x", data_dir=None).dataset == "hf:x"
+
+
+@pytest.mark.parametrize("fields, flags", [
+    ({"dataset": "demo", "data_dir": "/d"}, "--data-dir"),
+    ({"dataset": "demo", "eval_data_dir": "/e"}, "--eval-data-dir"),
+    ({"dataset": "hf:beans", "data_dir": "/d", "eval_data_dir": "/e"}, "--data-dir or --eval-data-dir"),
+])
+def test_issue22_row2_a_folder_the_dataset_does_not_read_is_refused(fields, flags):
+    with pytest.raises(CalibError, match=f"--dataset {fields['dataset']} reads .*, not {flags}: folders are for "
+                                         "imagenet-val"):
+        check_config(RunConfig(**fields))

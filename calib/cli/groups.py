@@ -225,8 +225,11 @@ class DataArgs(Group):
     """The images: which dataset, how many for calibration and for evaluation, the seed of the
     split, the decoding processes (Polygraphy: DataLoaderArgs)."""
     options = {
-        "dataset": opt(str, "--dataset", help="demo (embedded photos), imagenet-val, or hf:<name-or-path>"),
-        "data_dir": opt(Optional[str], "--data-dir", help="dataset folder (imagenet-val; default $CALIB_IMAGENET_VAL)"),
+        "dataset": opt(Optional[str], "--dataset",
+                       help="demo (embedded photos), imagenet-val, or hf:<name-or-path> (default: imagenet-val when "
+                            "--data-dir is given, else demo; demo and hf: take no --data-dir or --eval-data-dir)"),
+        "data_dir": opt(Optional[str], "--data-dir",
+                        help="an ImageNet-layout folder (imagenet-val, which it implies; default $CALIB_IMAGENET_VAL)"),
         "samples": opt(int, "--samples", min=1, help="calibration images"),
         "eval_data_dir": opt(Optional[str], "--eval-data-dir", help="separate evaluation folder"),
         "eval_samples": opt(Optional[int], "--eval-samples", min=1, help="limit evaluation images"),

@@ -25,7 +25,7 @@ class RunConfig:
     model: str = "efficientnet_lite0"
     preprocess: str | None = None
     input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
-    dataset: str = "demo"
+    dataset: str | None = None           # None: imagenet-val when data_dir is given, else demo (__post_init__)
     data_dir: str | None = None
     samples: int = 500
     eval_data_dir: str | None = None
@@ -49,6 +49,12 @@ class RunConfig:
     speed_seconds: float = 1.0           # timing per model and batch size for the report (0: skip)
     device: str = "cpu"                  # cpu, cuda, cuda:N, cuda:0,1 (several GPUs) or auto
     gpu_decode: str = "nvjpeg"           # on a GPU: nvjpeg, or pil (the CPU path's pixels; calib.data.host_decode)
+
+    def __post_init__(self) -> None:
+        """A folder given without a dataset is an ImageNet-layout folder: `--data-dir X` alone used to
+        run the 5-photo demo and ignore X."""
+        if self.dataset is None:
+            self.dataset = "imagenet-val" if self.data_dir else "demo"
 
     def placement(self) -> Placement:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
@@ -110,6 +116,23 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     for device in placement.devices:
         require_torch_cuda(device)
     return placement
+
+
+FOLDER_DATASETS = ("imagenet-val",)   # the datasets that read --data-dir and --eval-data-dir
+
+
+def check_dataset_options(config: RunConfig) -> None:
+    """A folder option the chosen dataset does not read is refused: `--dataset demo --data-dir X`
+    ran the embedded photos and ignored X, and an hf: dataset evaluated on itself whatever
+    --eval-data-dir said."""
+    if config.dataset in FOLDER_DATASETS:
+        return
+    given = [flag for flag, value in (("--data-dir", config.data_dir), ("--eval-data-dir", config.eval_data_dir))
+             if value]
+    if given:
+        reads = "its embedded photos" if config.dataset == "demo" else "the images its name gives"
+        raise CalibError(f"--dataset {config.dataset} reads {reads}, not {' or '.join(given)}: folders are for "
+                         f"{', '.join(FOLDER_DATASETS)} (the dataset --data-dir implies when --dataset is left out)")
 
 
 def check_numbers(config: RunConfig) -> None:
@@ -175,6 +198,7 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) ->
     if config.qdq_flavor is not None:
         get_flavor(config.qdq_flavor)  # unknown names fail here, naming the choices
     check_numbers(config)
+    check_dataset_options(config)
     if config.samples < 1:
         raise CalibError(f"--samples must be at least 1, got {config.samples}")
     if config.eval_samples is not None and config.eval_samples < 1:
