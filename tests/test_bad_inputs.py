@@ -268,3 +268,10 @@ def test_issue22_row2_data_dir_alone_means_imagenet_val_and_demo_refuses_a_folde
                  "--cache-dir", work / "c", "--workers", 0)
     sidecar = json.loads(Path(proc.stdout.strip().splitlines()[-1]).with_suffix(".json").read_text())
     assert sidecar["key"]["dataset_id"].startswith("imagenet-val") and 1 <= sidecar["samples"] <= 4   # a corrupt one skipped
+
+
+def test_issue22_row7_sensitivity_runs_on_a_small_folder_without_samples(tiny_model, small_imagenet, tmp_path):
+    """A fixed default of 500 calibration images left nothing to evaluate on a folder of 500 or fewer."""
+    calib("sensitivity", "--data-dir", small_imagenet, "--model", tiny_model, "--images", 2, "--workers", 0,
+          "--cache-dir", tmp_path / "c", "--out", tmp_path / "s")
+    assert (tmp_path / "s" / "sensitivity.json").is_file()

@@ -230,7 +230,9 @@ class DataArgs(Group):
                             "--data-dir is given, else demo; demo and hf: take no --data-dir or --eval-data-dir)"),
         "data_dir": opt(Optional[str], "--data-dir",
                         help="an ImageNet-layout folder (imagenet-val, which it implies; default $CALIB_IMAGENET_VAL)"),
-        "samples": opt(int, "--samples", min=1, help="calibration images"),
+        "samples": opt(Optional[int], "--samples", min=1,
+                       help="calibration images (default: half of the folder, the rest evaluating, at most 500; "
+                            "all of it, at most 500, with --eval-data-dir, for calibrate and for the demo)"),
         "eval_data_dir": opt(Optional[str], "--eval-data-dir", help="separate evaluation folder"),
         "eval_samples": opt(Optional[int], "--eval-samples", min=1, help="limit evaluation images"),
         "seed": opt(int, "--seed", min=0, help="seed of the calibration/evaluation split"),

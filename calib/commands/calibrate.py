@@ -5,7 +5,7 @@ from __future__ import annotations
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data.plan import DataPlan, plan_data
 from calib.models import parse_input_size, prepared_model, resolve_model
-from calib.session import RunConfig, check_config
+from calib.session import RunConfig, check_config, default_samples
 
 
 def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
@@ -13,7 +13,8 @@ def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
     store.check(write=config.recalibrate or not store.holds_caches())
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed, evaluate=False)
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config, evaluate=False),
+                     config.seed, evaluate=False)
     outcome = calibrate(model, prepared_model(model), data.calibration, config.calibrator,
                         config.cache_store(), batch_size=config.pass_batch_sizes()[0], workers=config.workers,
                         recalibrate=config.recalibrate, calibrator_params=config.calibrator_params,

@@ -27,7 +27,7 @@ class RunConfig:
     input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
     dataset: str | None = None           # None: imagenet-val when data_dir is given, else demo (__post_init__)
     data_dir: str | None = None
-    samples: int = 500
+    samples: int | None = None           # None: half of the folder (the rest evaluates), at most 500 (default_samples)
     eval_data_dir: str | None = None
     eval_samples: int | None = None
     calibrator: str = "minmax"  # the default of ModelOpt and ONNX Runtime; see README
@@ -199,7 +199,7 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) ->
         get_flavor(config.qdq_flavor)  # unknown names fail here, naming the choices
     check_numbers(config)
     check_dataset_options(config)
-    if config.samples < 1:
+    if config.samples is not None and config.samples < 1:
         raise CalibError(f"--samples must be at least 1, got {config.samples}")
     if config.eval_samples is not None and config.eval_samples < 1:
         raise CalibError(f"--eval-samples must be at least 1, got {config.eval_samples}")
@@ -212,6 +212,25 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) ->
     if config.gpu_decode == "pil" and config.placement().on_gpu and not sys.platform.startswith("linux"):
         raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
     return check_placement(config)
+
+
+MAX_DEFAULT_SAMPLES = 500   # a few hundred images calibrate as well as thousands (README)
+
+
+def default_samples(config: RunConfig, evaluate: bool = True) -> int:
+    """The calibration images when --samples is left out: half of the folder when the evaluation
+    takes the rest of it, all of it otherwise (--eval-data-dir, calibrate, the demo), at most 500.
+    A fixed 500 left nothing to evaluate on a 500-image folder, so compare and sensitivity failed
+    there by default."""
+    if config.samples is not None:
+        return config.samples
+    if config.dataset == "demo":   # its evaluation photos are a source of their own
+        return MAX_DEFAULT_SAMPLES
+    from calib.data.plan import open_source
+
+    images = len(open_source(config.dataset, config.data_dir).samples)
+    shared = evaluate and config.eval_data_dir is None
+    return max(1, min(MAX_DEFAULT_SAMPLES, images // 2 if shared else images))
 
 
 def default_out(config: RunConfig, kind: str | None = None) -> Path:

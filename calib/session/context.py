@@ -16,7 +16,7 @@ from calib.fsutil import check_output_dir
 from calib.models import Model, check_classes, parse_input_size, prepared_model, resolve_model
 from calib.placement import CPU, Placement
 from calib.report.schema import ReportHeader
-from calib.session.config import RunConfig, check_config, default_out
+from calib.session.config import RunConfig, check_config, default_out, default_samples
 
 
 def default_flavor(backend: str) -> str:
@@ -65,7 +65,7 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     store.check(write=config.recalibrate or not store.holds_caches())
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
     flavor = config.qdq_flavor or default_flavor(config.backend)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config), config.seed,
                      config.eval_data_dir, config.eval_samples)
     prepared = prepared_model(model)
     check_model_classes(model, data.calibration, prepared)
