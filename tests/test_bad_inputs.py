@@ -275,3 +275,26 @@ def test_issue22_row7_sensitivity_runs_on_a_small_folder_without_samples(tiny_mo
     calib("sensitivity", "--data-dir", small_imagenet, "--model", tiny_model, "--images", 2, "--workers", 0,
           "--cache-dir", tmp_path / "c", "--out", tmp_path / "s")
     assert (tmp_path / "s" / "sensitivity.json").is_file()
+
+
+@pytest.mark.parametrize("extra, out, words", [
+    ([], "model.engine", ["--backend ort writes a .onnx file", "*.onnx"]),
+    (["--backend", "tensorrt-rtx"], "model.onnx", ["--backend tensorrt-rtx writes an engine", "*.engine"]),
+])
+def test_issue22_row6_out_must_name_what_the_backend_writes(calibrated, tiny_model, tmp_path, extra, out, words):
+    _, cache = calibrated
+    if extra:
+        pytest.importorskip("tensorrt_rtx_bindings")
+    proc = calib("build", "--model", tiny_model, "--cache", cache, "--out", tmp_path / out, *extra, check=False)
+    assert_one_line_error(proc, *words)
+    assert proc.returncode == 2 and not list(tmp_path.iterdir())
+
+
+def test_issue22_row6_a_tensorrt_rtx_build_names_the_qdq_model_it_keeps(calibrated, tiny_model, tmp_path):
+    pytest.importorskip("tensorrt_rtx_bindings")
+    _, cache = calibrated
+    proc = calib("build", "--model", tiny_model, "--cache", cache, "--backend", "tensorrt-rtx",
+                 "--out", tmp_path / "tiny.plan")
+    assert proc.stdout.strip() == str(tmp_path / "tiny.plan")
+    assert f"Q/DQ model kept beside it: {tmp_path / 'tiny.qdq.onnx'}" in proc.stderr
+    assert (tmp_path / "tiny.qdq.onnx").is_file()

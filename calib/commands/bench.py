@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from calib.backends import get_backend, time_runner
+from calib.backends.base import ENGINE_SUFFIXES
 from calib.errors import CalibError
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
     batch_sizes = [int(b) for b in batch_sizes]
     impl = get_backend(backend)
     builds_engines = impl.artifact_suffix() != ".onnx"
-    is_engine = model_path.suffix.lower() in (".engine", ".plan", ".trt")
+    is_engine = model_path.suffix.lower() in ENGINE_SUFFIXES
     if is_engine and not builds_engines:
         raise CalibError(f"{model_path} is a TensorRT engine: bench it with --backend tensorrt or tensorrt-rtx")
     runnable, why = impl.can_run()
