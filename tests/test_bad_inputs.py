@@ -298,3 +298,13 @@ def test_issue22_row6_a_tensorrt_rtx_build_names_the_qdq_model_it_keeps(calibrat
     assert proc.stdout.strip() == str(tmp_path / "tiny.plan")
     assert f"Q/DQ model kept beside it: {tmp_path / 'tiny.qdq.onnx'}" in proc.stderr
     assert (tmp_path / "tiny.qdq.onnx").is_file()
+
+
+def test_issue22_row8_device_auto_names_the_device_on_stderr(tiny_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU here")
+    proc = calib("bench", "--model", tiny_model, "--seconds", 0.05, "--batch-sizes", 1, "--device", "auto", "--json")
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: --device auto")]
+    assert notes == ["note: --device auto runs on the CPU: torch sees no CUDA GPU"], proc.stderr

@@ -172,3 +172,29 @@ def test_issue22_row7_samples_left_out_is_half_the_folder_at_most_500(small_imag
 
     monkeypatch.setattr(plan, "open_source", lambda name, data_dir: Big())
     assert default_samples(folder) == 500
+
+
+def test_issue22_row8_device_auto_says_where_it_runs_and_why(monkeypatch):
+    import torch
+
+    from calib.backends import ort
+    from calib.errors import Note
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(Note, match="--device auto runs on the CPU: torch sees no CUDA GPU"):
+        assert check_placement(RunConfig(device="auto")) == CPU
+    with pytest.warns(Note, match="runs on the CPU: --backend tensorrt-rtx runs its engines on the GPU by itself"):
+        check_placement(RunConfig(device="auto", backend="tensorrt-rtx"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def no_provider():
+        raise CalibError("onnxruntime-gpu is not installed")
+
+    monkeypatch.setattr(ort, "require_cuda_provider", no_provider)
+    with pytest.warns(Note, match="runs on the CPU: ONNX Runtime cannot use the GPU: onnxruntime-gpu"):
+        check_placement(RunConfig(device="auto"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Note)   # a device the user named is not a choice calib made
+        check_placement(RunConfig(device="cpu"))

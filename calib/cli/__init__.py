@@ -32,7 +32,7 @@ from calib.cli.defaults import param
 from calib.cli.groups import (REQUIRED, BatchArgs, BudgetArgs, CalibratorArgs, DataArgs, DeviceArgs, JsonArgs,
                               ModelArgs, OutputArgs, QuantizeArgs, ReportArgs, TensorRTArgs, opt, run_config,
                               with_groups)
-from calib.errors import CalibError
+from calib.errors import CalibError, Note
 
 # Plain help (no rich boxes): flags read as flags, not "<bool>", and the text greps cleanly.
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -275,7 +275,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+    return f"{'note' if issubclass(category, Note) else 'warning'}: {message}\n"
 
 
 def usage_line(error: UsageError) -> str:

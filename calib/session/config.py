@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
 from calib.cache import CacheStore
 from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode
-from calib.errors import CalibError
+from calib.errors import CalibError, Note
 from calib.models import ZOO
 from calib.placement import CPU, Placement
 
@@ -59,9 +60,9 @@ class RunConfig:
     def placement(self) -> Placement:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
         whose CUDA provider runs there; TensorRT runs on its own)."""
-        if (self.device or "").strip().lower() == "auto" and self.backend != "ort":
-            return CPU
-        return resolve_placement(self.device)
+        if (self.device or "").strip().lower() == "auto":
+            return auto_placement(self.backend)[0]
+        return Placement.parse(self.device)
 
     def pass_batch_sizes(self) -> tuple[int, int]:
         """(calibration, evaluation) batch sizes: on a GPU the defaults become 64 and 256 (the
@@ -84,17 +85,27 @@ def resolve_placement(spec: str) -> Placement:
     CUDA provider, else the CPU."""
     if (spec or "cpu").strip().lower() != "auto":
         return Placement.parse(spec)
+    return auto_placement("ort")[0]
+
+
+def auto_placement(backend: str) -> tuple[Placement, str]:
+    """Where `--device auto` runs for `backend`, and why, in words: a fallback to the CPU used to be
+    silent, so a user who expected the GPU learnt it from the timings (check_placement says it)."""
+    if backend != "ort":
+        return CPU, f"--backend {backend} runs its engines on the GPU by itself"
     try:
         import torch
-
+    except ImportError:
+        return CPU, "torch is not importable"
+    try:
+        if not torch.cuda.is_available():
+            return CPU, "torch sees no CUDA GPU"
         from calib.backends.ort import require_cuda_provider
 
-        if torch.cuda.is_available():
-            require_cuda_provider()
-            return Placement((0,))
-    except Exception:  # no GPU, no CUDA provider: auto means the CPU
-        pass
-    return CPU
+        require_cuda_provider()
+    except Exception as e:  # no CUDA provider (or a broken CUDA setup): auto means the CPU
+        return CPU, f"ONNX Runtime cannot use the GPU: {' '.join(str(e).split())}"
+    return Placement((0,)), "torch sees a CUDA GPU and ONNX Runtime has its CUDA provider"
 
 
 def check_placement(config: RunConfig, passes: bool = True) -> Placement:
@@ -102,7 +113,12 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     (calib[gpu]) where ONNX Runtime runs there (the ort backend; with `passes`, the calibration
     pass); a TensorRT backend then evaluates on the same GPU batches, and several GPUs shard
     ONNX Runtime's passes only."""
-    placement = config.placement()
+    if (config.device or "").strip().lower() == "auto":
+        placement, why = auto_placement(config.backend)
+        where = "the CPU" if not placement.on_gpu else placement.first
+        warnings.warn(f"--device auto runs on {where}: {why}", Note, stacklevel=2)
+    else:
+        placement = config.placement()
     if not placement.on_gpu:
         return placement
     if placement.several and config.backend != "ort":
