@@ -4,6 +4,9 @@
   that does not match). The CLI prints it as one line and exits with its `exit_code`.
 - `InternalError`: a broken invariant inside calib (a bug). It is NOT a CalibError: the CLI lets
   it through with its traceback, because a one-liner would hide what needs fixing.
+
+`Note` is not an error: a warning category for what calib chose on the user's behalf (where
+`--device auto` runs), printed by the CLI as one "note: ..." line.
 """
 
 
@@ -23,3 +26,8 @@ class MissingDependency(CalibError):
 
 class InternalError(RuntimeError):
     """A broken invariant inside calib: a bug to report, shown with its traceback."""
+
+
+class Note(UserWarning):
+    """A choice calib made for the user, said in one line (the CLI prints "note: ..."): a warning
+    category, so a library caller can filter it like any warning."""

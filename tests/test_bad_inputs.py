@@ -165,11 +165,12 @@ def test_row11_version_and_plain_help():
 
 
 def test_percentile_applies_to_the_percentile_calibrator_only(tiny_model, tmp_path):
-    """--percentile with minmax was refused after the model was prepared; it is ignored for
-    calibrators that take no percentile, as compare always did."""
+    """--percentile with minmax was refused after the model was prepared, then ignored; it is
+    refused before any work (issue 22 row 1: an option that has no effect is an error)."""
     proc = calib("calibrate", "--model", tiny_model, "--samples", 4, "--percentile", 99.9,
-                 "--cache-dir", tmp_path / "c")
-    assert Path(proc.stdout.strip().splitlines()[-1]).is_file()
+                 "--cache-dir", tmp_path / "c", check=False)
+    assert_one_line_error(proc, "--percentile", "no effect", "minmax")
+    assert proc.returncode == 2 and not (tmp_path / "c").exists()
 
 
 def test_bench_takes_the_same_devices_as_run(tiny_model):
@@ -399,3 +400,88 @@ def test_i22_row4_the_reports_warnings_are_printed_on_the_terminal_once_each(run
     for w in r["warnings"]:
         assert lines.count(f"warning: {w}") == 1, (w, proc.stderr)
         assert f"- warning: {w}" in (out / "report.md").read_text()
+
+
+# --- Issue 22: options (rows 1-8). Each bad input: one line on stderr, exit 2, nothing written. ---
+
+
+def assert_usage_error(proc, *words):
+    """A bad option or value: calib's one line (never click's usage block) and exit 2."""
+    assert_one_line_error(proc, *words)
+    assert proc.returncode == 2, proc.stderr
+    assert "Usage:" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--bogus"], ["--bogus", "calib run --help"]),
+    (["run", "--seed", "-1"], ["--seed"]),
+    (["run", "--speed-seconds", "inf"], ["--speed-seconds", "finite"]),
+    (["cache", "show"], ["cache", "calib cache show --help"]),
+    (["build", "--cache", "c.cache", "--out", "m.onnx", "--backend", "tensorrt-rtx", "--compute-capability", "abc"], ["86, 89, 120", "8.9"]),
+    (["build", "--cache", "c.cache", "--out", "m.onnx", "--backend", "tensorrt-rtx", "--compute-capability", ""], ["86, 89, 120"]),
+])
+def test_issue22_row3_row4_usage_errors_are_one_line(args, words, tmp_path):
+    proc = calib(*args, cwd=tmp_path, check=False)
+    assert_usage_error(proc, *words)
+    assert not list(tmp_path.iterdir())
+
+
+def test_issue22_row4_compute_capability_takes_the_docs_notation():
+    from calib.commands.build import trt_options
+
+    assert trt_options("tensorrt-rtx", compute_capability="8.9") == {"compute_capability": 89}
+    assert trt_options("tensorrt-rtx", compute_capability="89") == {"compute_capability": 89}
+    assert trt_options("tensorrt-rtx", compute_capability="12.0") == {"compute_capability": 120}
+
+
+def test_issue22_row2_data_dir_alone_means_imagenet_val_and_demo_refuses_a_folder(tiny_model, small_imagenet,
+                                                                                 tmp_path):
+    work = tmp_path / "work"
+    proc = calib("run", "--dataset", "demo", "--data-dir", small_imagenet, "--samples", 4, "--model", tiny_model,
+                 "--cache-dir", work / "c", "--out", work / "r", check=False)
+    assert_one_line_error(proc, "--dataset demo", "--data-dir")
+    assert proc.returncode == 2 and not work.exists()
+    proc = calib("calibrate", "--data-dir", small_imagenet, "--samples", 4, "--model", tiny_model,
+                 "--cache-dir", work / "c", "--workers", 0)
+    sidecar = json.loads(Path(proc.stdout.strip().splitlines()[-1]).with_suffix(".json").read_text())
+    assert sidecar["key"]["dataset_id"].startswith("imagenet-val") and 1 <= sidecar["samples"] <= 4   # a corrupt one skipped
+
+
+def test_issue22_row7_sensitivity_runs_on_a_small_folder_without_samples(tiny_model, small_imagenet, tmp_path):
+    """A fixed default of 500 calibration images left nothing to evaluate on a folder of 500 or fewer."""
+    calib("sensitivity", "--data-dir", small_imagenet, "--model", tiny_model, "--images", 2, "--workers", 0,
+          "--cache-dir", tmp_path / "c", "--out", tmp_path / "s")
+    assert (tmp_path / "s" / "sensitivity.json").is_file()
+
+
+@pytest.mark.parametrize("extra, out, words", [
+    ([], "model.engine", ["--backend ort writes a .onnx file", "*.onnx"]),
+    (["--backend", "tensorrt-rtx"], "model.onnx", ["--backend tensorrt-rtx writes an engine", "*.engine"]),
+])
+def test_issue22_row6_out_must_name_what_the_backend_writes(calibrated, tiny_model, tmp_path, extra, out, words):
+    _, cache = calibrated
+    if extra:
+        pytest.importorskip("tensorrt_rtx_bindings")
+    proc = calib("build", "--model", tiny_model, "--cache", cache, "--out", tmp_path / out, *extra, check=False)
+    assert_one_line_error(proc, *words)
+    assert proc.returncode == 2 and not list(tmp_path.iterdir())
+
+
+def test_issue22_row6_a_tensorrt_rtx_build_names_the_qdq_model_it_keeps(calibrated, tiny_model, tmp_path):
+    pytest.importorskip("tensorrt_rtx_bindings")
+    _, cache = calibrated
+    proc = calib("build", "--model", tiny_model, "--cache", cache, "--backend", "tensorrt-rtx",
+                 "--out", tmp_path / "tiny.plan")
+    assert proc.stdout.strip() == str(tmp_path / "tiny.plan")
+    assert f"Q/DQ model kept beside it: {tmp_path / 'tiny.qdq.onnx'}" in proc.stderr
+    assert (tmp_path / "tiny.qdq.onnx").is_file()
+
+
+def test_issue22_row8_device_auto_names_the_device_on_stderr(tiny_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU here")
+    proc = calib("bench", "--model", tiny_model, "--seconds", 0.05, "--batch-sizes", 1, "--device", "auto", "--json")
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: --device auto")]
+    assert notes == ["note: --device auto runs on the CPU: torch sees no CUDA GPU"], proc.stderr

@@ -4,7 +4,7 @@ import pytest
 
 from calib.errors import CalibError
 from calib.placement import CPU, Placement
-from calib.session import RunConfig, check_placement, resolve_placement
+from calib.session import RunConfig, check_config, check_placement, resolve_placement
 
 
 def test_devices_are_parsed():
@@ -150,3 +150,103 @@ def test_setup_runs_a_model_that_runs_only_at_batch_1_at_batch_1_and_says_so_onc
     assert config.pass_batch_sizes() == (1, 1) and config.speed_seconds == 0
     lines = [str(w.message) for w in caught]
     assert len(lines) == 1 and "runs only at batch 1" in lines[0] and "vitlike.onnx" in lines[0]
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"speed_seconds": float("inf")}, "--speed-seconds must be a finite number"),
+    ({"max_drop": float("nan")}, "--max-drop must be a finite number"),
+    ({"seed": -1}, "--seed must be at least 0"),
+    ({"speed_seconds": -1.0}, "--speed-seconds must be at least 0"),
+])
+def test_issue22_row3_numbers_are_checked_for_library_callers_too(fields, words):
+    with pytest.raises(CalibError, match=words):
+        check_config(RunConfig(**fields))
+
+
+@pytest.mark.parametrize("value", [101.0, 0.0, -5.0, float("nan")])
+def test_issue22_row1_a_percentile_is_range_checked_whatever_the_calibrator(value):
+    for calibrator in ("minmax", "percentile"):
+        with pytest.raises(CalibError, match=r"percentile must be a number in \(0, 100\]"):
+            check_config(RunConfig(calibrator=calibrator, calibrator_params={"percentile": value}))
+
+
+def test_issue22_row1_a_parameter_no_chosen_calibrator_takes_is_refused():
+    with pytest.raises(CalibError, match="--percentile 99.0 has no effect with minmax: only the percentile"):
+        check_config(RunConfig(calibrator="minmax", calibrator_params={"percentile": 99.0}))
+    with pytest.raises(CalibError, match="no effect with minmax, mse"):
+        check_config(RunConfig(calibrator_params={"percentile": 99.0}), ["minmax", "mse"])
+    # compare's several calibrators: fine when one of them takes it.
+    check_config(RunConfig(calibrator_params={"percentile": 99.0}), ["minmax", "percentile"])
+    check_config(RunConfig(calibrator="percentile", calibrator_params={"percentile": 99.0}))
+
+
+def test_issue22_row1_compare_refuses_a_percentile_none_of_its_calibrators_takes(tmp_path):
+    from calib.commands.compare import compare_calibrators
+
+    config = RunConfig(calibrator_params={"percentile": 99.0}, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(CalibError, match="no effect"):
+        compare_calibrators(config, ["minmax", "entropy"], tmp_path / "out")
+    assert not list(tmp_path.iterdir())
+
+
+def test_issue22_row2_a_folder_without_a_dataset_is_imagenet_val():
+    assert RunConfig().dataset == "demo"
+    assert RunConfig(data_dir="/some/folder").dataset == "imagenet-val"
+    assert RunConfig(dataset="hf:x", data_dir=None).dataset == "hf:x"
+
+
+@pytest.mark.parametrize("fields, flags", [
+    ({"dataset": "demo", "data_dir": "/d"}, "--data-dir"),
+    ({"dataset": "demo", "eval_data_dir": "/e"}, "--eval-data-dir"),
+    ({"dataset": "hf:beans", "data_dir": "/d", "eval_data_dir": "/e"}, "--data-dir or --eval-data-dir"),
+])
+def test_issue22_row2_a_folder_the_dataset_does_not_read_is_refused(fields, flags):
+    with pytest.raises(CalibError, match=f"--dataset {fields['dataset']} reads .*, not {flags}: folders are for "
+                                         "imagenet-val"):
+        check_config(RunConfig(**fields))
+
+
+def test_issue22_row7_samples_left_out_is_half_the_folder_at_most_500(small_imagenet, monkeypatch):
+    from calib.data import plan
+    from calib.data.sources import imagenet_val
+    from calib.session import default_samples
+
+    images = len(imagenet_val(str(small_imagenet)).samples)
+    folder = RunConfig(data_dir=str(small_imagenet))
+    assert default_samples(folder) == images // 2                   # the rest evaluates
+    assert default_samples(folder, evaluate=False) == images        # calibrate: all of it
+    assert default_samples(RunConfig(data_dir=str(small_imagenet), eval_data_dir="/e")) == images
+    assert default_samples(RunConfig(data_dir=str(small_imagenet), samples=3)) == 3
+    assert default_samples(RunConfig()) == 500                       # the demo: all its variants
+
+    class Big:
+        samples = [None] * 5000
+
+    monkeypatch.setattr(plan, "open_source", lambda name, data_dir: Big())
+    assert default_samples(folder) == 500
+
+
+def test_issue22_row8_device_auto_says_where_it_runs_and_why(monkeypatch):
+    import torch
+
+    from calib.backends import ort
+    from calib.errors import Note
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(Note, match="--device auto runs on the CPU: torch sees no CUDA GPU"):
+        assert check_placement(RunConfig(device="auto")) == CPU
+    with pytest.warns(Note, match="runs on the CPU: --backend tensorrt-rtx runs its engines on the GPU by itself"):
+        check_placement(RunConfig(device="auto", backend="tensorrt-rtx"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def no_provider():
+        raise CalibError("onnxruntime-gpu is not installed")
+
+    monkeypatch.setattr(ort, "require_cuda_provider", no_provider)
+    with pytest.warns(Note, match="runs on the CPU: ONNX Runtime cannot use the GPU: onnxruntime-gpu"):
+        check_placement(RunConfig(device="auto"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Note)   # a device the user named is not a choice calib made
+        check_placement(RunConfig(device="cpu"))

@@ -39,6 +39,11 @@ class Runner(ABC):
         """Release device resources."""
 
 
+# What TensorRT users name engine files (trtexec's --saveEngine examples use all three): bench
+# loads these as engines, and a build writing an engine takes any of them for --out.
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
 class Backend(ABC):
     name: ClassVar[str]          # the registry name (`--backend NAME`)
     qdq_flavor: ClassVar[str]    # the Q/DQ flavor this backend builds INT8 models from

@@ -17,12 +17,22 @@ from typing import Optional
 
 import typer
 
+try:   # typer from 0.2x carries its own click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:   # older typer runs on click itself
+    from click.exceptions import ClickException, UsageError
+
+    try:
+        from click.exceptions import NoArgsIsHelpError
+    except ImportError:   # click < 8.2 prints the help and exits without raising
+        NoArgsIsHelpError = ()
+
 from calib.cli import console
 from calib.cli.defaults import param
 from calib.cli.groups import (REQUIRED, BatchArgs, BudgetArgs, CalibratorArgs, DataArgs, DeviceArgs, JsonArgs,
                               ModelArgs, OutputArgs, QuantizeArgs, ReportArgs, TensorRTArgs, opt, run_config,
                               with_groups)
-from calib.errors import CalibError
+from calib.errors import CalibError, Note
 
 # Plain help (no rich boxes): flags read as flags, not "<bool>", and the text greps cleanly.
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -209,7 +219,7 @@ def cache_verify(cache: str = typer.Argument(..., help="cache file"), *, model: 
 
 @cache_app.command("diff")
 def cache_diff(a: str = typer.Argument(..., help="first cache"), b: str = typer.Argument(..., help="second cache"),
-               top: int = typer.Option(20, "--top", help="rows to show")) -> None:
+               top: int = typer.Option(20, "--top", min=0, help="rows to show")) -> None:
     """Per-tensor scale ratio b/a, largest changes first."""
     from calib.commands.cache import diff_caches
 
@@ -266,7 +276,16 @@ def _interrupt(signum, frame) -> None:
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+    return f"{'note' if issubclass(category, Note) else 'warning'}: {message}\n"
+
+
+def usage_line(error: UsageError) -> str:
+    """A usage error (unknown option, bad value, missing argument) as calib's one line, naming the
+    command's --help: the same style as every other bad input, not click's usage block."""
+    message = " ".join(error.format_message().split())
+    ctx = getattr(error, "ctx", None)
+    where = ctx.command_path if ctx is not None and ctx.command_path else "calib"
+    return f"{message} (see {where} --help)"
 
 
 def main() -> None:
@@ -277,7 +296,20 @@ def main() -> None:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        app()
+        code = app(prog_name="calib", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)   # --help, --version and typer.Exit give their code
+    except UsageError as e:
+        if isinstance(e, NoArgsIsHelpError):   # `calib`, `calib cache`: the help is what was asked for
+            e.show()
+            sys.exit(e.exit_code)
+        typer.echo(f"calib: error: {usage_line(e)}", err=True)
+        sys.exit(2)
+    except ClickException as e:   # a parameter's own failure (e.g. a file it could not open)
+        typer.echo(f"calib: error: {' '.join(e.format_message().split())}", err=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("calib: error: aborted", err=True)
+        sys.exit(1)
     except CalibError as e:
         if os.environ.get("CALIB_DEBUG"):
             raise

@@ -122,12 +122,15 @@ def cache_diff_table(d: dict, a: str, b: str, top: int) -> None:
 
 def build_summary(result) -> None:
     """What `calib build` says: the cache's problems and the tensors left in float on stderr, the
-    GPU the model was run on, then the path of what was built."""
+    GPU the model was run on, the Q/DQ model an engine was built from, then the path of what was
+    built."""
     notes(result.validation.problems(), "warning")
     for name in result.left_in_float:
         typer.echo(f"left in float (no scale): {name}", err=True)
     if result.device != "cpu":
         typer.echo(f"runs in ONNX Runtime's CUDA provider on {result.device}", err=True)
+    if getattr(result, "qdq_model", None):
+        typer.echo(f"built from the Q/DQ model kept beside it: {result.qdq_model}", err=True)
     typer.echo(str(result.path))
 
 

@@ -1,7 +1,7 @@
 """Where each command-line option's default comes from: the library, where the value acts.
 
 An option's default is declared once, in the library: a `RunConfig` field
-(`calib.session.config.RunConfig.samples = 500`) or a command function's parameter
+(`calib.session.config.RunConfig.batch_size = 32`) or a command function's parameter
 (`calib.commands.compare.compare_calibrators(sqnr_images=16)`). The option groups
 (`calib.cli.groups`) name that place instead of restating the value, so the default shown by
 `--help`, the one the CLI passes and the one a library caller gets cannot drift apart. Options

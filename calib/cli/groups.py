@@ -24,6 +24,9 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, ClassVar, Optional
 
@@ -55,8 +58,34 @@ class Opt:
         kind = self.type if self.type is not None else annotation
         if kind is None or kind is inspect.Parameter.empty:
             raise TypeError(f"option '{name}' has no type")
+        info = self.info
+        if is_float(kind):   # every float option: nan and inf are refused where it is parsed
+            info = copy.copy(info)
+            info.callback = _chain(finite, info.callback)
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=self.default_value(name),
-                                 annotation=Annotated[kind, self.info])
+                                 annotation=Annotated[kind, info])
+
+
+def is_float(kind: Any) -> bool:
+    """Whether an option of type `kind` (float or Optional[float]) takes a float: the options that
+    `finite` guards."""
+    return kind is float or (typing.get_origin(kind) in (typing.Union, types.UnionType)
+                             and float in typing.get_args(kind))
+
+
+def finite(value: Optional[float]) -> Optional[float]:
+    """Refuse nan and inf for a float option: `--speed-seconds inf` would time forever and a nan
+    budget or percentile compares false with every bound, so a range check alone lets it through."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, not {value}")
+    return value
+
+
+def _chain(first: Callable[[Any], Any], then: Callable[..., Any] | None) -> Callable[[Any], Any]:
+    """`first`, then the option's own callback (if it has one) on what `first` returned."""
+    if then is None:
+        return first
+    return lambda value: then(first(value))
 
 
 def opt(*decls: Any, default: Any = defaults.config(), **typer_options: Any) -> Opt:
@@ -196,12 +225,17 @@ class DataArgs(Group):
     """The images: which dataset, how many for calibration and for evaluation, the seed of the
     split, the decoding processes (Polygraphy: DataLoaderArgs)."""
     options = {
-        "dataset": opt(str, "--dataset", help="demo (embedded photos), imagenet-val, or hf:<name-or-path>"),
-        "data_dir": opt(Optional[str], "--data-dir", help="dataset folder (imagenet-val; default $CALIB_IMAGENET_VAL)"),
-        "samples": opt(int, "--samples", help="calibration images"),
+        "dataset": opt(Optional[str], "--dataset",
+                       help="demo (embedded photos), imagenet-val, or hf:<name-or-path> (default: imagenet-val when "
+                            "--data-dir is given, else demo; demo and hf: take no --data-dir or --eval-data-dir)"),
+        "data_dir": opt(Optional[str], "--data-dir",
+                        help="an ImageNet-layout folder (imagenet-val, which it implies; default $CALIB_IMAGENET_VAL)"),
+        "samples": opt(Optional[int], "--samples", min=1,
+                       help="calibration images (default: half of the folder, the rest evaluating, at most 500; "
+                            "all of it, at most 500, with --eval-data-dir, for calibrate and for the demo)"),
         "eval_data_dir": opt(Optional[str], "--eval-data-dir", help="separate evaluation folder"),
         "eval_samples": opt(Optional[int], "--eval-samples", min=1, help="limit evaluation images"),
-        "seed": opt(int, "--seed", help="seed of the calibration/evaluation split"),
+        "seed": opt(int, "--seed", min=0, help="seed of the calibration/evaluation split"),
         "workers": opt(Optional[int], "--workers", min=0,
                        help="decoding processes (0: decode in this process); with --gpu-decode pil, per GPU"),
     }
@@ -220,7 +254,8 @@ class CalibratorArgs(Group):
                                "EntropyCalibration2), percentile, mse, or a plug-in"),
         # None: not given; the percentile calibrator's own default applies (calib.calibrators).
         "percentile": opt(Optional[float], "--percentile", default=None,
-                          help="percentile calibrator: the percentile of |x| (default 99.99)"),
+                          help="percentile calibrator: the percentile of |x|, in (0, 100] (default 99.99); refused "
+                               "when no calibrator used takes it"),
         "recalibrate": opt(bool, "--recalibrate", help="ignore a matching cache and calibrate again"),
     }
 
@@ -302,14 +337,15 @@ class TensorRTArgs(Group):
     """TensorRT build options (Polygraphy: TrtConfigArgs), for calib.commands.build and bench, which
     refuse them for a backend that builds no engine; None: not given, the backend decides."""
     options = {
-        "min_batch": opt(Optional[int], "--min-batch", default=None, help="TensorRT profile: smallest batch"),
-        "opt_batch": opt(Optional[int], "--opt-batch", default=None, help="TensorRT profile: batch to tune for"),
-        "max_batch": opt(Optional[int], "--max-batch", default=None, help="TensorRT profile: largest batch"),
-        "workspace_mib": opt(Optional[int], "--workspace-mib", default=None, help="TensorRT workspace limit"),
+        "min_batch": opt(Optional[int], "--min-batch", default=None, min=1, help="TensorRT profile: smallest batch"),
+        "opt_batch": opt(Optional[int], "--opt-batch", default=None, min=1, help="TensorRT profile: batch to tune for"),
+        "max_batch": opt(Optional[int], "--max-batch", default=None, min=1, help="TensorRT profile: largest batch"),
+        "workspace_mib": opt(Optional[int], "--workspace-mib", default=None, min=1, help="TensorRT workspace limit"),
         "timing_cache": opt(Optional[str], "--timing-cache", default=None,
                             help="TensorRT timing cache file, reused across builds"),
-        "compute_capability": opt(Optional[int], "--compute-capability", default=None,
-                                  help="TensorRT-RTX: the GPU generation to build for: 86, 89 (default) or 120"),
+        "compute_capability": opt(Optional[str], "--compute-capability", default=None,
+                                  help="TensorRT-RTX: the GPU generation to build for: 86, 89 (default) or 120, "
+                                       "also written 8.6, 8.9, 12.0"),
     }
 
 

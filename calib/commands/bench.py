@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from calib.backends import get_backend, time_runner
+from calib.backends.base import ENGINE_SUFFIXES
 from calib.errors import CalibError
 
 if TYPE_CHECKING:
@@ -35,9 +36,11 @@ def model_precision(proto) -> str:
     return "fp32"
 
 
-def _onnx_input(model_path: Path, input_size: tuple[int, int] | None = None) -> tuple[int | str, tuple[int, int, int], str]:
+def _onnx_input(model_path: Path, input_size: tuple[int, int] | None = None,
+                default_side: int | None = None) -> tuple[int | str, tuple[int, int, int], str]:
     """(batch dim, (C, H, W), precision) of the ONNX model's single image input; a dynamic H/W
-    takes `input_size`."""
+    takes `input_size`, else `default_side` (the preprocessing preset's size, as `calib run` takes
+    it: one fixed side makes square images of that side)."""
     from calib.onnx_io import load_model
 
     proto = load_model(model_path, external_data=False)
@@ -52,6 +55,9 @@ def _onnx_input(model_path: Path, input_size: tuple[int, int] | None = None) -> 
                 raise CalibError(f"{model_path} takes {dims[2]}x{dims[3]} images, not --input-size "
                                  f"{input_size[0]}x{input_size[1]}")
         dims = [dims[0], dims[1], *input_size]
+    elif len(dims) == 4 and default_side is not None:
+        fixed = [d for d in dims[2:] if isinstance(d, int) and d > 0]
+        dims = [dims[0], dims[1], *([fixed[0]] * 2 if len(fixed) == 1 else dims[2:] if fixed else [default_side] * 2)]
     if len(dims) != 4 or not (isinstance(dims[1], int) and dims[1] > 0):
         raise CalibError(f"{model_path}: input must be (N, C, H, W) with a fixed C, found {dims}")
     if not all(isinstance(d, int) and d > 0 for d in dims[2:]):
@@ -63,7 +69,8 @@ def _onnx_input(model_path: Path, input_size: tuple[int, int] | None = None) -> 
 
 def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds: float,
                 precision: str | None = None, *, engine: Path | None = None,
-                input_size: tuple[int, int] | None = None, device: str = "cpu", **build_options) -> list[dict]:
+                input_size: tuple[int, int] | None = None, default_side: int | None = None, device: str = "cpu",
+                **build_options) -> list[dict]:
     """Time `model_path` on `backend` (ort, tensorrt, tensorrt-rtx) at each batch size for `seconds` each.
 
     Returns one dict per batch size: backend, model, precision, batch_size, iterations,
@@ -78,12 +85,12 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
         raise CalibError(f"model file not found: {model_path}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise CalibError(f"batch sizes must be positive integers, got {batch_sizes}")
-    if seconds <= 0:
-        raise CalibError(f"seconds must be positive, got {seconds}")
+    if not 0 < seconds < float("inf"):   # inf would time forever, nan compares false with every bound
+        raise CalibError(f"seconds must be positive and finite, got {seconds}")
     batch_sizes = [int(b) for b in batch_sizes]
     impl = get_backend(backend)
     builds_engines = impl.artifact_suffix() != ".onnx"
-    is_engine = model_path.suffix.lower() in (".engine", ".plan", ".trt")
+    is_engine = model_path.suffix.lower() in ENGINE_SUFFIXES
     if is_engine and not builds_engines:
         raise CalibError(f"{model_path} is a TensorRT engine: bench it with --backend tensorrt or tensorrt-rtx")
     runnable, why = impl.can_run()
@@ -103,7 +110,7 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             artifact = model_path
             precision = precision or "engine"
         else:
-            batch, shape, own = _onnx_input(model_path, input_size)
+            batch, shape, own = _onnx_input(model_path, input_size, default_side)
             if backend == "ort" and precision not in (None, own):
                 raise CalibError(f"--precision {precision} does not apply to ONNX Runtime, which runs {model_path.name} "
                                  f"as it is ({own}); bench the {precision} model itself (calib build writes the "
@@ -162,11 +169,16 @@ def _check_bench_memory(need, batch_sizes: list[int], device: str) -> None:
 def bench(config: RunConfig, batch_sizes: list[int], seconds: float, precision: str | None = None,
           timing_cache: str | Path | None = None) -> list[dict]:
     """`calib bench`: time `config.model` (a zoo model's FP32 ONNX file, or a path to an ONNX or
-    engine file) on `config.backend` at `config.device`; `config.input_size` for a dynamic H/W.
+    engine file) on `config.backend` at `config.device`; a dynamic H/W takes `config.input_size`,
+    else the preprocessing preset's size, as `calib run` does (`calib.models.resolve_model`).
     `timing_cache` is TensorRT's (refused by ONNX Runtime, as any build option)."""
+    from calib.data.transforms import get_preset
     from calib.models import ZOO, parse_input_size, resolve_model
+    from calib.models.intake import DEFAULT_PRESET
 
     path = resolve_model(config.model).path if config.model in ZOO else Path(config.model)
     extra = {"timing_cache": Path(timing_cache)} if timing_cache else {}
     return bench_model(path, config.backend, batch_sizes, seconds, precision,
-                       input_size=parse_input_size(config.input_size), device=config.device, **extra)
+                       input_size=parse_input_size(config.input_size),
+                       default_side=get_preset(config.preprocess or DEFAULT_PRESET).size, device=config.device,
+                       **extra)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from calib.backends import get_backend
+from calib.backends import Backend, get_backend
+from calib.backends.base import ENGINE_SUFFIXES
 from calib.cache import ModelRequirements, Validation, validate_cache
 from calib.errors import CalibError
 from calib.fsutil import atomic_path, check_output_file, is_calib_onnx, mark_calib_onnx
@@ -34,6 +35,19 @@ class BuildResult:
     validation: Validation
     left_in_float: list[str]
     device: str = "cpu"        # where the built model was loaded and run once ("cpu": it was not)
+    qdq_model: Path | None = None   # an engine's Q/DQ model, kept beside it (qdq_path_for); None for ONNX
+
+
+def check_artifact_name(out: Path, backend: Backend) -> None:
+    """`out` must name what `backend` writes: with the default ort backend `--out model.engine`
+    silently got an ONNX file under an engine's name (and a TensorRT build an engine named .onnx)."""
+    suffix = backend.artifact_suffix()
+    accepted = ENGINE_SUFFIXES if suffix in ENGINE_SUFFIXES else (suffix,)
+    if Path(out).suffix.lower() not in accepted:
+        what = "an engine" if suffix in ENGINE_SUFFIXES else f"a {suffix} file"
+        other = "--backend tensorrt or tensorrt-rtx for an engine" if suffix == ".onnx" else "--backend ort for ONNX"
+        raise CalibError(f"--out {out}: --backend {backend.name} writes {what}: name it "
+                         f"{' or '.join('*' + a for a in accepted)} ({other})")
 
 
 def cache_requirements(model: Model, prepared: onnx.ModelProto, flavor: str) -> ModelRequirements:
@@ -79,6 +93,7 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
                      overwrite: bool = False, **backend_options) -> BuildResult:
     out = check_output_file(out, overwrite, is_calib_artifact)
     b = get_backend(backend)
+    check_artifact_name(out, b)
     if b.artifact_suffix() != ".onnx":
         check_output_file(qdq_path_for(out), overwrite, is_calib_onnx)
     entry, report = check_cache(model, prepared, cache_path, flavor)
@@ -104,7 +119,7 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
     except BaseException:
         qdq_path.unlink(missing_ok=True)
         raise
-    return BuildResult(out, report, left)
+    return BuildResult(out, report, left, qdq_model=qdq_path)
 
 
 def build_device(spec: str, backend: str) -> str:
@@ -145,6 +160,10 @@ def trt_options(backend: str, **given) -> dict:
         options["timing_cache"] = Path(given["timing_cache"])
     if options and not backend.startswith("tensorrt"):
         raise CalibError(f"--{next(iter(options)).replace('_', '-')} applies to the TensorRT backends only")
+    if "compute_capability" in options:   # "8.9" or "89", checked before anything is resolved or written
+        from calib.backends.tensorrt.plan import check_compute_capability
+
+        options["compute_capability"] = check_compute_capability(options["compute_capability"])
     return options
 
 
@@ -159,6 +178,8 @@ def build(config: RunConfig, cache: str | Path, out: str | Path, force: bool = F
 
     checked_on = build_device(config.device, config.backend)
     options = trt_options(config.backend, **backend_options)
+    # The output's name and place, before the model is resolved (a zoo model is exported first).
+    check_artifact_name(check_output_file(Path(out), overwrite, is_calib_artifact), get_backend(config.backend))
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
     flavor = config.qdq_flavor or default_flavor(config.backend)
     result = build_from_cache(model, prepared_model(model), Path(cache), flavor, Path(out), backend=config.backend,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data.plan import DataPlan, plan_data
 from calib.models import parse_input_size, prepared_model, resolve_model
-from calib.session.config import RunConfig, check_config
+from calib.session.config import RunConfig, check_config, default_samples
 from calib.session.context import fit_to_memory, run_at_fixed_batch
 
 
@@ -17,7 +17,8 @@ def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     store.check(write=config.recalibrate or not store.holds_caches())
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
     fit_to_memory(config, model, placement)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed, evaluate=False)
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config, evaluate=False),
+                     config.seed, evaluate=False)
     prepared = prepared_model(model)
     run_at_fixed_batch(config, model, prepared)
     outcome = calibrate(model, prepared, data.calibration, config.calibrator,

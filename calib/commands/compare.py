@@ -58,7 +58,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
     runnable, why = backend.can_run()
     if not runnable:  # evaluation runs the engines: say so before any calibration work
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
-    s = setup(config, out, "compare")
+    s = setup(config, out, "compare", names)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     started = time.perf_counter()
     placement = s.placement

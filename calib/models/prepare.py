@@ -259,7 +259,7 @@ def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool
     fix = (f"export it with a dynamic batch axis (dynamic_axes={{'{name}': {{0: 'batch'}}}})")
     try:
         pair = session.run(None, {name: x}, quiet)[0]
-    except Exception as e:
+    except Exception:
         if fixed_batch is not None:
             raise CalibError(f"{model.path}: its graph fixes the batch size at {fixed_batch} and calib writes "
                              f"models with a dynamic batch: {fix}") from None

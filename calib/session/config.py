@@ -5,14 +5,17 @@ here once (`Placement`)."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Sequence
 
 from calib.cache import CacheStore
 from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode
-from calib.errors import CalibError
+from calib.errors import CalibError, Note
 from calib.models import ZOO
 from calib.placement import CPU, Placement
 
@@ -23,9 +26,9 @@ class RunConfig:
     model: str = "efficientnet_lite0"
     preprocess: str | None = None
     input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
-    dataset: str = "demo"
+    dataset: str | None = None           # None: imagenet-val when data_dir is given, else demo (__post_init__)
     data_dir: str | None = None
-    samples: int = 500
+    samples: int | None = None           # None: half of the folder (the rest evaluates), at most 500 (default_samples)
     eval_data_dir: str | None = None
     eval_samples: int | None = None
     calibrator: str = "minmax"  # the default of ModelOpt and ONNX Runtime; see README
@@ -48,12 +51,18 @@ class RunConfig:
     device: str = "cpu"                  # cpu, cuda, cuda:N, cuda:0,1 (several GPUs) or auto
     gpu_decode: str = "nvjpeg"           # on a GPU: nvjpeg, or pil (the CPU path's pixels; calib.data.host_decode)
 
+    def __post_init__(self) -> None:
+        """A folder given without a dataset is an ImageNet-layout folder: `--data-dir X` alone used to
+        run the 5-photo demo and ignore X."""
+        if self.dataset is None:
+            self.dataset = "imagenet-val" if self.data_dir else "demo"
+
     def placement(self) -> Placement:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
         whose CUDA provider runs there; TensorRT runs on its own)."""
-        if (self.device or "").strip().lower() == "auto" and self.backend != "ort":
-            return CPU
-        return resolve_placement(self.device)
+        if (self.device or "").strip().lower() == "auto":
+            return auto_placement(self.backend)[0]
+        return Placement.parse(self.device)
 
     def pass_batch_sizes(self) -> tuple[int, int]:
         """(calibration, evaluation) batch sizes: on a GPU the defaults become 64 and 256 (the
@@ -76,17 +85,27 @@ def resolve_placement(spec: str) -> Placement:
     CUDA provider, else the CPU."""
     if (spec or "cpu").strip().lower() != "auto":
         return Placement.parse(spec)
+    return auto_placement("ort")[0]
+
+
+def auto_placement(backend: str) -> tuple[Placement, str]:
+    """Where `--device auto` runs for `backend`, and why, in words: a fallback to the CPU used to be
+    silent, so a user who expected the GPU learnt it from the timings (check_placement says it)."""
+    if backend != "ort":
+        return CPU, f"--backend {backend} runs its engines on the GPU by itself"
     try:
         import torch
-
+    except ImportError:
+        return CPU, "torch is not importable"
+    try:
+        if not torch.cuda.is_available():
+            return CPU, "torch sees no CUDA GPU"
         from calib.backends.ort import require_cuda_provider
 
-        if torch.cuda.is_available():
-            require_cuda_provider()
-            return Placement((0,))
-    except Exception:  # no GPU, no CUDA provider: auto means the CPU
-        pass
-    return CPU
+        require_cuda_provider()
+    except Exception as e:  # no CUDA provider (or a broken CUDA setup): auto means the CPU
+        return CPU, f"ONNX Runtime cannot use the GPU: {' '.join(str(e).split())}"
+    return Placement((0,)), "torch sees a CUDA GPU and ONNX Runtime has its CUDA provider"
 
 
 def check_placement(config: RunConfig, passes: bool = True) -> Placement:
@@ -94,7 +113,12 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     (calib[gpu]) where ONNX Runtime runs there (the ort backend; with `passes`, the calibration
     pass); a TensorRT backend then evaluates on the same GPU batches, and several GPUs shard
     ONNX Runtime's passes only."""
-    placement = config.placement()
+    if (config.device or "").strip().lower() == "auto":
+        placement, why = auto_placement(config.backend)
+        where = "the CPU" if not placement.on_gpu else placement.first
+        warnings.warn(f"--device auto runs on {where}: {why}", Note, stacklevel=2)
+    else:
+        placement = config.placement()
     if not placement.on_gpu:
         return placement
     if placement.several and config.backend != "ort":
@@ -110,22 +134,88 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     return placement
 
 
-def check_config(config: RunConfig) -> Placement:
+FOLDER_DATASETS = ("imagenet-val",)   # the datasets that read --data-dir and --eval-data-dir
+
+
+def check_dataset_options(config: RunConfig) -> None:
+    """A folder option the chosen dataset does not read is refused: `--dataset demo --data-dir X`
+    ran the embedded photos and ignored X, and an hf: dataset evaluated on itself whatever
+    --eval-data-dir said."""
+    if config.dataset in FOLDER_DATASETS:
+        return
+    given = [flag for flag, value in (("--data-dir", config.data_dir), ("--eval-data-dir", config.eval_data_dir))
+             if value]
+    if given:
+        reads = "its embedded photos" if config.dataset == "demo" else "the images its name gives"
+        raise CalibError(f"--dataset {config.dataset} reads {reads}, not {' or '.join(given)}: folders are for "
+                         f"{', '.join(FOLDER_DATASETS)} (the dataset --data-dir implies when --dataset is left out)")
+
+
+def check_numbers(config: RunConfig) -> None:
+    """Every float field finite and the seed a seed, for library callers as for the command line
+    (whose option groups refuse these where they are parsed): an infinite --speed-seconds timed
+    forever, a nan budget compared false with every bound, and numpy refuses a negative seed only
+    after the model is prepared."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CalibError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}")
+    if config.seed < 0:
+        raise CalibError(f"--seed must be at least 0, got {config.seed}")
+    if config.speed_seconds < 0:
+        raise CalibError(f"--speed-seconds must be at least 0, got {config.speed_seconds}")
+
+
+def check_calibrator_params(params: dict, calibrators: Sequence[str]) -> None:
+    """Each calibrator parameter (--percentile) range-checked by the calibrator that declares it,
+    and refused when none of `calibrators` takes it: `params_for` hands each calibrator only its
+    own parameters, so `--percentile 101` with minmax used to be accepted and ignored. compare
+    passes its several calibrators: --percentile is fine there when one of them takes it."""
+    from calib.calibrators import available_calibrators, calibrator_class
+
+    for key, value in params.items():
+        users = [name for name in calibrators if key in calibrator_class(name).defaults]
+        owners = users or [name for name in available_calibrators() if key in _defaults_of(name)]
+        if owners:
+            calibrator_class(owners[0])(None, **{key: value})   # its own check: (0, 100] for a percentile
+        if not users:
+            takes = f"only the {', '.join(owners)} calibrator takes it" if owners else "no calibrator takes it"
+            raise CalibError(f"--{key.replace('_', '-')} {value} has no effect with {', '.join(calibrators)}: {takes}")
+
+
+def _defaults_of(name: str) -> dict:
+    """The parameters calibrator `name` takes; none for a plug-in that cannot be loaded (the
+    calibrators a command uses are loaded, and fail, on their own)."""
+    from calib.calibrators import calibrator_class
+
+    try:
+        return dict(calibrator_class(name).defaults)
+    except CalibError:
+        return {}
+
+
+def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) -> Placement:
     """Every option that can be checked without the model or the images, checked first: a typo
     must not cost a model export, a calibration pass or a sensitivity ranking before it fails.
+    `calibrators`: the ones the command uses (default: `config.calibrator`; compare: its list).
     Returns where the run goes (checked usable here)."""
     from calib.backends import backend_class
-    from calib.calibrators import get_calibrator
+    from calib.calibrators import calibrator_class
     from calib.calibrators.registry import params_for
     from calib.quantize import get_flavor
     from calib.stats.budget import check_budget
 
     # Unknown names and bad parameters (--percentile 150) fail here, naming what is accepted.
-    get_calibrator(config.calibrator, **params_for(config.calibrator, config.calibrator_params))
+    calibrators = list(calibrators) if calibrators is not None else [config.calibrator]
+    for name in calibrators:
+        calibrator_class(name)(None, **params_for(name, config.calibrator_params))
+    check_calibrator_params(config.calibrator_params, calibrators)
     backend_class(config.backend)  # unknown names fail here, naming the choices
     if config.qdq_flavor is not None:
         get_flavor(config.qdq_flavor)  # unknown names fail here, naming the choices
-    if config.samples < 1:
+    check_numbers(config)
+    check_dataset_options(config)
+    if config.samples is not None and config.samples < 1:
         raise CalibError(f"--samples must be at least 1, got {config.samples}")
     if config.eval_samples is not None and config.eval_samples < 1:
         raise CalibError(f"--eval-samples must be at least 1, got {config.eval_samples}")
@@ -138,6 +228,25 @@ def check_config(config: RunConfig) -> Placement:
     if config.gpu_decode == "pil" and config.placement().on_gpu and not sys.platform.startswith("linux"):
         raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
     return check_placement(config)
+
+
+MAX_DEFAULT_SAMPLES = 500   # a few hundred images calibrate as well as thousands (README)
+
+
+def default_samples(config: RunConfig, evaluate: bool = True) -> int:
+    """The calibration images when --samples is left out: half of the folder when the evaluation
+    takes the rest of it, all of it otherwise (--eval-data-dir, calibrate, the demo), at most 500.
+    A fixed 500 left nothing to evaluate on a 500-image folder, so compare and sensitivity failed
+    there by default."""
+    if config.samples is not None:
+        return config.samples
+    if config.dataset == "demo":   # its evaluation photos are a source of their own
+        return MAX_DEFAULT_SAMPLES
+    from calib.data.plan import open_source
+
+    images = len(open_source(config.dataset, config.data_dir).samples)
+    shared = evaluate and config.eval_data_dir is None
+    return max(1, min(MAX_DEFAULT_SAMPLES, images // 2 if shared else images))
 
 
 def default_out(config: RunConfig, kind: str | None = None) -> Path:

@@ -16,7 +16,7 @@ from calib.fsutil import check_output_dir
 from calib.models import Model, check_classes, fixed_batch, parse_input_size, prepared_model, resolve_model
 from calib.placement import CPU, Placement
 from calib.report.schema import ReportHeader
-from calib.session.config import RunConfig, check_config, default_out
+from calib.session.config import RunConfig, check_config, default_out, default_samples
 
 
 def default_flavor(backend: str) -> str:
@@ -53,10 +53,12 @@ class RunSetup:
     placement: Placement = CPU
 
 
-def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = None) -> RunSetup:
+def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = None,
+          calibrators: list[str] | None = None) -> RunSetup:
     """What run, compare and sensitivity share: the model, the Q/DQ flavor, the calibration and
-    evaluation data, the prepared FP32 graph and the output folder."""
-    placement = check_config(config)
+    evaluation data, the prepared FP32 graph and the output folder. `calibrators`: those the
+    command uses, when not `config.calibrator` alone (compare)."""
+    placement = check_config(config, calibrators)
     out = Path(out) if out else default_out(config, kind)
     check_output_dir(out)                              # before any model export or calibration
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
@@ -64,7 +66,7 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
     fit_to_memory(config, model, placement)            # before the prepared model, whose probe runs it
     flavor = config.qdq_flavor or default_flavor(config.backend)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config), config.seed,
                      config.eval_data_dir, config.eval_samples)
     prepared = prepared_model(model)
     run_at_fixed_batch(config, model, prepared)

@@ -54,7 +54,7 @@ def test_a_group_option_for_a_runconfig_field_takes_its_default_from_runconfig()
             if name in FIELDS:
                 assert option.default == defaults.config(), f"{g.__name__}.{name} restates RunConfig's default"
                 param = option.parameter(name)
-                assert param.default == getattr(RunConfig(), name), name
+                assert param.default == RunConfig.__dataclass_fields__[name].default, name
 
 
 @pytest.mark.parametrize("group, values, part", [
@@ -212,3 +212,44 @@ def test_chosen_help_says_the_choice_is_by_logits_sqnr():
     chosen = text[text.index("--chosen"):]
     chosen = chosen[:chosen.index(" --", 1)]
     assert "logits SQNR" in chosen and "agreement" not in chosen, chosen
+
+
+def command_options():
+    """(command words, flag, declared type, click parameter) of every option of every command."""
+    import typer.main
+
+    def walk(command, words):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*words, name])
+        if not hasattr(command, "commands"):
+            for param in command.params:
+                flag = next((o for o in getattr(param, "opts", ()) if o.startswith("--")), None)
+                kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+                if flag and flag != "--help":
+                    yield words, flag, kind, param
+
+    yield from walk(typer.main.get_command(app), [])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_issue22_every_float_option_refuses_a_value_that_is_not_finite(value):
+    """Issue 22 row 3: `--speed-seconds inf` hung after the evaluation. The groups guard every float
+    option (Opt.parameter), so an option added later is guarded too."""
+    floats = [(words, flag) for words, flag, kind, _ in command_options() if groups.is_float(kind)]
+    assert len(floats) >= 5   # --percentile, --max-drop, --min-agreement, --speed-seconds, --seconds, ...
+    for words, flag in floats:
+        result = CliRunner().invoke(app, [*words, f"{flag}={value}"])
+        assert result.exit_code == 2, (words, flag, result.output)
+        assert f"'{flag}'" in result.output, (words, flag, result.output)
+
+
+def test_issue22_every_count_and_seed_option_has_a_lower_bound():
+    """Issue 22 row 3: `--seed -1` ended in numpy's ValueError. Every int option is a count, a size
+    or a seed: each declares its lower bound where it is parsed."""
+    ints = [(words, flag, param) for words, flag, kind, param in command_options()
+            if kind is int or kind == Optional[int]]
+    assert any(flag == "--seed" for _, flag, _ in ints)
+    unbounded = [(" ".join(words), flag) for words, flag, param in ints if getattr(param, "min", None) is None]
+    assert not unbounded
+    result = CliRunner().invoke(app, ["run", "--seed", "-1"])
+    assert result.exit_code == 2 and "--seed" in result.output

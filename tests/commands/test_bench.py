@@ -122,3 +122,24 @@ def test_bench_refuses_a_batch_the_machine_cannot_hold_before_allocating(tmp_pat
     assert "\n" not in message and "timing at batch 100000 needs about" in message
     assert "50 MB is available" in message and "use a batch of at most" in message
     assert not timed
+
+
+def test_issue22_row5_a_dynamic_size_model_is_timed_at_the_presets_size(tmp_path, monkeypatch):
+    """`calib bench --help` says --input-size defaults to the preprocessing preset's size: a model
+    with dynamic H/W was refused without it; it is timed at that size, as `calib run` takes it."""
+    import calib.commands.bench as module
+    from calib.session import RunConfig
+
+    model = tiny_classifier(tmp_path / "dynamic.onnx", size="side")
+    shapes = []
+    real = module.time_runner
+
+    def timed(runner, shape, batch, seconds):
+        shapes.append(tuple(shape))
+        return real(runner, shape, batch, seconds)
+
+    monkeypatch.setattr(module, "time_runner", timed)
+    rows = module.bench(RunConfig(model=str(model)), [1], 0.05)
+    assert rows[0]["batch_size"] == 1 and shapes == [(3, 224, 224)]   # torchvision's preset
+    module.bench(RunConfig(model=str(model), input_size="32"), [1], 0.05)
+    assert shapes[-1] == (3, 32, 32)

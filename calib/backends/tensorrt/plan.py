@@ -52,12 +52,19 @@ class BuildPlan:
 
 
 def check_compute_capability(value) -> int:
-    """`value` as one of COMPUTE_CAPABILITIES, or a one-line CalibError listing them."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit() \
-            or int(value) not in COMPUTE_CAPABILITIES:
+    """`value` as one of COMPUTE_CAPABILITIES, or a one-line CalibError listing them. Text may use
+    NVIDIA's notation major.minor ("8.9", as the support matrix and docs/tensorrt.md write it) as
+    well as calib's "89"."""
+    text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if isinstance(value, str):
+        major, dot, minor = text.partition(".")
+        if dot and major.isdigit() and len(minor) == 1 and minor.isdigit():
+            text = major + minor
+    if not text.isdigit() or int(text) not in COMPUTE_CAPABILITIES:
         raise CalibError(f"unknown compute capability {value!r} (choose from: "
-                         f"{', '.join(map(str, COMPUTE_CAPABILITIES))})")
-    return int(value)
+                         f"{', '.join(map(str, COMPUTE_CAPABILITIES))}); written as NVIDIA does, "
+                         f"{', '.join(f'{c // 10}.{c % 10}' for c in COMPUTE_CAPABILITIES)}")
+    return int(text)
 
 
 def _target(features: Features, compute_capability) -> int | None:
