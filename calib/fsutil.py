@@ -248,6 +248,13 @@ def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
 
 # -- output paths, checked before work starts ----------------------------------------------
 
+def can_write_in(folder: str | os.PathLike) -> bool:
+    """Whether files can be created in `folder` (a real probe, see `_writable`). Public so that
+    code checking a folder before work it would otherwise lose (a model export) can ask, and
+    so tests can stand in for a read-only folder where they run as root."""
+    return _writable(Path(folder))
+
+
 def _writable(folder: Path) -> bool:
     # A real probe, not os.access: root passes os.access everywhere, and /proc or a read-only
     # mount refuse files whatever the mode bits say. TemporaryFile uses O_TMPFILE on Linux
