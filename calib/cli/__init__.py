@@ -253,7 +253,11 @@ def cache_export(cache: str = typer.Argument(..., help="cache file"), *,
     typer.echo(str(result.path))
 
 
-class Interrupted(CalibError):
+class Interrupted(BaseException):
+    """A stop signal, raised in the main thread by `_interrupt`. A BaseException, like
+    KeyboardInterrupt, not a CalibError: library code that falls back on `except Exception`
+    (ONNX shape inference that rejects a model, a file that is "simply not ours") swallowed a
+    SIGTERM arriving there, and the run went on to the end."""
     exit_code = 130
 
     def __init__(self, what: str = "interrupted") -> None:
@@ -297,7 +301,7 @@ def main() -> None:
     warnings.formatwarning = _format_warning
     # Ctrl-C, SIGTERM and SIGHUP (a closed terminal or ssh session: by default it killed the run
     # silently, leaving its staged folder) raise Interrupted rather than KeyboardInterrupt, which
-    # click would swallow into its own exit; Interrupted travels like any CalibError to the
+    # click would swallow into its own exit; Interrupted travels past `except Exception` to the
     # one-line handler below, and the `finally` blocks on its way (staged outputs, worker pools)
     # clean up. A SIGHUP ignored by the caller (nohup) stays ignored.
     for signum in _SIGNAL_WORDS:
@@ -306,7 +310,7 @@ def main() -> None:
         signal.signal(signum, _interrupt)
     try:
         app()
-    except CalibError as e:
+    except (CalibError, Interrupted) as e:
         if os.environ.get("CALIB_DEBUG"):
             raise
         _report(f"calib: error: {e}")
