@@ -21,6 +21,7 @@ passes to `check_output_file`; the rules calib uses:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -135,27 +136,124 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
+STAGE_SUFFIX = ".partial"
+
+
+def stage_owner(name: str) -> int | None:
+    """The pid recorded in a staged folder's name ('.<out>.pid<pid>.<random>.partial'), or None
+    if `name` is not one. The pid is in the name so that the next command can tell the folder of
+    a run that died (SIGKILL, power loss: no `finally` ran) from one still being written."""
+    if not (name.startswith(".") and name.endswith(STAGE_SUFFIX)):
+        return None
+    parts = name[1:-len(STAGE_SUFFIX)].rsplit(".", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].startswith("pid") or not parts[1][3:].isdigit():
+        return None
+    return int(parts[1][3:])
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (one we may not signal exists too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _lock_folder(folder: Path, blocking: bool = False) -> int | None:
+    """An fd holding an exclusive flock on `folder`, or None where it is held elsewhere. The
+    owner of a staged folder holds this lock while it writes; the kernel drops it when the
+    process dies however it dies, and, unlike a pid, it also holds across hosts sharing an NFS
+    folder and is not fooled by a reused pid. Where flock is not supported the lock is taken
+    as free (the pid check still protects live runs on this host)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:
+        pass  # no flock on this file system: keep the fd, the pid decides
+    return fd
+
+
+def clean_stale_stages(folder: str | os.PathLike) -> list[Path]:
+    """Remove the staged folders in `folder` left by commands that died before their `finally`
+    ran (SIGKILL, a crash): those whose owner pid is gone and whose lock nobody holds. A live
+    run's stage (pid alive here, or its lock held from another host) is never touched. Returns
+    the folders removed."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        pid = stage_owner(entry.name)
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            fd = _lock_folder(Path(entry.path))
+            if fd is None:
+                continue  # a live owner on another host
+            try:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            finally:
+                os.close(fd)
+            removed.append(Path(entry.path))
+    return removed
+
+
 @contextlib.contextmanager
 def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Write a whole output folder in a hidden sibling ('.<name>.<random>.partial') and rename
-    it to `out` only on success, so a failed or interrupted command leaves no half-written
+    """Write a whole output folder in a hidden sibling ('.<name>.pid<pid>.<random>.partial') and
+    rename it to `out` only on success, so a failed or interrupted command leaves no half-written
     folder. `out` may not exist yet or be an empty folder; checked before anything is created.
-    The folder ends with mode 0777 & ~umask."""
+    The folder ends with mode 0777 & ~umask.
+
+    Stale stages of dead commands in the same parent are removed first (`clean_stale_stages`).
+    The final rename is one rename(2): atomic, and it replaces only a missing or empty folder, so
+    of two commands writing the same `out` at once the second ends in a one-line CalibError
+    (its stage removed) instead of mixing or losing either's files."""
     out = check_output_dir(out)
     make_dir(out.parent)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    clean_stale_stages(out.parent)
     try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.pid{os.getpid()}.", suffix=STAGE_SUFFIX, dir=out.parent))
+    except OSError as e:
+        raise CalibError(f"cannot write {out}: {e.strerror or e}") from None
+    lock = None
+    try:
+        lock = _lock_folder(stage, blocking=True)
         os.chmod(stage, dir_mode())
         yield stage
-        if out.is_dir():
-            out.rmdir()  # an empty folder named by --out (check_output_dir allowed it)
-        stage.rename(out)
+        try:
+            os.rename(stage, out)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise CalibError(f"output folder {out} was written by another command while this one ran "
+                                 f"(this run's results are discarded: choose another --out)") from None
+            raise CalibError(f"cannot move the results into {out}: {e.strerror or e}") from None
         fsync_dir(out.parent)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 # -- output paths, checked before work starts ----------------------------------------------
+
+def can_write_in(folder: str | os.PathLike) -> bool:
+    """Whether files can be created in `folder` (a real probe, see `_writable`). Public so that
+    code checking a folder before work it would otherwise lose (a model export) can ask, and
+    so tests can stand in for a read-only folder where they run as root."""
+    return _writable(Path(folder))
+
 
 def _writable(folder: Path) -> bool:
     # A real probe, not os.access: root passes os.access everywhere, and /proc or a read-only
@@ -202,11 +300,18 @@ def check_output_file(path: str | os.PathLike, overwrite: bool = False,
     return path
 
 
-def check_output_dir(path: str | os.PathLike, empty: bool = True) -> Path:
+def check_output_dir(path: str | os.PathLike, empty: bool = True,
+                     apart_from: dict[str, str | os.PathLike | None] | None = None) -> Path:
     """Check, before any work, that `path` can be an output folder: not a file, its parent a
     folder we may write in, and (with `empty`) not a folder that already holds files. A
-    folder that exists without `empty` (a cache folder) must be writable. One-line CalibError."""
+    folder that exists without `empty` (a cache folder) must be writable. `apart_from` names
+    other folders the command writes during its work ({"--cache-dir": folder}): the output folder
+    may be neither one of them nor hold one, since they would fill it before its staged copy is
+    renamed into place. One-line CalibError."""
     path = Path(path).expanduser()
+    for option, other in (apart_from or {}).items():
+        if other is not None:
+            _check_apart(path, Path(other).expanduser(), option)
     if path.exists() and not path.is_dir():
         raise CalibError(f"{path} is a file, not a folder")
     if path.is_dir():
@@ -219,6 +324,19 @@ def check_output_dir(path: str | os.PathLike, empty: bool = True) -> Path:
         return path
     _check_ancestors(path.parent, path)
     return path
+
+
+def _check_apart(out: Path, other: Path, option: str) -> None:
+    """Refuse an output folder that is `other` (another folder the command fills while it works,
+    named by `option`) or an ancestor of it: found before any work, not by the final rename
+    after a full run. Compared resolved, so './x', 'x/' and a symlink to x are all x."""
+    a, b = out.resolve(strict=False), other.resolve(strict=False)
+    if a == b:
+        raise CalibError(f"--out {out} is also the {option} folder: choose another --out "
+                         f"(the output folder must start empty, and the caches would fill it)")
+    if a in b.parents:
+        raise CalibError(f"{option} {other} is inside --out {out}: choose another --out or {option} "
+                         f"(the output folder must start empty, and the caches would fill it)")
 
 
 # -- calib's own ONNX files -----------------------------------------------------------------

@@ -485,3 +485,107 @@ def test_issue22_row8_device_auto_names_the_device_on_stderr(tiny_model):
     proc = calib("bench", "--model", tiny_model, "--seconds", 0.05, "--batch-sizes", 1, "--device", "auto", "--json")
     notes = [line for line in proc.stderr.splitlines() if line.startswith("note: --device auto")]
     assert notes == ["note: --device auto runs on the CPU: torch sees no CUDA GPU"], proc.stderr
+
+
+# -- issue 22: output folder, model cache, signals, hf offline, progress ------------------------
+
+def _calib_popen(*args, env=None):
+    """`calib` in the background, with SIGHUP at its default: a test runner started under nohup
+    (or a CI agent that ignores it) passes SIG_IGN on, which calib rightly keeps."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "calib.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+
+
+def _wait_for_stage(folder: Path, proc, seconds: float = 60) -> Path:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and proc.poll() is None:
+        stages = [p for p in folder.glob(".*.partial") if p.is_dir()]
+        if stages:
+            return stages[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no staged folder appeared: {proc.communicate()[1]}")
+
+
+@pytest.mark.parametrize("cache_dir", ["x", "x/caches"])
+def test_i22_row1_out_that_is_or_holds_the_cache_dir_is_refused_before_any_work(cache_dir, tiny_model, tmp_path):
+    proc = calib("run", "--model", tiny_model, "--samples", 4, "--out", tmp_path / "x",
+                 "--cache-dir", tmp_path / cache_dir, check=False)
+    assert_one_line_error(proc, "--cache-dir")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_i22_row1_two_runs_with_one_out_one_wins_the_other_ends_in_one_line(tiny_model, tmp_path):
+    args = ["run", "--model", tiny_model, "--samples", 8, "--cache-dir", tmp_path / "c", "--out", tmp_path / "r",
+            "--no-html", "--speed-seconds", 0.2]
+    a, b = _calib_popen(*args), _calib_popen(*args)
+    results = [(p.wait(300), p.communicate()[1]) for p in (a, b)]
+    assert sorted(code for code, _ in results)[0] == 0 and sorted(code for code, _ in results)[1] != 0, results
+    err = next(e for code, e in results if code != 0)
+    assert "Traceback" not in err and len([l for l in err.splitlines() if l.startswith("calib: error:")]) == 1
+    assert (tmp_path / "r" / "report.json").is_file() and not leftovers(tmp_path)
+
+
+def test_i22_row2_a_calib_home_that_is_a_file_is_one_line(tiny_model, tmp_path):
+    (tmp_path / "home").write_text("not a folder")
+    proc = calib("run", "--model", tiny_model, "--samples", 4, "--out", tmp_path / "r", "--cache-dir", tmp_path / "c",
+                 check=False, env={"CALIB_HOME": str(tmp_path / "home")})
+    assert_one_line_error(proc, "CALIB_HOME")
+    assert not (tmp_path / "r").exists() and not leftovers(tmp_path)
+
+
+def test_i22_row3_sighup_ends_like_sigterm_and_a_killed_runs_stage_is_cleaned(tiny_model, tmp_path):
+    import signal
+
+    args = ["run", "--model", tiny_model, "--samples", 8, "--cache-dir", tmp_path / "c", "--no-html",
+            "--speed-seconds", 2]
+    proc = _calib_popen(*args, "--out", tmp_path / "hup")
+    _wait_for_stage(tmp_path, proc)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert [l for l in err.splitlines() if l.startswith("calib: error:")] == ["calib: error: terminated (hangup)"]
+    assert not leftovers(tmp_path) and not (tmp_path / "hup").exists()
+    # SIGKILL runs no cleanup: its stage stays until the next run in that folder removes it.
+    proc = _calib_popen(*args, "--out", tmp_path / "killed")
+    stage = _wait_for_stage(tmp_path, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert stage.is_dir()
+    done = calib(*args[:-1], 0.2, "--out", tmp_path / "next")
+    assert not stage.exists() and not leftovers(tmp_path) and (tmp_path / "next" / "report.json").is_file()
+    assert "timing speed" in done.stderr                  # row 6: the speed phase shows progress
+
+
+def test_i22_row4_a_hub_name_without_network_is_one_line_at_once(tiny_model, tmp_path):
+    import time
+
+    pytest.importorskip("datasets")
+    start = time.monotonic()
+    proc = calib("run", "--model", tiny_model, "--dataset", "hf:calib-tests/no-such-dataset", "--samples", 4,
+                 "--out", tmp_path / "r", "--cache-dir", tmp_path / "c", check=False,
+                 env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": ""})
+    assert_one_line_error(proc, "no-such-dataset")
+    assert [l for l in proc.stderr.splitlines() if l.strip()] == [proc.stderr.strip()]   # no retry lines
+    assert time.monotonic() - start < 20 and not (tmp_path / "r").exists()
+
+
+def test_i22_row3_a_stop_signal_is_not_swallowed_by_except_exception():
+    """A SIGTERM that landed in library code falling back on `except Exception` (ONNX shape
+    inference, when a signal arrived as calibration began) was swallowed and the run went on."""
+    from calib.cli import Interrupted, _interrupt
+    import signal
+
+    assert not issubclass(Interrupted, Exception)
+    with pytest.raises(Interrupted, match="hangup"):
+        try:
+            _interrupt(signal.SIGHUP, None)
+        except Exception:
+            pass

@@ -6,7 +6,7 @@ import pytest
 
 from calib.errors import CalibError
 from calib.fsutil import (atomic_path, atomic_write_text, check_output_dir, check_output_file, current_umask,
-                          is_calib_onnx, make_dir, mark_calib_onnx, staged_dir, temp_target)
+                          is_calib_onnx, make_dir, mark_calib_onnx, stage_owner, staged_dir, temp_target)
 
 
 @pytest.fixture()
@@ -147,3 +147,77 @@ def test_calib_onnx_files_are_recognized_by_their_provenance(tmp_path, tiny_clas
     assert check_output_file(tmp_path / "int8.onnx", written_by_calib=is_calib_onnx)
     with pytest.raises(CalibError, match="calib did not write it"):
         check_output_file(tiny_classifier, written_by_calib=is_calib_onnx)
+
+
+# -- issue 22, row 1: --out and --cache-dir, two runs with one --out --------------------------
+
+def test_the_output_folder_may_not_be_or_hold_the_cache_folder(tmp_path):
+    out = tmp_path / "x"
+    for cache_dir in (out, tmp_path / "." / "x", out / "caches"):
+        with pytest.raises(CalibError, match="--cache-dir") as e:
+            check_output_dir(out, apart_from={"--cache-dir": cache_dir})
+        assert "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == []
+    # A cache folder beside the output folder, or holding it, is fine.
+    assert check_output_dir(out, apart_from={"--cache-dir": tmp_path / "caches"}) == out
+    assert check_output_dir(out, apart_from={"--cache-dir": tmp_path}) == out
+
+
+def test_of_two_commands_writing_one_out_the_second_ends_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(CalibError, match="another command") as e:
+        with staged_dir(out) as first:
+            (first / "report.json").write_text("first")
+            with staged_dir(out) as second:          # checked while `out` did not exist yet
+                (second / "report.json").write_text("second")
+            # the second finished first and owns `out`; the first must not mix into it or lose it
+    assert "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == ["run"] and (out / "report.json").read_text() == "second"
+
+
+def test_a_staged_folder_carries_its_owner_pid(tmp_path):
+    with staged_dir(tmp_path / "run") as stage:
+        assert stage_owner(stage.name) == os.getpid()
+    assert stage_owner(".run.pid12.ab_c1.partial") == 12 and stage_owner(".run.pid12.ab_c1.partial.x") is None
+    assert stage_owner(".run.abc123.partial") is None and stage_owner("run.pid1.x.partial") is None
+
+
+# -- issue 22, row 3: stages of dead commands are cleaned -----------------------------------
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_stages_of_dead_commands_are_removed_live_ones_kept(tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+
+    dead = _dead_pid()
+    stale = tmp_path / f".old.pid{dead}.k2j3h4.partial"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "int8.onnx").write_text("half")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".other.pid{alive.pid}.aaaaaa.partial"
+        live.mkdir()
+        # Its pid means nothing here (another host on a shared folder), but its owner holds the lock.
+        remote = tmp_path / f".remote.pid{dead}.bbbbbb.partial"
+        remote.mkdir()
+        fd = os.open(remote, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            (tmp_path / "keep.partial").mkdir()               # not a staged folder's name
+            with staged_dir(tmp_path / "run") as stage:
+                (stage / "a").write_text("x")
+        finally:
+            os.close(fd)
+        assert sorted(os.listdir(tmp_path)) == sorted([live.name, remote.name, "keep.partial", "run"])
+    finally:
+        alive.kill()
+        alive.wait()

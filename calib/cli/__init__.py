@@ -264,15 +264,42 @@ def cache_export(cache: str = typer.Argument(..., help="cache file"), *,
     typer.echo(str(result.path))
 
 
-class Interrupted(CalibError):
+class Interrupted(BaseException):
+    """A stop signal, raised in the main thread by `_interrupt`. A BaseException, like
+    KeyboardInterrupt, not a CalibError: library code that falls back on `except Exception`
+    (ONNX shape inference that rejects a model, a file that is "simply not ours") swallowed a
+    SIGTERM arriving there, and the run went on to the end."""
     exit_code = 130
 
     def __init__(self, what: str = "interrupted") -> None:
         super().__init__(what)
 
 
+_SIGNAL_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+if hasattr(signal, "SIGHUP"):
+    _SIGNAL_WORDS[signal.SIGHUP] = "terminated (hangup)"
+
+
+_MAIN_PID = os.getpid()
+
+
 def _interrupt(signum, frame) -> None:
-    raise Interrupted("interrupted" if signum == signal.SIGINT else "terminated")
+    """Turn a stop signal into Interrupted in the command's process. Decoding workers forked from
+    it inherit this handler for SIGHUP (they reset SIGINT and SIGTERM themselves); a hangup
+    reaches the whole process group, and the parent ends its workers, so a worker ignores it
+    instead of printing its own traceback."""
+    if os.getpid() != _MAIN_PID:
+        return
+    raise Interrupted(_SIGNAL_WORDS.get(signum, "terminated"))
+
+
+def _report(message: str) -> None:
+    """Print the one error line; after a SIGHUP the terminal may be gone (EIO), and a failed
+    write must not turn the clean exit into a traceback."""
+    try:
+        typer.echo(message, err=True)
+    except OSError:
+        pass
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -289,12 +316,18 @@ def usage_line(error: UsageError) -> str:
 
 
 def main() -> None:
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     warnings.formatwarning = _format_warning
-    # Ctrl-C and SIGTERM raise Interrupted rather than KeyboardInterrupt, which click would
-    # swallow into its own exit; Interrupted travels like any CalibError to the one-line handler
-    # below, and the `finally` blocks on its way (staged outputs, worker pools) clean up.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C, SIGTERM and SIGHUP (a closed terminal or ssh session: by default it killed the run
+    # silently, leaving its staged folder) raise Interrupted rather than KeyboardInterrupt, which
+    # click would swallow into its own exit; Interrupted travels past `except Exception` to the
+    # one-line handler below, and the `finally` blocks on its way (staged outputs, worker pools)
+    # clean up. A SIGHUP ignored by the caller (nohup) stays ignored.
+    for signum in _SIGNAL_WORDS:
+        if signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) == signal.SIG_IGN:
+            continue
+        signal.signal(signum, _interrupt)
     try:
         code = app(prog_name="calib", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)   # --help, --version and typer.Exit give their code
@@ -302,21 +335,21 @@ def main() -> None:
         if isinstance(e, NoArgsIsHelpError):   # `calib`, `calib cache`: the help is what was asked for
             e.show()
             sys.exit(e.exit_code)
-        typer.echo(f"calib: error: {usage_line(e)}", err=True)
+        _report(f"calib: error: {usage_line(e)}")
         sys.exit(2)
     except ClickException as e:   # a parameter's own failure (e.g. a file it could not open)
-        typer.echo(f"calib: error: {' '.join(e.format_message().split())}", err=True)
+        _report(f"calib: error: {' '.join(e.format_message().split())}")
         sys.exit(e.exit_code)
     except typer.Abort:
-        typer.echo("calib: error: aborted", err=True)
+        _report("calib: error: aborted")
         sys.exit(1)
-    except CalibError as e:
+    except (CalibError, Interrupted) as e:
         if os.environ.get("CALIB_DEBUG"):
             raise
-        typer.echo(f"calib: error: {e}", err=True)
+        _report(f"calib: error: {e}")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        typer.echo("calib: error: interrupted", err=True)
+        _report("calib: error: interrupted")
         sys.exit(130)
 
 

@@ -29,6 +29,31 @@ def user_cache_dir() -> Path:
     return Path(base)
 
 
+def _cache_home_name() -> str:
+    if os.environ.get("CALIB_HOME"):
+        return "CALIB_HOME"
+    return "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "HOME"
+
+
+def user_cache_subdir(name: str) -> Path:
+    """`user_cache_dir() / name`, created, checked writable before calib writes an exported or
+    prepared model there. A read-only HOME, or a CALIB_HOME that is read-only or a file, made the
+    first model export end in a PermissionError/NotADirectoryError traceback; it is now one line
+    naming the folder and the variable to change. (Reading a model already in a read-only cache
+    never calls this: see zoo.export_zoo_model and prepare.prepared_path.)"""
+    from calib import fsutil
+
+    folder = user_cache_dir() / name
+    hint = f"set CALIB_HOME to a writable folder (it is {_cache_home_name()} that points here now)"
+    try:
+        fsutil.make_dir(folder)
+    except CalibError as e:
+        raise CalibError(f"calib's model cache: {e}; {hint}") from None
+    if not fsutil.can_write_in(folder):
+        raise CalibError(f"calib's model cache: cannot write {folder}: no permission to create files there; {hint}")
+    return folder
+
+
 def all_tensors(model) -> Iterator:
     """Every TensorProto of the model: initializers and tensor attributes (Constant values),
     subgraphs (If/Loop bodies) included."""

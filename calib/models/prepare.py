@@ -59,7 +59,7 @@ def prepared_path(model: Model) -> Path:
     key = hashlib.sha256(f"{model.sha256}\n{h}x{w}\n{model.input_shape[0]}\n{PREPARE_RECIPE}".encode()).hexdigest()
     out = user_cache_dir() / "prepared" / f"{key[:24]}.onnx"
     if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
+        files.user_cache_subdir("prepared")  # one line if CALIB_HOME cannot be written
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".prepare-") as tmp:
             _prepare(model, Path(tmp), out)
     return out

@@ -7,17 +7,20 @@ weights and the export recipe; torch is imported only when an export is needed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
+import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from calib.errors import MissingDependency
 from calib.fsutil import file_sha256
-from calib.models.files import user_cache_dir
+from calib.models.files import user_cache_dir, user_cache_subdir
 
 EXPORT_RECIPE = "torch.onnx legacy exporter, opset 17, dynamic batch, ORT basic optimisation v1"
 
@@ -50,15 +53,44 @@ def export_zoo_model(name: str) -> Path:
     key = hashlib.sha256((file_sha256(weights) + EXPORT_RECIPE).encode()).hexdigest()[:16]
     out = user_cache_dir() / "models" / f"{name}-{key}.onnx"
     if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        return out  # a read-only cache that holds the export keeps working
+    user_cache_subdir("models")  # one line, before the export, if it cannot be written
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp, _export_progress(name) as bar:
         raw = Path(tmp) / "raw.onnx"
         _torch_export(entry, weights, raw)
+        bar.update(1)
         simplified = Path(tmp) / "model.onnx"
         simplify(raw, simplified)
+        bar.update(1)
         os.replace(simplified, out)  # atomic: a concurrent export writes the same bytes
     return out
+
+
+@contextlib.contextmanager
+def _export_progress(name: str):
+    """A two-step bar (torch export, ONNX Runtime optimisation) for the first use of a zoo model:
+    the export takes about 10 s, and a first run that printed nothing meanwhile looked hung. In
+    a terminal its elapsed time ticks every second (the torch step gives no progress of its
+    own); in a log it prints its first line at once and a line per step (calib.progress)."""
+    from calib.progress import progress_bar
+
+    bar = progress_bar(total=2, desc=f"exporting {name} to ONNX (first use only)", unit="step")  # drawn at once
+    stop = threading.Event()
+    ticker = None
+    if sys.stderr.isatty():
+        def tick() -> None:
+            while not stop.wait(1.0):
+                bar.refresh()
+
+        ticker = threading.Thread(target=tick, name="calib-export-progress", daemon=True)
+        ticker.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        if ticker is not None:
+            ticker.join()
+        bar.close()
 
 
 def _torch_export(entry: ZooEntry, weights: Path, out: Path) -> None:

@@ -60,7 +60,7 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     command uses, when not `config.calibrator` alone (compare)."""
     placement = check_config(config, calibrators)
     out = Path(out) if out else default_out(config, kind)
-    check_output_dir(out)                              # before any model export or calibration
+    check_output_dir(out, apart_from={"--cache-dir": config.cache_dir})  # before any model export or calibration
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
     store.check(write=config.recalibrate or not store.holds_caches())
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))

@@ -62,3 +62,59 @@ def test_unloadable_dataset_is_a_one_line_error(tmp_path):
     with pytest.raises(CalibError) as e:
         HFSource(str(tmp_path / "empty"))
     assert "\n" not in str(e.value)
+
+
+def _tiny_split(datasets, n: int, shade: int):
+    import numpy as np
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((8, 8, 3), shade + 10 * i, np.uint8)) for i in range(n)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    return datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)]}, features=features)
+
+
+def test_a_saved_dataset_dict_reads_its_validation_split(tmp_path):
+    """Issue 22, row 4: `DatasetDict.save_to_disk` writes dataset_dict.json and one folder per
+    split; it was taken for an image folder ('Instruction validation corresponds to no data!')."""
+    datasets = pytest.importorskip("datasets")
+    from calib.data.hf import HFSource
+
+    datasets.DatasetDict({"train": _tiny_split(datasets, 4, 0),
+                          "validation": _tiny_split(datasets, 3, 100)}).save_to_disk(str(tmp_path / "dd"))
+    src = HFSource(str(tmp_path / "dd"))
+    assert src.id.endswith("[validation]") and len(src) == 3 and src.class_names == ["a", "b"]
+    assert src.open(src.samples[0]).getpixel((0, 0)) == (100, 100, 100)
+    datasets.DatasetDict({"train": _tiny_split(datasets, 2, 0)}).save_to_disk(str(tmp_path / "train_only"))
+    assert HFSource(str(tmp_path / "train_only")).id.endswith("[train]")
+
+
+def test_a_hub_name_without_network_fails_at_once_in_one_line(monkeypatch, capfd):
+    """Issue 22, row 4: offline, a hub name printed about ten retry lines over 26 s before the
+    error; without network the library is put in offline mode for the load (and put back)."""
+    pytest.importorskip("datasets")
+    import os
+    import time
+
+    from calib.data import hf
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf, "hub_reachable", lambda timeout=0: False)
+    start = time.monotonic()
+    with pytest.raises(CalibError, match="no network") as e:
+        hf.HFSource("calib-tests/no-such-dataset")
+    assert time.monotonic() - start < 10 and "\n" not in str(e.value)
+    assert capfd.readouterr().err.strip() == ""                # no retry chatter
+    from huggingface_hub import constants
+
+    assert "HF_HUB_OFFLINE" not in os.environ and not constants.HF_HUB_OFFLINE
+
+
+def test_the_network_probe_says_no_quickly_for_an_unreachable_hub(monkeypatch):
+    import time
+
+    from calib.data import hf
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")     # the discard port: nothing listens
+    start = time.monotonic()
+    assert hf.hub_reachable(timeout=1.0) is False
+    assert time.monotonic() - start < 3

@@ -52,3 +52,15 @@ def test_latency_is_timed_at_batch_1_and_throughput_at_batch_32(monkeypatch):
         assert out[name]["throughput_b32"] == pytest.approx(32 / 4.2e-3, abs=0.1)
         assert set(backend.batches[f"{name}.onnx"]) == {1, 32}
     assert backend.devices == ["cpu", "cpu"]
+
+
+def test_the_speed_phase_shows_progress(monkeypatch, capsys):
+    """It printed nothing for several seconds at the end of a run (issue 22, row 6)."""
+    clock = _Clock()
+    monkeypatch.setattr("calib.backends.base.time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    artifacts = {"fp32": Path("fp32.onnx"), "int8": Path("int8.onnx")}
+    measure_speed(_Backend(clock), artifacts, (3, 8, 8), seconds=0.01)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("timing speed") for line in lines) and "4/4" in lines[-1]
+    measure_speed(_Backend(clock), artifacts, (3, 8, 8), seconds=0.01, progress=False)
+    assert capsys.readouterr().err == ""

@@ -82,3 +82,22 @@ def test_save_model_uses_external_data_past_the_limit_and_keeps_the_model_whole(
 def test_user_cache_dir_follows_calib_home(monkeypatch, tmp_path):
     monkeypatch.setenv("CALIB_HOME", str(tmp_path / "h"))
     assert files.user_cache_dir() == tmp_path / "h"
+
+
+def test_user_cache_subdir_is_one_line_naming_the_variable(tmp_path, monkeypatch):
+    """Issue 22, row 2: a CALIB_HOME that is a file, or read-only, was a NotADirectoryError or
+    PermissionError traceback at the first model export."""
+    from calib import fsutil
+
+    monkeypatch.setenv("CALIB_HOME", str(tmp_path / "home"))
+    assert files.user_cache_subdir("models") == tmp_path / "home" / "models"
+    assert (tmp_path / "home" / "models").is_dir()
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("CALIB_HOME", str(tmp_path / "file"))
+    with pytest.raises(CalibError, match="is a file, not a folder.*CALIB_HOME"):
+        files.user_cache_subdir("prepared")
+    monkeypatch.setenv("CALIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fsutil, "can_write_in", lambda folder: False)  # root writes anywhere
+    with pytest.raises(CalibError, match="no permission.*CALIB_HOME") as e:
+        files.user_cache_subdir("models")
+    assert "\n" not in str(e.value)
