@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping
+from typing import ClassVar, Mapping, Sequence
 
 import onnx
 
 from calib.quantize.graph import FLOAT_TYPES, GraphIndex
+from calib.quantize.heads import Excluded, find_excluded
 from calib.quantize.qdq import ActivationQuant
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -60,6 +61,8 @@ class Plan:
     passthrough: op types that carry their input's scale through unchanged (data movement); they
         are never layers of their own.
     folded: tensor -> the ReLU/Clip removed because the quantization of `tensor` clips as it did.
+    excluded: the nodes kept float on purpose (heads, the user's exclusions: calib.quantize.heads);
+        a flavor applies none of its rules to them (`keeps_float`).
     """
 
     model: onnx.ModelProto
@@ -71,6 +74,17 @@ class Plan:
     nonnegative: set[str] = field(default_factory=set)  # sign analysis of the model *before* folding
     passthrough: frozenset[str] = frozenset()
     folded: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    excluded: Excluded = field(default_factory=Excluded)
+    float_nodes: frozenset[int] = frozenset()  # id() of the excluded nodes of `model`
+
+    def exclude(self, exclude: Sequence[str] = (), exclude_ops: Sequence[str] = (),
+                protect_heads: bool = True) -> None:
+        """Decide the nodes of `model` kept float (calib.quantize.heads), before placement."""
+        self.excluded, self.float_nodes = find_excluded(self.model, self.index, exclude, exclude_ops, protect_heads)
+
+    def keeps_float(self, node: onnx.NodeProto) -> bool:
+        """True for a node no rule may quantize (a head, a user exclusion)."""
+        return id(node) in self.float_nodes
 
     def require(self, tensor: str, reader: onnx.NodeProto | None, all_readers: bool) -> None:
         """Quantize `tensor` for `reader` (its own rule), for every reader when `all_readers`."""
@@ -107,12 +121,16 @@ class Flavor(ABC):
     description: ClassVar[str] = ""
     passthrough: ClassVar[frozenset[str]] = frozenset()
 
-    def plan(self, model: onnx.ModelProto, types: dict[str, int] | None = None) -> Plan:
+    def plan(self, model: onnx.ModelProto, types: dict[str, int] | None = None, *, exclude: Sequence[str] = (),
+             exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> Plan:
         """The placement plan of this flavor on a private copy of `model` (`model` is not touched).
-        `types` (tensor -> ONNX element type) skips type inference when the caller has them."""
+        `types` (tensor -> ONNX element type) skips type inference when the caller has them.
+        `exclude` (node-name regexes), `exclude_ops` (op types) and the head analysis
+        (`protect_heads`) keep nodes float (calib.quantize.heads); `place` skips them."""
         index = GraphIndex(model, types)
         copy = self.rewrite(model, index)
         plan = Plan(model=copy, index=GraphIndex(copy, index.types), passthrough=self.passthrough)
+        plan.exclude(exclude, exclude_ops, protect_heads)
         self.place(plan, index)
         return plan
 
@@ -125,7 +143,8 @@ class Flavor(ABC):
     @abstractmethod
     def place(self, plan: Plan, original: GraphIndex) -> None:
         """Fill `plan` (activations, readers, outputs, weights) for `plan.model`; `original`
-        indexes the model as given, before `rewrite`."""
+        indexes the model as given, before `rewrite`. Nodes for which `plan.keeps_float(node)`
+        get no rule: no Q/DQ of their own, no integer kernel, no int8 weight."""
 
     @abstractmethod
     def activation_params(self, plan: Plan, tensor: str, amax: Mapping[str, float],
