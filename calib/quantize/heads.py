@@ -8,7 +8,7 @@ produce graph outputs and the chains that feed them through shape ops and decode
 
 Rules, read off the graph's structure (never off names), one pass from the last node back:
 - a node is *in a head* when each of its outputs is a graph output or is read only by nodes in a
-  head, and it is a shape op (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Identity, Concat,
+  head (or by Shape/Size, which read no values), and it is a shape op (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Identity, Concat,
   Split, Slice, Gather, Expand, Tile) or decode math (Sigmoid, Softmax, Exp, Log, the box
   arithmetic Add/Sub/Mul/Div/Pow/Sqrt/Clip/Max/Min, reductions, Resize, Cast, ...): it stays float
   and the walk goes on through its float inputs;
@@ -56,6 +56,7 @@ DECODE_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax", "LogSoftmax", "Exp"
                         "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Clip", "Max", "Min",
                         "ReduceSum", "ReduceMax", "ReduceMin", "ReduceMean", "Resize", "Upsample", "Cast",
                         "Floor", "Ceil", "Round", "Where"})
+SHAPE_READERS = frozenset({"Shape", "Size"})  # read a tensor's shape, never its values
 HEAD_WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 SMALL_CHANNELS = 16  # ModelOpt: convolutions with fewer channels are not quantized
 
@@ -129,6 +130,8 @@ def _through_shapes(index: GraphIndex, tensor: str) -> tuple[bool, bool]:
         seen.add(t)
         reached |= t in index.graph_outputs
         for reader in index.consumers.get(t, []):
+            if reader.op_type in SHAPE_READERS:
+                continue
             if reader.op_type not in SHAPE_OPS:
                 return False, False
             if reader.op_type == "Concat" and sum(index.is_quantizable(i) for i in reader.input) >= 2:
@@ -147,7 +150,8 @@ def _head_nodes(index: GraphIndex, nodes: Sequence[onnx.NodeProto]) -> dict[int,
             continue
         if not any(o in index.graph_outputs or index.consumers.get(o) for o in outs):
             continue   # writes nothing anyone reads
-        if not all(o in index.graph_outputs or all(id(c) in walk for c in index.consumers.get(o, [])) for o in outs):
+        if not all(o in index.graph_outputs or all(id(c) in walk or c.op_type in SHAPE_READERS
+                                                     for c in index.consumers.get(o, [])) for o in outs):
             continue
         op = node.op_type
         if op in HEAD_WEIGHTED_OPS:
