@@ -87,8 +87,17 @@ class Plan:
         return id(node) in self.float_nodes
 
     def require(self, tensor: str, reader: onnx.NodeProto | None, all_readers: bool) -> None:
-        """Quantize `tensor` for `reader` (its own rule), for every reader when `all_readers`."""
+        """Quantize `tensor` for `reader` (its own rule), for every reader when `all_readers`:
+        every reader but a weighted op kept float, which reads the float tensor with its float
+        weight, as a float layer of a partial model does (calib.quantize.layers: ONNX Runtime 1.32
+        miscomputes DequantizeLinear -> Conv with a float weight)."""
         consumers = None if all_readers else ([reader] if reader is not None else [])
+        if all_readers and self.float_nodes:
+            every = self.index.consumers.get(tensor, [])
+            if any(self.keeps_float(c) and c.op_type in WEIGHTED_OPS for c in every):
+                consumers = [c for c in every if not (self.keeps_float(c) and c.op_type in WEIGHTED_OPS)]
+                if not consumers and reader is None:
+                    return   # nothing would read its DequantizeLinear output
         if tensor in self.activations:
             old = self.activations[tensor]
             self.activations[tensor] = None if old is None or consumers is None else old + consumers
@@ -102,7 +111,8 @@ class Plan:
     def require_output(self, tensor: str, producer: onnx.NodeProto) -> None:
         """Quantize `tensor` for every reader because `producer`'s integer kernel writes it."""
         self.require(tensor, None, all_readers=True)
-        self.outputs.setdefault(tensor, producer)
+        if tensor in self.activations:
+            self.outputs.setdefault(tensor, producer)
 
     def add_weight(self, node: onnx.NodeProto) -> None:
         axis = weight_axis(self.index, node)
