@@ -20,7 +20,7 @@ from calib.errors import CalibError
 from calib.quantize import (excluded_nodes, get_flavor, plan_for, quantizable_layers, quantize_model,
                             required_tensors)
 from calib.quantize.graph import GraphIndex
-from quantize_helpers import quantized_inputs, ranges, run, transformer_block
+from quantize_helpers import quantized_inputs, ranges, transformer_block
 
 torch = pytest.importorskip("torch")
 import head_models as hm  # noqa: E402
@@ -218,7 +218,6 @@ def head_quantized(flavor: str, tensor: str):
 
 
 KS = (10, 20, 50, 100)
-MEASURED: dict[str, dict[str, list[float]]] = {}
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -236,7 +235,6 @@ def test_yolo_int8_keeps_fp32_top_anchors(yolo, flavor):
     }
     assert concat in quantized_inputs(placements["head quantized"])
     overlap = {name: [topk_overlap(fp32, predict(q, x), k) for k in KS] for name, q in placements.items()}
-    MEASURED[flavor] = overlap
     print(f"\n{flavor}: top-k overlap with FP32, k = {KS}: " + "; ".join(f"{n} {v}" for n, v in overlap.items()))
     for i, k in enumerate(KS):
         default, ref, old = overlap["default"][i], overlap["convs only"][i], overlap["head quantized"][i]
