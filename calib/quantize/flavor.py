@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping
+from typing import ClassVar, Mapping, Sequence
 
 import onnx
 
 from calib.quantize.graph import FLOAT_TYPES, GraphIndex
+from calib.quantize.heads import Excluded, find_excluded
 from calib.quantize.qdq import ActivationQuant
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -60,6 +61,8 @@ class Plan:
     passthrough: op types that carry their input's scale through unchanged (data movement); they
         are never layers of their own.
     folded: tensor -> the ReLU/Clip removed because the quantization of `tensor` clips as it did.
+    excluded: the nodes kept float on purpose (heads, the user's exclusions: calib.quantize.heads);
+        a flavor applies none of its rules to them (`keeps_float`).
     """
 
     model: onnx.ModelProto
@@ -71,10 +74,30 @@ class Plan:
     nonnegative: set[str] = field(default_factory=set)  # sign analysis of the model *before* folding
     passthrough: frozenset[str] = frozenset()
     folded: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    excluded: Excluded = field(default_factory=Excluded)
+    float_nodes: frozenset[int] = frozenset()  # id() of the excluded nodes of `model`
+
+    def exclude(self, exclude: Sequence[str] = (), exclude_ops: Sequence[str] = (),
+                protect_heads: bool = True) -> None:
+        """Decide the nodes of `model` kept float (calib.quantize.heads), before placement."""
+        self.excluded, self.float_nodes = find_excluded(self.model, self.index, exclude, exclude_ops, protect_heads)
+
+    def keeps_float(self, node: onnx.NodeProto) -> bool:
+        """True for a node no rule may quantize (a head, a user exclusion)."""
+        return id(node) in self.float_nodes
 
     def require(self, tensor: str, reader: onnx.NodeProto | None, all_readers: bool) -> None:
-        """Quantize `tensor` for `reader` (its own rule), for every reader when `all_readers`."""
+        """Quantize `tensor` for `reader` (its own rule), for every reader when `all_readers`:
+        every reader but a weighted op kept float, which reads the float tensor with its float
+        weight, as a float layer of a partial model does (calib.quantize.layers: ONNX Runtime 1.32
+        miscomputes DequantizeLinear -> Conv with a float weight)."""
         consumers = None if all_readers else ([reader] if reader is not None else [])
+        if all_readers and self.float_nodes:
+            every = self.index.consumers.get(tensor, [])
+            if any(self.keeps_float(c) and c.op_type in WEIGHTED_OPS for c in every):
+                consumers = [c for c in every if not (self.keeps_float(c) and c.op_type in WEIGHTED_OPS)]
+                if not consumers and reader is None:
+                    return   # nothing would read its DequantizeLinear output
         if tensor in self.activations:
             old = self.activations[tensor]
             self.activations[tensor] = None if old is None or consumers is None else old + consumers
@@ -88,7 +111,8 @@ class Plan:
     def require_output(self, tensor: str, producer: onnx.NodeProto) -> None:
         """Quantize `tensor` for every reader because `producer`'s integer kernel writes it."""
         self.require(tensor, None, all_readers=True)
-        self.outputs.setdefault(tensor, producer)
+        if tensor in self.activations:
+            self.outputs.setdefault(tensor, producer)
 
     def add_weight(self, node: onnx.NodeProto) -> None:
         axis = weight_axis(self.index, node)
@@ -107,12 +131,16 @@ class Flavor(ABC):
     description: ClassVar[str] = ""
     passthrough: ClassVar[frozenset[str]] = frozenset()
 
-    def plan(self, model: onnx.ModelProto, types: dict[str, int] | None = None) -> Plan:
+    def plan(self, model: onnx.ModelProto, types: dict[str, int] | None = None, *, exclude: Sequence[str] = (),
+             exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> Plan:
         """The placement plan of this flavor on a private copy of `model` (`model` is not touched).
-        `types` (tensor -> ONNX element type) skips type inference when the caller has them."""
+        `types` (tensor -> ONNX element type) skips type inference when the caller has them.
+        `exclude` (node-name regexes), `exclude_ops` (op types) and the head analysis
+        (`protect_heads`) keep nodes float (calib.quantize.heads); `place` skips them."""
         index = GraphIndex(model, types)
         copy = self.rewrite(model, index)
         plan = Plan(model=copy, index=GraphIndex(copy, index.types), passthrough=self.passthrough)
+        plan.exclude(exclude, exclude_ops, protect_heads)
         self.place(plan, index)
         return plan
 
@@ -125,7 +153,8 @@ class Flavor(ABC):
     @abstractmethod
     def place(self, plan: Plan, original: GraphIndex) -> None:
         """Fill `plan` (activations, readers, outputs, weights) for `plan.model`; `original`
-        indexes the model as given, before `rewrite`."""
+        indexes the model as given, before `rewrite`. Nodes for which `plan.keeps_float(node)`
+        get no rule: no Q/DQ of their own, no integer kernel, no int8 weight."""
 
     @abstractmethod
     def activation_params(self, plan: Plan, tensor: str, amax: Mapping[str, float],

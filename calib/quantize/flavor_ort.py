@@ -24,7 +24,8 @@ The rules, with what stays float and why, are in docs/quantization.md.
 
 from __future__ import annotations
 
-from typing import Mapping
+import warnings
+from typing import Mapping, Sequence
 
 import onnx
 
@@ -83,7 +84,8 @@ class OrtFlavor(Flavor):
     description = "uint8 activations for ONNX Runtime's CPU integer kernels (QLinearConv, QLinearMatMul, QGemm ...)"
     passthrough = ORT_PASSTHROUGH
 
-    def plan(self, model: onnx.ModelProto, types: dict[str, int] | None = None) -> Plan:
+    def plan(self, model: onnx.ModelProto, types: dict[str, int] | None = None, *, exclude: Sequence[str] = (),
+             exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> Plan:
         original = GraphIndex(model, types)
         # A folded ReLU's output is now produced by the Conv: its sign comes from the original graph.
         nonnegative = {t for t in original.activations() if original.is_nonnegative(t)}
@@ -92,6 +94,10 @@ class OrtFlavor(Flavor):
             folded_model, folded = fold_relus(model, keep)
             plan = Plan(model=folded_model, index=GraphIndex(folded_model, original.types),
                         nonnegative=nonnegative, passthrough=self.passthrough, folded=folded)
+            with warnings.catch_warnings():
+                if keep:   # warned on the first round already
+                    warnings.simplefilter("ignore")
+                plan.exclude(exclude, exclude_ops, protect_heads)
             self.place(plan, original)
             # A fold is right only where the tensor is quantized for every reader.
             wrong = {t for t in folded if t not in plan.activations or plan.activations[t] is not None}
@@ -102,6 +108,8 @@ class OrtFlavor(Flavor):
     def place(self, plan: Plan, original: GraphIndex) -> None:
         index = plan.index
         for node in plan.model.graph.node:
+            if plan.keeps_float(node):
+                continue
             if node.op_type in self.passthrough:
                 data = node.input[0] if node.input else ""
                 if data in plan.activations and index.is_quantizable(data):

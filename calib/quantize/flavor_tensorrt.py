@@ -37,6 +37,8 @@ class TensorRTFlavor(Flavor):
     def place(self, plan: Plan, original: GraphIndex) -> None:
         index = plan.index
         for node in plan.model.graph.node:
+            if plan.keeps_float(node):
+                continue
             if node.op_type in WEIGHTED_OPS:
                 for inp in node.input[:2]:
                     if index.is_quantizable(inp):

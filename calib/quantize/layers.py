@@ -23,7 +23,7 @@ and then its readers that are not layers read the DequantizeLinear output, as in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import onnx
 
@@ -131,15 +131,18 @@ class LayerMap:
         return selection, on | movers_on
 
 
-def layer_map(model: onnx.ModelProto, flavor: Flavor, types: dict[str, int] | None = None) -> LayerMap:
-    return LayerMap(flavor.plan(model, types))
+def layer_map(model: onnx.ModelProto, flavor: Flavor, types: dict[str, int] | None = None,
+              exclude: Sequence[str] = (), exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> LayerMap:
+    return LayerMap(flavor.plan(model, types, exclude=exclude, exclude_ops=exclude_ops, protect_heads=protect_heads))
 
 
-def quantizable_layers(model: onnx.ModelProto, flavor: "str | Flavor") -> list[Layer]:
-    """The layers of `model` under `flavor`, in graph order."""
+def quantizable_layers(model: onnx.ModelProto, flavor: "str | Flavor", exclude: Sequence[str] = (),
+                       exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> list[Layer]:
+    """The layers of `model` under `flavor`, in graph order (nodes kept float by the head
+    analysis or the user's `exclude`/`exclude_ops` are none: calib.quantize.heads)."""
     from calib.quantize.registry import get_flavor
 
-    return layer_map(model, get_flavor(flavor)).layers
+    return layer_map(model, get_flavor(flavor), None, exclude, exclude_ops, protect_heads).layers
 
 
 def resolve_layers(layers: LayerMap, float_layers: Iterable[str] = (),

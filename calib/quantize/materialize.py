@@ -8,13 +8,14 @@ surgery is calib.quantize.qdq's.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from calib.errors import CalibError
 from calib.quantize.flavor import Flavor, Plan
+from calib.quantize.heads import Excluded
 from calib.quantize.layers import LayerMap, resolve_layers
 from calib.quantize.naming import float_name, quantized_name
 from calib.quantize.qdq import ActivationQuant, QDQBuilder
@@ -28,14 +29,26 @@ class MissingScales(CalibError):
         super().__init__(f"the cache has no scale for {len(missing)} quantized tensor(s): {shown}")
 
 
-def plan_for(model: onnx.ModelProto, flavor: str | Flavor) -> Plan:
-    """`flavor`'s plan on a private copy of `model`, which the plan then owns."""
-    return get_flavor(flavor).plan(model)
+def plan_for(model: onnx.ModelProto, flavor: str | Flavor, exclude: Sequence[str] = (),
+             exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> Plan:
+    """`flavor`'s plan on a private copy of `model`, which the plan then owns. `exclude`
+    (node-name regexes), `exclude_ops` (op types) and the head analysis keep nodes float
+    (calib.quantize.heads)."""
+    return get_flavor(flavor).plan(model, exclude=exclude, exclude_ops=exclude_ops, protect_heads=protect_heads)
 
 
-def required_tensors(model: onnx.ModelProto, flavor: str | Flavor) -> list[str]:
+def required_tensors(model: onnx.ModelProto, flavor: str | Flavor, exclude: Sequence[str] = (),
+                     exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> list[str]:
     """The activations `flavor` quantizes in `model` (every one needs a calibrated range)."""
-    return list(plan_for(model, flavor).activations)
+    return list(plan_for(model, flavor, exclude, exclude_ops, protect_heads).activations)
+
+
+def excluded_nodes(model: onnx.ModelProto, flavor: str | Flavor, exclude: Sequence[str] = (),
+                   exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> Excluded:
+    """The nodes `flavor`'s placement keeps float in `model` and why (heads, the user's
+    exclusions), and the user's regexes/op types that matched nothing: for the cache metadata and
+    the reports (`Excluded.to_json()`)."""
+    return plan_for(model, flavor, exclude, exclude_ops, protect_heads).excluded
 
 
 def bias_shift(node: onnx.NodeProto, axis: int, weight_error: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
@@ -74,16 +87,19 @@ def corrected_bias(builder: QDQBuilder, node: onnx.NodeProto, axis: int,
 def quantize_model(model: onnx.ModelProto, amax: Mapping[str, float], flavor: str | Flavor,
                    allow_missing: bool = False, channel_means: Mapping[str, list[float]] | None = None,
                    float_layers: Iterable[str] = (),
-                   quantized_layers: Iterable[str] | None = None) -> tuple[onnx.ModelProto, list[str]]:
+                   quantized_layers: Iterable[str] | None = None, exclude: Sequence[str] = (),
+                   exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> tuple[onnx.ModelProto, list[str]]:
     """The Q/DQ model of `flavor` from the calibrated `amax` of each tensor, and the tensors left
     in float for lack of a range (only non-empty with `allow_missing`: `calib build --force`).
 
     `float_layers` leaves those layers (ids from `quantizable_layers`) in float; with
     `quantized_layers`, exactly those are quantized. With `channel_means` (per-channel means of
     weighted ops' inputs, from calibration), biases are corrected for the mean shift that weight
-    quantization causes (see bias_shift); a float layer keeps its own bias."""
+    quantization causes (see bias_shift); a float layer keeps its own bias. `exclude` (node-name
+    regexes), `exclude_ops` (op types) and `protect_heads` (the head analysis) choose the nodes
+    the placement keeps float (calib.quantize.heads); layer ids are those of the same placement."""
     flavor = get_flavor(flavor)
-    plan = flavor.plan(model)
+    plan = flavor.plan(model, exclude=exclude, exclude_ops=exclude_ops, protect_heads=protect_heads)
     float_layers = list(float_layers)
     partial = bool(float_layers) or quantized_layers is not None
     if partial:

@@ -139,9 +139,9 @@ def test_a_relu_is_folded_only_where_its_input_is_quantized_for_every_reader():
              helper.make_node("LayerNormalization", ["r", "s", "z"], ["n"], axis=-1),
              helper.make_node("Conv", ["img", "wc", "bc"], ["c"]),
              helper.make_node("Relu", ["c"], ["rc"]),  # QLinearConv writes uint8: folded
-             helper.make_node("Conv", ["rc", "wc2", "bc2"], ["out2"])]
+             helper.make_node("Conv", ["rc", "wc2", "bc2"], ["out2"])]  # 16 channels: not a small conv
     inits = {"w": weights(rng, 6, 6), "b": weights(rng, 6), "s": np.ones(6, np.float32), "z": np.zeros(6, np.float32),
-             "wc": weights(rng, 4, 3, 3, 3), "bc": weights(rng, 4), "wc2": weights(rng, 2, 4, 1, 1), "bc2": weights(rng, 2)}
+             "wc": weights(rng, 4, 3, 3, 3), "bc": weights(rng, 4), "wc2": weights(rng, 16, 4, 1, 1), "bc2": weights(rng, 16)}
     model = make_model(nodes, {"x": ["N", 6], "img": ["N", 3, 6, 6]}, {"n": None, "out2": None}, inits)
     plan = plan_for(model, "ort")
     assert list(plan.folded) == ["rc"]
