@@ -114,7 +114,7 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, conf_threshold: float = 0
                 max_detections: int = 300, multi_label: bool = False, max_nms: int = 30000) -> Detections:
     """One image's candidates (boxes (A, 4) xyxy, class scores (A, C)) -> detections: per anchor its
     best class (or every class above the threshold with `multi_label`), score > conf_threshold, the
-    `max_nms` best into class-wise NMS, at most `max_detections` out."""
+    `max_nms` best into class-wise NMS (boxes with no area dropped), at most `max_detections` out."""
     scores = np.asarray(scores, np.float64)
     if multi_label:
         anchor, cls = np.nonzero(scores > conf_threshold)
@@ -128,6 +128,10 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, conf_threshold: float = 0
         top = np.argsort(-conf, kind="stable")[:max_nms]
         anchor, cls, conf = anchor[top], cls[top], conf[top]
     b = np.asarray(boxes, np.float64)[anchor]
+    # A box with no area (x2 <= x1 or y2 <= y1) is dropped: COCO's evaluator scores negative widths
+    # inconsistently (its IoU takes the signed area), and no ground truth can be matched by one.
+    good = np.nonzero((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))[0]
+    b, conf, cls = b[good], conf[good], cls[good]
     keep = batched_nms(b, conf, cls, iou_threshold, max_detections)
     return Detections(b[keep], conf[keep], cls[keep].astype(np.int64))
 

@@ -1,0 +1,209 @@
+"""detect: mAP against a hand computation on a two-image COCO file, FP32 as the reference, the
+numpy matches behind the bootstrap against the evaluator, and bad inputs as one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from calib.errors import CalibError, MissingDependency
+from calib.metrics import get_metric
+from calib.metrics.coco import MatchTable, coco_evaluator, evaluate_map
+from calib.metrics.decode import Detections
+
+try:
+    coco_evaluator()
+    HAVE_EVALUATOR = True
+except MissingDependency:
+    HAVE_EVALUATOR = False
+needs_evaluator = pytest.mark.skipif(not HAVE_EVALUATOR, reason="needs faster-coco-eval or pycocotools (calib[detect])")
+
+KEYS = ["/data/a.jpg", "/data/b.jpg"]
+
+
+def coco_labels() -> dict:
+    """a.jpg: a cat [0, 0, 10, 10] and a dog [20, 20, 10, 10]; b.jpg: a cat [0, 0, 10, 10]."""
+    ann = [(1, 1, [0, 0, 10, 10]), (1, 2, [20, 20, 10, 10]), (2, 1, [0, 0, 10, 10])]
+    return {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64},
+                       {"id": 2, "file_name": "b.jpg", "width": 64, "height": 64}],
+            "annotations": [{"id": i + 1, "image_id": im, "category_id": c, "bbox": b, "area": 100.0, "iscrowd": 0}
+                            for i, (im, c, b) in enumerate(ann)],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+
+
+def outputs(rows) -> dict[str, np.ndarray]:
+    """boxes (2, 2, 4) xyxy and scores (2, 2, 2) from per image [(box, class, score), (...)]."""
+    boxes = np.zeros((2, 2, 4), np.float32)
+    scores = np.zeros((2, 2, 2), np.float32)
+    for i, image in enumerate(rows):
+        for j, (box, cls, score) in enumerate(image):
+            boxes[i, j], scores[i, j, cls] = box, score
+    return {"boxes": boxes, "scores": scores}
+
+
+PERFECT = outputs([[([0, 0, 10, 10], 0, 0.9), ([20, 20, 30, 30], 1, 0.8)],
+                   [([0, 0, 10, 10], 0, 0.9), ([40, 40, 41, 41], 0, 0.0)]])
+# a.jpg: the cat exactly (IoU 1, 0.9); the dog at IoU 0.62 (0.8).
+# b.jpg: a false cat far away scored highest (0.95); the cat at IoU 0.72 (0.7).
+FLAWED = outputs([[([0, 0, 10, 10], 0, 0.9), ([20, 20, 30, 26.2], 1, 0.8)],
+                  [([50, 50, 60, 60], 0, 0.95), ([0, 0, 10, 7.2], 0, 0.7)]])
+
+
+def hand_map() -> tuple[float, float]:
+    """COCO AP by hand (101 recall points, precision envelope).
+    cat (2 ground truths), detections by score: FP, TP, then the IoU-0.72 one.
+      IoU thresholds 0.50..0.70 (5): TP -> recall 0, .5, 1 at precision 0, 1/2, 2/3; envelope 2/3
+        everywhere: AP = 2/3.
+      0.75..0.95 (5): FP -> recall 0, .5, .5; envelope 1/2 up to recall .5 (51 of 101 points), 0
+        after: AP = 0.5 * 51/101.
+    dog (1 ground truth), one detection at IoU 0.62: AP 1 at 0.50, 0.55, 0.60; 0 at the 7 others.
+    """
+    cat50, cat_hi = 2 / 3, 0.5 * 51 / 101
+    cat = (5 * cat50 + 5 * cat_hi) / 10
+    dog = 3 / 10
+    return (cat50 + 1.0) / 2, (cat + dog) / 2
+
+
+def run(metric, fp32, int8):
+    metric.update("fp32", KEYS, fp32)
+    metric.update("int8", KEYS, int8)
+    return metric.result()
+
+
+@needs_evaluator
+def test_map_against_labels_matches_the_hand_computation(tmp_path):
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(coco_labels()))
+    m = get_metric("detect", labels=str(path), decoder="boxes-scores", resamples=200)
+    r = run(m, PERFECT, FLAWED)
+    map50, map5095 = hand_map()
+    assert r.reference == "labels" and r.name == "mAP@0.5:0.95" and r.n == 2
+    assert r.fp32 == pytest.approx(1.0)
+    assert r.per_model["int8"]["mAP@0.5"] == pytest.approx(map50, abs=1e-6)
+    assert r.int8 == pytest.approx(map5095, abs=1e-6)
+    assert r.drop == pytest.approx(1.0 - map5095, abs=1e-6)
+    lo, hi = r.drop_ci95
+    assert lo <= r.drop + 1e-9 and hi >= r.drop - 1e-9
+    j = r.to_json()
+    assert {"name", "fp32", "int8", "drop", "drop_ci95", "reference"} <= set(j)
+    json.dumps(j)
+
+
+@needs_evaluator
+def test_without_labels_fp32_is_the_reference():
+    r = run(get_metric("detect", decoder="boxes-scores", resamples=50), PERFECT, FLAWED)
+    assert r.reference == "fp32"
+    assert r.fp32 == pytest.approx(1.0)
+    assert 0.0 < r.int8 < 1.0
+    same = run(get_metric("detect", decoder="boxes-scores", resamples=50), PERFECT, PERFECT)
+    assert same.drop == pytest.approx(0.0) and same.drop_ci95 == [0.0, 0.0]
+
+
+@needs_evaluator
+def test_the_interval_is_seeded():
+    a = run(get_metric("detect", decoder="boxes-scores", resamples=100, seed=3), PERFECT, FLAWED)
+    b = run(get_metric("detect", decoder="boxes-scores", resamples=100, seed=3), PERFECT, FLAWED)
+    assert a.drop_ci95 == b.drop_ci95
+
+
+def random_case(seed: int, images: int = 6, cats: int = 3):
+    rng = np.random.default_rng(seed)
+    coco = {"images": [{"id": i + 1, "file_name": f"{i}.jpg"} for i in range(images)], "annotations": [],
+            "categories": [{"id": c + 1} for c in range(cats)]}
+    dets = {}
+    for i in range(images):
+        boxes, scores, classes = [], [], []
+        for _ in range(rng.integers(0, 5)):
+            x, y, w, h = rng.uniform(0, 80), rng.uniform(0, 80), rng.uniform(4, 30), rng.uniform(4, 30)
+            c = int(rng.integers(0, cats))
+            crowd = int(rng.random() < 0.15)
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1, "category_id": c + 1,
+                                        "bbox": [x, y, w, h], "area": w * h, "iscrowd": crowd})
+            if rng.random() < 0.8:
+                j = rng.normal(0, 3, 4)  # jittered, still a box (postprocess drops boxes with no area)
+                boxes.append([x + j[0], y + j[1], max(x + w + j[2], x + j[0] + 1), max(y + h + j[3], y + j[1] + 1)])
+                scores.append(rng.random())
+                classes.append(c if rng.random() < 0.9 else int(rng.integers(0, cats)))
+        for _ in range(rng.integers(0, 4)):  # false positives
+            x, y = rng.uniform(0, 80, 2)
+            boxes.append([x, y, x + rng.uniform(4, 30), y + rng.uniform(4, 30)])
+            scores.append(rng.random())
+            classes.append(int(rng.integers(0, cats)))
+        dets[i + 1] = Detections(np.array(boxes, np.float64).reshape(-1, 4), np.array(scores),
+                                 np.array(classes, np.int64))
+    return coco, dets
+
+
+def table(coco, dets, ids):
+    gt = {}
+    for a in coco["annotations"]:
+        gt.setdefault(a["image_id"], []).append(a)
+    t = MatchTable(len(ids))
+    for i, iid in enumerate(ids):
+        t.add(i, gt.get(iid, []), dets[iid], [1, 2, 3])
+    return t
+
+
+@needs_evaluator
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_bootstrap_matches_follow_the_evaluator(seed):
+    """With every image once, the numpy matches give the evaluator's mAP; with an image counted
+    twice and another left out, the evaluator's mAP on that set (the image copied under a new id)."""
+    coco, dets = random_case(seed)
+    ids = sorted(dets)
+    t = table(coco, dets, ids)
+    want = evaluate_map(coco, dets, [1, 2, 3])
+    got = t.average_precision(np.ones(len(ids)))[0]
+    assert got == pytest.approx([want["mAP@0.5"], want["mAP@0.5:0.95"]], abs=1e-9)
+
+    weights = np.ones(len(ids))
+    weights[0], weights[2] = 2, 0
+    copy_id = 100
+    twice = json.loads(json.dumps(coco))
+    twice["images"].append({"id": copy_id, "file_name": "copy.jpg"})
+    twice["annotations"] += [dict(a, id=1000 + k, image_id=copy_id)
+                             for k, a in enumerate(coco["annotations"]) if a["image_id"] == ids[0]]
+    resampled = {iid: d for iid, d in dets.items() if iid != ids[2]}
+    resampled[copy_id] = dets[ids[0]]
+    want = evaluate_map(twice, resampled, [1, 2, 3])
+    got = t.average_precision(weights)[0]
+    assert got == pytest.approx([want["mAP@0.5"], want["mAP@0.5:0.95"]], abs=1e-9)
+
+
+@needs_evaluator
+def test_labels_that_do_not_match_the_images(tmp_path):
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(coco_labels()))
+    m = get_metric("detect", labels=path, decoder="boxes-scores")
+    m.update("fp32", ["/data/a.jpg", "/data/zebra.jpg"], PERFECT)
+    m.update("int8", ["/data/a.jpg", "/data/zebra.jpg"], FLAWED)
+    with pytest.raises(CalibError, match="labels do not match the images: 1 of 2 .*zebra.jpg") as err:
+        m.result()
+    assert "\n" not in str(err.value)
+
+
+def test_labels_that_are_not_coco(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"images": []}))
+    with pytest.raises(CalibError, match="not COCO detection labels"):
+        get_metric("detect", labels=path)
+    with pytest.raises(CalibError, match="cannot read labels"):
+        get_metric("detect", labels=tmp_path / "missing.json")
+
+
+def test_a_missing_evaluator_is_one_line(monkeypatch):
+    for name in ("faster_coco_eval", "pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingDependency, match=r"calib\[detect\]"):
+        coco_evaluator()
+
+
+def test_models_that_saw_different_images():
+    m = get_metric("detect", decoder="boxes-scores")
+    m.update("fp32", KEYS, PERFECT)
+    m.update("int8", ["/data/a.jpg", "/data/c.jpg"], FLAWED)
+    with pytest.raises(CalibError, match="different images"):
+        m.result()
