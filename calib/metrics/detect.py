@@ -16,6 +16,7 @@ detections are kept. Reference:
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -35,11 +36,11 @@ class DetectMetric(Metric):
 
     name = "detect"
 
-    def __init__(self, labels: str | Mapping[str, Any] | None = None, decoder: str | Decoder = "auto",
+    def __init__(self, labels: str | os.PathLike | Mapping[str, Any] | None = None, decoder: str | Decoder = "auto",
                  decoder_params: Mapping[str, Any] | None = None, category_ids: Sequence[int] | None = None,
                  reference_conf: float = 0.25, resamples: int = 1000, **params: Any):
         super().__init__(resamples=resamples, **params)
-        self.coco = load_coco_labels(labels) if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__") \
+        self.coco = load_coco_labels(labels) if isinstance(labels, (str, os.PathLike)) \
             else (dict(labels) if labels is not None else None)
         self._decoder = decoder if isinstance(decoder, Decoder) else None
         self._decoder_name = decoder if isinstance(decoder, str) else None
