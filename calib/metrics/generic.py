@@ -41,10 +41,10 @@ class GenericMetric(Metric):
     def update(self, model_name: str, keys: Sequence[str], outputs: Mapping[str, np.ndarray],
                labels: Any = None) -> None:
         n = len(keys)
-        per_image = [{k: np.asarray(v)[i] for k, v in outputs.items()} for i in range(n)]
         if any(np.asarray(v).ndim == 0 or np.asarray(v).shape[0] < n for v in outputs.values()):
             raise CalibError(f"generic: every output needs a batch axis of {n} images, found "
                              + ", ".join(f"{k} {list(np.asarray(v).shape)}" for k, v in outputs.items()))
+        per_image = [{k: np.asarray(v)[i] for k, v in outputs.items()} for i in range(n)]
         if not self._order:
             self._order = list(outputs)
         done = self._pending.add(model_name, keys, per_image)
