@@ -191,25 +191,30 @@ def _match(gt_boxes: np.ndarray, gt_ignore: np.ndarray, gt_crowd: np.ndarray, dt
         with np.errstate(divide="ignore", invalid="ignore"):
             crowd_iou = np.where(area > 0, inter / np.where(area > 0, area, 1.0), 0.0)
         iou = np.where(gc[None, :], crowd_iou, iou)
-    matched = np.zeros((d, len(thresholds)), bool)
-    ignored = np.zeros((d, len(thresholds)), bool)
-    for ti, t in enumerate(thresholds):
-        taken = np.zeros(g, bool)
-        for di in range(d):
-            best, m = min(t, 1 - 1e-10), -1
-            for gi_ in range(g):
-                if taken[gi_] and not gc[gi_]:
-                    continue
-                if m > -1 and not gi[m] and gi[gi_]:
-                    break
-                if iou[di, gi_] < best:
-                    continue
-                best, m = iou[di, gi_], gi_
-            if m == -1:
-                continue
-            ignored[di, ti] = gi[m]
-            matched[di, ti] = True
-            taken[m] = True
+    t_ = len(thresholds)
+    matched = np.zeros((d, t_), bool)
+    ignored = np.zeros((d, t_), bool)
+    if not (d and g):
+        return matched, ignored
+    # pycocotools walks the ground truth in order for each detection: the non-ignored one of
+    # highest IoU >= t not taken yet (the last of equal IoUs), else, only if there is none, the
+    # ignored (crowd) one of highest IoU >= t, which any number of detections may match. The same
+    # rule, for the 10 thresholds at once; detections overlapping nothing enough are skipped.
+    thr = np.minimum(np.asarray(thresholds, np.float64), 1 - 1e-10)[:, None]
+    normal, crowd = np.nonzero(~gi)[0], np.nonzero(gi)[0]
+    taken = np.zeros((t_, len(normal)), bool)
+    rows = np.arange(t_)
+    for di in np.nonzero(iou.max(axis=1) >= thr[0, 0])[0]:
+        free = ~taken & (iou[di, normal][None, :] >= thr)
+        has = free.any(axis=1)
+        if has.any():
+            masked = np.where(free, iou[di, normal][None, :], -1.0)
+            pick = len(normal) - 1 - np.argmax(masked[:, ::-1], axis=1)
+            taken[rows[has], pick[has]] = True
+            matched[di, has] = True
+        if len(crowd):
+            hit = ~has & (iou[di, crowd][None, :] >= thr).any(axis=1)
+            matched[di, hit] = ignored[di, hit] = True
     return matched, ignored
 
 
@@ -225,63 +230,104 @@ class MatchTable:
     def add(self, index: int, gt: Sequence[Mapping[str, Any]], dets: Detections,
             category_ids: Sequence[int] | None = None) -> None:
         """Image `index` (0..n-1): COCO annotations `gt` (bbox x y w h, iscrowd) and detections."""
-        det_cats = np.array([category_ids[c] if category_ids else c for c in dets.classes], np.int64)
-        gt_cats = np.array([a["category_id"] for a in gt], np.int64)
-        for cat in set(det_cats.tolist()) | set(gt_cats.tolist()):
+        classes = np.asarray(dets.classes, np.int64)
+        det_cats = np.asarray(category_ids, np.int64)[classes] if category_ids is not None else classes
+        scores = np.asarray(dets.scores, np.float64)
+        boxes = np.asarray(dets.boxes, np.float64).reshape(-1, 4)
+        gt_cats = np.fromiter((a["category_id"] for a in gt), np.int64, len(gt))
+        gt_boxes = np.array([a["bbox"] for a in gt], np.float64).reshape(-1, 4)
+        gt_boxes[:, 2:] += gt_boxes[:, :2]
+        # pycocotools' _prepare: ignore = iscrowd (an "ignore" key is overwritten); area "all" ignores no other
+        gt_crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in gt), bool, len(gt))
+        # per category, by score descending, ties in the given order (pycocotools' mergesort)
+        order = np.lexsort((-scores, det_cats))
+        cats, starts = np.unique(det_cats[order], return_index=True)
+        spans = dict(zip(cats.tolist(), zip(starts.tolist(), [*starts[1:].tolist(), len(order)])))
+        t_ = len(self.thresholds)
+        for cat in spans.keys() | set(gt_cats.tolist()):
             rec = self.categories.setdefault(cat, _Category())
-            sel = [a for a, c in zip(gt, gt_cats) if c == cat]
-            gb = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                           for a in sel], np.float64).reshape(-1, 4)
-            crowd = np.array([bool(a.get("iscrowd", 0)) for a in sel], bool)
-            ignore = crowd.copy()  # pycocotools' _prepare: ignore = iscrowd (an "ignore" key is overwritten)
-            rec.gt_count[index] = rec.gt_count.get(index, 0) + int(np.sum(~ignore))
-            mine = np.nonzero(det_cats == cat)[0]
-            mine = mine[np.argsort(-dets.scores[mine], kind="mergesort")][:MAX_DETS]
-            m, ig = _match(gb, ignore, crowd, np.asarray(dets.boxes, np.float64)[mine].reshape(-1, 4),
-                           self.thresholds)
-            rec.scores.append(np.asarray(dets.scores, np.float64)[mine])
+            lo, hi = spans.get(cat, (0, 0))
+            mine = order[lo:hi][:MAX_DETS]
+            g = gt_cats == cat
+            if g.any():
+                rec.gt_count[index] = rec.gt_count.get(index, 0) + int(np.sum(~gt_crowd[g]))
+                m, ig = _match(gt_boxes[g], gt_crowd[g], gt_crowd[g], boxes[mine], self.thresholds)
+            else:
+                m = ig = np.zeros((len(mine), t_), bool)
+            rec.scores.append(scores[mine])
             rec.image.append(np.full(len(mine), index, np.int64))
             rec.matched.append(m)
             rec.ignored.append(ig)
+        self._cache = None
+
+    def _prepared(self) -> list[tuple[np.ndarray, ...]]:
+        """Per category: detections in COCO's order (score, descending, stable), cut after the
+        last one that is a true positive at some threshold: the false positives after it only
+        add points of the final recall and lower precision, which neither the envelope nor any
+        recall threshold reads, in any resample (exact, and most of a 300-per-image tail)."""
+        if getattr(self, "_cache", None) is None:
+            self._cache = []
+            for rec in self.categories.values():
+                scores = np.concatenate(rec.scores) if rec.scores else np.zeros(0)
+                order = np.argsort(-scores, kind="mergesort")
+                img = np.concatenate(rec.image)[order]
+                tp = np.concatenate(rec.matched)[order]
+                ig = np.concatenate(rec.ignored)[order]
+                useful = np.nonzero((tp & ~ig).any(axis=1))[0]
+                end = int(useful[-1]) + 1 if len(useful) else 0
+                idx = np.fromiter(rec.gt_count, np.int64, len(rec.gt_count))
+                counts = np.fromiter(rec.gt_count.values(), np.float64, len(rec.gt_count))
+                self._cache.append((img[:end], tp[:end], ig[:end], idx, counts))
+        return self._cache
+
+    def size(self) -> int:
+        """Detections of the largest category that take part in the bootstrap: the memory of one
+        resample is a few times this many floats (for sizing chunks of resamples)."""
+        return max((len(p[0]) for p in self._prepared()), default=0)
 
     def average_precision(self, weights: np.ndarray) -> np.ndarray:
         """mAP for each row of `weights` (R, n) image multiplicities: (R, 2) columns mAP@0.5 and
-        mAP@0.5:0.95 (NaN where no category has ground truth), as pycocotools' `accumulate`."""
+        mAP@0.5:0.95 (NaN where no category has ground truth), as pycocotools' `accumulate`.
+
+        pycocotools builds the precision-recall curve over every detection; only its values at
+        true positives are ever read (recall rises only there, and the envelope's maximum over
+        higher recall is reached at one), so this evaluates the curve at the true positives alone:
+        their cumulated weight, and the cumulated weight of every counted detection up to them
+        (R x detections once per category, then R x true positives per threshold)."""
         w = np.atleast_2d(np.asarray(weights, np.float64))
         r_, t_ = len(w), len(self.thresholds)
         total = np.zeros((r_, t_))
         valid = np.zeros(r_)
-        for rec in self.categories.values():
-            scores = np.concatenate(rec.scores) if rec.scores else np.zeros(0)
-            order = np.argsort(-scores, kind="mergesort")
-            img = np.concatenate(rec.image)[order]
-            tp = np.concatenate(rec.matched)[order]
-            ig = np.concatenate(rec.ignored)[order]
-            idx = np.fromiter(rec.gt_count, np.int64, len(rec.gt_count))
-            npig = w[:, idx] @ np.fromiter(rec.gt_count.values(), np.float64, len(rec.gt_count))
+        rows = 2.0 * np.arange(r_, dtype=np.float64)[:, None]  # shifts rows apart for one searchsorted
+        queries = (RECALL_THRESHOLDS[None, :] + rows).ravel()
+        for img, tp, ig, idx, counts in self._prepared():
+            npig = w[:, idx] @ counts
             ok = npig > 0
             valid += ok
-            d = len(img)
-            if d == 0:
-                continue  # ground truth and no detections: precision 0 at every recall
-            wd = w[:, img][:, :, None]
-            tps = np.cumsum(wd * (tp & ~ig), axis=1)
-            fps = np.cumsum(wd * (~tp & ~ig), axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rc = np.where(ok[:, None, None], tps / np.where(ok, npig, 1.0)[:, None, None], 0.0)
-            pr = tps / (fps + tps + np.spacing(1))
-            pr = np.maximum.accumulate(pr[:, ::-1, :], axis=1)[:, ::-1, :]
-            # searchsorted(rc[r, :, t], recall thresholds, "left") for every (r, t) in one call:
-            # rc lies in [0, 1], so shifting row (r, t) by 2 (r T + t) keeps the flattened array sorted.
-            shift = 2.0 * np.arange(r_ * t_, dtype=np.float64).reshape(r_, t_)
-            flat = (np.transpose(rc, (0, 2, 1)) + shift[:, :, None]).ravel()
-            q = np.searchsorted(flat, (RECALL_THRESHOLDS[None, None, :] + shift[:, :, None]).ravel(), side="left")
-            q = q.reshape(r_, t_, -1) - (np.arange(r_ * t_).reshape(r_, t_, 1) * d)
-            inside = q < d
-            prt = np.transpose(pr, (0, 2, 1))  # (R, T, D)
-            picked = np.take_along_axis(prt, np.minimum(q, d - 1), axis=2)
-            ap = np.where(inside, picked, 0.0).mean(axis=2)  # (R, T)
-            total += np.where(ok[:, None], ap, 0.0)
+            if len(img) == 0:
+                continue  # ground truth and no detections (or none that can count): precision 0
+            wd = w[:, img]
+            seen = np.cumsum(wd, axis=1)  # weight of detections up to each one, ignored ones included
+            safe = np.where(ok, npig, 1.0)[:, None]
+            for t in range(t_):
+                pos = np.nonzero(tp[:, t] & ~ig[:, t])[0]
+                if len(pos) == 0:
+                    continue
+                hits = np.cumsum(wd[:, pos], axis=1)
+                counted = seen[:, pos]
+                ign = np.nonzero(ig[:, t])[0]
+                if len(ign):  # detections matched to crowd regions count neither way
+                    before = np.searchsorted(ign, pos, side="right")
+                    cum_ign = np.concatenate([np.zeros((r_, 1)), np.cumsum(wd[:, ign], axis=1)], axis=1)
+                    counted = counted - cum_ign[:, before]
+                pr = hits / (counted + np.spacing(1))
+                pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+                rc = hits / safe
+                k = len(pos)
+                q = np.searchsorted((rc + rows).ravel(), queries, side="left").reshape(r_, -1) \
+                    - (np.arange(r_) * k)[:, None]
+                picked = np.take_along_axis(pr, np.minimum(q, k - 1), axis=1)
+                total[:, t] += np.where(ok, np.where(q < k, picked, 0.0).mean(axis=1), 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             per_t = total / valid[:, None]
         return np.stack([per_t[:, 0], per_t.mean(axis=1)], axis=1)

@@ -120,8 +120,8 @@ class DetectMetric(Metric):
                 t.add(i, gt_by_image.get(iid, []), d, cats)
             tables.append(t)
         weights = bootstrap_weights(n, self.resamples, self.seed)
-        size = sum(len(np.concatenate(c.scores)) if c.scores else 0 for t in tables for c in t.categories.values())
-        chunk = max(1, min(len(weights), 4_000_000 // max(1, size * len(tables[0].thresholds))))
+        size = max(t.size() for t in tables)
+        chunk = max(1, min(len(weights), 1_000_000 // max(1, size)))  # ~8 MB per array of a chunk
         drops = []
         for s in range(0, len(weights), chunk):
             w = weights[s:s + chunk]

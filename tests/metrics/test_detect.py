@@ -147,30 +147,35 @@ def table(coco, dets, ids):
     return t
 
 
+def repeated(coco, dets, ids, weights):
+    """The set with image ids[i] present weights[i] times (each copy under a new id)."""
+    out, out_dets = {"images": [], "annotations": [], "categories": coco["categories"]}, {}
+    for iid, times in zip(ids, weights):
+        for _ in range(int(times)):
+            new = len(out["images"]) + 1
+            out["images"].append({"id": new, "file_name": f"{new}.jpg"})
+            out["annotations"] += [dict(a, image_id=new) for a in coco["annotations"] if a["image_id"] == iid]
+            out_dets[new] = dets[iid]
+    for k, a in enumerate(out["annotations"]):
+        a["id"] = k + 1
+    return out, out_dets
+
+
 @needs_evaluator
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", range(8))
 def test_the_bootstrap_matches_follow_the_evaluator(seed):
-    """With every image once, the numpy matches give the evaluator's mAP; with an image counted
-    twice and another left out, the evaluator's mAP on that set (the image copied under a new id)."""
-    coco, dets = random_case(seed)
+    """With every image once, the numpy matches give the evaluator's mAP; with a bootstrap
+    resample's multiplicities, the evaluator's mAP on the set with each image repeated that often."""
+    coco, dets = random_case(seed, images=4 + seed)
     ids = sorted(dets)
     t = table(coco, dets, ids)
     want = evaluate_map(coco, dets, [1, 2, 3])
     got = t.average_precision(np.ones(len(ids)))[0]
     assert got == pytest.approx([want["mAP@0.5"], want["mAP@0.5:0.95"]], abs=1e-9)
-
-    weights = np.ones(len(ids))
-    weights[0], weights[2] = 2, 0
-    copy_id = 100
-    twice = json.loads(json.dumps(coco))
-    twice["images"].append({"id": copy_id, "file_name": "copy.jpg"})
-    twice["annotations"] += [dict(a, id=1000 + k, image_id=copy_id)
-                             for k, a in enumerate(coco["annotations"]) if a["image_id"] == ids[0]]
-    resampled = {iid: d for iid, d in dets.items() if iid != ids[2]}
-    resampled[copy_id] = dets[ids[0]]
-    want = evaluate_map(twice, resampled, [1, 2, 3])
-    got = t.average_precision(weights)[0]
-    assert got == pytest.approx([want["mAP@0.5"], want["mAP@0.5:0.95"]], abs=1e-9)
+    for weights in np.random.default_rng(seed).multinomial(len(ids), np.ones(len(ids)) / len(ids), size=3):
+        want = evaluate_map(*repeated(coco, dets, ids, weights), [1, 2, 3])
+        got = t.average_precision(weights[None])[0]
+        assert got == pytest.approx([want["mAP@0.5"], want["mAP@0.5:0.95"]], abs=1e-9)
 
 
 @needs_evaluator
@@ -207,3 +212,34 @@ def test_models_that_saw_different_images():
     m.update("int8", ["/data/a.jpg", "/data/c.jpg"], FLAWED)
     with pytest.raises(CalibError, match="different images"):
         m.result()
+
+
+@needs_evaluator
+def test_letterboxed_boxes_are_mapped_back_to_the_image():
+    from calib.metrics.decode import Letterbox
+
+    def letterboxed(out):  # the images were scaled by 2 and padded by 8 pixels on top
+        boxes = out["boxes"] * 2.0
+        boxes[..., [1, 3]] += 8.0
+        return {"boxes": boxes, "scores": out["scores"]}
+
+    geometry = [Letterbox(scale=2.0, pad_y=8.0)] * 2
+    m = get_metric("detect", labels=coco_labels(), decoder="boxes-scores", resamples=20)
+    m.update("fp32", KEYS, letterboxed(PERFECT), geometry=geometry)
+    m.update("int8", KEYS, letterboxed(FLAWED), geometry=geometry)
+    assert m.result().int8 == pytest.approx(hand_map()[1], abs=1e-6)
+
+
+def test_pycocotools_and_faster_coco_eval_agree(monkeypatch):
+    pytest.importorskip("faster_coco_eval")
+    pytest.importorskip("pycocotools")
+    import calib.metrics.coco as coco_module
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    for seed in range(3):
+        coco, dets = random_case(seed)
+        fast = evaluate_map(coco, dets, [1, 2, 3])
+        monkeypatch.setattr(coco_module, "coco_evaluator", lambda: (COCO, COCOeval, "pycocotools"))
+        assert evaluate_map(coco, dets, [1, 2, 3]) == pytest.approx(fast, abs=1e-12)
+        monkeypatch.undo()
