@@ -23,8 +23,8 @@ import numpy as np
 
 from calib.errors import CalibError
 from calib.metrics.base import REFERENCE_FP32, REFERENCE_LABELS, Metric, MetricResult, PerImage
-from calib.metrics.coco import (MatchTable, bootstrap_weights, detections_as_ground_truth, evaluate_map,
-                                load_coco_labels, match_images)
+from calib.metrics.coco import (MatchTable, bootstrap_weights, coco_evaluator, detections_as_ground_truth,
+                                evaluate_map, load_coco_labels, match_images)
 from calib.metrics.decode import Decoder, Detections, Letterbox, choose_decoder
 
 HEADLINE = "mAP@0.5:0.95"
@@ -98,8 +98,6 @@ class DetectMetric(Metric):
         figures = {m: evaluate_map(coco, dict(zip(image_ids, d)), cats) for m, d in ((a, da), (b, db))}
         ci, notes = self._interval(coco, image_ids, da, db, cats)
         fa, fb = figures[a][HEADLINE], figures[b][HEADLINE]
-        from calib.metrics.coco import coco_evaluator
-
         return MetricResult(self.name, HEADLINE, fa, fb, fa - fb, ci, reference, len(keys),
                             f"COCO evaluation by {coco_evaluator()[2]}; drop interval: paired bootstrap over images "
                             f"({self.resamples} resamples, seed {self.seed})", figures,
