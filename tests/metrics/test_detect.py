@@ -243,3 +243,28 @@ def test_pycocotools_and_faster_coco_eval_agree(monkeypatch):
         monkeypatch.setattr(coco_module, "coco_evaluator", lambda: (COCO, COCOeval, "pycocotools"))
         assert evaluate_map(coco, dets, [1, 2, 3]) == pytest.approx(fast, abs=1e-12)
         monkeypatch.undo()
+
+
+def test_a_decoder_that_does_not_fit_is_one_line():
+    m = get_metric("detect")  # auto: one (N, 4+C, A) output or boxes + scores
+    with pytest.raises(CalibError, match=r"cannot tell the detection layout of outputs logits \(2, 1000\)") as err:
+        m.update("fp32", KEYS, {"logits": np.zeros((2, 1000), np.float32)})
+    assert "\n" not in str(err.value)
+    m = get_metric("detect", decoder="ultralytics")
+    with pytest.raises(CalibError, match=r"expects an output \(N, 4\+C, A\) with C >= 1 classes, found \(2, 4, 100\)"):
+        m.update("fp32", KEYS, {"out": np.zeros((2, 4, 100), np.float32)})
+
+
+@needs_evaluator
+def test_classes_that_do_not_map_to_the_categories():
+    labels = coco_labels()
+    labels["categories"].append({"id": 3, "name": "bird"})
+    m = get_metric("detect", labels=labels, decoder="boxes-scores")
+    m.update("fp32", KEYS, PERFECT)
+    m.update("int8", KEYS, FLAWED)
+    with pytest.raises(CalibError, match="scores 2 classes and the labels have 3 categories: pass category_ids"):
+        m.result()
+    m = get_metric("detect", labels=labels, decoder="boxes-scores", category_ids=[1, 2], resamples=10)
+    m.update("fp32", KEYS, PERFECT)
+    m.update("int8", KEYS, FLAWED)
+    assert m.result().int8 == pytest.approx(hand_map()[1], abs=1e-6)
