@@ -212,9 +212,12 @@ def run_config(*groups: Group, **fields: Any):
 class ModelArgs(Group):
     """Which model, and how its images are prepared (Polygraphy: ModelArgs)."""
     options = {
-        "model": opt(str, "--model", help="efficientnet_lite0/1/2 or a path to an ONNX classifier"),
+        "model": opt(str, "--model", help="efficientnet_lite0/1/2 or a path to an ONNX model with one image input"),
+        "task": opt(str, "--task", help="what the model's outputs are: classify, detect, segment or generic "
+                                        "(auto: classify for one output of class scores, else generic)"),
         "preprocess": opt(Optional[str], "--preprocess",
-                          help="preprocessing preset: efficientnet-lite or torchvision"),
+                          help="preprocessing preset: efficientnet-lite, torchvision or letterbox (YOLO: keep the "
+                               "aspect ratio, pad with gray 114, RGB in [0, 1])"),
         "input_size": opt(Optional[str], "--input-size",
                           help="height and width for a model with dynamic H/W: 224 or 256x256 (default: the "
                                "preprocessing preset's size)"),
@@ -226,10 +229,11 @@ class DataArgs(Group):
     split, the decoding processes (Polygraphy: DataLoaderArgs)."""
     options = {
         "dataset": opt(Optional[str], "--dataset",
-                       help="demo (embedded photos), imagenet-val, or hf:<name-or-path> (default: imagenet-val when "
-                            "--data-dir is given, else demo; demo and hf: take no --data-dir or --eval-data-dir)"),
+                       help="demo (embedded photos), imagenet-val, images (any folder of images, searched "
+                            "recursively, no labels), or hf:<name-or-path> (default: imagenet-val when --data-dir is "
+                            "given, else demo; demo and hf: take no --data-dir or --eval-data-dir)"),
         "data_dir": opt(Optional[str], "--data-dir",
-                        help="an ImageNet-layout folder (imagenet-val, which it implies; default $CALIB_IMAGENET_VAL)"),
+                        help="the folder of imagenet-val (which it implies; default $CALIB_IMAGENET_VAL) or of images"),
         "samples": opt(Optional[int], "--samples", min=1,
                        help="calibration images (default: half of the folder, the rest evaluating, at most 500; "
                             "all of it, at most 500, with --eval-data-dir, for calibrate and for the demo)"),

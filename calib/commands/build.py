@@ -180,7 +180,7 @@ def build(config: RunConfig, cache: str | Path, out: str | Path, force: bool = F
     options = trt_options(config.backend, **backend_options)
     # The output's name and place, before the model is resolved (a zoo model is exported first).
     check_artifact_name(check_output_file(Path(out), overwrite, is_calib_artifact), get_backend(config.backend))
-    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
+    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
     flavor = config.qdq_flavor or default_flavor(config.backend)
     result = build_from_cache(model, prepared_model(model), Path(cache), flavor, Path(out), backend=config.backend,
                               force=force, bias_correction=config.bias_correction, overwrite=overwrite, **options)

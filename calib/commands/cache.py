@@ -58,7 +58,7 @@ def resolved_model(config: RunConfig) -> Model:
     """The model `config` names (--model, --preprocess, --input-size)."""
     from calib.models import parse_input_size, resolve_model
 
-    return resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
+    return resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
 
 
 def verify_cache(config: RunConfig, cache: str | Path, flavor: str = CACHE_FLAVOR) -> Model:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from calib.data import Dataset, Preprocess, split, take
-from calib.data.sources import ImageSource, imagenet_val
+from calib.data.sources import ImageSource, image_folder, imagenet_val
 from calib.errors import CalibError
 
-DATASETS = ("demo", "imagenet-val", "hf:<name-or-path>")
+DATASETS = ("demo", "imagenet-val", "images", "hf:<name-or-path>")
 
 
 @dataclass
@@ -23,6 +23,8 @@ class DataPlan:
 def open_source(name: str, data_dir: str | None) -> ImageSource:
     if name == "imagenet-val":
         return imagenet_val(data_dir)
+    if name == "images":
+        return image_folder(data_dir)
     if name.startswith("hf:") and len(name) > 3:
         from calib.data.hf import HFSource
 

@@ -147,6 +147,36 @@ def imagenet_val(data_dir: str | os.PathLike | None) -> FolderSource:
                      f"ILSVRC2012_val_*.JPEG with {FLAT_CSV} (see {IMAGENET_DOC})")
 
 
+UNLABELED = -1   # the label of an image no label was given for (`--dataset images`)
+
+
+def image_folder(data_dir: str | os.PathLike | None) -> FolderSource:
+    """Any folder of images, searched recursively, no labels: what a detector, a segmenter or any
+    model judged against its own FP32 outputs is calibrated and evaluated on (`--dataset images`).
+    Hidden files and folders are skipped; the order is the sorted relative path, so the seeded
+    sample does not depend on the file system."""
+    if data_dir is None:
+        raise CalibError("--dataset images needs --data-dir DIR (a folder of images, searched recursively)")
+    root = Path(data_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise CalibError(f"{root} is a file, not a folder of images")
+    if not root.is_dir():
+        raise CalibError(f"data folder not found: {root}")
+    files = []
+    for folder, dirs, names in os.walk(root, onerror=_walk_error):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(folder) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    files.sort(key=lambda f: f.relative_to(root).as_posix())
+    if not files:
+        raise CalibError(f"no images in {root} (searched recursively for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return FolderSource([Sample(str(f), UNLABELED) for f in files], "images", root,
+                        f"{len(files)} images under {root}")
+
+
+def _walk_error(error: OSError) -> None:
+    raise CalibError(f"cannot read folder {error.filename}: {error.strerror or error}")
+
+
 def _warn_unlabeled(unlabeled: list[str], why: str) -> None:
     if unlabeled:
         names = ", ".join(os.path.basename(u) for u in unlabeled[:3]) + (" …" if len(unlabeled) > 3 else "")

@@ -17,16 +17,21 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+LETTERBOX_FILL = 114   # ultralytics' padding value (its LetterBox transform)
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Center crop + resize + per-channel normalisation, in one of two crop styles.
+    """Center crop (or letterbox) + resize + per-channel normalisation, in one of three styles.
 
     - crop="padded" (TensorFlow EfficientNet style): crop a center square of side
       size/(size+crop_padding) of the short side, then resize it to size x size.
     - crop="resize_then_crop" (torchvision style): resize the short side to resize_to, then
       center crop size x size.
+    - crop="letterbox" (ultralytics' YOLO style, `LetterBox(auto=False)`): resize the long side to
+      size keeping the aspect ratio, centre the image on a size x size canvas of gray 114; with
+      mean 0 and std 255 the model sees RGB in [0, 1]. Nothing of the image is cut off, which a
+      detector needs: a crop would drop the objects near the edges.
     """
 
     name: str
@@ -59,6 +64,12 @@ class Preprocess:
         image = to_rgb(image)
         w, h = image.size
         resample = _RESAMPLE[self.interpolation]
+        if self.crop == "letterbox":
+            scale = min(self.size / w, self.size / h)
+            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+            canvas = Image.new("RGB", (self.size, self.size), (LETTERBOX_FILL,) * 3)
+            canvas.paste(image.resize((nw, nh), resample), ((self.size - nw) // 2, (self.size - nh) // 2))
+            return np.asarray(canvas, dtype=np.uint8)
         if self.crop == "padded":
             side = int(self.size / (self.size + self.crop_padding) * min(w, h))
             left, top = (w - side + 1) // 2, (h - side + 1) // 2
@@ -150,9 +161,16 @@ def torchvision_imagenet(size: int = 224, resize_to: int = 256) -> Preprocess:
                       resize_to=resize_to)
 
 
+def letterbox(size: int = 640) -> Preprocess:
+    """YOLO-style detectors (ultralytics' export): letterboxed to size x size, RGB in [0, 1]."""
+    return Preprocess(name="letterbox", size=size, crop="letterbox", mean=(0.0, 0.0, 0.0),
+                      std=(255.0, 255.0, 255.0), interpolation="bilinear")
+
+
 PRESETS = {
     "efficientnet-lite": efficientnet_lite,
     "torchvision": torchvision_imagenet,
+    "letterbox": letterbox,
 }
 
 

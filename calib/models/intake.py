@@ -1,8 +1,10 @@
 """Model intake: a zoo name or an ONNX file -> a `Model` calib can calibrate, or one line
 saying what was found and what calib expects.
 
-calib calibrates single-input image classifiers: one float32 input (N, 3, H, W), NCHW as
-torch.onnx exports it, and one float output of class scores (N, K) or (N, K, 1, 1). Batch,
+calib calibrates single-input image models: one float32 input (N, 3, H, W), NCHW as torch.onnx
+exports it. A classifier (task classify) has one float output of class scores (N, K) or
+(N, K, 1, 1); a detector, a segmenter or any other model (tasks detect, segment, generic) may
+have any outputs, which calib keeps as they are. Batch,
 height and width may be dynamic, as NVIDIA's TensorRT walkthroughs export ResNet-50
 (`dynamic_axes={"input": {0: "batch_size", 2: "height", 3: "width"}}`,
 https://docs.nvidia.com/deeplearning/tensorrt/latest/getting-started/quick-start-guide.html):
@@ -46,6 +48,7 @@ class Model:
     input_name: str
     input_shape: tuple      # (batch, 3, H, W) as calib runs it: batch symbolic (a string), H and W resolved
     sha256: str             # the .onnx file and its external data files (files.model_sha256)
+    task: str = "classify"  # what the outputs are (TASKS): a classifier's scores, or any outputs
 
     @property
     def size(self) -> tuple[int, int]:
@@ -53,15 +56,38 @@ class Model:
         return int(self.input_shape[2]), int(self.input_shape[3])
 
 
+TASKS = ("classify", "detect", "segment", "generic")
+
+
+def resolve_task(task: str | None, path: Path, proto) -> str:
+    """`--task`: auto (None or "auto") is classify for a model with one float output of class scores,
+    (N, K) or (N, K, 1, 1), and generic for any other; a task named is checked against the model
+    (classify needs those class scores)."""
+    if task not in (None, "auto") and task not in TASKS:
+        raise CalibError(f"unknown task '{task}' (choose from: auto, {', '.join(TASKS)})")
+    if task in (None, "auto"):
+        try:
+            _check_output(path, proto)
+        except CalibError:
+            return "generic"
+        return "classify"
+    if task == "classify":
+        _check_output(path, proto)
+    return task
+
+
 def resolve_model(spec: str, preprocess: str | None = None,
-                  input_size: int | tuple[int, int] | None = None) -> Model:
-    """A zoo name (efficientnet_lite0/1/2) or a path to an ONNX image classifier.
+                  input_size: int | tuple[int, int] | None = None, task: str | None = "auto") -> Model:
+    """A zoo name (efficientnet_lite0/1/2) or a path to an ONNX model with one image input: an
+    image classifier (task classify), or a detector, a segmenter or any model (any outputs).
 
     `input_size` (a side, or (H, W)) sets the height and width of a model whose H and W are
     dynamic; a model with fixed H and W accepts only its own size. Without it, dynamic H and W
     take the preprocessing preset's size (224 for torchvision)."""
     size = _parse_size(input_size)
     if spec in ZOO:
+        if task not in (None, "auto", "classify"):
+            raise CalibError(f"{spec} is an image classifier: --task {task} does not fit it")
         return _zoo_model(spec, preprocess, size)
     path = Path(spec).expanduser()
     if path.suffix.lower() != ".onnx" and not path.exists():
@@ -72,12 +98,12 @@ def resolve_model(spec: str, preprocess: str | None = None,
     check_external_data(path, proto)
     _refuse_quantized(path, proto)
     name, dims = _image_input(path, proto)
-    _check_output(path, proto)
+    task = resolve_task(task, path, proto)
     h, w = _resolve_hw(path, dims, size, preprocess)
     pre = get_preset(preprocess or DEFAULT_PRESET, h)
     _check_preset(pre, (h, w), path.name)
     batch = dims[0] if isinstance(dims[0], str) and dims[0] != "?" else "batch"  # fixed batches become dynamic
-    return Model(path.stem, path, pre, name, (batch, 3, h, w), model_sha256(path, proto))
+    return Model(path.stem, path, pre, name, (batch, 3, h, w), model_sha256(path, proto), task)
 
 
 def _zoo_model(spec: str, preprocess: str | None, size: tuple[int, int] | None) -> Model:

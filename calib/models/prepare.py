@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import onnx
 
 PREPARE_RECIPE = "prepare v1: image input only, batch dynamic, H/W fixed, opset>=13, ORT basic, (N,K) output"
+OUTPUTS_RECIPE = "outputs as the model gives them (detect, segment, generic)"
 MIN_OPSET = 13  # per-channel Q/DQ
 
 
@@ -56,7 +57,8 @@ def prepared_path(model: Model) -> Path:
     if is_zoo(model):
         return model.path
     h, w = model.size
-    key = hashlib.sha256(f"{model.sha256}\n{h}x{w}\n{model.input_shape[0]}\n{PREPARE_RECIPE}".encode()).hexdigest()
+    recipe = PREPARE_RECIPE if model.task == "classify" else f"{PREPARE_RECIPE}; {OUTPUTS_RECIPE}"
+    key = hashlib.sha256(f"{model.sha256}\n{h}x{w}\n{model.input_shape[0]}\n{recipe}".encode()).hexdigest()
     out = user_cache_dir() / "prepared" / f"{key[:24]}.onnx"
     if not out.is_file():
         files.user_cache_subdir("prepared")  # one line if CALIB_HOME cannot be written
@@ -91,7 +93,7 @@ def _prepare(model: Model, tmp: Path, out: Path) -> None:
     classes, spatial, batch_one = _probe(optimized, model, fixed_batch)
     proto = load_model(optimized)
     drop_foreign_opsets(proto)
-    if spatial:
+    if spatial and model.task == "classify":
         _flatten_output(proto)
     batch: str | int = model.input_shape[0]
     if batch_one:  # said in the graph itself, so every model and engine made from it takes batches of 1
@@ -100,7 +102,8 @@ def _prepare(model: Model, tmp: Path, out: Path) -> None:
         dim.Clear()
         dim.dim_value = batch = 1
     infer_shapes(proto)
-    _set_output_shape(proto, batch, classes)
+    if model.task == "classify":
+        _set_output_shape(proto, batch, classes)
     written = save_model(proto, tmp / out.name)
     for f in reversed(written):  # the side file first: a reader that sees the .onnx sees its data
         os.replace(f, out.parent / f.name)
@@ -253,7 +256,8 @@ def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool
         raise CalibError(f"{model.path}: ONNX Runtime cannot run it on {h}x{w} images "
                          f"({_first_line(e)}); is that the input size it takes?") from None
     shape = singles[0].shape
-    if not (len(shape) == 2 or (len(shape) == 4 and shape[2:] == (1, 1))) or shape[0] != 1:
+    classify = model.task == "classify"
+    if classify and (not (len(shape) == 2 or (len(shape) == 4 and shape[2:] == (1, 1))) or shape[0] != 1):
         raise CalibError(f"{model.path} is not an ONNX image classifier: its output must be class scores (N, K) or "
                          f"(N, K, 1, 1), found {tuple(shape)} for one image")
     fix = (f"export it with a dynamic batch axis (dynamic_axes={{'{name}': {{0: 'batch'}}}})")
@@ -263,7 +267,7 @@ def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool
         if fixed_batch is not None:
             raise CalibError(f"{model.path}: its graph fixes the batch size at {fixed_batch} and calib writes "
                              f"models with a dynamic batch: {fix}") from None
-        return int(shape[1]), len(shape) == 4, True  # declared dynamic, runs at batch 1 only
+        return _classes(shape, classify), len(shape) == 4, True  # declared dynamic, runs at batch 1 only
     single = np.concatenate(singles)
     scale = float(np.nanmax(np.abs(single))) if single.size else 0.0
     if pair.shape != single.shape or not np.allclose(pair, single, rtol=1e-3, atol=1e-4 * (1 + scale), equal_nan=True):
@@ -272,7 +276,12 @@ def _probe(path: Path, model: Model, fixed_batch: int | None) -> tuple[int, bool
                              f"output {tuple(pair.shape)}) and calib writes models with a dynamic batch: {fix}")
         raise CalibError(f"{model.path}: its scores for a batch of 2 differ from those of the images one by one "
                          f"(output {tuple(pair.shape)}); calib writes models with a dynamic batch: {fix}")
-    return int(shape[1]), len(shape) == 4, False
+    return _classes(shape, classify), len(shape) == 4, False
+
+
+def _classes(shape: tuple, classify: bool) -> int:
+    """K of a classifier's (1, K[, 1, 1]) output for one image; 0 for other tasks' outputs."""
+    return int(shape[1]) if classify else 0
 
 
 def fixed_batch(prepared) -> int | None:

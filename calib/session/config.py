@@ -26,6 +26,7 @@ class RunConfig:
     model: str = "efficientnet_lite0"
     preprocess: str | None = None
     input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
+    task: str = "auto"                   # classify, detect, segment, generic; auto: classify for class scores
     dataset: str | None = None           # None: imagenet-val when data_dir is given, else demo (__post_init__)
     data_dir: str | None = None
     samples: int | None = None           # None: half of the folder (the rest evaluates), at most 500 (default_samples)
@@ -134,7 +135,7 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     return placement
 
 
-FOLDER_DATASETS = ("imagenet-val",)   # the datasets that read --data-dir and --eval-data-dir
+FOLDER_DATASETS = ("imagenet-val", "images")   # the datasets that read --data-dir and --eval-data-dir
 
 
 def check_dataset_options(config: RunConfig) -> None:

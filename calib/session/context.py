@@ -12,6 +12,7 @@ from typing import Callable
 import onnx
 
 from calib.data.plan import DataPlan, plan_data
+from calib.errors import CalibError
 from calib.fsutil import check_output_dir
 from calib.models import Model, check_classes, fixed_batch, parse_input_size, prepared_model, resolve_model
 from calib.placement import CPU, Placement
@@ -63,7 +64,12 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     check_output_dir(out, apart_from={"--cache-dir": config.cache_dir})  # before any model export or calibration
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
     store.check(write=config.recalibrate or not store.holds_caches())
-    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size))
+    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    if model.task != "classify":
+        raise CalibError(f"{model.name} is a {model.task} model: calib {kind or 'run'} evaluates classifiers only "
+                         f"so far; calibrate it with `calib calibrate --task {model.task}` and build it with "
+                         f"`calib build --task {model.task}`")
+    check_decoder(config, model, placement)
     fit_to_memory(config, model, placement)            # before the prepared model, whose probe runs it
     flavor = config.qdq_flavor or default_flavor(config.backend)
     data = plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config), config.seed,
@@ -72,6 +78,14 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     run_at_fixed_batch(config, model, prepared)
     check_model_classes(model, data.calibration, prepared)
     return RunSetup(model, flavor, data, prepared, out, placement)
+
+
+def check_decoder(config: RunConfig, model: Model, placement: Placement) -> None:
+    """The GPU's nvJPEG path resizes with the crop arithmetic of calib.data.resize_plan, which has
+    no letterbox: a letterboxed model on a GPU decodes with the Pillow workers (the CPU path's
+    pixels), refused in one line otherwise rather than failing mid-pass."""
+    if placement.on_gpu and config.gpu_decode == "nvjpeg" and model.preprocess.crop == "letterbox":
+        raise CalibError("--preprocess letterbox is decoded on a GPU by the Pillow workers: add --gpu-decode pil")
 
 
 def fit_to_memory(config: RunConfig, model: Model, placement: Placement) -> None:

@@ -1,0 +1,131 @@
+"""A detector through calib calibrate and calib build (issue 21): `--task detect`, a plain folder
+of images searched recursively (`--dataset images`), YOLO's letterbox preprocessing, the head left
+float by default in both flavors, and TensorRT-RTX's parser and builder taking the tensorrt flavor.
+Evaluation of non-classifiers (task metrics) is not wired into run yet: run refuses them in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from calib.errors import CalibError
+from calib.session.config import RunConfig
+from tests.quantize.head_models import YoloHead, build, export
+
+
+@pytest.fixture()
+def detector(tmp_path):
+    path = tmp_path / "yolo.onnx"
+    onnx.save(export(build(YoloHead)), str(path))
+    return path
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """Images of several sizes and formats in nested folders, no labels anywhere."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "frames"
+    for i in range(9):
+        folder = root / f"cam{i % 3}" / ("night" if i % 2 else "day")
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = 40 + 7 * i, 90 - 5 * i
+        pixels = (rng.random((h // 4 + 1, w // 4 + 1, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((w, h)).save(folder / f"f{i}.{'png' if i % 2 else 'jpg'}")
+    (root / ".thumbs").mkdir()
+    (root / ".thumbs" / "skip.jpg").write_bytes(b"hidden: never read")
+    return root
+
+
+def _config(detector, photos, tmp_path, **kw) -> RunConfig:
+    return RunConfig(model=str(detector), task="detect", dataset="images", data_dir=str(photos), samples=6,
+                     preprocess="letterbox", input_size="64", cache_dir=str(tmp_path / "caches"), workers=0,
+                     progress=False, **kw)
+
+
+def test_a_folder_of_images_is_searched_recursively_without_labels(photos):
+    from calib.data.sources import UNLABELED, image_folder
+
+    source = image_folder(photos)
+    assert len(source) == 9 and all(s.label == UNLABELED for s in source.samples)
+    assert not any("/." in s.key for s in source.samples)
+    with pytest.raises(CalibError, match="not found"):
+        image_folder(photos.parent / "no_such_folder")
+    (photos.parent / "empty").mkdir()
+    with pytest.raises(CalibError, match="no images"):
+        image_folder(photos.parent / "empty")
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_pads_with_gray():
+    from calib.data.transforms import get_preset
+
+    pre = get_preset("letterbox", 64)
+    wide = Image.new("RGB", (128, 32), (255, 0, 0))
+    rows = pre.pixels(wide)
+    assert rows.shape == (64, 64, 3)
+    assert (rows[32, :, 0] == 255).all() and (rows[0, :, :] == 114).all() and (rows[-1, :, :] == 114).all()
+    x = pre(wide)
+    assert x.shape == (3, 64, 64) and float(x.max()) == 1.0 and float(x.min()) == 0.0
+
+
+def test_a_detector_is_calibrated_on_a_folder_and_built_with_its_head_float(detector, photos, tmp_path):
+    from calib.commands.build import build as build_model
+    from calib.commands.calibrate import calibrate_only
+    from calib.quantize import excluded_nodes
+
+    outcome, data = calibrate_only(_config(detector, photos, tmp_path))
+    assert outcome.samples == 6 and not outcome.reused and data.calibration.source.id == "images"
+    meta = outcome.entry.metadata
+    assert meta.key.preprocess["crop"] == "letterbox"
+    for flavor in ("tensorrt", "ort"):
+        out = tmp_path / f"int8-{flavor}.onnx"
+        result = build_model(_config(detector, photos, tmp_path, qdq_flavor=flavor), outcome.entry.path, out)
+        assert result.path == out
+        built = onnx.load(str(out))
+        assert [o.name for o in built.graph.output] == ["out"]   # the outputs as the model gives them
+        heads = excluded_nodes(onnx.load(str(detector)), flavor).names("graph output", "head")
+        assert heads
+        # No head node's output is quantized (a float head may read the dequantized features of the
+        # convolution in front of it: that is where the head begins).
+        head_outputs = {o for n in built.graph.node if n.name in set(heads) for o in n.output}
+        quantized = {n.input[0] for n in built.graph.node if n.op_type == "QuantizeLinear"}
+        assert not head_outputs & quantized, (flavor, sorted(head_outputs & quantized))
+        assert any(n.op_type == "QuantizeLinear" for n in built.graph.node)
+    # The same cache again: reused, byte for byte.
+    again, _ = calibrate_only(_config(detector, photos, tmp_path))
+    assert again.reused and again.entry.path == outcome.entry.path
+
+
+def test_tensorrt_rtx_builds_the_detectors_tensorrt_flavor(detector, photos, tmp_path):
+    from tests.backends.trt.trt_fakes import rtx_backend
+
+    rtx_backend()   # a skip saying what to install where TensorRT-RTX is missing
+    from calib.commands.build import build as build_model
+    from calib.commands.calibrate import calibrate_only
+
+    outcome, _ = calibrate_only(_config(detector, photos, tmp_path))
+    engine = tmp_path / "yolo.engine"
+    build_model(_config(detector, photos, tmp_path, backend="tensorrt-rtx"), outcome.entry.path, engine)
+    assert engine.is_file() and engine.stat().st_size > 0
+
+
+def test_run_says_in_one_line_that_it_evaluates_classifiers_only(detector, photos, tmp_path):
+    from calib.commands.run import run
+
+    with pytest.raises(CalibError) as info:
+        run(_config(detector, photos, tmp_path, out=str(tmp_path / "out")))
+    assert "\n" not in str(info.value) and "calib calibrate --task detect" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_task_that_does_not_fit_the_model_is_one_line(detector, tmp_path):
+    from calib.models import resolve_model
+
+    with pytest.raises(CalibError, match="classifier"):
+        resolve_model(str(detector), "letterbox", 64, "classify")
+    with pytest.raises(CalibError, match="unknown task"):
+        resolve_model(str(detector), "letterbox", 64, "pose-ish")
+    with pytest.raises(CalibError, match="does not fit"):
+        resolve_model("efficientnet_lite0", None, None, "detect")
+    assert resolve_model(str(detector), "letterbox", 64).task == "generic"   # auto: not class scores
