@@ -31,7 +31,7 @@ import numpy as np
 from calib.errors import CalibError
 from calib.plugins import Registry
 
-DECODER_ENTRY_POINT_GROUP = "calib.metrics.decoders"
+ENTRY_POINT_GROUP = "calib.metrics.decoders"
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class Decoder:
         return [postprocess(b, s, **self.post) for b, s in self.candidates(outputs, n)]
 
 
-_decoders: Registry[type[Decoder]] = Registry("detection decoder", Decoder, DECODER_ENTRY_POINT_GROUP)
+_decoders: Registry[type[Decoder]] = Registry("detection decoder", Decoder, ENTRY_POINT_GROUP)
 
 
 def register_decoder(cls: type[Decoder]) -> type[Decoder]:
@@ -307,9 +307,9 @@ def choose_decoder(outputs: Mapping[str, np.ndarray], name: str = "auto", **para
     found = ", ".join(f"{k} {_shape(v)}" for k, v in arrays.items())
     raise CalibError(f"cannot tell the detection layout of outputs {found}: expected one (N, 4+C, A) output "
                      f"(ultralytics) or boxes (N, A, 4) + scores (N, A, C); pass a decoder "
-                     f"({', '.join(available_decoders())}) or a plug-in of group {DECODER_ENTRY_POINT_GROUP}")
+                     f"({', '.join(available_decoders())}) or a plug-in of group {ENTRY_POINT_GROUP}")
 
 
-__all__ = ["DECODER_ENTRY_POINT_GROUP", "BoxesScoresDecoder", "Decoder", "Detections", "Letterbox",
+__all__ = ["ENTRY_POINT_GROUP", "BoxesScoresDecoder", "Decoder", "Detections", "Letterbox",
            "UltralyticsDecoder", "available_decoders", "batched_nms", "box_iou", "choose_decoder", "cxcywh_to_xyxy",
            "get_decoder", "nms", "postprocess", "register_decoder"]
