@@ -134,7 +134,7 @@ BUILD = "calib.commands.build", "build"
 @with_groups
 def build(
     *, cache: str = opt("--cache", default=REQUIRED, help="calibration cache (.cache, with its .json sidecar)"),
-    model: ModelArgs, quantize: QuantizeArgs = QuantizeArgs("backend", "qdq_flavor"),
+    model: ModelArgs, quantize: QuantizeArgs = QuantizeArgs("backend", "qdq_flavor", "exclude", "exclude_ops"),
     out: str = opt("--out", default=REQUIRED, help="INT8 Q/DQ ONNX file (ort) or engine file (tensorrt)"),
     force: bool = opt("--force", default=param(*BUILD),
                       help="build even if the model hash differs; tensors without a scale stay float"),

@@ -278,6 +278,9 @@ class QuantizeArgs(Group):
         "qdq_flavor": opt(Optional[str], "--qdq-flavor", help="tensorrt or ort (default: the one --backend builds)"),
         "bias_correction": opt(bool, "--bias-correction/--no-bias-correction",
                                help="correct biases for the mean shift weight quantization causes"),
+        "exclude": opt(list[str], "--exclude", help="leave the nodes whose name matches this regex float "
+                                                    "(repeatable; the heads stay float anyway)"),
+        "exclude_ops": opt(list[str], "--exclude-op", help="leave every node of this op type float (repeatable)"),
     }
 
 

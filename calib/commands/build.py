@@ -90,7 +90,9 @@ def save_atomically(model: onnx.ModelProto, out: Path) -> None:
 
 def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, flavor: str, out: Path,
                      backend: str = "ort", force: bool = False, bias_correction: bool = True,
-                     overwrite: bool = False, **backend_options) -> BuildResult:
+                     overwrite: bool = False, rules: dict | None = None, **backend_options) -> BuildResult:
+    """`rules`: the user's exclusions (`RunConfig.placement_rules`: node-name regexes and op types
+    left float beside the heads), recorded in the model's provenance when given."""
     out = check_output_file(out, overwrite, is_calib_artifact)
     b = get_backend(backend)
     check_artifact_name(out, b)
@@ -105,8 +107,10 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
     if report.missing and not force:
         raise CalibError(f"cache {cache_path}: {report.problems()[-1]}; use --force to leave them in float")
     means = entry.metadata.channel_means if bias_correction and entry.metadata else None
-    qdq, left = quantize_model(prepared, entry.cache.amax(), flavor, allow_missing=force, channel_means=means)
-    mark_calib_onnx(qdq, qdq_flavor=flavor, cache=Path(cache_path).name)
+    rules = rules or {}
+    qdq, left = quantize_model(prepared, entry.cache.amax(), flavor, allow_missing=force, channel_means=means,
+                               **rules)
+    mark_calib_onnx(qdq, qdq_flavor=flavor, cache=Path(cache_path).name, **exclusions_record(rules))
     if b.artifact_suffix() == ".onnx":
         save_atomically(qdq, out)
         return BuildResult(out, report, left)
@@ -120,6 +124,13 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
         qdq_path.unlink(missing_ok=True)
         raise
     return BuildResult(out, report, left, qdq_model=qdq_path)
+
+
+def exclusions_record(rules: dict) -> dict:
+    """What a written model's provenance says of the user's exclusions (nothing when there are none,
+    so default builds keep their provenance as it was)."""
+    given = {k: list(v) for k, v in rules.items() if v}
+    return {"excluded": given} if given else {}
 
 
 def build_device(spec: str, backend: str) -> str:
@@ -183,7 +194,8 @@ def build(config: RunConfig, cache: str | Path, out: str | Path, force: bool = F
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
     flavor = config.qdq_flavor or default_flavor(config.backend)
     result = build_from_cache(model, prepared_model(model), Path(cache), flavor, Path(out), backend=config.backend,
-                              force=force, bias_correction=config.bias_correction, overwrite=overwrite, **options)
+                              force=force, bias_correction=config.bias_correction, overwrite=overwrite,
+                              rules=config.placement_rules(), **options)
     if checked_on != "cpu":
         check_on_device(result.path, checked_on, *model.size)
         result.device = checked_on

@@ -71,7 +71,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
         qdq = {}
         onnx_models = {"fp32": prepared_path(model)}
         for n in names:
-            qdq[n], _ = quantize_model(prepared, amaxes[n], flavor,
+            qdq[n], _ = quantize_model(prepared, amaxes[n], flavor, **config.placement_rules(),
                                        channel_means=bias_means(shared.outcomes[n].entry, config.bias_correction))
             mark_calib_onnx(qdq[n], qdq_flavor=flavor, cache=shared.outcomes[n].entry.path.name)
             onnx_models[n] = stage / f"int8-{n}.onnx"

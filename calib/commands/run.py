@@ -18,13 +18,14 @@ from calib.errors import CalibError
 from calib.evaluate.models import evaluate_models
 from calib.stats.sqnr import finite_or_none
 from calib.models import prepared_path, save_model
-from calib.quantize import quantize_model, required_tensors
+from calib.quantize import excluded_nodes, quantize_model, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
 from calib.report.schema import CalibrationSection, FallbackReport, RunReport
 from calib.stats.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
 from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
+from calib.commands.build import exclusions_record
 from calib.fsutil import mark_calib_onnx, staged_dir
 from calib.placement import CPU, Placement
 from calib.report.header import chance_warning, eval_section
@@ -49,16 +50,17 @@ def run(config: RunConfig) -> RunReport:
                             gpu_decode=config.gpu_decode)
         means = bias_means(outcome.entry, config.bias_correction)
         int8_onnx = stage / "int8.onnx"
-        qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor, channel_means=means)
+        rules = config.placement_rules()   # the user's exclusions, beside the heads the flavors keep float
+        qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor, channel_means=means, **rules)
         fallback = None
         if budget:
             fallback = fallback_to_budget(prepared, outcome.entry.cache.amax(), flavor, data.evaluation,
                                           max_drop=config.max_drop, min_agreement=config.min_agreement,
                                           batch_size=config.batch_size, workers=config.workers, seed=config.seed,
                                           progress=config.progress, channel_means=means,
-                                          device=placement.first, decoder=config.gpu_decode)
+                                          device=placement.first, decoder=config.gpu_decode, rules=rules)
             qdq = fallback.model  # evaluated below on the held-out subset only
-        mark_calib_onnx(qdq, qdq_flavor=flavor, cache=outcome.entry.path.name)
+        mark_calib_onnx(qdq, qdq_flavor=flavor, cache=outcome.entry.path.name, **exclusions_record(rules))
         save_model(qdq, int8_onnx)  # external data past 2 GB
         fp32_onnx = prepared_path(model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
         ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx},
@@ -70,6 +72,7 @@ def run(config: RunConfig) -> RunReport:
                               fallback.final_dataset if fallback else data.evaluation, placement, int8_onnx)
         if config.backend == "ort":
             report.ort_kernels = integer_kernel_check(int8_onnx)
+        report.placement = excluded_nodes(prepared, flavor, **rules).to_json()
         if fallback is not None:
             report.fallback = fallback_report(fallback, ev)
         add_decision_figures(report, config, backend, flavor, prepared, ev, artifacts,

@@ -38,7 +38,7 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
         means = bias_means(outcome.entry, config.bias_correction)
         result = rank_layers(prepared, outcome.entry.cache.amax(), flavor, subset, config.batch_size,
                              weighted_only=weighted_only, progress=config.progress, channel_means=means,
-                             device=placement.first)
+                             device=placement.first, rules=config.placement_rules())
         header = report_header(config, s, placement, int8_models=None)
         ranked = result.as_dict()
         chance = chance_warning(ranked["fp32_top1"], ranked["images"], class_count(data.evaluation))

@@ -162,7 +162,8 @@ class RunReport(Report):
     verdict: dict | None = None
     ort_kernels: dict | None = None
     fallback: FallbackReport | None = None
-    optional: ClassVar[tuple[str, ...]] = ("ort_kernels", "fallback", "speed_ort_cpu", "speed")
+    placement: dict | None = None    # the nodes kept float on purpose: heads, --exclude, --exclude-op
+    optional: ClassVar[tuple[str, ...]] = ("ort_kernels", "fallback", "speed_ort_cpu", "speed", "placement")
 
 
 @dataclass

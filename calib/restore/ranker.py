@@ -94,7 +94,8 @@ def _score(fp32: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
 def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, images: Images,
                 batch_size: int = 32, layers: Iterable[str] | None = None, weighted_only: bool = False,
                 fp32_logits: np.ndarray | None = None, progress: bool = True, check_images: int = 2,
-                channel_means: dict[str, list[float]] | None = None, device: str = "cpu") -> SensitivityResult:
+                channel_means: dict[str, list[float]] | None = None, device: str = "cpu",
+                rules: dict | None = None) -> SensitivityResult:
     """Sensitivity of each layer on `images` (FP32 logits computed once and shared).
 
     The single-layer models run under ORT_ENABLE_ALL (3-4x faster than ORT_ENABLE_BASIC on
@@ -112,7 +113,8 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     if device != "cpu":
         check_images = 0
     start = time.perf_counter()
-    all_layers = quantizable_layers(prepared, flavor)
+    rules = rules or {}   # the user's exclusions (calib.quantize: exclude, exclude_ops)
+    all_layers = quantizable_layers(prepared, flavor, **rules)
     chosen = all_layers
     if layers is not None:
         wanted = set(layers)
@@ -126,8 +128,8 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     every = {layer.id for layer in all_layers}
     # The two ends: every layer quantized (the INT8 model), every layer float (must be FP32).
     int8_logits = run_logits(runner(quantize_model(prepared, amax, flavor, channel_means=channel_means,
-                                                   quantized_layers=every)[0]), images, batch_size)
-    float_logits = run_logits(runner(quantize_model(prepared, amax, flavor, quantized_layers=set())[0]),
+                                                   quantized_layers=every, **rules)[0]), images, batch_size)
+    float_logits = run_logits(runner(quantize_model(prepared, amax, flavor, quantized_layers=set(), **rules)[0]),
                               images, batch_size)
     all_float_diff = float(np.max(np.abs(float_logits - fp32_logits)))
     if all_float_diff > 1e-3 * max(1.0, float(np.max(np.abs(fp32_logits)))):
@@ -137,7 +139,7 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
     bar = progress_bar(chosen, desc="sensitivity", unit="layer", enabled=progress)
     for layer in bar:
         data = quantize_model(prepared, amax, flavor, channel_means=channel_means,
-                              quantized_layers={layer.id})[0].SerializeToString()
+                              quantized_layers={layer.id}, **rules)[0].SerializeToString()
         logits = run_logits(runner(data), images, batch_size)
         if check_images > 0 and sqnr(run_logits(runner(data, "basic"), check, batch_size),
                                      logits[:check_images]) < 25.0:

@@ -61,7 +61,7 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
                        workers: int | None = None, seed: int = 0, ranking_images: int = 64,
                        max_search_images: int | None = 512, throughput_seconds: float = 2.0,
                        progress: bool = True, channel_means: dict[str, list[float]] | None = None,
-                       device: str = "cpu", decoder: str = "nvjpeg") -> FallbackResult:
+                       device: str = "cpu", decoder: str = "nvjpeg", rules: dict | None = None) -> FallbackResult:
     """Leave the fewest top-ranked layers in float so that the search subset meets the budget.
 
     `channel_means`: the cache's bias-correction means, as given to quantize_model (None: off).
@@ -82,14 +82,16 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     # and its input float together, the pattern ONNX Runtime computes right.
     fp32_logits = run_logits(OrtRunner(prepared, device=device, exact=False), images, batch_size)
     fp32_top1 = float(np.mean(top5(fp32_logits)[:, 0] == images.labels))
-    layers = quantizable_layers(prepared, flavor)
+    rules = rules or {}   # the user's exclusions (calib.quantize: exclude, exclude_ops)
+    layers = quantizable_layers(prepared, flavor, **rules)
     cache: dict[int, dict] = {}
     models: dict[int, onnx.ModelProto] = {}
     ranking: list[str] = []
 
     def attempt(k: int) -> dict:
         if k not in cache:
-            model, _ = quantize_model(prepared, amax, flavor, channel_means=channel_means, float_layers=ranking[:k])
+            model, _ = quantize_model(prepared, amax, flavor, channel_means=channel_means, float_layers=ranking[:k],
+                                      **rules)
             cache[k] = _metrics(fp32_logits, run_logits(OrtRunner(model, device=device), images, batch_size),
                                 images.labels)
             models[k] = model
@@ -103,7 +105,7 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     else:
         subset = images.head(ranking_images)
         result = rank_layers(prepared, amax, flavor, subset, batch_size, fp32_logits=fp32_logits[:ranking_images],
-                             progress=progress, channel_means=channel_means, device=device)
+                             progress=progress, channel_means=channel_means, device=device, rules=rules)
         ranking, ranked_on = result.ranking(), len(subset)
         n = len(ranking)
         everything = attempt(n)

@@ -27,6 +27,12 @@ class RunConfig:
     preprocess: str | None = None
     input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
     task: str = "auto"                   # classify, detect, segment, generic; auto: classify for class scores
+    exclude: tuple[str, ...] = ()        # node-name regexes left float (--exclude), beside the heads
+    exclude_ops: tuple[str, ...] = ()    # op types left float (--exclude-op)
+
+    def placement_rules(self) -> dict:
+        """The user's exclusions as `calib.quantize.quantize_model` and its siblings take them."""
+        return {"exclude": tuple(self.exclude), "exclude_ops": tuple(self.exclude_ops)}
     dataset: str | None = None           # None: imagenet-val when data_dir is given, else demo (__post_init__)
     data_dir: str | None = None
     samples: int | None = None           # None: half of the folder (the rest evaluates), at most 500 (default_samples)
@@ -57,6 +63,7 @@ class RunConfig:
         run the 5-photo demo and ignore X."""
         if self.dataset is None:
             self.dataset = "imagenet-val" if self.data_dir else "demo"
+        self.exclude, self.exclude_ops = tuple(self.exclude), tuple(self.exclude_ops)   # the CLI gives lists
 
     def placement(self) -> Placement:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,

@@ -129,3 +129,39 @@ def test_a_task_that_does_not_fit_the_model_is_one_line(detector, tmp_path):
     with pytest.raises(CalibError, match="does not fit"):
         resolve_model("efficientnet_lite0", None, None, "detect")
     assert resolve_model(str(detector), "letterbox", 64).task == "generic"   # auto: not class scores
+
+
+def test_exclusions_leave_the_named_nodes_and_op_types_float_and_are_recorded(detector, photos, tmp_path):
+    """--exclude REGEX (node names) and --exclude-op TYPE beside the heads: the nodes stay float in
+    the built model, the model's provenance records them, and a pattern matching nothing warns."""
+    import json
+    import warnings
+
+    from calib.commands.build import build as build_model
+    from calib.commands.calibrate import calibrate_only
+
+    outcome, _ = calibrate_only(_config(detector, photos, tmp_path))
+
+    def weights_quantized(path):
+        m = onnx.load(str(path))
+        inits = {t.name for t in m.graph.initializer}
+        dq = {n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+        return {n.name for n in m.graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in dq}
+
+    default = weights_quantized(build_model(_config(detector, photos, tmp_path), outcome.entry.path,
+                                            tmp_path / "default.onnx").path)
+    target = sorted(n for n in default if n.startswith("/cv2.0/"))
+    assert target
+    out = build_model(_config(detector, photos, tmp_path, exclude=(r"^/cv2\.0/",)), outcome.entry.path,
+                      tmp_path / "excluded.onnx").path
+    assert weights_quantized(out) == default - set(target)
+    record = json.loads(next(p.value for p in onnx.load(str(out)).metadata_props if p.key == "calib"))
+    assert record["excluded"] == {"exclude": [r"^/cv2\.0/"]}
+    no_conv = build_model(_config(detector, photos, tmp_path, exclude_ops=("Conv",)), outcome.entry.path,
+                          tmp_path / "noconv.onnx").path
+    assert not weights_quantized(no_conv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_model(_config(detector, photos, tmp_path, exclude=("no_such_node",)), outcome.entry.path,
+                    tmp_path / "nomatch.onnx")
+    assert any("no_such_node" in str(w.message) for w in caught)
