@@ -33,6 +33,17 @@ def as_json(data) -> None:
 def run_summary(r: dict, html: bool) -> None:
     if r["demo"]:
         typer.echo(DEMO_LINE)
+    if r.get("task", "classify") != "classify":   # a detector, a segmenter, any model: its metric and outputs
+        m = r["metric"]
+        ci = m.get("drop_ci95")
+        worst = min((o["sqnr_db"] for o in r["outputs"] if o["sqnr_db"] is not None), default=None)
+        typer.echo(f"{m['name']}: FP32 {m['fp32']:.4f}  INT8 {m['int8']:.4f}  drop {m['drop']:.4f}"
+                   + (f" (95% CI {ci[0]:.4f} to {ci[1]:.4f})" if ci else "")
+                   + f" against {'the labels' if m['reference'] == 'labels' else 'FP32'}; worst output SQNR "
+                   + ("inf" if worst is None else f"{worst:.1f} dB") + f"  ({images(r['eval']['samples'])})")
+        typer.echo(f"report: {os.path.dirname(r['int8_model'])}/report.md" + (" and report.html" if html else ""))
+        report_warnings(r)
+        return
     ci = r.get("top1_drop_ci95")
     typer.echo(f"FP32 top-1 {r['fp32']['top1']:.2%}  INT8 top-1 {r['int8']['top1']:.2%}  "
                f"drop {points(r['top1_drop'])} pts" + (f" (95% CI {points(ci[0])} to {points(ci[1])})" if ci else "")

@@ -40,6 +40,10 @@ def run(config: RunConfig) -> RunReport:
     if not runnable:  # evaluation runs the engines: say so before any calibration work
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
+    if s.model.task != "classify":   # judged output by output and by its task's metric
+        from calib.commands.task import run_task
+
+        return run_task(config, s, backend)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     placement = s.placement
     calib_batch, eval_batch = config.pass_batch_sizes()

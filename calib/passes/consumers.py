@@ -6,6 +6,8 @@
   what `calib.stats.accuracy.Evaluation` holds.
 - `Sqnr`: per-tensor signal and noise power of test models against a reference model.
 - `Keep`: one output of one runner, concatenated (the ranker's and the search's logits).
+- `Judge`: every output of a test model against a reference model, per image, and the task
+  metric (`calib.metrics`) fed both models' outputs: how a model that is not a classifier is judged.
 """
 
 from __future__ import annotations
@@ -142,3 +144,24 @@ class Keep:
 
     def result(self) -> np.ndarray:
         return np.concatenate(self.parts)
+
+
+class Judge:
+    """Every output of runner `test` against runner `reference` per image (`calib.metrics.outputs`:
+    SQNR with its paired interval, cosine) and the task `metric` (`calib.metrics.Metric`) fed both
+    runners' outputs, batch by batch; host copies (the metrics are numpy)."""
+
+    def __init__(self, metric: Any, reference: str = "fp32", test: str = "int8"):
+        from calib.metrics.outputs import OutputsAccumulator
+
+        self.metric, self.reference, self.test = metric, reference, test
+        self.outputs = OutputsAccumulator()
+        self.keys: list[str] = []
+
+    def consume(self, step: Step) -> None:
+        ref = {k: tensor.to_numpy(v) for k, v in step.outputs[self.reference].items()}
+        test = {k: tensor.to_numpy(v) for k, v in step.outputs[self.test].items()}
+        self.outputs.update(ref, test, step.size)
+        self.metric.update(self.reference, step.batch.keys, ref)
+        self.metric.update(self.test, step.batch.keys, test)
+        self.keys.extend(step.batch.keys)

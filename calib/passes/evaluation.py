@@ -49,3 +49,17 @@ def logits(runner, images: Images, batch_size: int = 32):
     keep = Keep("model")
     walk(images.batches(batch_size), {"model": runner}, [keep])
     return keep.result()
+
+
+def judge(runners: Mapping, dataset: "Dataset", metric, batch_size: int = 32, device: str = "cpu",
+          decoder: str = "nvjpeg", workers: int | None = None, progress: str | None = "evaluating"):
+    """The evaluation of a model that is not a classifier: runners "fp32" and "int8" on each batch,
+    every output compared (`Judge`). Returns (the Judge, skipped files, seconds)."""
+    from calib.passes.consumers import Judge
+
+    skips = SkipLog()
+    source = batches(dataset, batch_size, device, decoder, workers, progress, skips)
+    consumer = Judge(metric)
+    walked = walk(source, runners, [consumer], pad_to=padded_batch(batch_size, len(dataset)) if device != "cpu" else None,
+                  concurrent=device != "cpu", background=device != "cpu")
+    return consumer, skips.skipped, walked.seconds

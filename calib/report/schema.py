@@ -167,6 +167,25 @@ class RunReport(Report):
 
 
 @dataclass
+class TaskReport(Report):
+    """The run report of a model that is not a classifier (task detect, segment or generic): every
+    output judged against FP32 (`outputs`) and the task metric (`metric`), calib.metrics."""
+    header: ReportHeader
+    task: str
+    calibrator: str
+    calibrator_params: dict
+    preprocess: dict
+    fp32_model: str
+    int8_model: str
+    calibration: CalibrationSection
+    eval: EvalSection
+    outputs: list[dict]
+    metric: dict
+    placement: dict | None = None
+    size_mb: dict | None = None
+
+
+@dataclass
 class CompareReport(Report):
     header: ReportHeader
     kind: str

@@ -65,10 +65,11 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
     store.check(write=config.recalibrate or not store.holds_caches())
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
-    if model.task != "classify":
-        raise CalibError(f"{model.name} is a {model.task} model: calib {kind or 'run'} evaluates classifiers only "
-                         f"so far; calibrate it with `calib calibrate --task {model.task}` and build it with "
-                         f"`calib build --task {model.task}`")
+    if model.task != "classify" and (kind is not None or config.max_drop is not None
+                                     or config.min_agreement is not None):
+        what = f"calib {kind}" if kind else "a fallback budget (--max-drop, --min-agreement)"
+        raise CalibError(f"{model.name} is a {model.task} model: {what} needs a classifier so far; `calib run "
+                         f"--task {model.task}` judges it output by output against FP32")
     check_decoder(config, model, placement)
     fit_to_memory(config, model, placement)            # before the prepared model, whose probe runs it
     flavor = config.qdq_flavor or default_flavor(config.backend)
@@ -76,7 +77,8 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
                      config.eval_data_dir, config.eval_samples)
     prepared = prepared_model(model)
     run_at_fixed_batch(config, model, prepared)
-    check_model_classes(model, data.calibration, prepared)
+    if model.task == "classify":   # scored against labels: the class counts must agree
+        check_model_classes(model, data.calibration, prepared)
     return RunSetup(model, flavor, data, prepared, out, placement)
 
 

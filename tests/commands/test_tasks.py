@@ -110,13 +110,58 @@ def test_tensorrt_rtx_builds_the_detectors_tensorrt_flavor(detector, photos, tmp
     assert engine.is_file() and engine.stat().st_size > 0
 
 
-def test_run_says_in_one_line_that_it_evaluates_classifiers_only(detector, photos, tmp_path):
+def test_run_judges_a_detector_output_by_output_and_by_map_against_fp32(detector, photos, tmp_path):
+    """Issue 21's done-when for one model: `calib run --task detect --dataset images` ends with a
+    finite SQNR for every output and the task metric (mAP against FP32's own detections)."""
+    import json
+
     from calib.commands.run import run
 
-    with pytest.raises(CalibError) as info:
-        run(_config(detector, photos, tmp_path, out=str(tmp_path / "out")))
-    assert "\n" not in str(info.value) and "calib calibrate --task detect" in str(info.value)
-    assert not (tmp_path / "out").exists()
+    report = run(_config(detector, photos, tmp_path, out=str(tmp_path / "out"), speed_seconds=0))
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["task"] == "detect" and report["task"] == "detect"
+    assert [o["name"] for o in saved["outputs"]] == ["out"]
+    assert all(o["sqnr_db"] is not None and o["sqnr_db"] > 0 and len(o["sqnr_db_ci95"]) == 2 for o in saved["outputs"])
+    m = saved["metric"]
+    assert m["reference"] == "fp32" and m["name"].startswith("mAP") and m["fp32"] == 1.0   # FP32 against itself
+    assert 0.0 <= m["int8"] <= 1.0 and abs(m["drop"] - (m["fp32"] - m["int8"])) < 1e-6
+    assert any(n["reason"] == "head" for n in saved["placement"]["nodes"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| out |" in md and "mAP" in md
+    assert (tmp_path / "out" / "int8.onnx").is_file() and (tmp_path / "out" / "report.html").is_file()
+
+
+def test_compare_sensitivity_and_budgets_say_in_one_line_that_they_need_a_classifier(detector, photos, tmp_path):
+    from calib.commands.compare import compare_calibrators
+    from calib.commands.run import run
+    from calib.commands.sensitivity import rank_sensitivity
+
+    for call in (lambda: compare_calibrators(_config(detector, photos, tmp_path), ["minmax"], tmp_path / "c"),
+                 lambda: rank_sensitivity(_config(detector, photos, tmp_path), tmp_path / "s", images=4),
+                 lambda: run(_config(detector, photos, tmp_path, out=str(tmp_path / "b"), max_drop=0.01))):
+        with pytest.raises(CalibError) as info:
+            call()
+        assert "\n" not in str(info.value) and "calib run --task detect" in str(info.value)
+    assert not [p for p in ("c", "s", "b") if (tmp_path / p).exists()]
+
+
+def test_a_segmenter_runs_as_generic_by_default(tmp_path, photos):
+    """--task auto on a model whose output is not class scores is generic: per-output fidelity and
+    argmax agreement over the channel axis."""
+    import json
+
+    from calib.commands.run import run
+    from tests.quantize.head_models import SegHead
+
+    path = tmp_path / "seg.onnx"
+    onnx.save(export(build(SegHead)), str(path))
+    config = RunConfig(model=str(path), dataset="images", data_dir=str(photos), samples=5, preprocess="letterbox",
+                       input_size="64", cache_dir=str(tmp_path / "caches"), workers=0, progress=False,
+                       out=str(tmp_path / "out"), speed_seconds=0)
+    run(config)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["task"] == "generic" and saved["metric"]["reference"] == "fp32"
+    assert all(o["sqnr_db"] is not None for o in saved["outputs"])
 
 
 def test_a_task_that_does_not_fit_the_model_is_one_line(detector, tmp_path):

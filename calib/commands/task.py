@@ -1,0 +1,76 @@
+"""`calib run` on a model that is not a classifier (task detect, segment or generic): calibrate (or
+reuse the cache), materialize the INT8 model with its head float, evaluate FP32 and INT8 on the same
+images through the evaluation pass, judging every output against FP32 and the task metric
+(calib.metrics), and write report.json / report.md / report.html (calib.report.task).
+
+Still to come (issue 21): labels (`--labels`), the verdict and the budgets (`--max-drop`) driven by
+the task metric, speed figures; `run` refuses the budgets for these tasks in one line."""
+
+from __future__ import annotations
+
+from calib.calibration import calibrate
+from calib.commands.build import exclusions_record
+from calib.evaluate.models import build_artifacts
+from calib.fsutil import mark_calib_onnx, staged_dir
+from calib.metrics.outputs import outputs_json
+from calib.metrics.registry import get_metric
+from calib.models import prepared_path, save_model
+from calib.onnx_io import model_size_mb
+from calib.passes.evaluation import judge
+from calib.quantize import excluded_nodes, quantize_model
+from calib.report.header import eval_section
+from calib.report.schema import CalibrationSection, TaskReport
+from calib.report.task import write_task_report
+from calib.session.config import RunConfig
+from calib.session.context import RunSetup, bias_means, report_header
+
+
+def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
+    model, flavor, data, prepared = s.model, s.flavor, s.data, s.prepared
+    calib_batch, eval_batch = config.pass_batch_sizes()
+    with staged_dir(s.out) as stage:
+        outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
+                            batch_size=calib_batch, workers=config.workers, recalibrate=config.recalibrate,
+                            calibrator_params=config.calibrator_params, progress=config.progress,
+                            placement=s.placement, gpu_decode=config.gpu_decode)
+        means = bias_means(outcome.entry, config.bias_correction)
+        rules = config.placement_rules()
+        qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor, channel_means=means, **rules)
+        mark_calib_onnx(qdq, qdq_flavor=flavor, cache=outcome.entry.path.name, **exclusions_record(rules))
+        int8_onnx = stage / "int8.onnx"
+        save_model(qdq, int8_onnx)
+        onnx_files = {"fp32": prepared_path(model), "int8": int8_onnx}
+        artifacts = build_artifacts(backend, onnx_files, stage)
+        runners = {}
+        try:
+            for name, artifact in artifacts.items():
+                runners[name] = backend.load(artifact, s.placement.first if s.placement.on_gpu else None)
+            judged, skipped, seconds = judge(runners, data.evaluation, get_metric(model.task), eval_batch,
+                                             s.placement.first, config.gpu_decode, config.workers,
+                                             "evaluating" if config.progress else None)
+        finally:
+            for r in runners.values():
+                r.close()
+        evaluated = _Evaluated(judged.keys, skipped, seconds)
+        header = report_header(config, s, s.placement, {"int8": int8_onnx})
+        report = TaskReport(
+            header=header, task=model.task, calibrator=config.calibrator,
+            calibrator_params=outcome.entry.metadata.key.calibrator_params if outcome.entry.metadata else {},
+            preprocess=model.preprocess.params,
+            fp32_model=str(artifacts["fp32"]), int8_model=str(s.out / artifacts["int8"].name),
+            calibration=CalibrationSection(samples=outcome.samples, seconds=round(outcome.seconds, 3),
+                                           cache=str(outcome.entry.path), reused=outcome.reused,
+                                           skipped=len(outcome.skipped), requested_samples=data.requested_samples),
+            eval=eval_section(evaluated, data.calibration, data.evaluation, header),
+            outputs=outputs_json(judged.outputs.result()), metric=judged.metric.result().to_json(),
+            placement=excluded_nodes(prepared, flavor, **rules).to_json(),
+            size_mb={name: model_size_mb(path) for name, path in onnx_files.items()})
+        write_task_report(stage, report, html=config.html)
+    return report
+
+
+class _Evaluated:
+    """What eval_section reads of an evaluation: the images evaluated and skipped, the seconds."""
+
+    def __init__(self, keys: list[str], skipped: list[str], seconds: float) -> None:
+        self.keys, self.skipped, self.seconds = keys, skipped, seconds

@@ -1,0 +1,72 @@
+"""The report of `calib run` on a model that is not a classifier: report.json (`task`, `outputs`,
+`metric`: docs/report.md) and report.md, and report.html holding the same tables. Every output is
+judged against FP32 (its SQNR with a paired 95% interval over images, and its cosine similarity),
+then the task metric (calib.metrics: mAP for detect, mIoU for segment, per-output fidelity for
+generic), against the labels or against FP32's own outputs, as `metric.reference` says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from calib.fsutil import atomic_write_text
+from calib.report.format import db, images
+from calib.report.header import evaluation_text, note_lines, origin_rows
+from calib.report.html import esc, notes, page, section, table
+from calib.report.schema import as_json
+
+
+def _num(x, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(ci, fmt=db) -> str:
+    return "n/a" if not ci else f"{fmt(ci[0])} to {fmt(ci[1])}"
+
+
+def output_rows(r: dict) -> list[list[str]]:
+    return [[o["name"], "x".join(str(d) for d in o["shape"][1:]), db(o["sqnr_db"]), _ci(o.get("sqnr_db_ci95")),
+             _num(o.get("cosine"))] for o in r["outputs"]]
+
+
+def metric_line(m: dict) -> str:
+    against = "the labels" if m.get("reference") == "labels" else "FP32's own outputs"
+    return (f"{m['name']}: FP32 {_num(m.get('fp32'))}, INT8 {_num(m.get('int8'))}, drop {_num(m.get('drop'))} "
+            f"(95% CI {_ci(m.get('drop_ci95'), _num)}), against {against}")
+
+
+def render_markdown(r: dict) -> str:
+    r = as_json(r)
+    worst = min((o["sqnr_db"] for o in r["outputs"] if o["sqnr_db"] is not None), default=None)
+    lines = [f"# calib run: {r['model']} ({r['task']}) / {r['calibrator']} / {r['qdq_flavor']} Q/DQ", "",
+             f"- {metric_line(r['metric'])}",
+             f"- worst output SQNR {db(worst)} over {images(r['eval']['samples'])} of {evaluation_text(r)}",
+             f"- calibration: {images(r['calibration']['samples'])}, cache `{r['calibration']['cache']}`"
+             f"{' (reused)' if r['calibration']['reused'] else ''}"]
+    lines += [f"- {what}: `{value}`" for what, value in origin_rows(r)] + note_lines(r)
+    lines += ["", "| output | shape per image | SQNR | SQNR 95% CI | cosine |", "|---|---|---:|---:|---:|"]
+    lines += ["| " + " | ".join(row) + " |" for row in output_rows(r)]
+    kept = (r.get("placement") or {}).get("nodes") or []
+    if kept:
+        lines += ["", f"{len(kept)} nodes kept float on purpose (heads, --exclude, --exclude-op): "
+                  + ", ".join(f"`{n['node']}` ({n['reason']})" for n in kept[:20])
+                  + (" ..." if len(kept) > 20 else "")]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(r: dict) -> str:
+    r = as_json(r)
+    body = [f"<h1>calib run: {esc(r['model'])} ({esc(r['task'])})</h1>", f"<p>{esc(metric_line(r['metric']))}</p>",
+            notes(r),
+            section("outputs", "Every output against FP32",
+                    [table(["output", "shape per image", "SQNR", "SQNR 95% CI", "cosine"], output_rows(r))])]
+    return page(f"calib run: {r['model']}", body)
+
+
+def write_task_report(out_dir: Path, report, html: bool = False) -> None:
+    """report.json and report.md (and report.html when `html`) of a TaskReport."""
+    r = as_json(report)
+    atomic_write_text(out_dir / "report.json", json.dumps(r, indent=2) + "\n")
+    atomic_write_text(out_dir / "report.md", render_markdown(r))
+    if html:
+        atomic_write_text(out_dir / "report.html", render_html(r))
