@@ -220,7 +220,8 @@ def test_rtx_compute_capability_targets(rtx, tmp_path, cc):
 def test_rtx_unknown_compute_capability_lists_choices(rtx, tmp_path):
     with pytest.raises(CalibError) as info:
         rtx.build(qdq_model(tmp_path), tmp_path / "x.engine", "int8", compute_capability=90)
-    assert str(info.value) == "unknown compute capability 90 (choose from: 86, 89, 120)"
+    assert str(info.value) == ("unknown compute capability 90 (choose from: 86, 89, 120); written as NVIDIA does, "
+                               "8.6, 8.9, 12.0")
     assert not (tmp_path / "x.engine").exists()
 
 
