@@ -154,7 +154,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, small_imagenet
         "unknown-calibrator": (base + ["--calibrator", "magic"], ["magic", "entropy"]),
         "unknown-dataset": (["run", "--dataset", "cifar"], ["unknown dataset"]),
         "not-onnx": (base + ["--model", bogus], ["not a readable ONNX model"]),
-        "not-a-classifier": (base + ["--model", two_outputs], ["not an ONNX image classifier"]),
+        "not-a-classifier": (base + ["--model", two_outputs, "--task", "classify"], ["not an ONNX image classifier"]),
         "bad-percentile": (base + ["--calibrator", "percentile", "--percentile", 120], ["percentile"]),
         "no-tensorrt": (base + ["--backend", "tensorrt"], ["pip install tensorrt", "NVIDIA GPU"]),
     }[case]

@@ -138,11 +138,13 @@ def test_fp16_weights_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("out,words", [(("N", 3, 7), "(N, K) or (N, K, 1, 1)"), (("N", 3, 2, 2), "found (N, 3, 2, 2)")])
-def test_outputs_that_are_not_class_scores_are_refused(tmp_path, out, words):
+def test_outputs_that_are_not_class_scores_are_refused_as_a_classifier(tmp_path, out, words):
+    """--task classify needs class scores; --task auto takes such a model as generic (issue 21)."""
     path = _save(tmp_path, [_image()], [_scores(out)], [helper.make_node("Identity", ["input"], ["output"])])
     with pytest.raises(CalibError) as e:
-        resolve_model(str(path))
+        resolve_model(str(path), task="classify")
     assert words in _one_line(e)
+    assert resolve_model(str(path)).task == "generic"
 
 
 def test_integer_output_is_refused(tmp_path):
@@ -150,7 +152,7 @@ def test_integer_output_is_refused(tmp_path):
              helper.make_node("ArgMax", ["f"], ["output"], axis=1)]
     path = _save(tmp_path, [_image()], [_scores(("N", 1), TensorProto.INT64)], nodes)
     with pytest.raises(CalibError) as e:
-        resolve_model(str(path))
+        resolve_model(str(path), task="classify")
     assert "float32 class scores, found int64" in _one_line(e)
 
 
