@@ -151,6 +151,10 @@ def check_dataset_options(config: RunConfig) -> None:
     --eval-data-dir said."""
     if config.dataset in FOLDER_DATASETS:
         return
+    if config.dataset != "demo" and not (config.dataset.startswith("hf:") and len(config.dataset) > 3):
+        from calib.data.plan import DATASETS
+
+        raise CalibError(f"unknown dataset '{config.dataset}' (choose from: {', '.join(DATASETS)})")
     given = [flag for flag, value in (("--data-dir", config.data_dir), ("--eval-data-dir", config.eval_data_dir))
              if value]
     if given:
