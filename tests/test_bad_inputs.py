@@ -349,7 +349,7 @@ def run_a_b(two_folders, tiny_model):
     return work / "run", proc
 
 
-def test_i22_row1_run_names_the_evaluation_folder_and_the_model_file(two_folders, run_a_b, tiny_model):
+def test_run_names_the_evaluation_folder_and_the_model_file(two_folders, run_a_b, tiny_model):
     _, a, b = two_folders
     out, _ = run_a_b
     r = json.loads((out / "report.json").read_text())
@@ -364,7 +364,7 @@ def test_i22_row1_run_names_the_evaluation_folder_and_the_model_file(two_folders
     assert str(b) in (out / "report.html").read_text()
 
 
-def test_i22_row1_compare_names_the_evaluation_folder(two_folders, tiny_model):
+def test_compare_names_the_evaluation_folder(two_folders, tiny_model):
     work, a, b = two_folders
     calib("compare", "--model", tiny_model, "--dataset", "imagenet-val", "--data-dir", a, "--eval-data-dir", b,
           "--samples", 6, "--calibrators", "minmax,percentile", "--cache-dir", work / "caches",
@@ -376,7 +376,7 @@ def test_i22_row1_compare_names_the_evaluation_folder(two_folders, tiny_model):
     assert f"- model file: `{r['model_file']}`" in md and "- device: `cpu`" in md
 
 
-def test_i22_row2_a_file_name_that_is_not_utf8_is_reported_escaped(run_a_b):
+def test_a_file_name_that_is_not_utf8_is_reported_escaped(run_a_b):
     out, proc = run_a_b
     r = json.loads((out / "report.json").read_text())
     assert any(f.endswith("bad_\\xff\\xfe.JPEG") for f in r["eval"]["skipped_files"]), r["eval"]["skipped_files"]
@@ -384,7 +384,7 @@ def test_i22_row2_a_file_name_that_is_not_utf8_is_reported_escaped(run_a_b):
     assert "bad_\\xff\\xfe.JPEG" in (out / "report.html").read_text(encoding="utf-8")
 
 
-def test_i22_row3_fp32_at_chance_level_is_warned_in_one_line_and_in_the_report(run_a_b):
+def test_fp32_at_chance_level_is_warned_in_one_line_and_in_the_report(run_a_b):
     out, proc = run_a_b   # the tiny model has random weights: 0% top-1
     warned = [line for line in proc.stderr.splitlines() if "no better than chance" in line]
     assert len(warned) == 1 and warned[0].startswith("warning: FP32 top-1 is 0.00%"), proc.stderr
@@ -392,7 +392,7 @@ def test_i22_row3_fp32_at_chance_level_is_warned_in_one_line_and_in_the_report(r
     assert "- warning: FP32 top-1 is 0.00%" in (out / "report.md").read_text()
 
 
-def test_i22_row4_the_reports_warnings_are_printed_on_the_terminal_once_each(run_a_b):
+def test_the_reports_warnings_are_printed_on_the_terminal_once_each(run_a_b):
     out, proc = run_a_b
     r = json.loads((out / "report.json").read_text())
     assert any("only 6 images available for calibration" in w for w in r["warnings"])
@@ -420,13 +420,13 @@ def assert_usage_error(proc, *words):
     (["build", "--cache", "c.cache", "--out", "m.onnx", "--backend", "tensorrt-rtx", "--compute-capability", "abc"], ["86, 89, 120", "8.9"]),
     (["build", "--cache", "c.cache", "--out", "m.onnx", "--backend", "tensorrt-rtx", "--compute-capability", ""], ["86, 89, 120"]),
 ])
-def test_issue22_row3_row4_usage_errors_are_one_line(args, words, tmp_path):
+def test_usage_errors_are_one_line(args, words, tmp_path):
     proc = calib(*args, cwd=tmp_path, check=False)
     assert_usage_error(proc, *words)
     assert not list(tmp_path.iterdir())
 
 
-def test_issue22_row4_compute_capability_takes_the_docs_notation():
+def test_compute_capability_takes_the_docs_notation():
     from calib.commands.build import trt_options
 
     assert trt_options("tensorrt-rtx", compute_capability="8.9") == {"compute_capability": 89}
@@ -434,7 +434,7 @@ def test_issue22_row4_compute_capability_takes_the_docs_notation():
     assert trt_options("tensorrt-rtx", compute_capability="12.0") == {"compute_capability": 120}
 
 
-def test_issue22_row2_data_dir_alone_means_imagenet_val_and_demo_refuses_a_folder(tiny_model, small_imagenet,
+def test_data_dir_alone_means_imagenet_val_and_demo_refuses_a_folder(tiny_model, small_imagenet,
                                                                                  tmp_path):
     work = tmp_path / "work"
     proc = calib("run", "--dataset", "demo", "--data-dir", small_imagenet, "--samples", 4, "--model", tiny_model,
@@ -447,7 +447,7 @@ def test_issue22_row2_data_dir_alone_means_imagenet_val_and_demo_refuses_a_folde
     assert sidecar["key"]["dataset_id"].startswith("imagenet-val") and 1 <= sidecar["samples"] <= 4   # a corrupt one skipped
 
 
-def test_issue22_row7_sensitivity_runs_on_a_small_folder_without_samples(tiny_model, small_imagenet, tmp_path):
+def test_sensitivity_runs_on_a_small_folder_without_samples(tiny_model, small_imagenet, tmp_path):
     """A fixed default of 500 calibration images left nothing to evaluate on a folder of 500 or fewer."""
     calib("sensitivity", "--data-dir", small_imagenet, "--model", tiny_model, "--images", 2, "--workers", 0,
           "--cache-dir", tmp_path / "c", "--out", tmp_path / "s")
@@ -458,7 +458,7 @@ def test_issue22_row7_sensitivity_runs_on_a_small_folder_without_samples(tiny_mo
     ([], "model.engine", ["--backend ort writes a .onnx file", "*.onnx"]),
     (["--backend", "tensorrt-rtx"], "model.onnx", ["--backend tensorrt-rtx writes an engine", "*.engine"]),
 ])
-def test_issue22_row6_out_must_name_what_the_backend_writes(calibrated, tiny_model, tmp_path, extra, out, words):
+def test_out_must_name_what_the_backend_writes(calibrated, tiny_model, tmp_path, extra, out, words):
     _, cache = calibrated
     if extra:
         pytest.importorskip("tensorrt_rtx_bindings")
@@ -467,7 +467,7 @@ def test_issue22_row6_out_must_name_what_the_backend_writes(calibrated, tiny_mod
     assert proc.returncode == 2 and not list(tmp_path.iterdir())
 
 
-def test_issue22_row6_a_tensorrt_rtx_build_names_the_qdq_model_it_keeps(calibrated, tiny_model, tmp_path):
+def test_a_tensorrt_rtx_build_names_the_qdq_model_it_keeps(calibrated, tiny_model, tmp_path):
     pytest.importorskip("tensorrt_rtx_bindings")
     _, cache = calibrated
     proc = calib("build", "--model", tiny_model, "--cache", cache, "--backend", "tensorrt-rtx",
@@ -477,7 +477,7 @@ def test_issue22_row6_a_tensorrt_rtx_build_names_the_qdq_model_it_keeps(calibrat
     assert (tmp_path / "tiny.qdq.onnx").is_file()
 
 
-def test_issue22_row8_device_auto_names_the_device_on_stderr(tiny_model):
+def test_device_auto_names_the_device_on_stderr(tiny_model):
     import torch
 
     if torch.cuda.is_available():
@@ -515,14 +515,14 @@ def _wait_for_stage(folder: Path, proc, seconds: float = 60) -> Path:
 
 
 @pytest.mark.parametrize("cache_dir", ["x", "x/caches"])
-def test_i22_row1_out_that_is_or_holds_the_cache_dir_is_refused_before_any_work(cache_dir, tiny_model, tmp_path):
+def test_out_that_is_or_holds_the_cache_dir_is_refused_before_any_work(cache_dir, tiny_model, tmp_path):
     proc = calib("run", "--model", tiny_model, "--samples", 4, "--out", tmp_path / "x",
                  "--cache-dir", tmp_path / cache_dir, check=False)
     assert_one_line_error(proc, "--cache-dir")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_i22_row1_two_runs_with_one_out_one_wins_the_other_ends_in_one_line(tiny_model, tmp_path):
+def test_two_runs_with_one_out_one_wins_the_other_ends_in_one_line(tiny_model, tmp_path):
     args = ["run", "--model", tiny_model, "--samples", 8, "--cache-dir", tmp_path / "c", "--out", tmp_path / "r",
             "--no-html", "--speed-seconds", 0.2]
     a, b = _calib_popen(*args), _calib_popen(*args)
@@ -533,7 +533,7 @@ def test_i22_row1_two_runs_with_one_out_one_wins_the_other_ends_in_one_line(tiny
     assert (tmp_path / "r" / "report.json").is_file() and not leftovers(tmp_path)
 
 
-def test_i22_row2_a_calib_home_that_is_a_file_is_one_line(tiny_model, tmp_path):
+def test_a_calib_home_that_is_a_file_is_one_line(tiny_model, tmp_path):
     (tmp_path / "home").write_text("not a folder")
     proc = calib("run", "--model", tiny_model, "--samples", 4, "--out", tmp_path / "r", "--cache-dir", tmp_path / "c",
                  check=False, env={"CALIB_HOME": str(tmp_path / "home")})
@@ -541,7 +541,7 @@ def test_i22_row2_a_calib_home_that_is_a_file_is_one_line(tiny_model, tmp_path):
     assert not (tmp_path / "r").exists() and not leftovers(tmp_path)
 
 
-def test_i22_row3_sighup_ends_like_sigterm_and_a_killed_runs_stage_is_cleaned(tiny_model, tmp_path):
+def test_sighup_ends_like_sigterm_and_a_killed_runs_stage_is_cleaned(tiny_model, tmp_path):
     import signal
 
     args = ["run", "--model", tiny_model, "--samples", 8, "--cache-dir", tmp_path / "c", "--no-html",
@@ -564,7 +564,7 @@ def test_i22_row3_sighup_ends_like_sigterm_and_a_killed_runs_stage_is_cleaned(ti
     assert "timing speed" in done.stderr                  # row 6: the speed phase shows progress
 
 
-def test_i22_row4_a_hub_name_without_network_is_one_line_at_once(tiny_model, tmp_path):
+def test_a_hub_name_without_network_is_one_line_at_once(tiny_model, tmp_path):
     import time
 
     pytest.importorskip("datasets")
@@ -577,7 +577,7 @@ def test_i22_row4_a_hub_name_without_network_is_one_line_at_once(tiny_model, tmp
     assert time.monotonic() - start < 20 and not (tmp_path / "r").exists()
 
 
-def test_i22_row3_a_stop_signal_is_not_swallowed_by_except_exception():
+def test_a_stop_signal_is_not_swallowed_by_except_exception():
     """A SIGTERM that landed in library code falling back on `except Exception` (ONNX shape
     inference, when a signal arrived as calibration began) was swallowed and the run went on."""
     from calib.cli import Interrupted, _interrupt

@@ -267,7 +267,7 @@ def _snapshot(folder: Path):
 
 
 @pytest.mark.parametrize("hex_value,words", [("00000001", "subnormal"), ("7f7fffff", "amax = scale*127 overflows")])
-def test_issue22_row1_a_scale_no_int8_model_can_use_is_refused_on_every_path(tmp_path, hex_value, words):
+def test_a_scale_no_int8_model_can_use_is_refused_on_every_path(tmp_path, hex_value, words):
     """A subnormal (1.4e-45) or FLT_MAX scale: run reused it (numpy's 'divide by zero', INT8 top-1
     0%, exit 0), import and export took it. Every path now stops in one line naming the tensor."""
     model, cache = _tiny_run(tmp_path)
@@ -289,7 +289,7 @@ def test_issue22_row1_a_scale_no_int8_model_can_use_is_refused_on_every_path(tmp
     assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("*.cache"))
 
 
-def test_issue22_row2_export_given_the_model_refuses_what_verify_refuses(tmp_path):
+def test_export_given_the_model_refuses_what_verify_refuses(tmp_path):
     """A cache missing one quantized tensor's scale was exported with exit 0 while `cache verify`
     refused it."""
     import inspect
@@ -312,7 +312,7 @@ def test_issue22_row2_export_given_the_model_refuses_what_verify_refuses(tmp_pat
     assert not (tmp_path / "trt.cache").exists()
 
 
-def test_issue22_row3_listing_and_reusing_a_cache_write_nothing_in_its_folder(tmp_path):
+def test_listing_and_reusing_a_cache_write_nothing_in_its_folder(tmp_path):
     """`calib cache list` wrote index.json and a lock file into any folder it listed; reading never
     needs write access now (nor does reusing a cache: the run below only reads the cache folder)."""
     model, cache = _tiny_run(tmp_path)

@@ -158,19 +158,19 @@ def test_setup_runs_a_model_that_runs_only_at_batch_1_at_batch_1_and_says_so_onc
     ({"seed": -1}, "--seed must be at least 0"),
     ({"speed_seconds": -1.0}, "--speed-seconds must be at least 0"),
 ])
-def test_issue22_row3_numbers_are_checked_for_library_callers_too(fields, words):
+def test_numbers_are_checked_for_library_callers_too(fields, words):
     with pytest.raises(CalibError, match=words):
         check_config(RunConfig(**fields))
 
 
 @pytest.mark.parametrize("value", [101.0, 0.0, -5.0, float("nan")])
-def test_issue22_row1_a_percentile_is_range_checked_whatever_the_calibrator(value):
+def test_a_percentile_is_range_checked_whatever_the_calibrator(value):
     for calibrator in ("minmax", "percentile"):
         with pytest.raises(CalibError, match=r"percentile must be a number in \(0, 100\]"):
             check_config(RunConfig(calibrator=calibrator, calibrator_params={"percentile": value}))
 
 
-def test_issue22_row1_a_parameter_no_chosen_calibrator_takes_is_refused():
+def test_a_parameter_no_chosen_calibrator_takes_is_refused():
     with pytest.raises(CalibError, match="--percentile 99.0 has no effect with minmax: only the percentile"):
         check_config(RunConfig(calibrator="minmax", calibrator_params={"percentile": 99.0}))
     with pytest.raises(CalibError, match="no effect with minmax, mse"):
@@ -180,7 +180,7 @@ def test_issue22_row1_a_parameter_no_chosen_calibrator_takes_is_refused():
     check_config(RunConfig(calibrator="percentile", calibrator_params={"percentile": 99.0}))
 
 
-def test_issue22_row1_compare_refuses_a_percentile_none_of_its_calibrators_takes(tmp_path):
+def test_compare_refuses_a_percentile_none_of_its_calibrators_takes(tmp_path):
     from calib.commands.compare import compare_calibrators
 
     config = RunConfig(calibrator_params={"percentile": 99.0}, cache_dir=str(tmp_path / "c"))
@@ -189,7 +189,7 @@ def test_issue22_row1_compare_refuses_a_percentile_none_of_its_calibrators_takes
     assert not list(tmp_path.iterdir())
 
 
-def test_issue22_row2_a_folder_without_a_dataset_is_imagenet_val():
+def test_a_folder_without_a_dataset_is_imagenet_val():
     assert RunConfig().dataset == "demo"
     assert RunConfig(data_dir="/some/folder").dataset == "imagenet-val"
     assert RunConfig(dataset="hf:x", data_dir=None).dataset == "hf:x"
@@ -200,13 +200,13 @@ def test_issue22_row2_a_folder_without_a_dataset_is_imagenet_val():
     ({"dataset": "demo", "eval_data_dir": "/e"}, "--eval-data-dir"),
     ({"dataset": "hf:beans", "data_dir": "/d", "eval_data_dir": "/e"}, "--data-dir or --eval-data-dir"),
 ])
-def test_issue22_row2_a_folder_the_dataset_does_not_read_is_refused(fields, flags):
+def test_a_folder_the_dataset_does_not_read_is_refused(fields, flags):
     with pytest.raises(CalibError, match=f"--dataset {fields['dataset']} reads .*, not {flags}: folders are for "
                                          "imagenet-val"):
         check_config(RunConfig(**fields))
 
 
-def test_issue22_row7_samples_left_out_is_half_the_folder_at_most_500(small_imagenet, monkeypatch):
+def test_samples_left_out_is_half_the_folder_at_most_500(small_imagenet, monkeypatch):
     from calib.data import plan
     from calib.data.sources import imagenet_val
     from calib.session import default_samples
@@ -226,7 +226,7 @@ def test_issue22_row7_samples_left_out_is_half_the_folder_at_most_500(small_imag
     assert default_samples(folder) == 500
 
 
-def test_issue22_row8_device_auto_says_where_it_runs_and_why(monkeypatch):
+def test_device_auto_says_where_it_runs_and_why(monkeypatch):
     import torch
 
     from calib.backends import ort

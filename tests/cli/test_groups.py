@@ -232,7 +232,7 @@ def command_options():
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
-def test_issue22_every_float_option_refuses_a_value_that_is_not_finite(value):
+def test_every_float_option_refuses_a_value_that_is_not_finite(value):
     """Issue 22 row 3: `--speed-seconds inf` hung after the evaluation. The groups guard every float
     option (Opt.parameter), so an option added later is guarded too."""
     floats = [(words, flag) for words, flag, kind, _ in command_options() if groups.is_float(kind)]
@@ -243,7 +243,7 @@ def test_issue22_every_float_option_refuses_a_value_that_is_not_finite(value):
         assert f"'{flag}'" in result.output, (words, flag, result.output)
 
 
-def test_issue22_every_count_and_seed_option_has_a_lower_bound():
+def test_every_count_and_seed_option_has_a_lower_bound():
     """Issue 22 row 3: `--seed -1` ended in numpy's ValueError. Every int option is a count, a size
     or a seed: each declares its lower bound where it is parsed."""
     ints = [(words, flag, param) for words, flag, kind, param in command_options()

@@ -124,7 +124,7 @@ def test_bench_refuses_a_batch_the_machine_cannot_hold_before_allocating(tmp_pat
     assert not timed
 
 
-def test_issue22_row5_a_dynamic_size_model_is_timed_at_the_presets_size(tmp_path, monkeypatch):
+def test_a_dynamic_size_model_is_timed_at_the_presets_size(tmp_path, monkeypatch):
     """`calib bench --help` says --input-size defaults to the preprocessing preset's size: a model
     with dynamic H/W was refused without it; it is timed at that size, as `calib run` takes it."""
     import calib.commands.bench as module
