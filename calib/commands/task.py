@@ -28,6 +28,7 @@ from calib.session.context import RunSetup, bias_means, report_header
 def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
     model, flavor, data, prepared = s.model, s.flavor, s.data, s.prepared
     calib_batch, eval_batch = config.pass_batch_sizes()
+    check_task_fits(prepared, model.task, model.size)   # before any calibration: a task that cannot read the outputs
     with staged_dir(s.out) as stage:
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
                             batch_size=calib_batch, workers=config.workers, recalibrate=config.recalibrate,
@@ -67,6 +68,26 @@ def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
             size_mb={name: model_size_mb(path) for name, path in onnx_files.items()})
         write_task_report(stage, report, html=config.html)
     return report
+
+
+def check_task_fits(prepared, task: str, size: tuple[int, int]) -> None:
+    """The task's metric must read the model's outputs (a detector's layout, a segmenter's class
+    map): one gray image through the FP32 model and the metric, so a --task that does not fit the
+    outputs ends in the metric's one line before calibration, not after the evaluation."""
+    import numpy as np
+
+    from calib.backends.ort import OrtRunner
+
+    runner = OrtRunner(prepared, exact=False)
+    try:
+        values = runner.infer(np.zeros((1, 3, *size), np.float32))
+    finally:
+        runner.close()
+    outputs = dict(zip(runner.output_names, values))
+    metric = get_metric(task)
+    metric.update("fp32", ["probe"], outputs)
+    metric.update("int8", ["probe"], outputs)
+    metric.result()
 
 
 class _Evaluated:

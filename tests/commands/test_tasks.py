@@ -210,3 +210,16 @@ def test_exclusions_leave_the_named_nodes_and_op_types_float_and_are_recorded(de
         build_model(_config(detector, photos, tmp_path, exclude=("no_such_node",)), outcome.entry.path,
                     tmp_path / "nomatch.onnx")
     assert any("no_such_node" in str(w.message) for w in caught)
+
+
+def test_a_task_whose_metric_cannot_read_the_outputs_is_refused_before_any_work(detector, photos, tmp_path):
+    """--task segment on a detector: the metric's one line comes before calibration (no cache, no
+    output folder), not after the evaluation pass."""
+    from calib.commands.run import run
+
+    config = _config(detector, photos, tmp_path, out=str(tmp_path / "out"))
+    config.task = "segment"
+    with pytest.raises(CalibError) as info:
+        run(config)
+    assert "\n" not in str(info.value) and "segment" in str(info.value)
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "caches").glob("*.cache"))
