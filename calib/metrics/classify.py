@@ -34,13 +34,13 @@ class ClassifyMetric(Metric):
         x = first_output(outputs, self.output, "classify")
         n = len(keys)
         if x.ndim < 2 or x.shape[0] < n:
-            raise CalibError(f"classify: output of shape {list(x.shape)} is not (N, classes) logits for {n} images")
+            raise CalibError(f"classify: output of shape {list(x.shape)} is not (N, classes) logits for {n} image{'s' if n != 1 else ''}")
         top = tensor.top5(np.asarray(x, np.float32)[:n].reshape(n, -1))
         self._top5.add(model_name, keys, list(top))
         if labels is not None:
             y = np.asarray(labels).ravel()[:n]
             if len(y) != n:
-                raise CalibError(f"classify: {len(y)} labels for {n} images")
+                raise CalibError(f"classify: {len(y)} labels for {n} image{'s' if n != 1 else ''}")
             self._labels.update(zip(keys, (int(v) for v in y)))
 
     def result(self) -> MetricResult:

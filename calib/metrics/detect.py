@@ -65,7 +65,7 @@ class DetectMetric(Metric):
             self._classes = decoder.num_classes(outputs)
         if geometry is not None:
             if len(geometry) < len(keys):
-                raise CalibError(f"detect: {len(geometry)} letterbox geometries for {len(keys)} images")
+                raise CalibError(f"detect: {len(geometry)} letterbox geometries for {len(keys)} image{'s' if len(keys) != 1 else ''}")
             dets = [Detections(g.to_original(d.boxes), d.scores, d.classes) for d, g in zip(dets, geometry)]
         self._dets.add(model_name, keys, dets)
 

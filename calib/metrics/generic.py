@@ -42,7 +42,7 @@ class GenericMetric(Metric):
                labels: Any = None) -> None:
         n = len(keys)
         if any(np.asarray(v).ndim == 0 or np.asarray(v).shape[0] < n for v in outputs.values()):
-            raise CalibError(f"generic: every output needs a batch axis of {n} images, found "
+            raise CalibError(f"generic: every output needs a batch axis of {n} image{'s' if n != 1 else ''}, found "
                              + ", ".join(f"{k} {list(np.asarray(v).shape)}" for k, v in outputs.items()))
         per_image = [{k: np.asarray(v)[i] for k, v in outputs.items()} for i in range(n)]
         if not self._order:

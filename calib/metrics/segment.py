@@ -35,7 +35,7 @@ def class_map(x: np.ndarray, n: int, what: str) -> np.ndarray:
         return a[:n].argmax(axis=1)
     if a.ndim == 3 and a.shape[0] >= n and a.dtype.kind in "iu":
         return a[:n].astype(np.int64)
-    raise CalibError(f"{what}: expected (N, C, H, W) class scores or an (N, H, W) integer class map for {n} images, "
+    raise CalibError(f"{what}: expected (N, C, H, W) class scores or an (N, H, W) integer class map for {n} image{'s' if n != 1 else ''}, "
                      f"found {list(a.shape)} {a.dtype}")
 
 
