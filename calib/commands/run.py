@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from calib.backends import get_backend
-from calib.calibration import CalibrationOutcome, calibrate
+from calib.calibration import CalibrationOutcome
 from calib.data import Dataset
 from calib.diagnostics.histograms import pick_tensors, tensor_histograms
 from calib.diagnostics.sqnr import activation_sqnr
@@ -18,15 +18,15 @@ from calib.errors import CalibError
 from calib.evaluate.models import evaluate_models
 from calib.stats.sqnr import finite_or_none
 from calib.models import prepared_path, save_model
-from calib.quantize import excluded_nodes, quantize_model, required_tensors
+from calib.quantize import excluded_nodes, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
-from calib.report.schema import CalibrationSection, FallbackReport, RunReport
+from calib.report.schema import FallbackReport, RunReport
 from calib.stats.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
 from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
-from calib.commands.build import exclusions_record
-from calib.fsutil import mark_calib_onnx, staged_dir
+from calib.commands.steps import calibrate_run, calibration_section, int8_model, mark_int8
+from calib.fsutil import staged_dir
 from calib.placement import CPU, Placement
 from calib.report.header import chance_warning, eval_section
 from calib.session.config import RunConfig
@@ -46,16 +46,12 @@ def run(config: RunConfig) -> RunReport:
         return run_task(config, s, backend)
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
     placement = s.placement
-    calib_batch, eval_batch = config.pass_batch_sizes()
+    eval_batch = config.pass_batch_sizes()[1]
     with staged_dir(out) as stage:
-        outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
-                            batch_size=calib_batch, workers=config.workers, recalibrate=config.recalibrate,
-                            calibrator_params=config.calibrator_params, progress=config.progress, placement=placement,
-                            gpu_decode=config.gpu_decode)
-        means = bias_means(outcome.entry, config.bias_correction)
+        outcome = calibrate_run(config, s)
         int8_onnx = stage / "int8.onnx"
         rules = config.placement_rules()   # the user's exclusions, beside the heads the flavors keep float
-        qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor, channel_means=means, **rules)
+        qdq, means = int8_model(config, s, outcome)
         fallback = None
         if budget:
             fallback = fallback_to_budget(prepared, outcome.entry.cache.amax(), flavor, data.evaluation,
@@ -64,7 +60,7 @@ def run(config: RunConfig) -> RunReport:
                                           progress=config.progress, channel_means=means,
                                           device=placement.first, decoder=config.gpu_decode, rules=rules)
             qdq = fallback.model  # evaluated below on the held-out subset only
-        mark_calib_onnx(qdq, qdq_flavor=flavor, cache=outcome.entry.path.name, **exclusions_record(rules))
+        mark_int8(qdq, config, s, outcome)
         save_model(qdq, int8_onnx)  # external data past 2 GB
         fp32_onnx = prepared_path(model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
         ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx},
@@ -182,9 +178,7 @@ def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev
         preprocess=model.preprocess.params,
         fp32_model=str(fp32_artifact),
         int8_model=str(int8_artifact),
-        calibration=CalibrationSection(samples=outcome.samples, seconds=round(outcome.seconds, 3),
-                                       cache=str(outcome.entry.path), reused=outcome.reused,
-                                       skipped=len(outcome.skipped), requested_samples=data.requested_samples),
+        calibration=calibration_section(outcome, s),
         eval=eval_section(ev, data.calibration, evaluated, header),
         fp32=fp32,
         int8=int8,

@@ -8,36 +8,30 @@ the task metric, speed figures; `run` refuses the budgets for these tasks in one
 
 from __future__ import annotations
 
-from calib.calibration import calibrate
-from calib.commands.build import exclusions_record
+from calib.commands.steps import calibrate_run, calibration_section, int8_model, mark_int8
 from calib.evaluate.models import build_artifacts
-from calib.fsutil import mark_calib_onnx, staged_dir
+from calib.fsutil import staged_dir
 from calib.metrics.outputs import outputs_json
 from calib.metrics.registry import get_metric
 from calib.models import prepared_path, save_model
 from calib.onnx_io import model_size_mb
 from calib.passes.evaluation import judge
-from calib.quantize import excluded_nodes, quantize_model
+from calib.quantize import excluded_nodes
 from calib.report.header import eval_section
-from calib.report.schema import CalibrationSection, TaskReport
+from calib.report.schema import TaskReport
 from calib.report.task import write_task_report
 from calib.session.config import RunConfig
-from calib.session.context import RunSetup, bias_means, report_header
+from calib.session.context import RunSetup, report_header
 
 
 def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
     model, flavor, data, prepared = s.model, s.flavor, s.data, s.prepared
-    calib_batch, eval_batch = config.pass_batch_sizes()
+    eval_batch = config.pass_batch_sizes()[1]
     check_task_fits(prepared, model.task, model.size)   # before any calibration: a task that cannot read the outputs
     with staged_dir(s.out) as stage:
-        outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
-                            batch_size=calib_batch, workers=config.workers, recalibrate=config.recalibrate,
-                            calibrator_params=config.calibrator_params, progress=config.progress,
-                            placement=s.placement, gpu_decode=config.gpu_decode)
-        means = bias_means(outcome.entry, config.bias_correction)
-        rules = config.placement_rules()
-        qdq, _ = quantize_model(prepared, outcome.entry.cache.amax(), flavor, channel_means=means, **rules)
-        mark_calib_onnx(qdq, qdq_flavor=flavor, cache=outcome.entry.path.name, **exclusions_record(rules))
+        outcome = calibrate_run(config, s)
+        qdq, _ = int8_model(config, s, outcome)
+        mark_int8(qdq, config, s, outcome)
         int8_onnx = stage / "int8.onnx"
         save_model(qdq, int8_onnx)
         onnx_files = {"fp32": prepared_path(model), "int8": int8_onnx}
@@ -59,12 +53,10 @@ def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
             calibrator_params=outcome.entry.metadata.key.calibrator_params if outcome.entry.metadata else {},
             preprocess=model.preprocess.params,
             fp32_model=str(artifacts["fp32"]), int8_model=str(s.out / artifacts["int8"].name),
-            calibration=CalibrationSection(samples=outcome.samples, seconds=round(outcome.seconds, 3),
-                                           cache=str(outcome.entry.path), reused=outcome.reused,
-                                           skipped=len(outcome.skipped), requested_samples=data.requested_samples),
+            calibration=calibration_section(outcome, s),
             eval=eval_section(evaluated, data.calibration, data.evaluation, header),
             outputs=outputs_json(judged.outputs.result()), metric=judged.metric.result().to_json(),
-            placement=excluded_nodes(prepared, flavor, **rules).to_json(),
+            placement=excluded_nodes(prepared, flavor, **config.placement_rules()).to_json(),
             size_mb={name: model_size_mb(path) for name, path in onnx_files.items()})
         write_task_report(stage, report, html=config.html)
     return report

@@ -136,7 +136,9 @@ class FallbackReport(Report):
 
 
 @dataclass
-class RunReport(Report):
+class RunBase(Report):
+    """What every `calib run` report holds, whatever the model's task: where the figures come from,
+    the calibration and the evaluation images."""
     header: ReportHeader
     calibrator: str
     calibrator_params: dict
@@ -145,6 +147,10 @@ class RunReport(Report):
     int8_model: str
     calibration: CalibrationSection
     eval: EvalSection
+
+
+@dataclass
+class RunReport(RunBase):
     fp32: dict
     int8: dict
     bias_correction: bool
@@ -167,18 +173,10 @@ class RunReport(Report):
 
 
 @dataclass
-class TaskReport(Report):
+class TaskReport(RunBase):
     """The run report of a model that is not a classifier (task detect, segment or generic): every
     output judged against FP32 (`outputs`) and the task metric (`metric`), calib.metrics."""
-    header: ReportHeader
     task: str
-    calibrator: str
-    calibrator_params: dict
-    preprocess: dict
-    fp32_model: str
-    int8_model: str
-    calibration: CalibrationSection
-    eval: EvalSection
     outputs: list[dict]
     metric: dict
     placement: dict | None = None
