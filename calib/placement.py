@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from calib.errors import CalibError
+from calib.errors import CalibError, MissingDependency
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,26 @@ class Placement:
 
 
 CPU = Placement()
+
+
+def require_torch_cuda(device: str):
+    """(torch, the torch.device) for `device`, or a one-line error saying why not: what every GPU
+    path needs first (the placement check, the batch stream, nvJPEG decoding, the runners' device
+    buffers)."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependency("torch", "GPU batch streaming") from None
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise CalibError(f"GPU batch streaming needs a CUDA device, not '{device}' "
+                         f"(for CPU batches use calib.data.loader.iter_batches)")
+    if not torch.cuda.is_available():
+        raise CalibError(f"GPU batch streaming needs an NVIDIA GPU with CUDA, and torch {torch.__version__} "
+                         f"sees none (for CPU batches use calib.data.loader.iter_batches)")
+    if dev.index is None:  # "cuda": the current device, named by its index (set_device needs one)
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.index >= torch.cuda.device_count():
+        raise CalibError(f"there is no GPU {device}: torch sees {torch.cuda.device_count()} "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return torch, dev

@@ -74,8 +74,12 @@ def test_gpu_decode_is_checked_with_the_other_options():
 def test_gpu_decode_pil_needs_linux_on_a_gpu(monkeypatch):
     import calib.session.config as session
 
+    import calib.backends.ort as ort
+    import calib.placement as placement
+
     monkeypatch.setattr(session.sys, "platform", "win32")
-    monkeypatch.setattr(session, "check_placement", lambda config: config.placement())
+    monkeypatch.setattr(ort, "require_cuda_provider", lambda: None)         # as on a GPU machine
+    monkeypatch.setattr(placement, "require_torch_cuda", lambda device: None)
     with pytest.raises(CalibError, match="needs Linux"):
         session.check_config(session.RunConfig(device="cuda", gpu_decode="pil"))
     session.check_config(session.RunConfig(device="cpu", gpu_decode="pil"))   # no GPU: nothing to fork

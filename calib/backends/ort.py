@@ -326,7 +326,7 @@ def _own_stream(device_id: int):
     torch hands its streams out from a pool (32 per device and priority): past that many live
     ones, two runners may share a stream, which serialises them again (never a wrong result)."""
     try:
-        from calib.data.cuda import require_torch_cuda
+        from calib.placement import require_torch_cuda
 
         torch, device = require_torch_cuda(f"cuda:{device_id}")
     except CalibError:

@@ -3,7 +3,9 @@ entry-point group (the mechanism, shared with flavors and backends: calib.plugin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
+
+from calib.errors import CalibError
 
 from calib.plugins import Registry
 
@@ -45,3 +47,31 @@ def params_for(name: str, params: dict) -> dict:
 def get_calibrator(name: str, stats: TensorStatistics | None = None, **params: Any) -> Calibrator:
     """A new calibrator `name` reading `stats` (a fresh TensorStatistics when None)."""
     return calibrator_class(name)(stats, **params)
+
+
+def check_params(params: dict, calibrators: Sequence[str]) -> None:
+    """Each calibrator used constructed with its own parameters (unknown names and bad values fail
+    here, naming what is accepted), and each parameter (--percentile) range-checked by the
+    calibrator that declares it and refused when none of `calibrators` takes it: `params_for`
+    hands each calibrator only its own parameters, so `--percentile 101` with minmax used to be
+    accepted and ignored. compare passes its several calibrators: --percentile is fine there when
+    one of them takes it."""
+    for name in calibrators:
+        calibrator_class(name)(None, **params_for(name, params))
+    for key, value in params.items():
+        users = [name for name in calibrators if key in calibrator_class(name).defaults]
+        owners = users or [name for name in available_calibrators() if key in _defaults_of(name)]
+        if owners:
+            calibrator_class(owners[0])(None, **{key: value})   # its own check: (0, 100] for a percentile
+        if not users:
+            takes = f"only the {', '.join(owners)} calibrator takes it" if owners else "no calibrator takes it"
+            raise CalibError(f"--{key.replace('_', '-')} {value} has no effect with {', '.join(calibrators)}: {takes}")
+
+
+def _defaults_of(name: str) -> dict:
+    """The parameters calibrator `name` takes; none for a plug-in that cannot be loaded (the
+    calibrators a command uses are loaded, and fail, on their own)."""
+    try:
+        return dict(calibrator_class(name).defaults)
+    except CalibError:
+        return {}

@@ -13,8 +13,7 @@ def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     """The calibration of `run`, alone: the same checks (options, cache folder, memory, a model
     that runs at one batch only) before the same pass."""
     placement = check_config(config)
-    store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
-    store.check(write=config.recalibrate or not store.holds_caches())
+    store = config.cache_store()
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
     check_decoder(config, model, placement)
     fit_to_memory(config, model, placement)

@@ -247,7 +247,7 @@ class GpuDecoder:
     DECODERS = DECODERS
 
     def __init__(self, preprocess: Preprocess, device: str = "cuda", decoder: str = "nvjpeg") -> None:
-        from calib.data.cuda import require_torch_cuda
+        from calib.placement import require_torch_cuda
 
         if decoder not in self.DECODERS:
             raise CalibError(f"unknown GPU decoder '{decoder}' (choose from: {', '.join(self.DECODERS)})")

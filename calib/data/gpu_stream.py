@@ -55,7 +55,7 @@ from typing import Iterator
 import numpy as np
 
 from calib.data.batch import Batch
-from calib.data.cuda import require_torch_cuda
+from calib.placement import require_torch_cuda
 from calib.data.dataset import Dataset
 from calib.data.host_decode import default_gpu_workers
 from calib.data.loader import SkipLog, iter_batches

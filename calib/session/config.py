@@ -16,6 +16,7 @@ from typing import Sequence
 from calib.cache import CacheStore
 from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode
 from calib.errors import CalibError, Note
+from calib.fsutil import check_output_dir
 from calib.models import ZOO
 from calib.placement import CPU, Placement
 
@@ -132,8 +133,10 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     if placement.several and config.backend != "ort":
         raise CalibError(f"--device {config.device} shards ONNX Runtime's CUDA provider over several GPUs: use it "
                          f"with --backend ort, or one GPU (--device cuda:N) with --backend {config.backend}")
+    if config.gpu_decode == "pil" and not sys.platform.startswith("linux"):
+        raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
     from calib.backends.ort import require_cuda_provider
-    from calib.data.cuda import require_torch_cuda
+    from calib.placement import require_torch_cuda
 
     if passes or config.backend == "ort":
         require_cuda_provider()   # first: without calib[gpu] nothing else matters
@@ -178,53 +181,39 @@ def check_numbers(config: RunConfig) -> None:
         raise CalibError(f"--speed-seconds must be at least 0, got {config.speed_seconds}")
 
 
-def check_calibrator_params(params: dict, calibrators: Sequence[str]) -> None:
-    """Each calibrator parameter (--percentile) range-checked by the calibrator that declares it,
-    and refused when none of `calibrators` takes it: `params_for` hands each calibrator only its
-    own parameters, so `--percentile 101` with minmax used to be accepted and ignored. compare
-    passes its several calibrators: --percentile is fine there when one of them takes it."""
-    from calib.calibrators import available_calibrators, calibrator_class
-
-    for key, value in params.items():
-        users = [name for name in calibrators if key in calibrator_class(name).defaults]
-        owners = users or [name for name in available_calibrators() if key in _defaults_of(name)]
-        if owners:
-            calibrator_class(owners[0])(None, **{key: value})   # its own check: (0, 100] for a percentile
-        if not users:
-            takes = f"only the {', '.join(owners)} calibrator takes it" if owners else "no calibrator takes it"
-            raise CalibError(f"--{key.replace('_', '-')} {value} has no effect with {', '.join(calibrators)}: {takes}")
-
-
-def _defaults_of(name: str) -> dict:
-    """The parameters calibrator `name` takes; none for a plug-in that cannot be loaded (the
-    calibrators a command uses are loaded, and fail, on their own)."""
-    from calib.calibrators import calibrator_class
-
-    try:
-        return dict(calibrator_class(name).defaults)
-    except CalibError:
-        return {}
-
-
-def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) -> Placement:
+def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
+                 out: Path | None = None) -> Placement:
     """Every option that can be checked without the model or the images, checked first: a typo
     must not cost a model export, a calibration pass or a sensitivity ranking before it fails.
-    `calibrators`: the ones the command uses (default: `config.calibrator`; compare: its list).
-    Returns where the run goes (checked usable here)."""
+    `calibrators`: the ones the command uses (default: `config.calibrator`; compare: its list);
+    `out`: the output folder a command will write (checked apart from the cache folder).
+    Returns where the run goes (checked usable here).
+
+    The values are checked here first; then each name and setting goes to the layer that owns it
+    (the registries, the folders, the budget, the devices)."""
     from calib.backends import backend_class
-    from calib.calibrators import calibrator_class
-    from calib.calibrators.registry import params_for
+    from calib.calibrators.registry import check_params
     from calib.quantize import get_flavor
     from calib.stats.budget import check_budget
 
-    # Unknown names and bad parameters (--percentile 150) fail here, naming what is accepted.
-    calibrators = list(calibrators) if calibrators is not None else [config.calibrator]
-    for name in calibrators:
-        calibrator_class(name)(None, **params_for(name, config.calibrator_params))
-    check_calibrator_params(config.calibrator_params, calibrators)
-    backend_class(config.backend)  # unknown names fail here, naming the choices
+    store = config.cache_store()
+    check_values(config)
+    backend_class(config.backend)   # unknown names fail here, naming the choices
     if config.qdq_flavor is not None:
-        get_flavor(config.qdq_flavor)  # unknown names fail here, naming the choices
+        get_flavor(config.qdq_flavor)
+    check_params(config.calibrator_params, list(calibrators) if calibrators is not None else [config.calibrator])
+    if out is not None:
+        check_output_dir(out, apart_from={"--cache-dir": config.cache_dir})
+    # Reusing a cache only reads: write access is asked for where one will be saved.
+    store.check(write=config.recalibrate or not store.holds_caches())
+    if config.max_drop is not None or config.min_agreement is not None:
+        check_budget(config.max_drop, config.min_agreement)
+    return check_placement(config)
+
+
+def check_values(config: RunConfig) -> None:
+    """The options' own values: finite numbers, counts of at least one, a folder only where the
+    dataset reads one, a known decoder."""
     check_numbers(config)
     check_dataset_options(config)
     if config.samples is not None and config.samples < 1:
@@ -233,13 +222,8 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) ->
         raise CalibError(f"--eval-samples must be at least 1, got {config.eval_samples}")
     if config.batch_size < 1 or config.calib_batch_size < 1:
         raise CalibError("batch sizes must be at least 1")
-    if config.max_drop is not None or config.min_agreement is not None:
-        check_budget(config.max_drop, config.min_agreement)
     if config.gpu_decode not in GPU_DECODERS:
         raise CalibError(f"--gpu-decode must be one of {', '.join(GPU_DECODERS)}, not '{config.gpu_decode}'")
-    if config.gpu_decode == "pil" and config.placement().on_gpu and not sys.platform.startswith("linux"):
-        raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
-    return check_placement(config)
 
 
 MAX_DEFAULT_SAMPLES = 500   # a few hundred images calibrate as well as thousands (README)

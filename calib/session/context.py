@@ -13,7 +13,6 @@ import onnx
 
 from calib.data.plan import DataPlan, plan_data
 from calib.errors import CalibError
-from calib.fsutil import check_output_dir
 from calib.models import Model, check_classes, fixed_batch, parse_input_size, prepared_model, resolve_model
 from calib.placement import CPU, Placement
 from calib.report.schema import ReportHeader
@@ -59,11 +58,8 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     """What run, compare and sensitivity share: the model, the Q/DQ flavor, the calibration and
     evaluation data, the prepared FP32 graph and the output folder. `calibrators`: those the
     command uses, when not `config.calibrator` alone (compare)."""
-    placement = check_config(config, calibrators)
     out = Path(out) if out else default_out(config, kind)
-    check_output_dir(out, apart_from={"--cache-dir": config.cache_dir})  # before any model export or calibration
-    store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
-    store.check(write=config.recalibrate or not store.holds_caches())
+    placement = check_config(config, calibrators, out)
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
     if model.task != "classify" and (kind is not None or config.max_drop is not None
                                      or config.min_agreement is not None):
@@ -71,9 +67,10 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
         raise CalibError(f"{model.name} is a {model.task} model: {what} needs a classifier so far; `calib run "
                          f"--task {model.task}` judges it output by output against FP32")
     check_decoder(config, model, placement)
-    fit_to_memory(config, model, placement)            # before the prepared model, whose probe runs it
     flavor = config.qdq_flavor or default_flavor(config.backend)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config), config.seed,
+    fit_to_memory(config, model, placement)            # before the prepared model, whose probe runs it
+    samples = default_samples(config)
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, samples, config.seed,
                      config.eval_data_dir, config.eval_samples)
     prepared = prepared_model(model)
     run_at_fixed_batch(config, model, prepared)
@@ -101,9 +98,10 @@ def fit_to_memory(config: RunConfig, model: Model, placement: Placement) -> None
     from calib.models.memory import fit_batch, memory_need
     from calib.onnx_io import load_model
 
-    need = memory_need(load_model(model.path, external_data=False), (3, *model.size))
+    batches = config.pass_batch_sizes()
     on_host = not placement.on_gpu   # on a GPU the activations are the GPU's: the host holds the images
-    for field, batch, what in zip(("calib_batch_size", "batch_size"), config.pass_batch_sizes(),
+    need = memory_need(load_model(model.path, external_data=False), (3, *model.size))
+    for field, batch, what in zip(("calib_batch_size", "batch_size"), batches,
                                   ("the calibration pass", "the evaluation")):
         fits, note = fit_batch(need, batch, f"{model.name}: {what}", activations=on_host)
         if note is None:

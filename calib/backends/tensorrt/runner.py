@@ -39,7 +39,7 @@ class CudaIO:
     """Engine I/O in torch CUDA tensors, executed on one side stream of `device`."""
 
     def __init__(self, device: str = "cuda") -> None:
-        from calib.data.cuda import require_torch_cuda
+        from calib.placement import require_torch_cuda
 
         self.torch, self.device = require_torch_cuda(device)
         self.torch.cuda.set_device(self.device)  # TensorRT uses the current device's primary context
