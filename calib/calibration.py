@@ -17,14 +17,13 @@ from calib.cache.trt_format import DEFAULT_TRT_VERSION
 from calib.calibrators import Calibrator, TensorStatistics, get_calibrator
 from calib.calibrators.registry import params_for
 from calib.data import Dataset
-from calib.data.decoders import CPU_DECODE_PATH as CPU_DECODE
+from calib.data.decoders import CPU_DECODE_PATH as CPU_DECODE, decode_for
 from calib.errors import CalibError
 from calib.models import Model
 from calib.passes import CollectResult
 from calib.placement import CPU, Placement
 from calib.calibrators.channel_means import ChannelMeans, Observers
-from calib.quantize import plan_for, registered_flavor_names, required_tensors
-from calib.quantize.graph import GraphIndex
+from calib.quantize import calibrated_tensors, weighted_inputs
 from calib.quantize.qdq import activation_scale
 
 
@@ -38,23 +37,6 @@ class CalibrationOutcome:
     calibrator: Calibrator | None = None  # with its statistics, when calibrated in this run
 
 
-def calibrated_tensors(prepared: onnx.ModelProto) -> list[str]:
-    """The activations the built-in (registered) Q/DQ flavors quantize: one cache serves them all.
-    Entry-point plug-ins are not loaded here, so a broken one cannot break calibration, and an
-    installed one does not invalidate every existing cache; a plug-in that needs other tensors
-    gets a one-line MissingScales when it is used. Conv
-    outputs that only feed a ReLU6 are left out (TensorRT fuses them away; the ort flavor folds
-    the ReLU): observing them would cost a third more time for scales nothing uses."""
-    need = {t for name in registered_flavor_names() for t in required_tensors(prepared, name)}
-    return [t for t in GraphIndex(prepared).activations() if t in need]
-
-
-def weighted_inputs(prepared: onnx.ModelProto) -> list[str]:
-    """Activations read by ops with constant weights: their channel means drive bias correction."""
-    plan = plan_for(prepared, "tensorrt")
-    return list(dict.fromkeys(node.input[0] for node, _ in plan.weights))
-
-
 def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator, decode: str = CPU_DECODE) -> CacheKey:
     """What a cache is valid for. The decode path is part of it: nvJPEG + GPU resampling produce
     slightly different pixels from Pillow, so a cache from one path is never reused by the other
@@ -63,29 +45,20 @@ def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator, decode: st
     return CacheKey(model.sha256, params, dataset.source.id, dataset.fingerprint(), calibrator.name, calibrator.params)
 
 
-def decode_for(preprocess, placement: Placement, gpu_decode: str = "nvjpeg") -> str:
-    """The decode path a pass on `placement` uses: Pillow on the CPU; on a GPU nvJPEG with
-    Pillow-exact resampling (calib.data.gpu_decode), or with `gpu_decode="pil"` Pillow in worker
-    processes (calib.data.host_decode): the CPU path's pixels, so the CPU path's key too. A cache
-    is then reused across the two providers, as it is across CPU machines: their FP32 activations
-    differ by float rounding only (measured on EfficientNet-Lite0: minmax and percentile ranges
-    within one histogram bin, entropy's argmin moved on 2 of 61 tensors; benchmarks/RESULTS.md)."""
-    from calib.data.decoders import decode_path
-
-    return decode_path(preprocess, gpu_decode if placement.on_gpu else "cpu")
-
-
-def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: ChannelMeans, batch_size: int,
+def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, batch_size: int,
                  workers: int | None, progress: str | None, tensors: list[str],
-                 placement: Placement = CPU, gpu_decode: str = "nvjpeg") -> CollectResult:
+                 placement: Placement = CPU, gpu_decode: str = "nvjpeg") -> tuple[CollectResult, ChannelMeans]:
     """One pass over `dataset` feeding every exposed activation to `stats` (a calibrator or a
-    TensorStatistics) and the weighted ops' inputs to `means` (`calib.passes.observe_pass`), or
-    sharded over several GPUs and merged exactly (`calib.passes.shard`)."""
+    TensorStatistics) and the weighted ops' inputs to the channel means of bias correction
+    (`calib.passes.observe_pass`), or sharded over several GPUs and merged exactly
+    (`calib.passes.shard`). Returns the pass's result and the means."""
     from calib import passes
+
+    means = ChannelMeans(weighted_inputs(prepared))
 
     if not placement.several:
         return passes.observe_pass(prepared, dataset, Observers(stats, means), batch_size, placement.first, tensors,
-                                   workers, progress, gpu_decode)
+                                   workers, progress, gpu_decode), means
     from calib.passes.shard import observe_sharded
 
     merged, merged_means, multi, order = observe_sharded(prepared, dataset, placement, batch_size, tensors=tensors,
@@ -94,7 +67,7 @@ def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: Chan
     target = getattr(stats, "stats", stats)  # a calibrator reads its TensorStatistics
     target.merge(merged)
     means.merge(merged_means)
-    return CollectResult(multi.images, multi.skipped, multi.seconds, order)
+    return CollectResult(multi.images, multi.skipped, multi.seconds, order), means
 
 
 def model_inputs(model: Model) -> list[dict]:
@@ -107,22 +80,22 @@ def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibra
               trt_version: str = DEFAULT_TRT_VERSION, progress: bool = True,
               placement: Placement = CPU, gpu_decode: str = "nvjpeg") -> CalibrationOutcome:
     """Reuse a matching cache from `store`, or calibrate (on `placement`) and save one."""
+    start = time.perf_counter()
+    tensors = calibrated_tensors(prepared)
+    decode = decode_for(model.preprocess, placement, gpu_decode)
     # --percentile applies to the percentile calibrator only (as in calibrate_many)
     calibrator = get_calibrator(calibrator_name, **params_for(calibrator_name, calibrator_params or {}))
-    decode = decode_for(model.preprocess, placement, gpu_decode)
     key = cache_key(model, dataset, calibrator, decode)
     if not recalibrate:
-        start = time.perf_counter()
         # An invalid cache with this key (a NaN scale, a missing tensor) raises InvalidCache, naming
         # the tensor and that --recalibrate replaces it: it is never reused, never skipped silently.
-        found = store.find(key, required=calibrated_tensors(prepared))
+        found = store.find(key, required=tensors)
         if found is not None:
             return CalibrationOutcome(found, True, time.perf_counter() - start, found.metadata.samples, [])
     store.check(write=True)   # a cache will be saved: the folder must take it, before the pass
-    means = ChannelMeans(weighted_inputs(prepared))
-    result = observe_pass(prepared, dataset, calibrator, means, batch_size, workers,
-                          f"calibrating ({calibrator.name})" if progress else None, calibrated_tensors(prepared),
-                          placement, gpu_decode)
+    result, means = observe_pass(prepared, dataset, calibrator, batch_size, workers,
+                                 f"calibrating ({calibrator.name})" if progress else None, tensors, placement,
+                                 gpu_decode)
     if result.images == 0:
         raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
     return save_calibration(model, dataset, calibrator, store, result.images, result.skipped, result.tensors,
@@ -135,14 +108,15 @@ def save_calibration(model: Model, dataset: Dataset, calibrator: Calibrator, sto
                      trt_version: str = DEFAULT_TRT_VERSION, decode: str = CPU_DECODE) -> CalibrationOutcome:
     """Compute `calibrator`'s ranges over its (already observed) statistics and save the cache
     and sidecar; `calib compare` calls this once per calibrator after one shared pass."""
+    key, inputs = cache_key(model, dataset, calibrator, decode), model_inputs(model)
     ranges = calibrator.compute()
     scales = {name: activation_scale(ranges[name].amax, 127) for name in tensors if name in ranges}
     cache = TrtCache.from_scales(scales, calibrator.trt_algorithm, trt_version)
     hex_scales = cache.scales
     meta_tensors = {name: {"scale": hex_scales[name], "amax": ranges[name].amax, "min": ranges[name].min,
                            "max": ranges[name].max, "nonfinite": ranges[name].nonfinite} for name in scales}
-    meta = CacheMetadata(key=cache_key(model, dataset, calibrator, decode), model_name=model.name,
-                         model_inputs=model_inputs(model), dataset_description=dataset.source.description,
+    meta = CacheMetadata(key=key, model_name=model.name, model_inputs=inputs,
+                         dataset_description=dataset.source.description,
                          samples=images, skipped=len(skipped), batch_size=batch_size, trt_version=trt_version,
                          algorithm=calibrator.trt_algorithm, tensors=meta_tensors, seconds=round(seconds, 3),
                          channel_means=channel_means)
@@ -184,10 +158,9 @@ def calibrate_many(model, prepared: onnx.ModelProto, dataset: Dataset, names: li
     store.check(write=True)   # caches will be saved: the folder must take them, before the pass
     stats = TensorStatistics(histogram=True)  # the plots want histograms even for minmax
     calibrators = [get_calibrator(n, stats, **params_for(n, params)) for n in fresh]
-    means = ChannelMeans(weighted_inputs(prepared))  # the same observers and tensors as calibrate()
-    result = observe_pass(prepared, dataset, stats, means, batch_size, workers,
-                          f"calibrating ({', '.join(fresh)})" if progress else None, calibrated_tensors(prepared),
-                          placement, gpu_decode)
+    result, means = observe_pass(prepared, dataset, stats, batch_size, workers,   # the same pass as calibrate()'s
+                                 f"calibrating ({', '.join(fresh)})" if progress else None, calibrated_tensors(prepared),
+                                 placement, gpu_decode)
     if result.images == 0:
         raise CalibError(f"no calibration image could be decoded from {dataset.source.description}")
     compute_seconds = {}

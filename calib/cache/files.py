@@ -26,6 +26,11 @@ class CacheEntry:
     def sidecar(self) -> Path:
         return sidecar_path(self.path)
 
+    def channel_means(self, enabled: bool = True) -> dict | None:
+        """The channel means of bias correction from the sidecar, when it is `enabled` and the
+        cache has them (caches imported from TensorRT do not)."""
+        return self.metadata.channel_means if enabled and self.metadata is not None else None
+
 
 def sidecar_path(cache_path: str | Path) -> Path:
     return Path(cache_path).with_suffix(".json")

@@ -24,6 +24,7 @@ from calib.fsutil import atomic_path, check_output_file, is_calib_onnx, mark_cal
 from calib.models import Model, needs_external_data, parse_input_size, prepared_model, resolve_model, save_model
 from calib.quantize import quantize_model, required_tensors
 from calib.quantize.graph import GraphIndex
+from calib.quantize.heads import exclusions_record
 
 if TYPE_CHECKING:
     from calib.session.config import RunConfig
@@ -124,13 +125,6 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
         qdq_path.unlink(missing_ok=True)
         raise
     return BuildResult(out, report, left, qdq_model=qdq_path)
-
-
-def exclusions_record(rules: dict) -> dict:
-    """What a written model's provenance says of the user's exclusions (nothing when there are none,
-    so default builds keep their provenance as it was)."""
-    given = {k: list(v) for k, v in rules.items() if v}
-    return {"excluded": given} if given else {}
 
 
 def build_device(spec: str, backend: str) -> str:

@@ -31,7 +31,7 @@ from calib.report.schema import CompareReport, SharedCalibrationSection
 from calib.fsutil import mark_calib_onnx, staged_dir
 from calib.report.header import chance_warning, eval_section
 from calib.session.config import RunConfig
-from calib.session.context import bias_means, class_count, class_names_of, report_header, setup
+from calib.session.context import class_count, class_names_of, report_header, setup
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATORS,
@@ -72,7 +72,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
         onnx_models = {"fp32": prepared_path(model)}
         for n in names:
             qdq[n], _ = quantize_model(prepared, amaxes[n], flavor, **config.placement_rules(),
-                                       channel_means=bias_means(shared.outcomes[n].entry, config.bias_correction))
+                                       channel_means=shared.outcomes[n].entry.channel_means(config.bias_correction))
             mark_calib_onnx(qdq[n], qdq_flavor=flavor, cache=shared.outcomes[n].entry.path.name)
             onnx_models[n] = stage / f"int8-{n}.onnx"
             save_model(qdq[n], onnx_models[n])
@@ -141,7 +141,7 @@ def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, .
             header.notes.append(f"logits SQNR: {ONE_IMAGE_INTERVAL}")
         report = CompareReport(
             header=header, kind="compare", out=str(out),
-            bias_correction={n: bool(bias_means(shared.outcomes[n].entry, config.bias_correction)) for n in names},
+            bias_correction={n: bool(shared.outcomes[n].entry.channel_means(config.bias_correction)) for n in names},
             calibrators=names, chosen=chosen, chosen_reason=chosen_reason,
             calibration=SharedCalibrationSection(
                 samples=max(o.samples for o in shared.outcomes.values()),

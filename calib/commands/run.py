@@ -30,7 +30,7 @@ from calib.fsutil import staged_dir
 from calib.placement import CPU, Placement
 from calib.report.header import chance_warning, eval_section
 from calib.session.config import RunConfig
-from calib.session.context import RunSetup, bias_means, class_count, class_names_of, report_header, setup
+from calib.session.context import RunSetup, class_count, class_names_of, report_header, setup
 
 
 def run(config: RunConfig) -> RunReport:
@@ -182,7 +182,7 @@ def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev
         eval=eval_section(ev, data.calibration, evaluated, header),
         fp32=fp32,
         int8=int8,
-        bias_correction=bool(bias_means(outcome.entry, config.bias_correction)),
+        bias_correction=bool(outcome.entry.channel_means(config.bias_correction)),
         top1_drop=fp32["top1"] - int8["top1"],
         agreement=ev.agreement(),
     )

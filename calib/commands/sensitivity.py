@@ -15,7 +15,7 @@ from calib.restore.ranker import rank_layers
 from calib.fsutil import staged_dir
 from calib.report.header import chance_warning
 from calib.session.config import RunConfig
-from calib.session.context import bias_means, class_count, report_header, setup
+from calib.session.context import class_count, report_header, setup
 
 
 def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 64,
@@ -35,7 +35,7 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
                             gpu_decode=config.gpu_decode)
         subset = load_images(take(data.evaluation, images, config.seed), config.batch_size, config.workers,
                              "decoding" if config.progress else None, placement.first, config.gpu_decode)
-        means = bias_means(outcome.entry, config.bias_correction)
+        means = outcome.entry.channel_means(config.bias_correction)
         result = rank_layers(prepared, outcome.entry.cache.amax(), flavor, subset, config.batch_size,
                              weighted_only=weighted_only, progress=config.progress, channel_means=means,
                              device=placement.first, rules=config.placement_rules())

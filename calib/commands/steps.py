@@ -6,12 +6,12 @@ calib.commands.task) differ only in how they evaluate and report."""
 from __future__ import annotations
 
 from calib.calibration import CalibrationOutcome, calibrate
-from calib.commands.build import exclusions_record
 from calib.fsutil import mark_calib_onnx
 from calib.quantize import quantize_model
+from calib.quantize.heads import exclusions_record
 from calib.report.schema import CalibrationSection
 from calib.session.config import RunConfig
-from calib.session.context import RunSetup, bias_means
+from calib.session.context import RunSetup
 
 
 def calibrate_run(config: RunConfig, s: RunSetup) -> CalibrationOutcome:
@@ -25,7 +25,7 @@ def calibrate_run(config: RunConfig, s: RunSetup) -> CalibrationOutcome:
 def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome):
     """(the Q/DQ model of the run's flavor from the cache as read back, with the user's exclusions
     beside the heads the flavors keep float; the channel means of its bias correction)."""
-    means = bias_means(outcome.entry, config.bias_correction)
+    means = outcome.entry.channel_means(config.bias_correction)
     qdq, _ = quantize_model(s.prepared, outcome.entry.cache.amax(), s.flavor, channel_means=means,
                             **config.placement_rules())
     return qdq, means
@@ -33,8 +33,8 @@ def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome):
 
 def mark_int8(qdq, config: RunConfig, s: RunSetup, outcome: CalibrationOutcome) -> None:
     """calib's provenance in the INT8 model: its flavor, its cache, the user's exclusions."""
-    mark_calib_onnx(qdq, qdq_flavor=s.flavor, cache=outcome.entry.path.name,
-                    **exclusions_record(config.placement_rules()))
+    record = exclusions_record(config.placement_rules())
+    mark_calib_onnx(qdq, qdq_flavor=s.flavor, cache=outcome.entry.path.name, **record)
 
 
 def calibration_section(outcome: CalibrationOutcome, s: RunSetup) -> CalibrationSection:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from calib.data.transforms import Preprocess
+    from calib.placement import Placement
 
 CPU_DECODER = "cpu"            # the CPU path: Pillow in worker processes
 DECODERS = ("nvjpeg", "pil")   # on a GPU (--gpu-decode): nvJPEG, or Pillow (calib.data.host_decode)
@@ -37,3 +38,12 @@ def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg") -
         return CPU_DECODE_PATH
     interp = preprocess.interpolation if preprocess is not None else "bicubic"
     return f"{decoder}+pil-{interp}"
+
+
+def decode_for(preprocess: Preprocess, placement: Placement, gpu_decode: str = "nvjpeg") -> str:
+    """The decode path a pass on `placement` uses: Pillow on the CPU; on a GPU nvJPEG with
+    Pillow-exact resampling (calib.data.gpu_decode), or with `gpu_decode="pil"` Pillow in worker
+    processes (calib.data.host_decode): the CPU path's pixels, so the CPU path's key too. A cache
+    is then reused across the two providers, as it is across CPU machines: their FP32 activations
+    differ by float rounding only (measured in benchmarks/RESULTS.md)."""
+    return decode_path(preprocess, gpu_decode if placement.on_gpu else "cpu")

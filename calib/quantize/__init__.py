@@ -25,11 +25,11 @@ from calib.quantize.registry import (ENTRY_POINT_GROUP, flavor_class, flavor_nam
 from calib.quantize.flavor_ort import OrtFlavor  # noqa: E402
 from calib.quantize.flavor_tensorrt import TensorRTFlavor  # noqa: E402
 from calib.quantize.layers import Layer, quantizable_layers  # noqa: E402
-from calib.quantize.materialize import (MissingScales, bias_shift, excluded_nodes, plan_for, quantize_model,  # noqa: E402
-                                       required_tensors)
+from calib.quantize.materialize import (MissingScales, bias_shift, calibrated_tensors, excluded_nodes,  # noqa: E402
+                                       plan_for, quantize_model, required_tensors, weighted_inputs)
 
 __all__ = [
     "ENTRY_POINT_GROUP", "Excluded", "ExcludedNode", "Flavor", "Layer", "MissingScales", "OrtFlavor", "Plan", "TensorRTFlavor", "WEIGHTED_OPS",
-    "bias_shift", "excluded_nodes", "flavor_class", "flavor_names", "get_flavor", "plan_for", "quantizable_layers", "quantize_model",
-    "register_flavor", "registered_flavor_names", "reload_plugins", "required_tensors", "weight_axis",
+    "bias_shift", "calibrated_tensors", "excluded_nodes", "flavor_class", "flavor_names", "get_flavor", "plan_for", "quantizable_layers", "quantize_model",
+    "register_flavor", "registered_flavor_names", "reload_plugins", "required_tensors", "weight_axis", "weighted_inputs",
 ]

@@ -213,3 +213,10 @@ def find_excluded(model: onnx.ModelProto, index: GraphIndex | None = None, exclu
     record = tuple(ExcludedNode(node_id(n), n.op_type, *reasons[id(n)]) for n in nodes if id(n) in reasons)
     return (Excluded(record, unmatched, protect_heads, tuple(p for p, _ in compiled), ops),
             frozenset(reasons))
+
+
+def exclusions_record(rules: dict) -> dict:
+    """What a written model's provenance says of the user's exclusions (nothing when there are none,
+    so default builds keep their provenance as it was)."""
+    given = {k: list(v) for k, v in rules.items() if v}
+    return {"excluded": given} if given else {}

@@ -19,7 +19,8 @@ from calib.quantize.heads import Excluded
 from calib.quantize.layers import LayerMap, resolve_layers
 from calib.quantize.naming import float_name, quantized_name
 from calib.quantize.qdq import ActivationQuant, QDQBuilder
-from calib.quantize.registry import get_flavor
+from calib.quantize.graph import GraphIndex
+from calib.quantize.registry import get_flavor, registered_flavor_names
 
 
 class MissingScales(CalibError):
@@ -41,6 +42,23 @@ def required_tensors(model: onnx.ModelProto, flavor: str | Flavor, exclude: Sequ
                      exclude_ops: Sequence[str] = (), protect_heads: bool = True) -> list[str]:
     """The activations `flavor` quantizes in `model` (every one needs a calibrated range)."""
     return list(plan_for(model, flavor, exclude, exclude_ops, protect_heads).activations)
+
+
+def calibrated_tensors(prepared: onnx.ModelProto) -> list[str]:
+    """The activations the built-in (registered) Q/DQ flavors quantize: one cache serves them all.
+    Entry-point plug-ins are not loaded here, so a broken one cannot break calibration, and an
+    installed one does not invalidate every existing cache; a plug-in that needs other tensors
+    gets a one-line MissingScales when it is used. Conv
+    outputs that only feed a ReLU6 are left out (TensorRT fuses them away; the ort flavor folds
+    the ReLU): observing them would cost a third more time for scales nothing uses."""
+    need = {t for name in registered_flavor_names() for t in required_tensors(prepared, name)}
+    return [t for t in GraphIndex(prepared).activations() if t in need]
+
+
+def weighted_inputs(prepared: onnx.ModelProto) -> list[str]:
+    """Activations read by ops with constant weights: their channel means drive bias correction."""
+    plan = plan_for(prepared, "tensorrt")
+    return list(dict.fromkeys(node.input[0] for node, _ in plan.weights))
 
 
 def excluded_nodes(model: onnx.ModelProto, flavor: str | Flavor, exclude: Sequence[str] = (),

@@ -37,12 +37,6 @@ def class_names_of(dataset) -> "Callable[[int], str]":
     return class_name
 
 
-def bias_means(entry, enabled: bool = True) -> dict | None:
-    """Channel means from the cache's sidecar, when bias correction is on and the cache has them
-    (caches imported from TensorRT do not)."""
-    return entry.metadata.channel_means if enabled and entry.metadata is not None else None
-
-
 @dataclass
 class RunSetup:
     model: Model
@@ -148,7 +142,7 @@ def report_header(config: RunConfig, setup: RunSetup, placement: Placement = CPU
                   int8_models: dict[str, Path] | None = None) -> ReportHeader:
     """The header every report shares (`calib.report.header.header`) for this configuration: it
     names the model file and the calibration and evaluation data the setup really used."""
-    from calib.calibration import decode_for
+    from calib.data.decoders import decode_for
     from calib.report.header import header
 
     return header(model=setup.model.name, dataset=config.dataset_label(), demo=setup.data.demo,
