@@ -136,9 +136,7 @@ def runs_integer_exact(path: Path, device: str = "cpu") -> bool:
     from calib.onnx_io import load_model
     from calib.quantize.exact import runs_exact
 
-    from calib.placement import Placement
-
-    kind = "cuda" if Placement.parse(device).on_gpu else "cpu"
+    kind = "cpu" if device == "cpu" else "cuda"   # a Placement's device: "cpu" or "cuda:N"
     if not runs_exact(load_model(path, external_data=False), kind):
         return False
     return load_model(path).ByteSize() <= EXACT_SERIALISED_LIMIT

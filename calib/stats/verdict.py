@@ -43,6 +43,7 @@ or looser budget passes its own (`--max-drop` is the natural source).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -266,5 +267,75 @@ def recommend(result: PairedResult, tolerance: float = DEFAULT_TOLERANCE, speed:
     return Recommendation(action, headline, sentence, reason, verdict, figures, layers)
 
 
+def metric_verdict(name: str, drop: float, drop_ci95: Sequence[float] | None, n: int,
+                   tolerance: float = DEFAULT_TOLERANCE) -> AccuracyVerdict:
+    """The verdict for a task metric (`calib.metrics.MetricResult`: mAP, mIoU, argmax agreement),
+    drop = FP32 - INT8 as a fraction, with its paired bootstrap interval over images. The same
+    non-inferiority rule as top-1 (`recommend`), read off the interval alone (there is no exact
+    test of a mAP): a loss when the whole interval is above 0 and the drop above the tolerance, a
+    gain when it is below 0, no measurable loss when its upper end is below the tolerance, else
+    inconclusive. Images needed: the interval's half-width shrinks as 1/sqrt(n) (the bootstrap's
+    own scaling), so n (half-width / room)^2 images bring its upper end under the tolerance, room
+    being the distance from the drop to the tolerance; None when the drop itself reaches it."""
+    if not 0.0 < tolerance < 1.0:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
+    common = dict(tolerance=tolerance, n=n, drop=drop)
+    if drop_ci95 is None:
+        return AccuracyVerdict("inconclusive", f"no interval for the {name} drop on {_images(n)}: evaluate on "
+                                               f"more images", drop_ci95=[drop, drop], **common)
+    lo, hi = drop_ci95
+    ci = f"95% CI of the {name} drop {_pts(lo)} to {_pts(hi)} points on {_images(n)}"
+    common["drop_ci95"] = [lo, hi]
+    if lo > 0.0 and drop > tolerance:
+        return AccuracyVerdict("loss", f"loss of {_pts(lo)} to {_pts(hi)} points of {name} ({ci})", **common)
+    if hi < 0.0:
+        return AccuracyVerdict("gain", f"INT8 scored higher: gain of {_pts(-hi)} to {_pts(-lo)} points of {name} "
+                                       f"({ci})", **common)
+    if hi < tolerance:
+        return AccuracyVerdict("no_loss", f"no measurable loss ({ci}, below the {_pts(tolerance)}-point "
+                                          f"tolerance)", **common)
+    room = tolerance - max(drop, 0.0)
+    need = None
+    if room > 0.0:
+        need = math.ceil(n * ((hi - drop) / room) ** 2)
+        need = need if need <= MAX_IMAGES else None
+    advice = f"evaluate on about {need} images" if need is not None else "no practical number of images would tell"
+    return AccuracyVerdict("inconclusive", f"not enough images to tell a loss below {_pts(hi)} points of {name}; "
+                                           f"{advice} ({ci})", images_needed=need, **common)
+
+
+def recommend_metric(name: str, drop: float, drop_ci95: Sequence[float] | None, n: int,
+                     tolerance: float = DEFAULT_TOLERANCE, size_mb: dict | None = None,
+                     float_layers: Sequence[str] = ()) -> Recommendation:
+    """The recommendation of a run judged by a task metric (`metric_verdict`), by `recommend`'s
+    rules without the speed rule (a task report times nothing): a loss above the tolerance ships
+    FP32, an upper end below it ships INT8 (with `float_layers` in float), anything else asks
+    for more images."""
+    verdict = metric_verdict(name, drop, drop_ci95, n, tolerance)
+    lo, hi = verdict.drop_ci95
+    acc_fig = {"name": f"{name}_drop", "drop": round(drop, 6), "ci95": [round(lo, 6), round(hi, 6)],
+               "n": n, "tolerance": tolerance,
+               "text": f"{name} drop {_pts(drop)} points (95% CI {_pts(lo)} to {_pts(hi)}, {_images(n)})"}
+    layers = list(float_layers)
+    if verdict.kind == "loss":
+        action, reason = SHIP_FP32, f"INT8 loses more than the {_pts(tolerance)}-point tolerance of {name}"
+    elif verdict.kind in ("no_loss", "gain"):
+        action = SHIP_INT8_FLOAT_LAYERS if layers else SHIP_INT8
+        reason = f"a {name} loss of {_pts(tolerance)} points or more is ruled out at 95% confidence"
+    else:
+        action = EVALUATE_MORE
+        need = (f"evaluate on about {verdict.images_needed} images" if verdict.images_needed
+                else "evaluate on more images")
+        reason = f"a {name} loss up to {_pts(hi)} points cannot be ruled out on {_images(n)}; {need}"
+    figures = [f for f in (acc_fig, _size_figure(size_mb)) if f is not None]
+    headline = _HEADLINES[action]
+    if action == SHIP_INT8_FLOAT_LAYERS:
+        shown = ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
+        headline = f"Ship INT8 with {len(layers)} layer{'s' if len(layers) != 1 else ''} in float ({shown})"
+    sentence = f"{headline}: {reason}; " + "; ".join(f["text"] for f in figures) + "."
+    return Recommendation(action, headline, sentence, reason, verdict, figures, layers)
+
+
 __all__ = ["distinct", "times", "DEFAULT_TOLERANCE", "EVALUATE_MORE", "SHIP_FP32", "SHIP_INT8", "SHIP_INT8_FLOAT_LAYERS",
-           "AccuracyVerdict", "Recommendation", "accuracy_verdict", "images_needed", "recommend"]
+           "AccuracyVerdict", "Recommendation", "accuracy_verdict", "images_needed", "metric_verdict", "recommend",
+           "recommend_metric"]

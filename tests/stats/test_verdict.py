@@ -257,3 +257,39 @@ def test_sizes_get_the_digits_that_tell_them_apart_or_are_said_equal():
     assert "INT8 model 0.10 MB instead of 0.14 MB" in near.sentence
     same = recommend(paired(*_run(800, 1, 1)), size_mb={"fp32": 0.1, "int8": 0.1})
     assert "INT8 model the same size as FP32 (0.1 MB)" in same.sentence
+
+
+# ----------------------------------------------------------------------------- task metrics
+def test_a_metric_drop_whose_interval_is_under_the_tolerance_ships_int8():
+    from calib.stats.verdict import SHIP_INT8, metric_verdict, recommend_metric
+
+    v = metric_verdict("mAP@0.5:0.95", 0.002, [-0.004, 0.006], 200, tolerance=0.01)
+    assert v.kind == "no_loss" and "0.6" in v.text and "200 images" in v.text
+    r = recommend_metric("mAP@0.5:0.95", 0.002, [-0.004, 0.006], 200, tolerance=0.01)
+    assert r.action == SHIP_INT8 and r.figures[0]["name"] == "mAP@0.5:0.95_drop"
+
+
+def test_a_metric_loss_beyond_the_tolerance_ships_fp32_and_a_small_significant_one_does_not():
+    from calib.stats.verdict import EVALUATE_MORE, SHIP_FP32, recommend_metric
+
+    assert recommend_metric("mIoU", 0.05, [0.03, 0.07], 100, tolerance=0.01).action == SHIP_FP32
+    # Significant (the interval excludes 0) but not beyond the tolerance: more images decide.
+    r = recommend_metric("mIoU", 0.004, [0.001, 0.012], 100, tolerance=0.01)
+    assert r.action == EVALUATE_MORE and r.accuracy.kind == "inconclusive"
+
+
+def test_images_needed_scales_the_half_width_as_one_over_root_n():
+    from calib.stats.verdict import metric_verdict
+
+    # Half-width 0.02 above a drop of 0, tolerance 0.01: the half-width must halve, so 4x the images.
+    v = metric_verdict("mAP", 0.0, [-0.02, 0.02], 50, tolerance=0.01)
+    assert v.kind == "inconclusive" and v.images_needed == 200
+    # A drop at the tolerance itself can never be ruled out.
+    assert metric_verdict("mAP", 0.02, [-0.01, 0.05], 50, tolerance=0.01).images_needed is None
+
+
+def test_a_metric_without_an_interval_asks_for_more_images_and_a_gain_is_a_gain():
+    from calib.stats.verdict import metric_verdict
+
+    assert metric_verdict("mAP", 0.0, None, 1).kind == "inconclusive"
+    assert metric_verdict("mAP", -0.03, [-0.05, -0.01], 300).kind == "gain"
