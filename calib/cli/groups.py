@@ -221,7 +221,20 @@ class ModelArgs(Group):
         "input_size": opt(Optional[str], "--input-size",
                           help="height and width for a model with dynamic H/W: 224 or 256x256 (default: the "
                                "preprocessing preset's size)"),
+        "mean": opt(Optional[str], "--mean",
+                    help="per-channel mean R,G,B replacing the preset's, on the [0, 1] pixel scale as torchvision's "
+                         "Normalize (ImageNet: 0.485,0.456,0.406); enters the cache key"),
+        "std": opt(Optional[str], "--std",
+                   help="per-channel std R,G,B replacing the preset's, the same [0, 1] scale (ImageNet: "
+                        "0.229,0.224,0.225); the model sees (pixel/255 - mean) / std"),
+        "channel_order": opt(str, "--channel-order",
+                             help="rgb, or bgr for a model trained on OpenCV's BGR images (--mean and --std stay "
+                                  "R,G,B); enters the cache key"),
     }
+
+
+# The options of ModelArgs that shape the pixels only: build and cache verify read no images.
+NORMALISATION = ("mean", "std", "channel_order")
 
 
 class DataArgs(Group):

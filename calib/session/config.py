@@ -27,6 +27,9 @@ class RunConfig:
     preprocess: str | None = None
     input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
     task: str = "auto"                   # classify, detect, segment, generic; auto: classify for class scores
+    mean: str | None = None              # --mean R,G,B on the [0, 1] scale (torchvision's Normalize); None: the preset's
+    std: str | None = None               # --std R,G,B, the same scale
+    channel_order: str = "rgb"           # the model's input channels: rgb, or bgr (OpenCV-trained models)
     exclude: tuple[str, ...] = ()        # node-name regexes left float (--exclude), beside the heads
     exclude_ops: tuple[str, ...] = ()    # op types left float (--exclude-op)
 
@@ -178,6 +181,30 @@ def check_numbers(config: RunConfig) -> None:
         raise CalibError(f"--speed-seconds must be at least 0, got {config.speed_seconds}")
 
 
+def check_preprocess_options(config: RunConfig) -> None:
+    """--mean, --std and --channel-order parsed once here (calib.data.transforms.normalised parses
+    them the same way), so a typo is one line before the model is exported."""
+    from calib.data.transforms import check_channel_order, parse_channels
+
+    parse_channels(config.mean, "--mean")
+    parse_channels(config.std, "--std")
+    check_channel_order(config.channel_order)
+
+
+def config_model(config: RunConfig):
+    """The model `config` names (--model, --preprocess, --input-size, --task), its preprocessing
+    with --mean, --std and --channel-order applied (`calib.data.transforms.normalised`): the one
+    place every command resolves it, so calibration, evaluation and the cache key see the same."""
+    from dataclasses import replace
+
+    from calib.data.transforms import normalised
+    from calib.models import parse_input_size, resolve_model
+
+    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    pre = normalised(model.preprocess, config.mean, config.std, config.channel_order)
+    return model if pre is model.preprocess else replace(model, preprocess=pre)
+
+
 def check_calibrator_params(params: dict, calibrators: Sequence[str]) -> None:
     """Each calibrator parameter (--percentile) range-checked by the calibrator that declares it,
     and refused when none of `calibrators` takes it: `params_for` hands each calibrator only its
@@ -227,6 +254,7 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) ->
         get_flavor(config.qdq_flavor)  # unknown names fail here, naming the choices
     check_numbers(config)
     check_dataset_options(config)
+    check_preprocess_options(config)
     if config.samples is not None and config.samples < 1:
         raise CalibError(f"--samples must be at least 1, got {config.samples}")
     if config.eval_samples is not None and config.eval_samples < 1:

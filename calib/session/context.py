@@ -14,10 +14,10 @@ import onnx
 from calib.data.plan import DataPlan, plan_data
 from calib.errors import CalibError
 from calib.fsutil import check_output_dir
-from calib.models import Model, check_classes, fixed_batch, parse_input_size, prepared_model, resolve_model
+from calib.models import Model, check_classes, fixed_batch, prepared_model
 from calib.placement import CPU, Placement
 from calib.report.schema import ReportHeader
-from calib.session.config import RunConfig, check_config, default_out, default_samples
+from calib.session.config import RunConfig, check_config, config_model, default_out, default_samples
 
 
 def default_flavor(backend: str) -> str:
@@ -64,7 +64,7 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     check_output_dir(out, apart_from={"--cache-dir": config.cache_dir})  # before any model export or calibration
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
     store.check(write=config.recalibrate or not store.holds_caches())
-    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    model = config_model(config)
     if model.task != "classify" and (kind is not None or config.max_drop is not None
                                      or config.min_agreement is not None):
         what = f"calib {kind}" if kind else "a fallback budget (--max-drop, --min-agreement)"
