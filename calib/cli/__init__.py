@@ -30,7 +30,7 @@ except ImportError:   # older typer runs on click itself
 from calib.cli import console
 from calib.cli.defaults import param
 from calib.cli.groups import (NORMALISATION, REQUIRED, BatchArgs, BudgetArgs, CalibratorArgs, DataArgs, DeviceArgs,
-                              JsonArgs, ModelArgs, OutputArgs, QuantizeArgs, ReportArgs, TensorRTArgs, opt,
+                              JsonArgs, LabelArgs, ModelArgs, OutputArgs, QuantizeArgs, ReportArgs, TensorRTArgs, opt,
                               run_config, with_groups)
 from calib.errors import CalibError, Note
 
@@ -55,13 +55,14 @@ def _main(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
 
 @app.command()
 @with_groups
-def run(*, model: ModelArgs, data: DataArgs, calibrator: CalibratorArgs, quantize: QuantizeArgs, batches: BatchArgs,
-        output: OutputArgs = OutputArgs("cache_dir", "out"), device: DeviceArgs, budget: BudgetArgs,
-        report: ReportArgs) -> None:
+def run(*, model: ModelArgs, data: DataArgs, labels: LabelArgs, calibrator: CalibratorArgs, quantize: QuantizeArgs,
+        batches: BatchArgs, output: OutputArgs = OutputArgs("cache_dir", "out"), device: DeviceArgs,
+        budget: BudgetArgs, report: ReportArgs) -> None:
     """Calibrate, build the INT8 model, and report its accuracy against FP32."""
     from calib.commands.run import run as run_command
 
-    result = run_command(run_config(model, data, calibrator, quantize, batches, output, device, budget, report))
+    result = run_command(run_config(model, data, labels, calibrator, quantize, batches, output, device, budget,
+                                    report))
     console.run_summary(result.to_json(), report.html)
 
 

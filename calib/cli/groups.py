@@ -237,13 +237,24 @@ class ModelArgs(Group):
 NORMALISATION = ("mean", "std", "channel_order")
 
 
+class LabelArgs(Group):
+    """Ground truth for the task metric of `calib run` (calib.metrics): without it a detector or a
+    segmenter is judged against FP32's own outputs."""
+    options = {
+        "labels": opt(Optional[str], "--labels",
+                      help="ground truth: a COCO JSON file for --task detect (images matched by file name), a folder "
+                           "of masks <image stem>.png or .npy for --task segment (the image's size, or the output's); "
+                           "the metric is then against it (reference: labels), not against FP32"),
+    }
+
+
 class DataArgs(Group):
     """The images: which dataset, how many for calibration and for evaluation, the seed of the
     split, the decoding processes (Polygraphy: DataLoaderArgs)."""
     options = {
         "dataset": opt(Optional[str], "--dataset",
                        help="demo (embedded photos), imagenet-val, images (any folder of images, searched "
-                            "recursively, no labels), or hf:<name-or-path> (default: imagenet-val when --data-dir is "
+                            "recursively; its ground truth, if any, from --labels), or hf:<name-or-path> (default: imagenet-val when --data-dir is "
                             "given, else demo; demo and hf: take no --data-dir or --eval-data-dir)"),
         "data_dir": opt(Optional[str], "--data-dir",
                         help="the folder of imagenet-val (which it implies; default $CALIB_IMAGENET_VAL) or of images"),

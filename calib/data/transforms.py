@@ -11,13 +11,18 @@ image-classification samples): values on the [0, 1] pixel scale, in R, G, B orde
 channel order, so `--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225` is ImageNet's. The preset
 stores them in 0-255 pixel units (x - 255·mean) / (255·std), the arithmetic every decode path
 already does.
+
+The geometry of a preset (`geometry`, `fit_mask`) is the same crop, resize or letterbox applied to
+what lies on the image: a box's coordinates (a detector's boxes mapped back to the image, where
+COCO's ground truth is) and a label mask (resized nearest neighbour, padding marked void), so
+ground truth lands where the model saw the pixels.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -30,6 +35,16 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 LETTERBOX_FILL = 114   # ultralytics' padding value (its LetterBox transform)
 CHANNEL_ORDERS = ("rgb", "bgr")
+MASK_VOID = 255        # the label of a mask's letterbox padding: void, not counted (VOC's, Cityscapes' ignore index)
+
+
+class Geometry(NamedTuple):
+    """How an image's coordinates land in the model's input: x_input = x_image * scale_x + offset_x
+    (and y alike). A crop has a negative offset; a letterbox a positive one (its padding)."""
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,33 @@ class Preprocess:
         image = image.resize((nw, nh), resample)
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
         return image.crop((left, top, left + self.size, top + self.size))
+
+    def geometry(self, width: int, height: int) -> Geometry:
+        """Where a `width` x `height` image's coordinates land in the input (`_fit`'s arithmetic):
+        per axis the resize's own factor (new size / old size, as Pillow maps pixel edges) and the
+        letterbox's padding or the crop's offset."""
+        w, h, s = width, height, self.size
+        if self.crop == "letterbox":
+            scale = min(s / w, s / h)
+            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+            return Geometry(nw / w, nh / h, float((s - nw) // 2), float((s - nh) // 2))
+        if self.crop == "padded":
+            side = int(s / (s + self.crop_padding) * min(w, h))
+            left, top = (w - side + 1) // 2, (h - side + 1) // 2
+            return Geometry(s / side, s / side, -left * s / side, -top * s / side)
+        scale = self.resize_to / min(w, h)
+        nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+        return Geometry(nw / w, nh / h, -float((nw - s) // 2), -float((nh - s) // 2))
+
+    def fit_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A label mask of the image's own (H, W) put where the model saw the image's pixels: the
+        same crop and resize (or letterbox), nearest neighbour (class ids are not averaged), the
+        letterbox's padding void (`MASK_VOID`). int64 (size, size)."""
+        m = np.asarray(mask)
+        if m.ndim != 2:
+            raise CalibError(f"a label mask has one class id per pixel, (H, W); found shape {list(m.shape)}")
+        image = Image.fromarray(m.astype(np.int32))   # mode "I"
+        return np.asarray(self._fit(image, Image.Resampling.NEAREST, MASK_VOID), dtype=np.int64)
 
 
 def pil_rows(image: Image.Image) -> np.ndarray:

@@ -30,6 +30,7 @@ class RunConfig:
     mean: str | None = None              # --mean R,G,B on the [0, 1] scale (torchvision's Normalize); None: the preset's
     std: str | None = None               # --std R,G,B, the same scale
     channel_order: str = "rgb"           # the model's input channels: rgb, or bgr (OpenCV-trained models)
+    labels: str | None = None            # ground truth of the task metric: a COCO JSON file (detect), a mask folder (segment)
     exclude: tuple[str, ...] = ()        # node-name regexes left float (--exclude), beside the heads
     exclude_ops: tuple[str, ...] = ()    # op types left float (--exclude-op)
 
@@ -191,6 +192,31 @@ def check_preprocess_options(config: RunConfig) -> None:
     check_channel_order(config.channel_order)
 
 
+LABELLED_TASKS = {"detect": "a COCO JSON file", "segment": "a folder of masks (<image stem>.png or .npy)"}
+
+
+def check_labels_option(config: RunConfig, task: str | None = None) -> None:
+    """--labels: an existing path, for a task that is judged against labels (detect: a COCO JSON
+    file; segment: a folder of masks). `task`: the model's task once resolved (auto becomes
+    classify or generic); before that, the task the user named."""
+    if config.labels is None:
+        return
+    task = task or config.task
+    path = Path(config.labels).expanduser()
+    if task == "generic":
+        raise CalibError("--task generic is judged against FP32's own outputs: it takes no --labels "
+                         "(labels are for --task detect, a COCO JSON file, or --task segment, a folder of masks)")
+    if task == "classify":
+        raise CalibError("--labels is for --task detect (a COCO JSON file) or segment (a folder of masks): a classifier "
+                         "reads its labels from the dataset (imagenet-val's class folders, hf:'s label column)")
+    if not path.exists():
+        raise CalibError(f"--labels {path}: no such file or folder")
+    if task == "detect" and not path.is_file():
+        raise CalibError(f"--labels {path} is a folder: --task detect takes {LABELLED_TASKS['detect']}")
+    if task == "segment" and not path.is_dir():
+        raise CalibError(f"--labels {path} is a file: --task segment takes {LABELLED_TASKS['segment']}")
+
+
 def config_model(config: RunConfig):
     """The model `config` names (--model, --preprocess, --input-size, --task), its preprocessing
     with --mean, --std and --channel-order applied (`calib.data.transforms.normalised`): the one
@@ -255,6 +281,7 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) ->
     check_numbers(config)
     check_dataset_options(config)
     check_preprocess_options(config)
+    check_labels_option(config)
     if config.samples is not None and config.samples < 1:
         raise CalibError(f"--samples must be at least 1, got {config.samples}")
     if config.eval_samples is not None and config.eval_samples < 1:

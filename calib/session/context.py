@@ -17,7 +17,8 @@ from calib.fsutil import check_output_dir
 from calib.models import Model, check_classes, fixed_batch, prepared_model
 from calib.placement import CPU, Placement
 from calib.report.schema import ReportHeader
-from calib.session.config import RunConfig, check_config, config_model, default_out, default_samples
+from calib.session.config import (RunConfig, check_config, check_labels_option, config_model, default_out,
+                                  default_samples)
 
 
 def default_flavor(backend: str) -> str:
@@ -65,6 +66,7 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
     store.check(write=config.recalibrate or not store.holds_caches())
     model = config_model(config)
+    check_labels_option(config, model.task)   # --task auto resolved: labels for a classifier or a generic model
     if model.task != "classify" and (kind is not None or config.max_drop is not None
                                      or config.min_agreement is not None):
         what = f"calib {kind}" if kind else "a fallback budget (--max-drop, --min-agreement)"

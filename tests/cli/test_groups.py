@@ -13,8 +13,8 @@ import typer
 from typer.testing import CliRunner
 
 from calib.cli import app, defaults, groups
-from calib.cli.groups import (BatchArgs, BudgetArgs, CalibratorArgs, DataArgs, DeviceArgs, Group, ModelArgs, OutputArgs,
-                              QuantizeArgs, ReportArgs, opt, run_config, with_groups)
+from calib.cli.groups import (BatchArgs, BudgetArgs, CalibratorArgs, DataArgs, DeviceArgs, Group, LabelArgs, ModelArgs,
+                              OutputArgs, QuantizeArgs, ReportArgs, opt, run_config, with_groups)
 from calib.session import RunConfig
 
 GROUPS = [g for g in vars(groups).values() if isinstance(g, type) and issubclass(g, Group) and g is not Group]
@@ -65,6 +65,7 @@ def test_a_group_option_for_a_runconfig_field_takes_its_default_from_runconfig()
     (ModelArgs.without("mean", "std", "channel_order"),
      {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256"},
      {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256"}),
+    (LabelArgs(), {"labels": "instances.json"}, {"labels": "instances.json"}),
     (CalibratorArgs(), {"calibrator": "percentile", "percentile": 99.9, "recalibrate": True},
      {"calibrator": "percentile", "calibrator_params": {"percentile": 99.9}, "recalibrate": True}),
     (CalibratorArgs(), {"calibrator": "minmax", "percentile": None, "recalibrate": False},
