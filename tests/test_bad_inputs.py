@@ -589,3 +589,64 @@ def test_a_stop_signal_is_not_swallowed_by_except_exception():
             _interrupt(signal.SIGHUP, None)
         except Exception:
             pass
+
+
+# -- issue 21: --labels and the normalisation options. Each bad input: one line, exit 2, before any
+# calibration (no output folder, no cache). ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """The controlled detector and segmenter of tests/commands/labelled_models.py, their images
+    (a.png, b.png) and a calibration folder, and label files good and bad."""
+    from tests.commands import labelled_models as lm
+
+    work = tmp_path_factory.mktemp("labels")
+    coco = lm.coco_boxes()
+    only_a = {**coco, "images": [im for im in coco["images"] if im["file_name"] == "a.png"]}
+    (work / "broken.json").write_text('{"images": [{"id": 1, "file_name": "a.png"},')
+    return {"work": work, "calibration": lm.calibration_images(work / "calibration"),
+            "images": lm.solid_images(work / "images"), "detector": lm.box_detector(work / "detector.onnx"),
+            "segmenter": lm.colour_segmenter(work / "segmenter.onnx"),
+            "only_a": lm.write_json(only_a, work / "only_a.json"), "broken": work / "broken.json",
+            "coco": lm.write_json(coco, work / "instances.json"),
+            "small_masks": lm.image_masks(work / "small_masks", shape=(50, 50)),
+            "some_masks": lm.image_masks(work / "some_masks")}
+
+
+def _labelled_run(labelled, tmp_path, model, *extra):
+    return calib("run", "--model", labelled[model], "--dataset", "images", "--data-dir", labelled["calibration"],
+                 "--eval-data-dir", labelled["images"], "--preprocess", "letterbox", "--cache-dir", tmp_path / "c",
+                 "--out", tmp_path / "r", "--workers", 0, *map(str, extra), check=False)
+
+
+@pytest.mark.parametrize("model, extra, words", [
+    ("detector", ["--task", "detect", "--labels", "only_a"],
+     ["labels do not match the images", "1 of 2 evaluation images have no entry", "'b.png'"]),
+    ("detector", ["--task", "detect", "--labels", "broken"], ["broken.json", "not JSON"]),
+    ("segmenter", ["--task", "segment", "--labels", "small_masks"],
+     ["labels do not match the images", "50x50", "96x128", "64x64"]),
+    ("detector", ["--task", "generic", "--labels", "coco"], ["--task generic", "no --labels"]),
+    ("segmenter", ["--labels", "some_masks"], ["--task generic", "no --labels"]),   # auto: not class scores
+    ("detector", ["--task", "detect", "--labels", "no_such.json"], ["--labels", "no_such.json", "no such file"]),
+    ("detector", ["--task", "segment", "--labels", "coco"], ["--task segment takes a folder"]),
+    ("detector", ["--task", "detect", "--mean", "0.5,0.5"], ["--mean", "three numbers"]),
+    ("detector", ["--task", "detect", "--mean", "red,green,blue"], ["--mean", "three numbers"]),
+    ("detector", ["--task", "detect", "--std", "0.2,0,0.2"], ["--std", "above 0"]),
+    ("detector", ["--task", "detect", "--mean", "123.675,116.28,103.53"], ["--mean", "divide 0-255 values by 255"]),
+    ("detector", ["--task", "detect", "--channel-order", "brg"], ["--channel-order", "rgb, bgr"]),
+])
+def test_bad_labels_and_normalisation_are_one_line_before_any_calibration(labelled, tmp_path, model, extra, words):
+    extra = [labelled.get(e, labelled["work"] / e if e.endswith(".json") else e) for e in extra]
+    proc = _labelled_run(labelled, tmp_path, model, *extra)
+    assert_one_line_error(proc, *words)
+    assert proc.returncode == 2, proc.stderr
+    assert not (tmp_path / "r").exists() and not list((tmp_path / "c").glob("*.cache")) and not leftovers(tmp_path)
+
+
+def test_labels_for_a_classifier_are_refused(tiny_model, tmp_path):
+    (tmp_path / "labels.json").write_text("{}")
+    proc = calib("run", "--model", tiny_model, "--labels", tmp_path / "labels.json", "--out", tmp_path / "r",
+                 "--cache-dir", tmp_path / "c", check=False)
+    assert_one_line_error(proc, "--labels", "classifier reads its labels from the dataset")
+    assert proc.returncode == 2 and not (tmp_path / "r").exists()

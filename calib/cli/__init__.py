@@ -29,9 +29,9 @@ except ImportError:   # older typer runs on click itself
 
 from calib.cli import console
 from calib.cli.defaults import param
-from calib.cli.groups import (REQUIRED, BatchArgs, BudgetArgs, CalibratorArgs, DataArgs, DeviceArgs, JsonArgs,
-                              ModelArgs, OutputArgs, QuantizeArgs, ReportArgs, TensorRTArgs, opt, run_config,
-                              with_groups)
+from calib.cli.groups import (NORMALISATION, REQUIRED, BatchArgs, BudgetArgs, CalibratorArgs, DataArgs, DeviceArgs,
+                              JsonArgs, LabelArgs, ModelArgs, OutputArgs, QuantizeArgs, ReportArgs, TensorRTArgs, opt,
+                              run_config, with_groups)
 from calib.errors import CalibError, Note
 
 # Plain help (no rich boxes): flags read as flags, not "<bool>", and the text greps cleanly.
@@ -55,13 +55,14 @@ def _main(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
 
 @app.command()
 @with_groups
-def run(*, model: ModelArgs, data: DataArgs, calibrator: CalibratorArgs, quantize: QuantizeArgs, batches: BatchArgs,
-        output: OutputArgs = OutputArgs("cache_dir", "out"), device: DeviceArgs, budget: BudgetArgs,
-        report: ReportArgs) -> None:
+def run(*, model: ModelArgs, data: DataArgs, labels: LabelArgs, calibrator: CalibratorArgs, quantize: QuantizeArgs,
+        batches: BatchArgs, output: OutputArgs = OutputArgs("cache_dir", "out"), device: DeviceArgs,
+        budget: BudgetArgs, report: ReportArgs) -> None:
     """Calibrate, build the INT8 model, and report its accuracy against FP32."""
     from calib.commands.run import run as run_command
 
-    result = run_command(run_config(model, data, calibrator, quantize, batches, output, device, budget, report))
+    result = run_command(run_config(model, data, labels, calibrator, quantize, batches, output, device, budget,
+                                    report))
     console.run_summary(result.to_json(), report.html)
 
 
@@ -134,7 +135,8 @@ BUILD = "calib.commands.build", "build"
 @with_groups
 def build(
     *, cache: str = opt("--cache", default=REQUIRED, help="calibration cache (.cache, with its .json sidecar)"),
-    model: ModelArgs, quantize: QuantizeArgs = QuantizeArgs("backend", "qdq_flavor", "exclude", "exclude_ops"),
+    model: ModelArgs = ModelArgs.without(*NORMALISATION),
+    quantize: QuantizeArgs = QuantizeArgs("backend", "qdq_flavor", "exclude", "exclude_ops"),
     out: str = opt("--out", default=REQUIRED, help="INT8 Q/DQ ONNX file (ort) or engine file (tensorrt)"),
     force: bool = opt("--force", default=param(*BUILD),
                       help="build even if the model hash differs; tensors without a scale stay float"),
@@ -207,7 +209,8 @@ CACHE = "calib.commands.cache"
 
 @cache_app.command("verify")
 @with_groups
-def cache_verify(cache: str = typer.Argument(..., help="cache file"), *, model: ModelArgs,
+def cache_verify(cache: str = typer.Argument(..., help="cache file"), *,
+                 model: ModelArgs = ModelArgs.without(*NORMALISATION),
                  qdq_flavor: str = opt("--qdq-flavor", default=param(CACHE, "verify_cache", "flavor"),
                                        help="flavor whose tensors must have scales")) -> None:
     """Exit 0 only if the cache is valid for the model."""

@@ -221,6 +221,30 @@ class ModelArgs(Group):
         "input_size": opt(Optional[str], "--input-size",
                           help="height and width for a model with dynamic H/W: 224 or 256x256 (default: the "
                                "preprocessing preset's size)"),
+        "mean": opt(Optional[str], "--mean",
+                    help="per-channel mean R,G,B replacing the preset's, on the [0, 1] pixel scale as torchvision's "
+                         "Normalize (ImageNet: 0.485,0.456,0.406); enters the cache key"),
+        "std": opt(Optional[str], "--std",
+                   help="per-channel std R,G,B replacing the preset's, the same [0, 1] scale (ImageNet: "
+                        "0.229,0.224,0.225); the model sees (pixel/255 - mean) / std"),
+        "channel_order": opt(str, "--channel-order",
+                             help="rgb, or bgr for a model trained on OpenCV's BGR images (--mean and --std stay "
+                                  "R,G,B); enters the cache key"),
+    }
+
+
+# The options of ModelArgs that shape the pixels only: build and cache verify read no images.
+NORMALISATION = ("mean", "std", "channel_order")
+
+
+class LabelArgs(Group):
+    """Ground truth for the task metric of `calib run` (calib.metrics): without it a detector or a
+    segmenter is judged against FP32's own outputs."""
+    options = {
+        "labels": opt(Optional[str], "--labels",
+                      help="ground truth: a COCO JSON file for --task detect (images matched by file name), a folder "
+                           "of masks <image stem>.png or .npy for --task segment (the image's size, or the output's); "
+                           "the metric is then against it (reference: labels), not against FP32"),
     }
 
 
@@ -230,7 +254,7 @@ class DataArgs(Group):
     options = {
         "dataset": opt(Optional[str], "--dataset",
                        help="demo (embedded photos), imagenet-val, images (any folder of images, searched "
-                            "recursively, no labels), or hf:<name-or-path> (default: imagenet-val when --data-dir is "
+                            "recursively; its ground truth, if any, from --labels), or hf:<name-or-path> (default: imagenet-val when --data-dir is "
                             "given, else demo; demo and hf: take no --data-dir or --eval-data-dir)"),
         "data_dir": opt(Optional[str], "--data-dir",
                         help="the folder of imagenet-val (which it implies; default $CALIB_IMAGENET_VAL) or of images"),

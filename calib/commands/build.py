@@ -21,7 +21,7 @@ from calib.backends.base import ENGINE_SUFFIXES
 from calib.cache import ModelRequirements, Validation, validate_cache
 from calib.errors import CalibError
 from calib.fsutil import atomic_path, check_output_file, is_calib_onnx, mark_calib_onnx
-from calib.models import Model, needs_external_data, parse_input_size, prepared_model, resolve_model, save_model
+from calib.models import Model, needs_external_data, prepared_model, save_model
 from calib.quantize import quantize_model, required_tensors
 from calib.quantize.graph import GraphIndex
 from calib.quantize.heads import exclusions_record
@@ -174,18 +174,19 @@ def trt_options(backend: str, **given) -> dict:
 
 def build(config: RunConfig, cache: str | Path, out: str | Path, force: bool = False, overwrite: bool = False,
           **backend_options) -> BuildResult:
-    """`calib build`: the INT8 model of `config`'s model (model, preprocess, input_size, backend,
-    qdq_flavor, bias_correction, device) from `cache` alone, written to `out`.
+    """`calib build`: the INT8 model of `config`'s model (model, preprocess and its normalisation,
+    input_size, backend, qdq_flavor, bias_correction, device) from `cache` alone, written to `out`.
 
     The device and the backend options are checked before anything is resolved or written; with
     a GPU device the built model is then loaded and run once there (`BuildResult.device`)."""
+    from calib.session.config import config_model
     from calib.session.context import default_flavor
 
     checked_on = build_device(config.device, config.backend)
     options = trt_options(config.backend, **backend_options)
     # The output's name and place, before the model is resolved (a zoo model is exported first).
     check_artifact_name(check_output_file(Path(out), overwrite, is_calib_artifact), get_backend(config.backend))
-    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    model = config_model(config)
     flavor = config.qdq_flavor or default_flavor(config.backend)
     result = build_from_cache(model, prepared_model(model), Path(cache), flavor, Path(out), backend=config.backend,
                               force=force, bias_correction=config.bias_correction, overwrite=overwrite,

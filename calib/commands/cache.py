@@ -55,10 +55,10 @@ def show_cache(path: str | Path) -> CacheView:
 
 
 def resolved_model(config: RunConfig) -> Model:
-    """The model `config` names (--model, --preprocess, --input-size)."""
-    from calib.models import parse_input_size, resolve_model
+    """The model `config` names (--model, --preprocess and its normalisation, --input-size)."""
+    from calib.session.config import config_model
 
-    return resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    return config_model(config)
 
 
 def verify_cache(config: RunConfig, cache: str | Path, flavor: str = CACHE_FLAVOR) -> Model:

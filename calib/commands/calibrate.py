@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data.plan import DataPlan, plan_data
-from calib.models import parse_input_size, prepared_model, resolve_model
-from calib.session.config import RunConfig, check_config, default_samples
+from calib.models import prepared_model
+from calib.session.config import RunConfig, check_config, config_model, default_samples
 from calib.session.context import check_decoder, fit_to_memory, run_at_fixed_batch
 
 
@@ -14,7 +14,7 @@ def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     that runs at one batch only) before the same pass."""
     placement = check_config(config)
     store = config.cache_store()
-    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    model = config_model(config)
     check_decoder(config, model, placement)
     fit_to_memory(config, model, placement)
     data = plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config, evaluate=False),

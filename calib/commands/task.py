@@ -3,12 +3,18 @@ reuse the cache), materialize the INT8 model with its head float, evaluate FP32 
 images through the evaluation pass, judging every output against FP32 and the task metric
 (calib.metrics), and write report.json / report.md / report.html (calib.report.task).
 
-Still to come (issue 21): labels (`--labels`), the verdict and the budgets (`--max-drop`) driven by
-the task metric, speed figures; `run` refuses the budgets for these tasks in one line."""
+With `--labels` (a COCO JSON file for detect, a folder of masks for segment) the task metric is
+against that ground truth (`reference: "labels"`), read and checked against the evaluation images
+before any calibration (`calib.data.labels`), so a label file that does not fit costs no
+calibration pass; without, against FP32's own outputs (`reference: "fp32"`).
+
+Still to come (issue 21): the verdict and the budgets (`--max-drop`) driven by the task metric,
+speed figures; `run` refuses the budgets for these tasks in one line."""
 
 from __future__ import annotations
 
 from calib.commands.steps import calibrate_run, calibration_section, int8_model, mark_int8
+from calib.data.labels import read_labels
 from calib.evaluate.models import build_artifacts
 from calib.fsutil import staged_dir
 from calib.metrics.outputs import outputs_json
@@ -27,7 +33,9 @@ from calib.session.context import RunSetup, report_header
 def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
     model, flavor, data, prepared = s.model, s.flavor, s.data, s.prepared
     eval_batch = config.pass_batch_sizes()[1]
-    check_task_fits(prepared, model.task, model.size)   # before any calibration: a task that cannot read the outputs
+    # Before any calibration: a task that cannot read the outputs, and labels that do not fit the images.
+    probe = check_task_fits(prepared, model.task, model.size)
+    labels = read_labels(model.task, config.labels, data.evaluation, probe)
     with staged_dir(s.out) as stage:
         outcome = calibrate_run(config, s)
         qdq, _ = int8_model(config, s, outcome)
@@ -40,9 +48,9 @@ def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
         try:
             for name, artifact in artifacts.items():
                 runners[name] = backend.load(artifact, s.placement.first if s.placement.on_gpu else None)
-            judged, skipped, seconds = judge(runners, data.evaluation, get_metric(model.task), eval_batch,
+            judged, skipped, seconds = judge(runners, data.evaluation, labels.metric(), eval_batch,
                                              s.placement.first, config.gpu_decode, config.workers,
-                                             "evaluating" if config.progress else None)
+                                             "evaluating" if config.progress else None, inputs=labels.inputs)
         finally:
             for r in runners.values():
                 r.close()
@@ -57,15 +65,17 @@ def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
             eval=eval_section(evaluated, data.calibration, data.evaluation, header),
             outputs=outputs_json(judged.outputs.result()), metric=judged.metric.result().to_json(),
             placement=excluded_nodes(prepared, flavor, **config.placement_rules()).to_json(),
-            size_mb={name: model_size_mb(path) for name, path in onnx_files.items()})
+            size_mb={name: model_size_mb(path) for name, path in onnx_files.items()},
+            labels=str(labels.path) if labels.path is not None else None)
         write_task_report(stage, report, html=config.html)
     return report
 
 
-def check_task_fits(prepared, task: str, size: tuple[int, int]) -> None:
+def check_task_fits(prepared, task: str, size: tuple[int, int]) -> dict:
     """The task's metric must read the model's outputs (a detector's layout, a segmenter's class
     map): one gray image through the FP32 model and the metric, so a --task that does not fit the
-    outputs ends in the metric's one line before calibration, not after the evaluation."""
+    outputs ends in the metric's one line before calibration, not after the evaluation. Returns
+    the outputs (what the labels are checked against: the class count, the output's size)."""
     import numpy as np
 
     from calib.backends.ort import OrtRunner
@@ -80,6 +90,7 @@ def check_task_fits(prepared, task: str, size: tuple[int, int]) -> None:
     metric.update("fp32", ["probe"], outputs)
     metric.update("int8", ["probe"], outputs)
     metric.result()
+    return outputs
 
 
 class _Evaluated:

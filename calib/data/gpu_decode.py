@@ -179,11 +179,13 @@ def _resample_group(images, plans: Sequence[ImagePlan], preprocess: Preprocess, 
 
 
 def normalise(pixels: "torch.Tensor", preprocess: Preprocess) -> "torch.Tensor":
-    """uint8 (N, 3, S, S) -> float32, the CPU path's `(x - mean) / std` (same float32 ops)."""
+    """uint8 (N, 3, S, S) -> float32, the CPU path's `(x - mean) / std` (same float32 ops), its
+    channels reversed for a BGR model as the CPU path reverses them."""
     import torch
 
     mean, std = _constants(tuple(preprocess.mean), tuple(preprocess.std), str(pixels.device))
-    return (pixels.to(torch.float32) - mean) / std
+    x = (pixels.to(torch.float32) - mean) / std
+    return x.flip(1) if preprocess.channel_order == "bgr" else x
 
 
 def normalise_rows(rows: "torch.Tensor", preprocess: Preprocess) -> "torch.Tensor":

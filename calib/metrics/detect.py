@@ -69,6 +69,24 @@ class DetectMetric(Metric):
             dets = [Detections(g.to_original(d.boxes), d.scores, d.classes) for d, g in zip(dets, geometry)]
         self._dets.add(model_name, keys, dets)
 
+    def check_labels(self, keys: Sequence[str]) -> None:
+        """The labels against the images `keys`, before any work: each has its entry (by file
+        name), no two share one, and, once an `update` has told the model's class count, the
+        classes map to the labels' categories. One-line CalibErrors; nothing without labels."""
+        if self.coco is None:
+            return
+        self._image_ids(keys)
+        if self._classes is not None:
+            self._category_ids()
+
+    def _image_ids(self, keys: Sequence[str]) -> list[int]:
+        ids = match_images(keys, self.coco)
+        image_ids = [ids[k] for k in keys]
+        if len(set(image_ids)) != len(image_ids):
+            raise CalibError("labels do not match the images: two evaluation images have the same file name, "
+                             "so they cannot be told apart in the COCO labels")
+        return image_ids
+
     def _category_ids(self) -> list[int] | None:
         if self.category_ids is not None:
             return self.category_ids
@@ -86,11 +104,7 @@ class DetectMetric(Metric):
         da, db = self._dets.column(a, keys), self._dets.column(b, keys)
         if self.coco is not None:
             reference, coco = REFERENCE_LABELS, self.coco
-            ids = match_images(keys, coco)
-            image_ids = [ids[k] for k in keys]
-            if len(set(image_ids)) != len(image_ids):
-                raise CalibError("labels do not match the images: two evaluation images have the same file name, "
-                                 "so they cannot be told apart in the COCO labels")
+            image_ids = self._image_ids(keys)
             cats = self._category_ids()
         else:
             reference, coco, cats = REFERENCE_FP32, detections_as_ground_truth(da, self.reference_conf), None

@@ -9,8 +9,9 @@ agreement is the fraction of counted pixels where INT8's class equals FP32's.
 Outputs: (N, C, H, W) scores (class = argmax over C) or (N, H, W) integer class maps. Reference:
 label masks, given per batch (`labels`, (N, H, W) class ids) or as a folder (`labels=` a folder
 of `<image stem>.png` or `.npy` masks, read with Pillow/numpy); without either, FP32's argmax
-(`reference: "fp32"`; FP32 then scores 1). A mask must already have the output's spatial size
-(the data layer applies the image's resize to its mask, nearest neighbour).
+(`reference: "fp32"`; FP32 then scores 1). A mask must already have the output's spatial size:
+`calib run --labels` puts a mask of its image's size through the image's crop and resize (or
+letterbox), nearest neighbour, before it comes here (`calib.data.labels`).
 """
 
 from __future__ import annotations
@@ -68,18 +69,29 @@ class MaskFolder:
         if not self.folder.is_dir():
             raise CalibError(f"segmentation labels {self.folder} are not a folder of masks")
 
-    def load(self, key: str) -> np.ndarray:
+    def path_of(self, key: str) -> Path | None:
+        """The mask file of image `key` (`<stem>.png`, else `<stem>.npy`), or None."""
         stem = Path(str(key)).stem
         for suffix in (".png", ".npy"):
             p = self.folder / (stem + suffix)
             if p.is_file():
-                if suffix == ".npy":
-                    return np.load(p)
-                from PIL import Image
+                return p
+        return None
 
-                with Image.open(p) as im:
-                    return np.asarray(im)
-        raise CalibError(f"labels do not match the images: no mask '{stem}.png' or '{stem}.npy' in {self.folder}")
+    def load(self, key: str) -> np.ndarray:
+        p = self.path_of(key)
+        if p is None:
+            stem = Path(str(key)).stem
+            raise CalibError(f"labels do not match the images: no mask '{stem}.png' or '{stem}.npy' in {self.folder}")
+        try:
+            if p.suffix == ".npy":
+                return np.load(p)
+            from PIL import Image
+
+            with Image.open(p) as im:
+                return np.asarray(im)
+        except Exception as e:   # a truncated PNG, a pickled .npy: the file's fault, said in one line
+            raise CalibError(f"cannot read the label mask {p}: {' '.join(str(e).split()) or type(e).__name__}") from None
 
 
 class SegmentMetric(Metric):

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -149,12 +149,15 @@ class Keep:
 class Judge:
     """Every output of runner `test` against runner `reference` per image (`calib.metrics.outputs`:
     SQNR with its paired interval, cosine) and the task `metric` (`calib.metrics.Metric`) fed both
-    runners' outputs, batch by batch; host copies (the metrics are numpy)."""
+    runners' outputs, batch by batch; host copies (the metrics are numpy). `inputs`: the batch's
+    keys -> further keyword arguments of the metric's `update` for those images, the same for both
+    runners (the ground truth of `calib.data.labels`: masks, or how boxes map back to the image)."""
 
-    def __init__(self, metric: Any, reference: str = "fp32", test: str = "int8"):
+    def __init__(self, metric: Any, reference: str = "fp32", test: str = "int8",
+                 inputs: Callable[[list[str]], dict] | None = None):
         from calib.metrics.outputs import OutputsAccumulator
 
-        self.metric, self.reference, self.test = metric, reference, test
+        self.metric, self.reference, self.test, self.inputs = metric, reference, test, inputs
         self.outputs = OutputsAccumulator()
         self.keys: list[str] = []
 
@@ -162,6 +165,7 @@ class Judge:
         ref = {k: tensor.to_numpy(v) for k, v in step.outputs[self.reference].items()}
         test = {k: tensor.to_numpy(v) for k, v in step.outputs[self.test].items()}
         self.outputs.update(ref, test, step.size)
-        self.metric.update(self.reference, step.batch.keys, ref)
-        self.metric.update(self.test, step.batch.keys, test)
+        extra = self.inputs(step.batch.keys) if self.inputs is not None else {}
+        self.metric.update(self.reference, step.batch.keys, ref, **extra)
+        self.metric.update(self.test, step.batch.keys, test, **extra)
         self.keys.extend(step.batch.keys)

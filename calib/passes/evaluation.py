@@ -9,7 +9,7 @@ shape (`padded_batch`: short batches are padded, see `calib.passes.walk`).
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 from calib.data import Dataset, SkipLog
 from calib.passes.consumers import Predict
@@ -52,14 +52,16 @@ def logits(runner, images: Images, batch_size: int = 32):
 
 
 def judge(runners: Mapping, dataset: "Dataset", metric, batch_size: int = 32, device: str = "cpu",
-          decoder: str = "nvjpeg", workers: int | None = None, progress: str | None = "evaluating"):
+          decoder: str = "nvjpeg", workers: int | None = None, progress: str | None = "evaluating",
+          inputs: Callable[[list[str]], dict] | None = None):
     """The evaluation of a model that is not a classifier: runners "fp32" and "int8" on each batch,
-    every output compared (`Judge`). Returns (the Judge, skipped files, seconds)."""
+    every output compared (`Judge`; `inputs`: the metric's further arguments per batch, e.g. its
+    ground truth). Returns (the Judge, skipped files, seconds)."""
     from calib.passes.consumers import Judge
 
     skips = SkipLog()
     source = batches(dataset, batch_size, device, decoder, workers, progress, skips)
-    consumer = Judge(metric)
+    consumer = Judge(metric, inputs=inputs)
     walked = walk(source, runners, [consumer], pad_to=padded_batch(batch_size, len(dataset)) if device != "cpu" else None,
                   concurrent=device != "cpu", background=device != "cpu")
     return consumer, skips.skipped, walked.seconds

@@ -181,6 +181,7 @@ class TaskReport(RunBase):
     metric: dict
     placement: dict | None = None
     size_mb: dict | None = None
+    labels: str | None = None        # the ground truth the metric is against (--labels), None: against FP32
 
 
 @dataclass

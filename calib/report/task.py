@@ -40,6 +40,7 @@ def render_markdown(r: dict) -> str:
     worst = min((o["sqnr_db"] for o in r["outputs"] if o["sqnr_db"] is not None), default=None)
     lines = [f"# calib run: {r['model']} ({r['task']}) / {r['calibrator']} / {r['qdq_flavor']} Q/DQ", "",
              f"- {metric_line(r['metric'])}",
+             *([f"- labels: `{r['labels']}`"] if r.get("labels") else []),
              f"- worst output SQNR {db(worst)} over {images(r['eval']['samples'])} of {evaluation_text(r)}",
              f"- calibration: {images(r['calibration']['samples'])}, cache `{r['calibration']['cache']}`"
              f"{' (reused)' if r['calibration']['reused'] else ''}"]
@@ -57,6 +58,7 @@ def render_markdown(r: dict) -> str:
 def render_html(r: dict) -> str:
     r = as_json(r)
     body = [f"<h1>calib run: {esc(r['model'])} ({esc(r['task'])})</h1>", f"<p>{esc(metric_line(r['metric']))}</p>",
+            *([f"<p>labels: <code>{esc(r['labels'])}</code></p>"] if r.get("labels") else []),
             notes(r),
             section("outputs", "Every output against FP32",
                     [table(["output", "shape per image", "SQNR", "SQNR 95% CI", "cosine"], output_rows(r))])]

@@ -28,6 +28,10 @@ class RunConfig:
     preprocess: str | None = None
     input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
     task: str = "auto"                   # classify, detect, segment, generic; auto: classify for class scores
+    mean: str | None = None              # --mean R,G,B on the [0, 1] scale (torchvision's Normalize); None: the preset's
+    std: str | None = None               # --std R,G,B, the same scale
+    channel_order: str = "rgb"           # the model's input channels: rgb, or bgr (OpenCV-trained models)
+    labels: str | None = None            # ground truth of the task metric: a COCO JSON file (detect), a mask folder (segment)
     exclude: tuple[str, ...] = ()        # node-name regexes left float (--exclude), beside the heads
     exclude_ops: tuple[str, ...] = ()    # op types left float (--exclude-op)
 
@@ -181,6 +185,55 @@ def check_numbers(config: RunConfig) -> None:
         raise CalibError(f"--speed-seconds must be at least 0, got {config.speed_seconds}")
 
 
+def check_preprocess_options(config: RunConfig) -> None:
+    """--mean, --std and --channel-order parsed once here (calib.data.transforms.normalised parses
+    them the same way), so a typo is one line before the model is exported."""
+    from calib.data.transforms import check_channel_order, parse_channels
+
+    parse_channels(config.mean, "--mean")
+    parse_channels(config.std, "--std")
+    check_channel_order(config.channel_order)
+
+
+LABELLED_TASKS = {"detect": "a COCO JSON file", "segment": "a folder of masks (<image stem>.png or .npy)"}
+
+
+def check_labels_option(config: RunConfig, task: str | None = None) -> None:
+    """--labels: an existing path, for a task that is judged against labels (detect: a COCO JSON
+    file; segment: a folder of masks). `task`: the model's task once resolved (auto becomes
+    classify or generic); before that, the task the user named."""
+    if config.labels is None:
+        return
+    task = task or config.task
+    path = Path(config.labels).expanduser()
+    if task == "generic":
+        raise CalibError("--task generic is judged against FP32's own outputs: it takes no --labels "
+                         "(labels are for --task detect, a COCO JSON file, or --task segment, a folder of masks)")
+    if task == "classify":
+        raise CalibError("--labels is for --task detect (a COCO JSON file) or segment (a folder of masks): a classifier "
+                         "reads its labels from the dataset (imagenet-val's class folders, hf:'s label column)")
+    if not path.exists():
+        raise CalibError(f"--labels {path}: no such file or folder")
+    if task == "detect" and not path.is_file():
+        raise CalibError(f"--labels {path} is a folder: --task detect takes {LABELLED_TASKS['detect']}")
+    if task == "segment" and not path.is_dir():
+        raise CalibError(f"--labels {path} is a file: --task segment takes {LABELLED_TASKS['segment']}")
+
+
+def config_model(config: RunConfig):
+    """The model `config` names (--model, --preprocess, --input-size, --task), its preprocessing
+    with --mean, --std and --channel-order applied (`calib.data.transforms.normalised`): the one
+    place every command resolves it, so calibration, evaluation and the cache key see the same."""
+    from dataclasses import replace
+
+    from calib.data.transforms import normalised
+    from calib.models import parse_input_size, resolve_model
+
+    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    pre = normalised(model.preprocess, config.mean, config.std, config.channel_order)
+    return model if pre is model.preprocess else replace(model, preprocess=pre)
+
+
 def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
                  out: Path | None = None) -> Placement:
     """Every option that can be checked without the model or the images, checked first: a typo
@@ -216,6 +269,8 @@ def check_values(config: RunConfig) -> None:
     dataset reads one, a known decoder."""
     check_numbers(config)
     check_dataset_options(config)
+    check_preprocess_options(config)
+    check_labels_option(config)
     if config.samples is not None and config.samples < 1:
         raise CalibError(f"--samples must be at least 1, got {config.samples}")
     if config.eval_samples is not None and config.eval_samples < 1:

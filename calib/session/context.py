@@ -13,10 +13,11 @@ import onnx
 
 from calib.data.plan import DataPlan, plan_data
 from calib.errors import CalibError
-from calib.models import Model, check_classes, fixed_batch, parse_input_size, prepared_model, resolve_model
+from calib.models import Model, check_classes, fixed_batch, prepared_model
 from calib.placement import CPU, Placement
 from calib.report.schema import ReportHeader
-from calib.session.config import RunConfig, check_config, default_out, default_samples
+from calib.session.config import (RunConfig, check_config, check_labels_option, config_model, default_out,
+                                  default_samples)
 
 
 def default_flavor(backend: str) -> str:
@@ -54,7 +55,8 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     command uses, when not `config.calibrator` alone (compare)."""
     out = Path(out) if out else default_out(config, kind)
     placement = check_config(config, calibrators, out)
-    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    model = config_model(config)
+    check_labels_option(config, model.task)   # --task auto resolved: labels for a classifier or a generic model
     if model.task != "classify" and (kind is not None or config.max_drop is not None
                                      or config.min_agreement is not None):
         what = f"calib {kind}" if kind else "a fallback budget (--max-drop, --min-agreement)"

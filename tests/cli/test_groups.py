@@ -13,8 +13,8 @@ import typer
 from typer.testing import CliRunner
 
 from calib.cli import app, defaults, groups
-from calib.cli.groups import (BatchArgs, BudgetArgs, CalibratorArgs, DataArgs, DeviceArgs, Group, ModelArgs, OutputArgs,
-                              QuantizeArgs, ReportArgs, opt, run_config, with_groups)
+from calib.cli.groups import (BatchArgs, BudgetArgs, CalibratorArgs, DataArgs, DeviceArgs, Group, LabelArgs, ModelArgs,
+                              OutputArgs, QuantizeArgs, ReportArgs, opt, run_config, with_groups)
 from calib.session import RunConfig
 
 GROUPS = [g for g in vars(groups).values() if isinstance(g, type) and issubclass(g, Group) and g is not Group]
@@ -58,8 +58,14 @@ def test_a_group_option_for_a_runconfig_field_takes_its_default_from_runconfig()
 
 
 @pytest.mark.parametrize("group, values, part", [
-    (ModelArgs(), {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256"},
+    (ModelArgs(), {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256",
+                   "mean": "0.5,0.5,0.5", "std": None, "channel_order": "bgr"},
+     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256", "mean": "0.5,0.5,0.5",
+      "std": None, "channel_order": "bgr"}),
+    (ModelArgs.without("mean", "std", "channel_order"),
+     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256"},
      {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256"}),
+    (LabelArgs(), {"labels": "instances.json"}, {"labels": "instances.json"}),
     (CalibratorArgs(), {"calibrator": "percentile", "percentile": 99.9, "recalibrate": True},
      {"calibrator": "percentile", "calibrator_params": {"percentile": 99.9}, "recalibrate": True}),
     (CalibratorArgs(), {"calibrator": "minmax", "percentile": None, "recalibrate": False},
@@ -96,7 +102,7 @@ def test_a_selection_names_existing_options_only():
 
 
 def test_run_config_refuses_a_field_given_twice():
-    model = ModelArgs().parse({"model": "a", "task": "auto", "preprocess": None, "input_size": None})
+    model = ModelArgs("model", "task", "preprocess", "input_size").parse({"model": "a", "task": "auto", "preprocess": None, "input_size": None})
     with pytest.raises(TypeError, match="model"):
         run_config(model, model=None)
 

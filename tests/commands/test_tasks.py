@@ -1,7 +1,8 @@
 """A detector through calib calibrate and calib build (issue 21): `--task detect`, a plain folder
 of images searched recursively (`--dataset images`), YOLO's letterbox preprocessing, the head left
-float by default in both flavors, and TensorRT-RTX's parser and builder taking the tensorrt flavor.
-Evaluation of non-classifiers (task metrics) is not wired into run yet: run refuses them in one line."""
+float by default in both flavors, and TensorRT-RTX's parser and builder taking the tensorrt flavor;
+`calib run` judging them against FP32 (against labels: tests/commands/test_task_labels.py), and
+compare, sensitivity and the budgets refusing them in one line."""
 
 from __future__ import annotations
 
