@@ -21,11 +21,11 @@ from calib.models import prepared_path, save_model
 from calib.quantize import excluded_nodes, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
-from calib.report.schema import FallbackReport, RunReport
+from calib.report.schema import FallbackReport, RunBase, RunReport
 from calib.stats.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
-from calib.restore.search import STRATEGY, FallbackResult, fallback_to_budget, slower_than_fp32
-from calib.commands.steps import calibrate_run, calibration_section, int8_model, mark_int8
+from calib.restore.search import STRATEGY, FallbackResult, slower_than_fp32
+from calib.commands.steps import Int8, calibrate_run, calibration_section, int8_model
 from calib.fsutil import staged_dir
 from calib.placement import CPU, Placement
 from calib.report.header import chance_warning, eval_section
@@ -33,57 +33,57 @@ from calib.session.config import RunConfig
 from calib.session.context import RunSetup, class_count, class_names_of, report_header, setup
 
 
-def run(config: RunConfig) -> RunReport:
-    budget = config.max_drop is not None or config.min_agreement is not None
+def run(config: RunConfig) -> RunBase:
+    """One run for every task: set up, check what can be checked before any calibration, calibrate
+    (or reuse the cache), materialize the INT8 model (with the float layers a budget needs), then
+    judge it: a classifier by top-1 and its paired intervals (`judge_classifier`), any other model
+    output by output and by its task's metric (calib.commands.task)."""
+    from calib.commands.task import check_task, judge_task
+
     backend = get_backend(config.backend)
     runnable, why = backend.can_run()
     if not runnable:  # evaluation runs the engines: say so before any calibration work
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
-    if s.model.task != "classify":   # judged output by output and by its task's metric
-        from calib.commands.task import run_task
-
-        return run_task(config, s, backend)
-    model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
-    placement = s.placement
-    eval_batch = config.pass_batch_sizes()[1]
-    with staged_dir(out) as stage:
+    labels = None if s.model.task == "classify" else check_task(config, s)
+    with staged_dir(s.out) as stage:
         outcome = calibrate_run(config, s)
+        int8 = int8_model(config, s, outcome)
         int8_onnx = stage / "int8.onnx"
-        rules = config.placement_rules()   # the user's exclusions, beside the heads the flavors keep float
-        qdq, means = int8_model(config, s, outcome)
-        fallback = None
-        if budget:
-            fallback = fallback_to_budget(prepared, outcome.entry.cache.amax(), flavor, data.evaluation,
-                                          max_drop=config.max_drop, min_agreement=config.min_agreement,
-                                          batch_size=config.batch_size, workers=config.workers, seed=config.seed,
-                                          progress=config.progress, channel_means=means,
-                                          device=placement.first, decoder=config.gpu_decode, rules=rules)
-            qdq = fallback.model  # evaluated below on the held-out subset only
-        mark_int8(qdq, config, s, outcome)
-        save_model(qdq, int8_onnx)  # external data past 2 GB
-        fp32_onnx = prepared_path(model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
-        ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx},
-                                        fallback.final_dataset if fallback else data.evaluation, stage,
-                                        eval_batch, config.workers, config.progress, placement=placement,
-                                        gpu_decode=config.gpu_decode)
-        fp32_artifact, int8_artifact = (out / a.name if a.parent == stage else a for a in artifacts.values())
-        report = build_report(config, s, outcome, ev, fp32_artifact, int8_artifact,
-                              fallback.final_dataset if fallback else data.evaluation, placement, int8_onnx)
-        if config.backend == "ort":
-            report.ort_kernels = integer_kernel_check(int8_onnx)
-        report.placement = excluded_nodes(prepared, flavor, **rules).to_json()
-        if fallback is not None:
-            report.fallback = fallback_report(fallback, ev)
-        add_decision_figures(report, config, backend, flavor, prepared, ev, artifacts,
-                             {"fp32": fp32_onnx, "int8": int8_onnx}, fallback,
-                             fallback.final_dataset if fallback else data.evaluation, placement)
-        figures = None
-        if config.html:
-            figures = run_figures(prepared, qdq, outcome, flavor, data.calibration, data.evaluation,
-                                  config.calibrator, batch_size=config.batch_size, workers=config.workers,
-                                  progress=config.progress, device=placement.first, decoder=config.gpu_decode)
-        write_run_report(stage, report, figures, html=config.html)
+        save_model(int8.model, int8_onnx)  # external data past 2 GB
+        if labels is None:
+            report = judge_classifier(config, s, backend, stage, outcome, int8, int8_onnx)
+        else:
+            report = judge_task(config, s, backend, stage, outcome, int8, int8_onnx, labels)
+    return report
+
+
+def judge_classifier(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: CalibrationOutcome,
+                     int8: Int8, int8_onnx: Path) -> RunReport:
+    """A classifier's figures: FP32 and INT8 on the same images (the held-out ones after a
+    fallback search), the decision figures and the verdict, the histograms and per-tensor SQNR of
+    report.html; writes the report into `stage`."""
+    prepared, flavor, data, placement = s.prepared, s.flavor, s.data, s.placement
+    evaluated = int8.evaluation(data)
+    fp32_onnx = prepared_path(s.model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
+    ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx}, evaluated, stage,
+                                    config.pass_batch_sizes()[1], config.workers, config.progress,
+                                    placement=placement, gpu_decode=config.gpu_decode)
+    fp32_artifact, int8_artifact = (s.out / a.name if a.parent == stage else a for a in artifacts.values())
+    report = build_report(config, s, outcome, ev, fp32_artifact, int8_artifact, evaluated, placement, int8_onnx)
+    if config.backend == "ort":
+        report.ort_kernels = integer_kernel_check(int8_onnx)
+    report.placement = excluded_nodes(prepared, flavor, **config.placement_rules()).to_json()
+    if int8.fallback is not None:
+        report.fallback = fallback_report(int8.fallback, ev)
+    add_decision_figures(report, config, backend, flavor, prepared, ev, artifacts,
+                         {"fp32": fp32_onnx, "int8": int8_onnx}, int8.fallback, evaluated, placement)
+    figures = None
+    if config.html:
+        figures = run_figures(prepared, int8.model, outcome, flavor, data.calibration, data.evaluation,
+                              config.calibrator, batch_size=config.batch_size, workers=config.workers,
+                              progress=config.progress, device=placement.first, decoder=config.gpu_decode)
+    write_run_report(stage, report, figures, html=config.html)
     return report
 
 

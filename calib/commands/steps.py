@@ -1,15 +1,22 @@
 """The steps `calib run` takes for every task, written once: calibrate (or reuse the cache) with the
-run's settings, materialize the INT8 model with the user's exclusions, and the report's
-calibration section. `run` (a classifier: calib.commands.run) and `run --task` (any other model:
-calib.commands.task) differ only in how they evaluate and report."""
+run's settings, materialize the INT8 model with the user's exclusions (and the float layers a
+budget needs), and the report's calibration section. A classifier (calib.commands.run) and any
+other model (calib.commands.task) differ only in how they are judged and reported."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import onnx
+
 from calib.calibration import CalibrationOutcome, calibrate
+from calib.data import Dataset
+from calib.data.plan import DataPlan
 from calib.fsutil import mark_calib_onnx
 from calib.quantize import quantize_model
 from calib.quantize.heads import exclusions_record
 from calib.report.schema import CalibrationSection
+from calib.restore.search import FallbackResult, fallback_to_budget
 from calib.session.config import RunConfig
 from calib.session.context import RunSetup
 
@@ -22,19 +29,42 @@ def calibrate_run(config: RunConfig, s: RunSetup) -> CalibrationOutcome:
                      gpu_decode=config.gpu_decode)
 
 
-def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome):
-    """(the Q/DQ model of the run's flavor from the cache as read back, with the user's exclusions
-    beside the heads the flavors keep float; the channel means of its bias correction)."""
+@dataclass
+class Int8:
+    """The INT8 model a run ships: the Q/DQ model (marked with calib's provenance), the channel
+    means of its bias correction, and the fallback search that chose its float layers, if a budget
+    asked for one (its held-out images are then the ones to evaluate on)."""
+    model: onnx.ModelProto
+    means: dict | None
+    fallback: FallbackResult | None = None
+
+    def evaluation(self, data: DataPlan) -> Dataset:
+        """The images the run's figures come from: the fallback's held-out subset, or all the
+        evaluation images."""
+        return self.fallback.final_dataset if self.fallback is not None else data.evaluation
+
+
+def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome) -> Int8:
+    """The Q/DQ model of the run's flavor from the cache as read back, with the user's exclusions
+    beside the heads the flavors keep float; with a budget (--max-drop, --min-agreement), the
+    fewest most damaging layers left float to meet it (calib.restore.search); marked with its
+    flavor, its cache and the exclusions."""
+    rules = config.placement_rules()
+    record = exclusions_record(rules)
     means = outcome.entry.channel_means(config.bias_correction)
-    qdq, _ = quantize_model(s.prepared, outcome.entry.cache.amax(), s.flavor, channel_means=means,
-                            **config.placement_rules())
-    return qdq, means
-
-
-def mark_int8(qdq, config: RunConfig, s: RunSetup, outcome: CalibrationOutcome) -> None:
-    """calib's provenance in the INT8 model: its flavor, its cache, the user's exclusions."""
-    record = exclusions_record(config.placement_rules())
+    amax = outcome.entry.cache.amax()
+    fallback = None
+    if config.max_drop is not None or config.min_agreement is not None:
+        fallback = fallback_to_budget(s.prepared, amax, s.flavor, s.data.evaluation, max_drop=config.max_drop,
+                                      min_agreement=config.min_agreement, batch_size=config.batch_size,
+                                      workers=config.workers, seed=config.seed, progress=config.progress,
+                                      channel_means=means, device=s.placement.first, decoder=config.gpu_decode,
+                                      rules=rules)
+        qdq = fallback.model
+    else:
+        qdq, _ = quantize_model(s.prepared, amax, s.flavor, channel_means=means, **rules)
     mark_calib_onnx(qdq, qdq_flavor=s.flavor, cache=outcome.entry.path.name, **record)
+    return Int8(qdq, means, fallback)
 
 
 def calibration_section(outcome: CalibrationOutcome, s: RunSetup) -> CalibrationSection:

@@ -1,25 +1,24 @@
-"""`calib run` on a model that is not a classifier (task detect, segment or generic): calibrate (or
-reuse the cache), materialize the INT8 model with its head float, evaluate FP32 and INT8 on the same
-images through the evaluation pass, judging every output against FP32 and the task metric
-(calib.metrics), and write report.json / report.md / report.html (calib.report.task).
+"""How `calib run` judges a model that is not a classifier (task detect, segment or generic): FP32
+and INT8 (its head float) on the same images through the evaluation pass, every output against
+FP32 and the task metric (calib.metrics), the verdict from the metric's drop (calib.stats.verdict),
+written as report.json / report.md / report.html (calib.report.task).
 
 With `--labels` (a COCO JSON file for detect, a folder of masks for segment) the task metric is
 against that ground truth (`reference: "labels"`), read and checked against the evaluation images
 before any calibration (`calib.data.labels`), so a label file that does not fit costs no
-calibration pass; without, against FP32's own outputs (`reference: "fp32"`).
-
-Still to come (issue 21): the verdict and the budgets (`--max-drop`) driven by the task metric,
-speed figures; `run` refuses the budgets for these tasks in one line."""
+calibration pass; without, against FP32's own outputs (`reference: "fp32"`)."""
 
 from __future__ import annotations
 
-from calib.commands.steps import calibrate_run, calibration_section, int8_model, mark_int8
-from calib.data.labels import read_labels
+from pathlib import Path
+
+from calib.calibration import CalibrationOutcome
+from calib.commands.steps import Int8, calibration_section
+from calib.data.labels import TaskLabels, read_labels
 from calib.evaluate.models import build_artifacts
-from calib.fsutil import staged_dir
 from calib.metrics.outputs import outputs_json
 from calib.metrics.registry import get_metric
-from calib.models import prepared_path, save_model
+from calib.models import prepared_path
 from calib.onnx_io import model_size_mb
 from calib.passes.evaluation import judge
 from calib.quantize import excluded_nodes
@@ -30,45 +29,59 @@ from calib.session.config import RunConfig
 from calib.session.context import RunSetup, report_header
 
 
-def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
-    model, flavor, data, prepared = s.model, s.flavor, s.data, s.prepared
-    eval_batch = config.pass_batch_sizes()[1]
-    # Before any calibration: a task that cannot read the outputs, and labels that do not fit the images.
-    probe = check_task_fits(prepared, model.task, model.size)
-    labels = read_labels(model.task, config.labels, data.evaluation, probe)
-    with staged_dir(s.out) as stage:
-        outcome = calibrate_run(config, s)
-        qdq, _ = int8_model(config, s, outcome)
-        mark_int8(qdq, config, s, outcome)
-        int8_onnx = stage / "int8.onnx"
-        save_model(qdq, int8_onnx)
-        onnx_files = {"fp32": prepared_path(model), "int8": int8_onnx}
-        artifacts = build_artifacts(backend, onnx_files, stage)
-        runners = {}
-        try:
-            for name, artifact in artifacts.items():
-                runners[name] = backend.load(artifact, s.placement.first if s.placement.on_gpu else None)
-            judged, skipped, seconds = judge(runners, data.evaluation, labels.metric(), eval_batch,
-                                             s.placement.first, config.gpu_decode, config.workers,
-                                             "evaluating" if config.progress else None, inputs=labels.inputs)
-        finally:
-            for r in runners.values():
-                r.close()
-        evaluated = _Evaluated(judged.keys, skipped, seconds)
-        header = report_header(config, s, s.placement, {"int8": int8_onnx})
-        report = TaskReport(
-            header=header, task=model.task, calibrator=config.calibrator,
-            calibrator_params=outcome.entry.metadata.key.calibrator_params if outcome.entry.metadata else {},
-            preprocess=model.preprocess.params,
-            fp32_model=str(artifacts["fp32"]), int8_model=str(s.out / artifacts["int8"].name),
-            calibration=calibration_section(outcome, s),
-            eval=eval_section(evaluated, data.calibration, data.evaluation, header),
-            outputs=outputs_json(judged.outputs.result()), metric=judged.metric.result().to_json(),
-            placement=excluded_nodes(prepared, flavor, **config.placement_rules()).to_json(),
-            size_mb={name: model_size_mb(path) for name, path in onnx_files.items()},
-            labels=str(labels.path) if labels.path is not None else None)
-        write_task_report(stage, report, html=config.html)
+def check_task(config: RunConfig, s: RunSetup) -> TaskLabels:
+    """What is checked before any calibration: that the task's metric reads the model's outputs,
+    and that the labels (--labels) fit the evaluation images. Returns the labels (none: the
+    metric is against FP32)."""
+    probe = check_task_fits(s.prepared, s.model.task, s.model.size)
+    return read_labels(s.model.task, config.labels, s.data.evaluation, probe)
+
+
+def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: CalibrationOutcome, int8: Int8,
+               int8_onnx: Path, labels: TaskLabels) -> TaskReport:
+    """FP32 and INT8 on the same images through the evaluation pass, every output and the task
+    metric judged (`calib.passes.evaluation.judge`), the verdict from the metric's drop; writes the
+    report into `stage`."""
+    model, data = s.model, s.data
+    onnx_files = {"fp32": prepared_path(model), "int8": int8_onnx}
+    artifacts = build_artifacts(backend, onnx_files, stage)
+    runners = {}
+    try:
+        for name, artifact in artifacts.items():
+            runners[name] = backend.load(artifact, s.placement.first if s.placement.on_gpu else None)
+        judged, skipped, seconds = judge(runners, data.evaluation, labels.metric(), config.pass_batch_sizes()[1],
+                                         s.placement.first, config.gpu_decode, config.workers,
+                                         "evaluating" if config.progress else None, inputs=labels.inputs)
+    finally:
+        for r in runners.values():
+            r.close()
+    metric = judged.metric.result()
+    size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
+    header = report_header(config, s, s.placement, {"int8": int8_onnx})
+    report = TaskReport(
+        header=header, task=model.task, calibrator=config.calibrator,
+        calibrator_params=outcome.entry.metadata.key.calibrator_params if outcome.entry.metadata else {},
+        preprocess=model.preprocess.params,
+        fp32_model=str(artifacts["fp32"]), int8_model=str(s.out / artifacts["int8"].name),
+        calibration=calibration_section(outcome, s),
+        eval=eval_section(_Evaluated(judged.keys, skipped, seconds), data.calibration, data.evaluation, header),
+        outputs=outputs_json(judged.outputs.result()), metric=metric.to_json(),
+        placement=excluded_nodes(s.prepared, s.flavor, **config.placement_rules()).to_json(),
+        size_mb=size_mb, labels=str(labels.path) if labels.path is not None else None,
+        verdict=verdict(metric, config.max_drop, size_mb, int8))
+    write_task_report(stage, report, html=config.html)
     return report
+
+
+def verdict(metric, max_drop: float | None, size_mb: dict, int8: Int8) -> dict:
+    """The recommendation from the task metric's drop and its paired interval (the budget, when
+    one is set, is the tolerance, as for a classifier)."""
+    from calib.stats.verdict import DEFAULT_TOLERANCE, recommend_metric
+
+    tolerance = DEFAULT_TOLERANCE if max_drop is None else min(max(max_drop, 0.001), 0.999)
+    layers = int8.fallback.float_layers if int8.fallback is not None else ()
+    return recommend_metric(metric.name, metric.drop, metric.drop_ci95, metric.n, tolerance, size_mb,
+                            layers).to_json()
 
 
 def check_task_fits(prepared, task: str, size: tuple[int, int]) -> dict:

@@ -182,6 +182,7 @@ class TaskReport(RunBase):
     placement: dict | None = None
     size_mb: dict | None = None
     labels: str | None = None        # the ground truth the metric is against (--labels), None: against FP32
+    verdict: dict | None = None      # the recommendation from the metric's drop (calib.stats.verdict.recommend_metric)
 
 
 @dataclass

@@ -39,6 +39,7 @@ def render_markdown(r: dict) -> str:
     r = as_json(r)
     worst = min((o["sqnr_db"] for o in r["outputs"] if o["sqnr_db"] is not None), default=None)
     lines = [f"# calib run: {r['model']} ({r['task']}) / {r['calibrator']} / {r['qdq_flavor']} Q/DQ", "",
+             *([f"**{r['verdict']['sentence']}**", ""] if r.get("verdict") else []),
              f"- {metric_line(r['metric'])}",
              *([f"- labels: `{r['labels']}`"] if r.get("labels") else []),
              f"- worst output SQNR {db(worst)} over {images(r['eval']['samples'])} of {evaluation_text(r)}",
@@ -57,7 +58,9 @@ def render_markdown(r: dict) -> str:
 
 def render_html(r: dict) -> str:
     r = as_json(r)
-    body = [f"<h1>calib run: {esc(r['model'])} ({esc(r['task'])})</h1>", f"<p>{esc(metric_line(r['metric']))}</p>",
+    body = [f"<h1>calib run: {esc(r['model'])} ({esc(r['task'])})</h1>",
+            *([f"<p><strong>{esc(r['verdict']['sentence'])}</strong></p>"] if r.get("verdict") else []),
+            f"<p>{esc(metric_line(r['metric']))}</p>",
             *([f"<p>labels: <code>{esc(r['labels'])}</code></p>"] if r.get("labels") else []),
             notes(r),
             section("outputs", "Every output against FP32",
