@@ -49,7 +49,8 @@ METRIC_CHUNK = 64         # images per metric update (the metrics accumulate bat
 CLASSIFIER_MEASURE = ("only this layer quantized, every other layer FP32 (isolated damage); ranked by the SQNR "
                       "of the logits against FP32, lowest first")
 TASK_MEASURE = ("only this layer quantized, every other layer FP32 (isolated damage); ranked by the SQNR "
-                "against FP32 of the graph output the layer hurts most (the lowest per-output SQNR), lowest first")
+                "against FP32 of the output the layer hurts most (the lowest SQNR over the graph outputs and, for a "
+                "detector, its decoded boxes and class scores), lowest first")
 
 # The headline figure each built-in task metric reports (calib.metrics), for messages and budget text.
 DECODED_BOXES, DECODED_SCORES = "decoded boxes", "decoded scores"   # a detector's views beside its outputs

@@ -61,9 +61,11 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     out = Path(out) if out else default_out(config, kind)
     placement = check_config(config, calibrators, out)
     model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
-    if model.task != "classify" and (kind is not None or config.max_drop is not None
+    # sensitivity ranks every task (calib.restore.score); compare and the budgets of run still read top-1
+    if model.task != "classify" and (kind not in (None, "sensitivity") or config.max_drop is not None
                                      or config.min_agreement is not None):
-        what = f"calib {kind}" if kind else "a fallback budget (--max-drop, --min-agreement)"
+        budgets = "a fallback budget (--max-drop, --min-agreement)"
+        what = f"calib {kind}" if kind not in (None, "sensitivity") else budgets
         raise CalibError(f"{model.name} is a {model.task} model: {what} needs a classifier so far; `calib run "
                          f"--task {model.task}` judges it output by output against FP32")
     check_decoder(config, model, placement)

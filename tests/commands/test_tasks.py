@@ -1,7 +1,7 @@
 """A detector through calib calibrate and calib build (issue 21): `--task detect`, a plain folder
 of images searched recursively (`--dataset images`), YOLO's letterbox preprocessing, the head left
 float by default in both flavors, and TensorRT-RTX's parser and builder taking the tensorrt flavor.
-Evaluation of non-classifiers (task metrics) is not wired into run yet: run refuses them in one line."""
+`calib sensitivity` of a detector is in tests/commands/test_commands_sensitivity.py."""
 
 from __future__ import annotations
 
@@ -131,18 +131,18 @@ def test_run_judges_a_detector_output_by_output_and_by_map_against_fp32(detector
     assert (tmp_path / "out" / "int8.onnx").is_file() and (tmp_path / "out" / "report.html").is_file()
 
 
-def test_compare_sensitivity_and_budgets_say_in_one_line_that_they_need_a_classifier(detector, photos, tmp_path):
+def test_compare_and_budgets_say_in_one_line_that_they_need_a_classifier(detector, photos, tmp_path):
+    """compare and run's budgets still read top-1; sensitivity ranks every task
+    (tests/commands/test_commands_sensitivity.py)."""
     from calib.commands.compare import compare_calibrators
     from calib.commands.run import run
-    from calib.commands.sensitivity import rank_sensitivity
 
     for call in (lambda: compare_calibrators(_config(detector, photos, tmp_path), ["minmax"], tmp_path / "c"),
-                 lambda: rank_sensitivity(_config(detector, photos, tmp_path), tmp_path / "s", images=4),
                  lambda: run(_config(detector, photos, tmp_path, out=str(tmp_path / "b"), max_drop=0.01))):
         with pytest.raises(CalibError) as info:
             call()
         assert "\n" not in str(info.value) and "calib run --task detect" in str(info.value)
-    assert not [p for p in ("c", "s", "b") if (tmp_path / p).exists()]
+    assert not [p for p in ("c", "b") if (tmp_path / p).exists()]
 
 
 def test_a_segmenter_runs_as_generic_by_default(tmp_path, photos):
