@@ -37,6 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from calib.errors import CalibError
+from calib.metrics.base import MetricResult
 from calib.passes import Images, all_outputs, logits as run_logits
 from calib.stats.budget import budget_text, check_budget, meets
 from calib.stats.sqnr import finite_or_none, sqnr, sqnr_rows
@@ -52,9 +53,9 @@ TASK_MEASURE = ("only this layer quantized, every other layer FP32 (isolated dam
                 "against FP32 of the output the layer hurts most (the lowest SQNR over the graph outputs and, for a "
                 "detector, its decoded boxes and class scores), lowest first")
 
-# The headline figure each built-in task metric reports (calib.metrics), for messages and budget text.
 DECODED_BOXES, DECODED_SCORES = "decoded boxes", "decoded scores"   # a detector's views beside its outputs
 
+# The headline figure each built-in task metric reports (calib.metrics), for messages and budget text.
 HEADLINES = {"detect": "mAP@0.5:0.95", "segment": "mIoU", "generic": "argmax agreement"}
 
 
@@ -301,7 +302,7 @@ class TaskScorer(Scorer):
         return {**self._outputs_sqnr(reference, outputs),
                 "metric": {"name": m.name, "fp32": m.fp32, "int8": m.int8, "drop": m.drop, "reference": m.reference}}
 
-    def metric(self, reference: dict, outputs: dict, images: Images):
+    def metric(self, reference: dict, outputs: dict, images: Images) -> MetricResult:
         """The task metric (`calib.metrics.MetricResult`) of `outputs` against `reference` ("fp32")."""
         from calib.metrics.registry import get_metric
 
