@@ -650,3 +650,40 @@ def test_labels_for_a_classifier_are_refused(tiny_model, tmp_path):
                  "--cache-dir", tmp_path / "c", check=False)
     assert_one_line_error(proc, "--labels", "classifier reads its labels from the dataset")
     assert proc.returncode == 2 and not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- issue 21: tasks
+@pytest.fixture(scope="module")
+def detector_and_frames(tmp_path_factory):
+    """The YOLO-style test detector and a folder of unlabelled frames."""
+    import numpy as np
+    import onnx
+    from PIL import Image
+
+    from tests.quantize.head_models import YoloHead, build, export
+
+    work = tmp_path_factory.mktemp("det")
+    onnx.save(export(build(YoloHead)), str(work / "yolo.onnx"))
+    rng = np.random.default_rng(0)
+    (work / "frames").mkdir()
+    for i in range(6):
+        pixels = (rng.random((10, 16, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((80, 50)).save(work / "frames" / f"{i}.png")
+    return work / "yolo.onnx", work / "frames"
+
+
+def test_a_task_model_with_min_agreement_or_a_task_that_does_not_fit_is_one_line(detector_and_frames, tmp_path):
+    """--min-agreement is top-1 agreement, a classifier's figure: a detector's budget is --max-drop
+    (calib.restore.score.TaskScorer.check_budget). And sensitivity with a --task whose metric cannot
+    read the model's outputs stops before calibrating (no cache, no output folder)."""
+    detector, frames = detector_and_frames
+    common = ["--model", detector, "--dataset", "images", "--data-dir", frames, "--samples", 4, "--preprocess",
+              "letterbox", "--input-size", 64, "--cache-dir", tmp_path / "c"]
+    proc = calib("run", *common, "--task", "detect", "--min-agreement", 0.99, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "--min-agreement")
+    proc = calib("sensitivity", *common, "--task", "segment", "--images", 2, "--out", tmp_path / "s", check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "segment")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists() and not leftovers(tmp_path)
+    assert not list(tmp_path.rglob("*.cache"))

@@ -103,7 +103,8 @@ def sensitivity(
     weighted_only: bool = opt("--weighted-only", default=param(*SENSITIVITY), help="rank Conv/Gemm/MatMul only"),
     batches: BatchArgs, output: OutputArgs = OutputArgs("cache_dir", "out"), device: DeviceArgs,
 ) -> None:
-    """Rank the quantized layers by the damage each does alone (logits SQNR against FP32)."""
+    """Rank the quantized layers by the damage each does alone (the SQNR against FP32 of the logits, or of
+    the output a layer hurts most for --task detect|segment|generic)."""
     from calib.commands.sensitivity import rank_sensitivity
 
     config = run_config(model, data, calibrator, quantize, batches, output, device)

@@ -79,9 +79,12 @@ def compare_summary(r: dict) -> None:
 
 
 def sensitivity_summary(d: dict, top: int = 10) -> None:
+    task = "task" in d["sensitivity"]   # ranked by its lowest output SQNR: no agreement to print
     for i, r in enumerate(d["sensitivity"]["rows"][:top], 1):
-        sq = "inf" if r["logits_sqnr_db"] is None else f"{r['logits_sqnr_db']:.1f}"
-        typer.echo(f"{i:3}. {sq:>6} dB  agreement {r['agreement']:.2%}  {r['layer']}")
+        value = r["sqnr_db"] if task else r["logits_sqnr_db"]
+        sq = "inf" if value is None else f"{value:.1f}"
+        beside = f"output {r['worst_output']}" if task else f"agreement {r['agreement']:.2%}"
+        typer.echo(f"{i:3}. {sq:>6} dB  {beside}  {r['layer']}")
     typer.echo(f"report: {os.path.join(d['out'], 'report.html')}")
     report_warnings(d)
 

@@ -48,7 +48,7 @@ def run(config: RunConfig) -> RunBase:
     labels = None if s.model.task == "classify" else check_task(config, s)
     with staged_dir(s.out) as stage:
         outcome = calibrate_run(config, s)
-        int8 = int8_model(config, s, outcome)
+        int8 = int8_model(config, s, outcome, labels)
         int8_onnx = stage / "int8.onnx"
         save_model(int8.model, int8_onnx)  # external data past 2 GB
         if labels is None:

@@ -1,5 +1,11 @@
 """`calib sensitivity`: calibrate (or reuse the cache), rank every quantized layer by the damage it
-does alone (`calib.restore.ranker`), write sensitivity.json / .md / .png and report.html."""
+does alone (`calib.restore.ranker`), write sensitivity.json / .md / .png and report.html.
+
+Every task: a classifier is ranked by its logits SQNR (with agreement and top-1 beside it, and
+the chance warning when FP32 itself guesses); a detector, a segmenter or a model of no known task
+by the SQNR of the output a layer hurts most (`calib.restore.score.TaskScorer`), with the task
+metric of the every-layer-INT8 model beside it; the task's metric is first checked to read the
+model's outputs (one gray image), so a --task that does not fit fails before calibration."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from calib.passes import load_images
 from calib.report.schema import SensitivityReport
 from calib.report.sensitivity import write_sensitivity_report
 from calib.restore.ranker import rank_layers
+from calib.restore.score import CLASSIFY, scorer_for
 from calib.fsutil import staged_dir
 from calib.report.header import chance_warning
 from calib.session.config import RunConfig
@@ -26,6 +33,11 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
         raise CalibError("--images must be at least 1")
     s = setup(config, out, "sensitivity")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
+    scorer = scorer_for(model.task)
+    if model.task != CLASSIFY:
+        from calib.commands.task import check_task_fits
+
+        check_task_fits(prepared, model.task, model.size)   # before any calibration
     with staged_dir(out) as stage:
         placement = s.placement
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),
@@ -38,12 +50,13 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
         means = outcome.entry.channel_means(config.bias_correction)
         result = rank_layers(prepared, outcome.entry.cache.amax(), flavor, subset, config.batch_size,
                              weighted_only=weighted_only, progress=config.progress, channel_means=means,
-                             device=placement.first, rules=config.placement_rules())
+                             device=placement.first, rules=config.placement_rules(), scorer=scorer)
         header = report_header(config, s, placement, int8_models=None)
         ranked = result.as_dict()
-        chance = chance_warning(ranked["fp32_top1"], ranked["images"], class_count(data.evaluation))
-        if chance:
-            header.warn(chance)
+        if model.task == CLASSIFY:   # chance is a classifier's notion: top-1 against 1 in K classes
+            chance = chance_warning(ranked["fp32_top1"], ranked["images"], class_count(data.evaluation))
+            if chance:
+                header.warn(chance)
         report = SensitivityReport(header=header, calibrator=config.calibrator, cache=str(outcome.entry.path),
                                    out=str(out), bias_correction=bool(means), sensitivity=ranked)
         write_sensitivity_report(stage, report)

@@ -11,11 +11,13 @@ import onnx
 
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data import Dataset
+from calib.data.labels import TaskLabels
 from calib.data.plan import DataPlan
 from calib.fsutil import mark_calib_onnx
 from calib.quantize import quantize_model
 from calib.quantize.heads import exclusions_record
 from calib.report.schema import CalibrationSection
+from calib.restore.score import Scorer, scorer_for
 from calib.restore.search import FallbackResult, fallback_to_budget
 from calib.session.config import RunConfig
 from calib.session.context import RunSetup
@@ -44,11 +46,12 @@ class Int8:
         return self.fallback.final_dataset if self.fallback is not None else data.evaluation
 
 
-def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome) -> Int8:
+def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, labels: TaskLabels | None = None) -> Int8:
     """The Q/DQ model of the run's flavor from the cache as read back, with the user's exclusions
     beside the heads the flavors keep float; with a budget (--max-drop, --min-agreement), the
-    fewest most damaging layers left float to meet it (calib.restore.search); marked with its
-    flavor, its cache and the exclusions."""
+    fewest most damaging layers left float to meet it (calib.restore.search), judged as the run
+    judges: top-1 for a classifier, else the task metric against `labels` (or FP32); marked with
+    its flavor, its cache and the exclusions."""
     rules = config.placement_rules()
     record = exclusions_record(rules)
     means = outcome.entry.channel_means(config.bias_correction)
@@ -59,12 +62,20 @@ def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome) -> I
                                       min_agreement=config.min_agreement, batch_size=config.batch_size,
                                       workers=config.workers, seed=config.seed, progress=config.progress,
                                       channel_means=means, device=s.placement.first, decoder=config.gpu_decode,
-                                      rules=rules)
+                                      rules=rules, scorer=scorer(s.model.task, labels))
         qdq = fallback.model
     else:
         qdq, _ = quantize_model(s.prepared, amax, s.flavor, channel_means=means, **rules)
     mark_calib_onnx(qdq, qdq_flavor=s.flavor, cache=outcome.entry.path.name, **record)
     return Int8(qdq, means, fallback)
+
+
+def scorer(task: str, labels: TaskLabels | None = None) -> Scorer:
+    """What the fallback search judges candidates by: the classifier's top-1, or the task metric
+    with the run's labels (calib.restore.score)."""
+    if labels is None:
+        return scorer_for(task)
+    return scorer_for(task, labels.inputs, **labels.params)
 
 
 def calibration_section(outcome: CalibrationOutcome, s: RunSetup) -> CalibrationSection:

@@ -23,7 +23,8 @@ from calib.onnx_io import model_size_mb
 from calib.passes.evaluation import judge
 from calib.quantize import excluded_nodes
 from calib.report.header import eval_section
-from calib.report.schema import TaskReport
+from calib.report.schema import FallbackReport, TaskReport
+from calib.restore.search import FallbackResult, slower_than_fp32
 from calib.report.task import write_task_report
 from calib.session.config import RunConfig
 from calib.session.context import RunSetup, report_header
@@ -43,13 +44,14 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
     metric judged (`calib.passes.evaluation.judge`), the verdict from the metric's drop; writes the
     report into `stage`."""
     model, data = s.model, s.data
+    evaluated = int8.evaluation(data)   # the held-out images after a fallback search
     onnx_files = {"fp32": prepared_path(model), "int8": int8_onnx}
     artifacts = build_artifacts(backend, onnx_files, stage)
     runners = {}
     try:
         for name, artifact in artifacts.items():
             runners[name] = backend.load(artifact, s.placement.first if s.placement.on_gpu else None)
-        judged, skipped, seconds = judge(runners, data.evaluation, labels.metric(), config.pass_batch_sizes()[1],
+        judged, skipped, seconds = judge(runners, evaluated, labels.metric(), config.pass_batch_sizes()[1],
                                          s.placement.first, config.gpu_decode, config.workers,
                                          "evaluating" if config.progress else None, inputs=labels.inputs)
     finally:
@@ -64,13 +66,35 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
         preprocess=model.preprocess.params,
         fp32_model=str(artifacts["fp32"]), int8_model=str(s.out / artifacts["int8"].name),
         calibration=calibration_section(outcome, s),
-        eval=eval_section(_Evaluated(judged.keys, skipped, seconds), data.calibration, data.evaluation, header),
+        eval=eval_section(_Evaluated(judged.keys, skipped, seconds), data.calibration, evaluated, header),
         outputs=outputs_json(judged.outputs.result()), metric=metric.to_json(),
         placement=excluded_nodes(s.prepared, s.flavor, **config.placement_rules()).to_json(),
         size_mb=size_mb, labels=str(labels.path) if labels.path is not None else None,
-        verdict=verdict(metric, config.max_drop, size_mb, int8))
+        verdict=verdict(metric, config.max_drop, size_mb, int8),
+        fallback=fallback_section(int8.fallback, metric) if int8.fallback is not None else None)
     write_task_report(stage, report, html=config.html)
     return report
+
+
+def fallback_section(result: FallbackResult, metric) -> FallbackReport:
+    """The "fallback" entry of a task report: the layers the search left float to meet the budget
+    on the task metric, its search-subset figures, and the held-out figures (the report's metric,
+    computed on the images the search never saw)."""
+    from calib.restore.score import HEADLINES, TASK_MEASURE
+    from calib.restore.search import STRATEGY
+    from calib.stats.budget import budget_text, meets
+
+    final = {"images": metric.n, "metric": metric.name, "fp32": metric.fp32, "value": metric.int8,
+             "drop": metric.drop}
+    return FallbackReport(
+        budget=result.budget, budget_text=budget_text(result.budget, HEADLINES.get(metric.task, metric.name)),
+        float_layers=result.float_layers, layers=result.layers, search=result.search,
+        final_images=len(result.final_dataset), strategy=STRATEGY, measure=TASK_MEASURE, ranking=result.ranking,
+        ranking_images=result.ranking_images, evaluations=result.evaluations, seconds=round(result.seconds, 1),
+        throughput=result.throughput, slower_than_fp32=slower_than_fp32(result.throughput),
+        note="the layers were chosen on the search subset; the final figures come from the held-out subset, "
+             "which the search never saw",
+        final=final, final_met=meets(result.budget, metric.drop, 1.0))
 
 
 def verdict(metric, max_drop: float | None, size_mb: dict, int8: Int8) -> dict:

@@ -6,6 +6,8 @@
   what `calib.stats.accuracy.Evaluation` holds.
 - `Sqnr`: per-tensor signal and noise power of test models against a reference model.
 - `Keep`: one output of one runner, concatenated (the ranker's and the search's logits).
+- `KeepAll`: every output of one runner, concatenated per output (the same for a model that is
+  not a classifier: a detector's boxes and scores, a segmenter's class scores).
 - `Judge`: every output of a test model against a reference model, per image, and the task
   metric (`calib.metrics`) fed both models' outputs: how a model that is not a classifier is judged.
 """
@@ -144,6 +146,22 @@ class Keep:
 
     def result(self) -> np.ndarray:
         return np.concatenate(self.parts)
+
+
+class KeepAll:
+    """Every output of one runner, kept for every batch (host arrays in the dtype the model gives,
+    batch order), by output name in the runner's order."""
+
+    def __init__(self, runner: str):
+        self.runner = runner
+        self.parts: dict[str, list[np.ndarray]] = {}
+
+    def consume(self, step: Step) -> None:
+        for name, x in step.outputs[self.runner].items():
+            self.parts.setdefault(name, []).append(np.asarray(tensor.to_numpy(x)))
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {name: np.concatenate(parts) for name, parts in self.parts.items()}
 
 
 class Judge:

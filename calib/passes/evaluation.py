@@ -51,6 +51,16 @@ def logits(runner, images: Images, batch_size: int = 32):
     return keep.result()
 
 
+def all_outputs(runner, images: Images, batch_size: int = 32) -> dict:
+    """Every output of `runner` over `images`, by name in the runner's order, each in image order
+    (host arrays): what the ranker and the search read of a model that is not a classifier."""
+    from calib.passes.consumers import KeepAll
+
+    keep = KeepAll("model")
+    walk(images.batches(batch_size), {"model": runner}, [keep])
+    return keep.result()
+
+
 def judge(runners: Mapping, dataset: "Dataset", metric, batch_size: int = 32, device: str = "cpu",
           decoder: str = "nvjpeg", workers: int | None = None, progress: str | None = "evaluating",
           inputs: Callable[[list[str]], dict] | None = None):

@@ -100,13 +100,15 @@ def sqnr_lines(tensors: list[str], sqnr: dict[str, dict[str, float | None]], cho
     return _png(fig)
 
 
-def sensitivity_bars(rows: list[dict], top: int = 30) -> bytes:
-    """Horizontal bars: logits SQNR when only that layer is quantized, most damaging on top."""
+def sensitivity_bars(rows: list[dict], top: int = 30, key: str = "logits_sqnr_db", label: str = "logits SQNR") -> bytes:
+    """Horizontal bars: the SQNR (`key`: a classifier's logits SQNR, a task model's lowest output
+    SQNR) when only that layer is quantized, most damaging on top; agreement beside it where the
+    rows have it (a classifier's)."""
     total = len(rows)
     rows = rows[:top]
-    finite = [r["logits_sqnr_db"] for r in rows if r["logits_sqnr_db"] is not None]
+    finite = [r[key] for r in rows if r[key] is not None]
     cap = (max(finite) + 5) if finite else 60.0
-    values = [r["logits_sqnr_db"] if r["logits_sqnr_db"] is not None else cap for r in rows]
+    values = [r[key] if r[key] is not None else cap for r in rows]
     fig, ax = _subplots((9, 0.28 * len(rows) + 1.2))
     y = np.arange(len(rows))
     lo = min(values + [0.0])
@@ -116,8 +118,9 @@ def sensitivity_bars(rows: list[dict], top: int = 30) -> bytes:
     ax.set_yticklabels([f"{i + 1}. {_short(r['layer'], 44)} ({r['op_type']})" for i, r in enumerate(rows)], fontsize=7)
     ax.invert_yaxis()
     for yi, v, r in zip(y, values, rows):
-        ax.text(v, yi, f" {v:.1f} dB, agr {100 * r['agreement']:.1f}%", va="center", fontsize=7)
-    ax.set_xlabel("logits SQNR vs FP32 with only this layer quantized (dB, lower = more damage)")
+        beside = f", agr {100 * r['agreement']:.1f}%" if "agreement" in r else f", {_short(r['worst_output'], 24)}"
+        ax.text(v, yi, f" {v:.1f} dB{beside}", va="center", fontsize=7)
+    ax.set_xlabel(f"{label} vs FP32 with only this layer quantized (dB, lower = more damage)")
     ax.set_title(f"the {len(rows)} most damaging layers" + (f" of {total}" if total > len(rows) else "")
                  + " (red: top 5; blue: weighted ops; green: ops without weights)", fontsize=9)
     ax.set_xlim(lo, max(values) * 1.18 if max(values) > 0 else 1)

@@ -183,6 +183,7 @@ class TaskReport(RunBase):
     size_mb: dict | None = None
     labels: str | None = None        # the ground truth the metric is against (--labels), None: against FP32
     verdict: dict | None = None      # the recommendation from the metric's drop (calib.stats.verdict.recommend_metric)
+    fallback: FallbackReport | None = None   # the float layers a --max-drop budget needed
 
 
 @dataclass

@@ -48,12 +48,29 @@ def render_markdown(r: dict) -> str:
     lines += [f"- {what}: `{value}`" for what, value in origin_rows(r)] + note_lines(r)
     lines += ["", "| output | shape per image | SQNR | SQNR 95% CI | cosine |", "|---|---|---:|---:|---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in output_rows(r)]
+    lines += fallback_lines(r.get("fallback"))
     kept = (r.get("placement") or {}).get("nodes") or []
     if kept:
         lines += ["", f"{len(kept)} nodes kept float on purpose (heads, --exclude, --exclude-op): "
                   + ", ".join(f"`{n['node']}` ({n['reason']})" for n in kept[:20])
                   + (" ..." if len(kept) > 20 else "")]
     return "\n".join(lines) + "\n"
+
+
+def fallback_lines(fb: dict | None) -> list[str]:
+    """The budget's section: the layers left float, the search-subset and held-out figures."""
+    if not fb:
+        return []
+    s, f = fb["search"], fb.get("final") or {}
+    layers = fb["float_layers"]
+    shown = ", ".join(f"`{x}`" for x in layers[:10]) + (" ..." if len(layers) > 10 else "")
+    return ["", f"## Fallback to the budget ({fb['budget_text']})", "",
+            f"- {len(layers)} of {fb['layers']} layers left in float" + (f": {shown}" if layers else ""),
+            f"- search subset ({images(s['images'])}): {s['metric']} drop all-INT8 {_num(s['int8']['drop'])}, "
+            f"with fallback {_num(s['fallback']['drop'])}",
+            f"- held-out subset ({images(f.get('images', 0))}): {f.get('metric')} drop {_num(f.get('drop'))}"
+            f" ({'meets' if fb.get('final_met') else 'misses'} the budget)",
+            f"- {fb['note']}"]
 
 
 def render_html(r: dict) -> str:
@@ -65,6 +82,9 @@ def render_html(r: dict) -> str:
             notes(r),
             section("outputs", "Every output against FP32",
                     [table(["output", "shape per image", "SQNR", "SQNR 95% CI", "cosine"], output_rows(r))])]
+    if r.get("fallback"):
+        items = fallback_lines(r["fallback"])
+        body.append(section("fallback", items[1].lstrip("# "), [f"<p>{esc(x.lstrip('- '))}</p>" for x in items[3:]]))
     return page(f"calib run: {r['model']}", body)
 
 

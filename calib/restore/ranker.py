@@ -1,5 +1,5 @@
 """Accuracy restoration, the ranker: which quantized layers do the damage, ranked by what each
-one alone does to the logits.
+one alone does to the model's outputs (a classifier's logits, every output of any other task).
 
 A *layer* is one op that the Q/DQ flavor quantizes: a weighted op (Conv, Gemm, MatMul) with the
 Q/DQ of its activation inputs and its int8 weight (and, in the ort flavor, its int32 bias), or an
@@ -23,8 +23,13 @@ while leave-one-out would move the already-noisy full-INT8 logits by a fraction 
 largest isolated noise are the ones whose fallback buys the most, which is the order
 `calib.restore.search` needs; (3) a single-layer model runs at FP32 speed, so ranking the 60 layers
 of EfficientNet-Lite0 on 64 images takes a minute or two on 2 CPU cores.
-Ranked by the logits SQNR (dB, lower = more damage); top-1 agreement with FP32 is reported
-beside it but is too coarse to rank by (one layer alone rarely flips a prediction).
+
+What "damage" is measured on is the scorer's (`calib.restore.score`): for a classifier the
+logits SQNR (dB, lower = more damage), with top-1 agreement with FP32 reported beside it but too
+coarse to rank by (one layer alone rarely flips a prediction); for a detector, a segmenter or a
+model of no known task the SQNR of the graph output the layer hurts most, every output's SQNR
+beside it (a task metric such as mAP is coarser still, and costs NMS and matching per layer).
+One loop for every task: the scorer says what a model's run gives and how rows are figured.
 """
 
 from __future__ import annotations
@@ -33,70 +38,59 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-import numpy as np
 import onnx
 
 from calib.backends.ort import OrtRunner
 from calib.errors import CalibError, InternalError
-from calib.passes import Images, logits as run_logits
-from calib.stats.sqnr import finite_or_none, sqnr, sqnr_rows
-from calib.tensor import top5
+from calib.passes import Images
 from calib.progress import progress_bar
 from calib.quantize import quantizable_layers, quantize_model
+from calib.restore.score import CLASSIFIER_MEASURE, ClassifierScorer, LayerRow, LayerSensitivity, Scorer
 
 
 # ----------------------------------------------------------------------------- ranking
-@dataclass
-class LayerSensitivity:
-    layer: str
-    op_type: str
-    position: int
-    weighted: bool
-    logits_sqnr_db: float | None     # None: identical to FP32 (infinite SQNR)
-    agreement: float                 # top-1 agreement with FP32
-    top1: float
-    worst_image_sqnr_db: float | None
-
-
 @dataclass
 class SensitivityResult:
     measure: str
     images: int
     flavor: str
-    fp32_top1: float
-    int8: dict                       # every layer quantized: logits SQNR, agreement, top1
+    reference: dict                  # FP32 beside the ranking: a classifier's {"fp32_top1"}, a task's {"task"}
+    int8: dict                       # every layer quantized: the scorer's summary (logits SQNR, agreement, top1)
     all_float_max_abs_diff: float    # every layer float vs FP32: must be ~0
-    rows: list[LayerSensitivity]     # most damaging first
+    rows: list[LayerRow]             # most damaging first
     seconds: float
     basic_fallbacks: list[str] = field(default_factory=list)  # layers re-run under ORT_ENABLE_BASIC
+
+    @property
+    def fp32_top1(self) -> float | None:
+        return self.reference.get("fp32_top1")
 
     def ranking(self) -> list[str]:
         return [r.layer for r in self.rows]
 
     def as_dict(self) -> dict:
-        d = asdict(self)
+        d = {"measure": self.measure, "images": self.images, "flavor": self.flavor, **self.reference,
+             "int8": self.int8, "all_float_max_abs_diff": self.all_float_max_abs_diff,
+             "rows": [asdict(r) for r in self.rows], "seconds": self.seconds,
+             "basic_fallbacks": list(self.basic_fallbacks)}
         d["ranking"] = self.ranking()
         return d
 
 
-MEASURE = ("only this layer quantized, every other layer FP32 (isolated damage); ranked by the SQNR "
-           "of the logits against FP32, lowest first")
-
-
-def _score(fp32: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
-    a, b = top5(fp32)[:, 0], top5(logits)[:, 0]
-    rows = sqnr_rows(fp32, logits)
-    return {"logits_sqnr_db": finite_or_none(sqnr(fp32, logits)),
-            "agreement": float(np.mean(a == b)), "top1": float(np.mean(b == labels)),
-            "worst_image_sqnr_db": finite_or_none(float(np.min(rows)))}
+MEASURE = CLASSIFIER_MEASURE   # what the run report's fallback section says a classifier was ranked by
 
 
 def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, images: Images,
                 batch_size: int = 32, layers: Iterable[str] | None = None, weighted_only: bool = False,
-                fp32_logits: np.ndarray | None = None, progress: bool = True, check_images: int = 2,
+                fp32_outputs=None, progress: bool = True, check_images: int = 2,
                 channel_means: dict[str, list[float]] | None = None, device: str = "cpu",
-                rules: dict | None = None) -> SensitivityResult:
-    """Sensitivity of each layer on `images` (FP32 logits computed once and shared).
+                rules: dict | None = None, scorer: Scorer | None = None) -> SensitivityResult:
+    """Sensitivity of each layer on `images` (FP32's outputs computed once and shared; given as
+    `fp32_outputs`, in the scorer's form, they are not recomputed).
+
+    `scorer` (`calib.restore.score`): what is read of each model and how the rows are figured and
+    sorted; default the classifier's (logits SQNR, agreement, top-1: the figures of every release
+    before scorers). For a task model, `scorer_for(task)`.
 
     The single-layer models run under ORT_ENABLE_ALL (3-4x faster than ORT_ENABLE_BASIC on
     CPU: fused Conv+activation, blocked layouts); they only ever hold the pattern ONNX Runtime
@@ -112,6 +106,7 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
 
     if device != "cpu":
         check_images = 0
+    scorer = scorer or ClassifierScorer()
     start = time.perf_counter()
     rules = rules or {}   # the user's exclusions (calib.quantize: exclude, exclude_ops)
     all_layers = quantizable_layers(prepared, flavor, **rules)
@@ -123,33 +118,34 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
         chosen = [layer for layer in chosen if layer.weighted]
     if not chosen:
         raise CalibError("the model has no quantized layer to rank")
-    if fp32_logits is None:
-        fp32_logits = run_logits(runner(prepared), images, batch_size)
+    if fp32_outputs is None:
+        fp32_outputs = scorer.collect(runner(prepared), images, batch_size)
     every = {layer.id for layer in all_layers}
     # The two ends: every layer quantized (the INT8 model), every layer float (must be FP32).
-    int8_logits = run_logits(runner(quantize_model(prepared, amax, flavor, channel_means=channel_means,
-                                                   quantized_layers=every, **rules)[0]), images, batch_size)
-    float_logits = run_logits(runner(quantize_model(prepared, amax, flavor, quantized_layers=set(), **rules)[0]),
-                              images, batch_size)
-    all_float_diff = float(np.max(np.abs(float_logits - fp32_logits)))
-    if all_float_diff > 1e-3 * max(1.0, float(np.max(np.abs(fp32_logits)))):
+    int8_outputs = scorer.collect(runner(quantize_model(prepared, amax, flavor, channel_means=channel_means,
+                                                    quantized_layers=every, **rules)[0]), images, batch_size)
+    float_outputs = scorer.collect(runner(quantize_model(prepared, amax, flavor, quantized_layers=set(), **rules)[0]),
+                               images, batch_size)
+    all_float_diff = scorer.max_abs_diff(fp32_outputs, float_outputs)
+    if not scorer.reproduces(fp32_outputs, float_outputs):
         raise InternalError(f"the model with every layer float differs from FP32 by {all_float_diff:.3g}")
-    check = images.head(check_images)
+    int8 = scorer.summary(fp32_outputs, int8_outputs, images)   # before the loop: a metric that cannot read
+    check = images.head(check_images)                          # the outputs fails here, not after it
     rows, basic_fallbacks = [], []
     bar = progress_bar(chosen, desc="sensitivity", unit="layer", enabled=progress)
     for layer in bar:
         data = quantize_model(prepared, amax, flavor, channel_means=channel_means,
                               quantized_layers={layer.id}, **rules)[0].SerializeToString()
-        logits = run_logits(runner(data), images, batch_size)
-        if check_images > 0 and sqnr(run_logits(runner(data, "basic"), check, batch_size),
-                                     logits[:check_images]) < 25.0:
+        outputs = scorer.collect(runner(data), images, batch_size)
+        if check_images > 0 and scorer.sqnr(scorer.collect(runner(data, "basic"), check, batch_size),
+                                            scorer.head(outputs, check_images)) < 25.0:
             basic_fallbacks.append(layer.id)
-            logits = run_logits(runner(data, "basic"), images, batch_size)
-        rows.append(LayerSensitivity(layer.id, layer.op_type, layer.position, layer.weighted,
-                                     **_score(fp32_logits, logits, images.labels)))
+            outputs = scorer.collect(runner(data, "basic"), images, batch_size)
+        rows.append(scorer.layer_row(layer, fp32_outputs, outputs, images))
     bar.close()
-    inf = float("inf")
-    rows.sort(key=lambda r: (inf if r.logits_sqnr_db is None else r.logits_sqnr_db, r.agreement, r.position))
-    fp32_top1 = float(np.mean(top5(fp32_logits)[:, 0] == images.labels))
-    return SensitivityResult(MEASURE, len(images), flavor, fp32_top1, _score(fp32_logits, int8_logits, images.labels),
-                             all_float_diff, rows, time.perf_counter() - start, basic_fallbacks)
+    rows.sort(key=scorer.order)
+    return SensitivityResult(scorer.measure, len(images), flavor, scorer.reference_figures(fp32_outputs, images),
+                             int8, all_float_diff, rows, time.perf_counter() - start, basic_fallbacks)
+
+
+__all__ = ["LayerSensitivity", "MEASURE", "SensitivityResult", "rank_layers"]

@@ -12,6 +12,14 @@ by bisection over k (a handful of evaluations instead of one per layer). Every l
 exactly the FP32 model, so a budget that FP32 itself meets on the search subset is always
 reachable; one that it misses (e.g. a negative --max-drop that FP32 does not beat) fails with a
 one-line CalibError. The cost is reported as ONNX Runtime CPU throughput at batch 32 (`time_runner`).
+
+The figures a budget is checked on are the scorer's (`calib.restore.score`), the ranking's too:
+a classifier's top-1 drop and agreement from the logits (the default, as every release before
+scorers computed them), or for a detector, a segmenter or a model of no known task the drop in
+its task metric (`calib.metrics`: mAP@0.5:0.95, mIoU, argmax agreement), where `--max-drop` is
+the budget and `--min-agreement`, a classifier's figure, is refused in one line:
+
+    fallback_to_budget(prepared, amax, flavor, evaluation, max_drop=0.01, scorer=scorer_for("detect"))
 """
 
 from __future__ import annotations
@@ -19,16 +27,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
 from calib.data import Dataset
 from calib.errors import CalibError
-from calib.passes import load_images, logits as run_logits
-from calib.tensor import top5
-from calib.stats.budget import budget_text, check_budget, meets
+from calib.passes import load_images
 from calib.quantize import quantizable_layers, quantize_model
 from calib.restore.ranker import rank_layers
+from calib.restore.score import ClassifierScorer, Scorer
 from calib.restore.subset import split_search_final
 
 STRATEGY = "bisection over k, the number of top-ranked layers left in float"
@@ -39,7 +45,8 @@ class FallbackResult:
     model: onnx.ModelProto            # the Q/DQ model with `float_layers` in float
     float_layers: list[str]           # most damaging first
     budget: dict
-    search: dict                      # images, fp32_top1, int8 / fallback: {top1, drop, agreement}
+    search: dict                      # the scorer's: images, fp32_top1, int8 / fallback: {top1, drop, agreement}
+    #                                   (a task: images, task, metric, reference, fp32, int8 / fallback: {value, drop})
     search_dataset: Dataset
     final_dataset: Dataset            # held out: evaluate the final model on this
     ranking: list[str] = field(default_factory=list)
@@ -50,26 +57,24 @@ class FallbackResult:
     layers: int = 0                   # quantizable layers in the model
 
 
-def _metrics(fp32_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
-    a, b = top5(fp32_logits)[:, 0], top5(logits)[:, 0]
-    fp32_top1, top1 = float(np.mean(a == labels)), float(np.mean(b == labels))
-    return {"top1": top1, "drop": fp32_top1 - top1, "agreement": float(np.mean(a == b))}
-
-
 def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, evaluation: Dataset,
                        max_drop: float | None = None, min_agreement: float | None = None, batch_size: int = 32,
                        workers: int | None = None, seed: int = 0, ranking_images: int = 64,
                        max_search_images: int | None = 512, throughput_seconds: float = 2.0,
                        progress: bool = True, channel_means: dict[str, list[float]] | None = None,
-                       device: str = "cpu", decoder: str = "nvjpeg", rules: dict | None = None) -> FallbackResult:
+                       device: str = "cpu", decoder: str = "nvjpeg", rules: dict | None = None,
+                       scorer: Scorer | None = None) -> FallbackResult:
     """Leave the fewest top-ranked layers in float so that the search subset meets the budget.
 
     `channel_means`: the cache's bias-correction means, as given to quantize_model (None: off).
+    `scorer`: what the ranking and the budget read (`calib.restore.score`; default the
+    classifier's; `scorer_for(task, **metric_params)` for another task).
     Returns the model and its `final_dataset`: evaluate FP32 and the model there and pass the
     Evaluation to the run command, which reports the held-out figures. Raises CalibError when even every
     layer in float misses the budget on the search subset.
     """
-    check_budget(max_drop, min_agreement)
+    scorer = scorer or ClassifierScorer()
+    scorer.check_budget(max_drop, min_agreement)
     budget = {"max_drop": max_drop, "min_agreement": min_agreement}
     start = time.perf_counter()
     search_set, final_set = split_search_final(evaluation, seed, max_search=max_search_images)
@@ -80,8 +85,7 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     # Candidates run as the final figures evaluate them (OrtRunner: ONNX Runtime's integer kernels,
     # or the integer-exact graph where it only emulates the flavor); a float layer keeps its weight
     # and its input float together, the pattern ONNX Runtime computes right.
-    fp32_logits = run_logits(OrtRunner(prepared, device=device, exact=False), images, batch_size)
-    fp32_top1 = float(np.mean(top5(fp32_logits)[:, 0] == images.labels))
+    fp32_outputs = scorer.collect(OrtRunner(prepared, device=device, exact=False), images, batch_size)
     rules = rules or {}   # the user's exclusions (calib.quantize: exclude, exclude_ops)
     layers = quantizable_layers(prepared, flavor, **rules)
     cache: dict[int, dict] = {}
@@ -92,33 +96,33 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
         if k not in cache:
             model, _ = quantize_model(prepared, amax, flavor, channel_means=channel_means, float_layers=ranking[:k],
                                       **rules)
-            cache[k] = _metrics(fp32_logits, run_logits(OrtRunner(model, device=device), images, batch_size),
-                                images.labels)
+            outputs = scorer.collect(OrtRunner(model, device=device), images, batch_size)
+            cache[k] = scorer.candidate(fp32_outputs, outputs, images)
             models[k] = model
         return cache[k]
 
     int8 = attempt(0)
-    search = {"images": len(images), "fp32_top1": fp32_top1, "int8": int8}
+    search = scorer.search_figures(fp32_outputs, images, int8)
     ranked_on = 0
-    if meets(budget, int8["drop"], int8["agreement"]):
+    if scorer.meets(budget, int8):
         k = 0
     else:
         subset = images.head(ranking_images)
-        result = rank_layers(prepared, amax, flavor, subset, batch_size, fp32_logits=fp32_logits[:ranking_images],
-                             progress=progress, channel_means=channel_means, device=device, rules=rules)
+        result = rank_layers(prepared, amax, flavor, subset, batch_size,
+                             fp32_outputs=scorer.head(fp32_outputs, ranking_images), progress=progress,
+                             channel_means=channel_means, device=device, rules=rules, scorer=scorer)
         ranking, ranked_on = result.ranking(), len(subset)
         n = len(ranking)
         everything = attempt(n)
-        if not meets(budget, everything["drop"], everything["agreement"]):
+        if not scorer.meets(budget, everything):
             raise CalibError(
-                f"the budget ({budget_text(budget)}) cannot be met: even with all {n} layers in float the search "
-                f"subset ({len(images)} images) has a top-1 drop of {100 * everything['drop']:.2f} points and "
-                f"{100 * everything['agreement']:.2f}% agreement")
+                f"the budget ({scorer.budget_text(budget)}) cannot be met: even with all {n} layers in float the "
+                f"search subset ({len(images)} images) has {scorer.missed(everything)}")
         lo, hi = 0, n  # attempt(lo) misses the budget, attempt(hi) meets it
         while hi - lo > 1:
             mid = (lo + hi) // 2
             m = attempt(mid)
-            if meets(budget, m["drop"], m["agreement"]):
+            if scorer.meets(budget, m):
                 hi = mid
             else:
                 lo = mid

@@ -1,8 +1,9 @@
 """A detector through calib calibrate and calib build (issue 21): `--task detect`, a plain folder
 of images searched recursively (`--dataset images`), YOLO's letterbox preprocessing, the head left
 float by default in both flavors, and TensorRT-RTX's parser and builder taking the tensorrt flavor;
-`calib run` judging them against FP32 (against labels: tests/commands/test_task_labels.py), and
-compare, sensitivity and the budgets refusing them in one line."""
+`calib run` judging them against FP32 (against labels: tests/commands/test_task_labels.py), with a
+budget on the task metric, and compare refusing them in one line. `calib sensitivity` of a detector
+is in tests/commands/test_commands_sensitivity.py."""
 
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def photos(tmp_path):
 
 
 def _config(detector, photos, tmp_path, **kw) -> RunConfig:
-    return RunConfig(model=str(detector), task="detect", dataset="images", data_dir=str(photos), samples=6,
-                     preprocess="letterbox", input_size="64", cache_dir=str(tmp_path / "caches"), workers=0,
-                     progress=False, **kw)
+    return RunConfig(**{"model": str(detector), "task": "detect", "dataset": "images", "data_dir": str(photos),
+                        "samples": 6, "preprocess": "letterbox", "input_size": "64",
+                        "cache_dir": str(tmp_path / "caches"), "workers": 0, "progress": False, **kw})
 
 
 def test_a_folder_of_images_is_searched_recursively_without_labels(photos):
@@ -132,18 +133,61 @@ def test_run_judges_a_detector_output_by_output_and_by_map_against_fp32(detector
     assert (tmp_path / "out" / "int8.onnx").is_file() and (tmp_path / "out" / "report.html").is_file()
 
 
-def test_compare_sensitivity_and_budgets_say_in_one_line_that_they_need_a_classifier(detector, photos, tmp_path):
+def test_compare_and_min_agreement_say_in_one_line_that_they_need_a_classifier(detector, photos, tmp_path):
+    """compare and --min-agreement read top-1; sensitivity and --max-drop take every task."""
     from calib.commands.compare import compare_calibrators
     from calib.commands.run import run
-    from calib.commands.sensitivity import rank_sensitivity
 
-    for call in (lambda: compare_calibrators(_config(detector, photos, tmp_path), ["minmax"], tmp_path / "c"),
-                 lambda: rank_sensitivity(_config(detector, photos, tmp_path), tmp_path / "s", images=4),
-                 lambda: run(_config(detector, photos, tmp_path, out=str(tmp_path / "b"), max_drop=0.01))):
-        with pytest.raises(CalibError) as info:
-            call()
-        assert "\n" not in str(info.value) and "calib run --task detect" in str(info.value)
-    assert not [p for p in ("c", "s", "b") if (tmp_path / p).exists()]
+    with pytest.raises(CalibError) as info:
+        compare_calibrators(_config(detector, photos, tmp_path), ["minmax"], tmp_path / "c")
+    assert "\n" not in str(info.value) and "calib run --task detect" in str(info.value)
+    with pytest.raises(CalibError, match="--max-drop") as info:
+        run(_config(detector, photos, tmp_path, out=str(tmp_path / "b"), min_agreement=0.99))
+    assert "\n" not in str(info.value) and "mAP" in str(info.value)
+    assert not [p for p in ("c", "b") if (tmp_path / p).exists()]
+
+
+def test_a_budget_on_the_task_metric_leaves_the_damaging_layer_float_and_is_judged_on_held_out_images(
+        detector, photos, tmp_path):
+    """`run --task detect --max-drop`: the search ranks the layers by the outputs they hurt and
+    bisects on the mAP drop; one scale broken on purpose (its range shrunk 100x) is the layer left
+    float; the report's figures, its verdict and the fallback's held-out figures come from the
+    images the search never saw."""
+    import json
+
+    from calib.cache import load_valid_cache
+    from calib.commands.calibrate import calibrate_only
+    from calib.commands.run import run
+
+    config = _config(detector, photos, tmp_path, samples=4)
+    outcome, _ = calibrate_only(config)
+    # Break one activation scale of the class-score branch in the cache (the text line and the sidecar).
+    import struct
+
+    entry = outcome.entry
+    broken = next(t for t in entry.cache.amax() if "cv3.0" in t)
+    lines = entry.path.read_text().splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith(broken + ": "))
+    value = struct.unpack(">f", bytes.fromhex(lines[i].split(": ")[1]))[0] / 100
+    lines[i] = f"{broken}: {struct.pack('>f', value).hex()}"
+    entry.path.write_text("\n".join(lines) + "\n")
+    meta = json.loads(entry.sidecar.read_text())
+    meta["tensors"][broken].update(scale=value, amax=meta["tensors"][broken]["amax"] / 100)
+    entry.sidecar.write_text(json.dumps(meta))
+    assert load_valid_cache(entry.path).cache.amax()[broken] == pytest.approx(entry.cache.amax()[broken] / 100)
+
+    out = tmp_path / "budget"
+    report = run(_config(detector, photos, tmp_path, samples=4, out=str(out), max_drop=0.05, speed_seconds=0))
+    saved = json.loads((out / "report.json").read_text())
+    fb = saved["fallback"]
+    assert fb["float_layers"] and fb["search"]["metric"].startswith("mAP") and "mAP" in fb["budget_text"]
+    assert fb["search"]["fallback"]["drop"] <= 0.05 + 1e-9 < fb["search"]["int8"]["drop"]
+    assert fb["final_images"] == saved["eval"]["samples"] == fb["final"]["images"] == saved["metric"]["n"]
+    assert fb["final"]["drop"] == pytest.approx(saved["metric"]["drop"], abs=1e-6)
+    assert saved["verdict"]["accuracy"]["tolerance"] == 0.05 and saved["verdict"]["float_layers"] == fb["float_layers"]
+    assert report["verdict"]["action"] in ("ship_int8_with_float_layers", "ship_fp32", "evaluate_more")
+    md = (out / "report.md").read_text()
+    assert "Fallback to the budget" in md and saved["verdict"]["sentence"] in md
 
 
 def test_a_segmenter_runs_as_generic_by_default(tmp_path, photos):
