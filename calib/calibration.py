@@ -80,10 +80,11 @@ def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: Chan
                  placement: Placement = CPU, gpu_decode: str = "nvjpeg") -> CollectResult:
     """One pass over `dataset` feeding every exposed activation to `stats` (a calibrator or a
     TensorStatistics) and the weighted ops' inputs to `means` (`calib.passes.observe_pass`), or
-    sharded over several GPUs and merged exactly (`calib.passes.shard`)."""
+    sharded over several GPUs or a torchrun job's processes and merged exactly
+    (`calib.passes.shard`)."""
     from calib import passes
 
-    if not placement.several:
+    if not placement.sharded:
         return passes.observe_pass(prepared, dataset, Observers(stats, means), batch_size, placement.first, tensors,
                                    workers, progress, gpu_decode)
     from calib.passes.shard import observe_sharded

@@ -17,10 +17,15 @@ process decodes its own batches and runs its own ONNX Runtime sessions: no tenso
 between GPUs, only the statistics (a few MB) and the top-5 indices.
 
 One plan, one rank's work (`calib.passes.ranks`) and one merge (`merge_collect`,
-`merge_evaluate`, handed the per-rank payloads in rank order); a transport carries the tasks out
-and the results back: `Spawned`, for several GPUs of this host (`--device cuda:0,1`), a process
-per GPU started here with multiprocessing ("spawn": CUDA cannot be used in a forked child),
-results back through a queue.
+`merge_evaluate`, handed the per-rank payloads in rank order); two transports carry the tasks
+out and the results back:
+- `Spawned`: several GPUs of this host (`--device cuda:0,1`), a process per GPU started here with
+  multiprocessing ("spawn": CUDA cannot be used in a forked child), results back through a queue;
+- `calib.passes.distributed.Group`: the processes of a torchrun job, any number of hosts, tasks
+  and results through a torch.distributed process group (gloo); this process is its rank 0.
+The single-host case keeps its multiprocessing transport: it is the path the two-GPU test ran,
+and with no machine of several GPUs at hand a local process group could not be timed against it
+(the payloads, so the merged results, are the same either way).
 """
 
 from __future__ import annotations
@@ -134,7 +139,12 @@ class Spawned:
 
 
 def transport_for(placement: Placement):
-    """How a pass on `placement` is shared out: a process per GPU of this host."""
+    """How a pass on `placement` is shared out: the torchrun job's process group (`world` > 1:
+    `calib.passes.distributed`), else a process per GPU of this host."""
+    if placement.world > 1:
+        from calib.passes.distributed import group
+
+        return group(placement.on_gpu)
     return Spawned(placement.devices)
 
 
