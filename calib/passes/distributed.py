@@ -266,15 +266,17 @@ class _Ready:
 
 
 def _check_files(dataset) -> None:
-    """Every image of this rank's share must be readable here at the path rank 0 listed: on
-    another host a missing file would be skipped as undecodable, and the statistics would
-    silently differ from one process's."""
+    """Every image file of this rank's share must be here at the path rank 0 listed: on another
+    host a missing file would be skipped as undecodable, and the statistics would silently differ
+    from one process's. The file is the sample's origin (a demo variant's photo too); sources that
+    are not files (hf:) travel inside the task."""
     source = dataset.source
-    paths = [source.content_path(s) for s in dataset.samples] if hasattr(source, "content_path") else []
-    missing = [p for p in paths if p is not None and not os.path.exists(p)]
+    if getattr(source, "kind", None) != "images":
+        return
+    missing = [s.key for s in dataset.samples if not os.path.exists(source.origin(s))]
     if missing:
-        raise CalibError(f"{len(missing)} of the {len(paths)} images of this rank's share are not here (first: "
-                         f"{missing[0]}): every host must see the data at the path rank 0 lists (an absolute "
+        raise CalibError(f"{len(missing)} of the {len(dataset.samples)} images of this rank's share are not here "
+                         f"(first: {missing[0]}): every host must see the data at the path rank 0 lists (an absolute "
                          f"--data-dir on storage every host mounts, or the same copy at the same path)")
 
 
