@@ -50,13 +50,12 @@ def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, batch_size:
                  placement: Placement = CPU, gpu_decode: str = "nvjpeg") -> tuple[CollectResult, ChannelMeans]:
     """One pass over `dataset` feeding every exposed activation to `stats` (a calibrator or a
     TensorStatistics) and the weighted ops' inputs to the channel means of bias correction
-    (`calib.passes.observe_pass`), or sharded over several GPUs and merged exactly
-    (`calib.passes.shard`). Returns the pass's result and the means."""
+    (`calib.passes.observe_pass`), or sharded over several GPUs or a torchrun job's processes and
+    merged exactly (`calib.passes.shard`). Returns the pass's result and the means."""
     from calib import passes
 
     means = ChannelMeans(weighted_inputs(prepared))
-
-    if not placement.several:
+    if not placement.sharded:
         return passes.observe_pass(prepared, dataset, Observers(stats, means), batch_size, placement.first, tensors,
                                    workers, progress, gpu_decode), means
     from calib.passes.shard import observe_sharded

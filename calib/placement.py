@@ -1,4 +1,5 @@
-"""Where work runs: the CPU, one GPU, or several GPUs of one host, as one value parsed once.
+"""Where work runs: the CPU, one GPU, several GPUs of one host, or one device in each process of
+a torchrun job, as one value parsed once.
 
 `--device` used to travel as a tuple of strings that a dozen places compared with `("cpu",)` and
 three places parsed. A `Placement` is parsed once from the option and then asked (`on_gpu`,
@@ -6,37 +7,95 @@ three places parsed. A `Placement` is parsed once from the option and then asked
 pass (`calib.passes`), as ONNX Runtime's quantization tools and ModelOpt hand an execution
 provider to one session factory, not a separate code path. Resolving `auto` needs to probe torch
 and ONNX Runtime, so it lives with the backend that probes (`calib.backends.ort.resolve_placement`).
+
+Under `torchrun` (`Launch`: the environment variables torchrun sets for each process it starts,
+https://pytorch.org/docs/stable/elastic/run.html#environment-variables) every process takes one
+device: the CPU with `--device cpu`, GPU `LOCAL_RANK` with `--device cuda`, as torchrun's
+documentation assigns them; the passes are then shared by the `world` processes
+(`calib.passes.distributed`). Reading the variables needs no torch, so it lives here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from typing import Mapping
 
 from calib.errors import CalibError, MissingDependency
+
+# What torchrun sets for every process it starts; all of them mean "this is a torchrun job".
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a torchrun job: its rank among `world` processes, and its rank and
+    process count on its own host (`local_rank`, `local_world`)."""
+
+    rank: int
+    world: int
+    local_rank: int = 0
+    local_world: int = 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Launch | None":
+        """The job torchrun started this process in, or None: not under torchrun (one of
+        LAUNCH_VARIABLES missing), or a job of one process, which is a single process."""
+        env = os.environ if environ is None else environ
+        if not all(env.get(name) for name in LAUNCH_VARIABLES):
+            return None
+        numbers = {}
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+            text = env.get(name, str(numbers["LOCAL_RANK"] + 1) if name == "LOCAL_WORLD_SIZE" else "")
+            if not text.strip().isdigit():
+                raise CalibError(f"{name}={text!r} is not a process count or rank: calib reads torchrun's "
+                                 f"{', '.join(LAUNCH_VARIABLES)} (start it with torchrun)")
+            numbers[name] = int(text)
+        launch = cls(numbers["RANK"], numbers["WORLD_SIZE"], numbers["LOCAL_RANK"], numbers["LOCAL_WORLD_SIZE"])
+        if launch.rank >= launch.world or launch.local_rank >= launch.local_world:
+            raise CalibError(f"rank {launch.rank} (local {launch.local_rank}) is outside a job of {launch.world} "
+                             f"processes ({launch.local_world} on this host): calib reads torchrun's variables")
+        return launch if launch.world > 1 else None
 
 
 @dataclass(frozen=True)
 class Placement:
-    """The CPU (`gpus == ()`) or CUDA devices `gpus` (indices), in the order given."""
+    """The CPU (`gpus == ()`) or CUDA devices `gpus` (indices), in the order given; `world`: the
+    processes of the torchrun job this one is rank 0 of (1: no job), each on one such device."""
 
     gpus: tuple[int, ...] = ()
+    world: int = 1
 
     @classmethod
-    def parse(cls, spec: str | None) -> "Placement":
+    def parse(cls, spec: str | None, launch: Launch | None = None) -> "Placement":
         """"cpu" (or empty); "cuda" (GPU 0); "cuda:N"; "cuda:0,1" (several GPUs of this host).
-        `auto` is not parsed here (see the module docstring)."""
+        `auto` is not parsed here (see the module docstring). Under torchrun (`launch`), "cpu" or
+        "cuda": each process takes the CPU or its GPU LOCAL_RANK."""
         text = (spec or "cpu").strip().lower()
+        if launch is not None and text not in ("cpu", "cuda"):
+            raise CalibError(f"--device {spec} under torchrun: each of its processes takes one device, "
+                             f"so use --device cuda (GPU LOCAL_RANK each) or --device cpu")
         if text == "cpu":
-            return CPU
+            return CPU.within(launch)
         kind, _, rest = text.partition(":")
         if kind != "cuda":
             raise CalibError(f"unknown device '{spec}' (use cpu, cuda, cuda:N, cuda:0,1 or auto)")
         if not rest:
-            return cls((0,))
+            return cls((0,)).within(launch)
         ids = [p.strip() for p in rest.split(",")]
         if not all(p.isdigit() for p in ids) or len(set(ids)) != len(ids):
             raise CalibError(f"bad GPU list '{spec}': expected distinct indices, e.g. cuda:0,1")
         return cls(tuple(int(p) for p in ids))
+
+    def within(self, launch: Launch | None) -> "Placement":
+        """This placement for rank 0 of the torchrun job `launch` (None: unchanged): the CPU, or
+        one GPU, the one numbered LOCAL_RANK."""
+        if launch is None:
+            return self
+        if len(self.gpus) > 1:
+            raise CalibError(f"--device {self} under torchrun: each of its processes takes one device "
+                             f"(use --device cuda)")
+        return replace(self, gpus=(launch.local_rank,) if self.gpus else (), world=launch.world)
 
     @property
     def on_gpu(self) -> bool:
@@ -44,7 +103,14 @@ class Placement:
 
     @property
     def several(self) -> bool:
+        """Several GPUs of this host, driven from this process (`calib.passes.shard`)."""
         return len(self.gpus) > 1
+
+    @property
+    def sharded(self) -> bool:
+        """The passes are shared out: several GPUs of this host, or the processes of a torchrun
+        job (this one their rank 0)."""
+        return self.several or self.world > 1
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -57,6 +123,8 @@ class Placement:
         return self.devices[0]
 
     def __str__(self) -> str:
+        if self.world > 1:
+            return f"torchrun: {self.world} processes, {'a GPU (cuda:LOCAL_RANK)' if self.on_gpu else 'the CPU'} each"
         return ",".join(self.devices)
 
 

@@ -76,6 +76,20 @@ def make_classifier(path: Path, classes: int = 1000, size: int = 16, seed: int =
     return path
 
 
+def make_image_folder(root: Path, count: int = 27) -> Path:
+    """An ImageNet-layout folder (`imagenet-val`) of `count` small random JPEGs of 3 classes, of
+    varied heights, at `root`."""
+    from PIL import Image
+
+    from calib.data.classes import wnid_to_index
+
+    rng = np.random.default_rng(0)
+    for i, wnid in enumerate((sorted(wnid_to_index())[:3] * count)[:count]):
+        (root / wnid).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40 + i, 60, 3), dtype=np.uint8)).save(root / wnid / f"i{i}.JPEG")
+    return root
+
+
 @pytest.fixture()
 def tiny_classifier(tmp_path) -> Path:
     return make_classifier(tmp_path / "tiny.onnx")

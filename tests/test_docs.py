@@ -62,6 +62,9 @@ EXTERNAL = {
     "python3": "as python",
     ".": "activates a virtual environment",
     "trtexec": "TensorRT's own tool: TensorRT 10/11 are on no machine we reach",
+    "torchrun": "starts processes on several hosts (tests/passes/test_passes_distributed.py runs two node ranks on "
+                "one machine): here torchrun's options are parsed by torchrun's own parser and the calib command "
+                "after `-m calib.cli` by calib's",
 }
 
 # Inline names that are entry-point groups (calib.plugins), not modules: module -> its registry.
@@ -211,11 +214,23 @@ def check_external(line: str) -> None:
                 extras = re.fullmatch(r"(?:\.|calib)\[([\w,-]+)\]", word)
                 for extra in extras.group(1).split(",") if extras else []:
                     assert extra in _extras(), f"calib has no extra '{extra}' (pyproject.toml)"
+        if words[0] == "torchrun":
+            check_torchrun(words[1:])
         if words[0] in ("python", "python3") and len(words) > 2:
             if words[1] == "-c":
                 compile(words[2], "<python -c>", "exec")
             elif words[1] == "-m":
                 assert importlib.util.find_spec(words[2]) is not None, f"no module {words[2]}"
+
+
+def check_torchrun(args: list[str]) -> None:
+    """torchrun's options through its own parser; the module it runs must be calib's command line,
+    whose arguments are parsed as a whole calib command."""
+    from torch.distributed.run import get_args_parser
+
+    parsed = get_args_parser().parse_args(args)
+    assert parsed.module and parsed.training_script == "calib.cli", "torchrun in the docs runs -m calib.cli"
+    check_calib_command(list(parsed.training_script_args))
 
 
 def _extras() -> set[str]:

@@ -319,6 +319,14 @@ def usage_line(error: UsageError) -> str:
     return f"{message} (see {where} --help)"
 
 
+def _command():
+    """The command; under torchrun, rank 0 runs it and every other rank serves its passes, then
+    ends with nothing written and exit 0 (`calib.commands.job`)."""
+    from calib.commands.job import run_command
+
+    return run_command(lambda: app(prog_name="calib", standalone_mode=False))
+
+
 def main() -> None:
     global _MAIN_PID
     _MAIN_PID = os.getpid()
@@ -333,7 +341,7 @@ def main() -> None:
             continue
         signal.signal(signum, _interrupt)
     try:
-        code = app(prog_name="calib", standalone_mode=False)
+        code = _command()
         sys.exit(code if isinstance(code, int) else 0)   # --help, --version and typer.Exit give their code
     except UsageError as e:
         if isinstance(e, NoArgsIsHelpError):   # `calib`, `calib cache`: the help is what was asked for

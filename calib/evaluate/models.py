@@ -2,8 +2,8 @@
 the ONNX file itself; TensorRT builds an engine), load each through the backend on the run's
 device, run them all on each decoded batch (the evaluation pass, `calib.passes.evaluate`: one
 decode for every model; on a GPU the batches are decoded there and fed to the runners as device
-tensors, whatever the backend), release them. Several GPUs shard ONNX Runtime's pass
-(`calib.passes.shard`)."""
+tensors, whatever the backend), release them. Several GPUs, or a torchrun job's processes, shard
+ONNX Runtime's pass (`calib.passes.shard`)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def evaluate_models(backend: Backend, models: dict[str, Path], dataset: Dataset,
                     gpu_decode: str = "nvjpeg") -> tuple[Evaluation, dict[str, Path]]:
     """Returns the evaluation and the artifact paths, keyed like `models`."""
     artifacts = build_artifacts(backend, models, stage, stems)
-    if placement.several:
+    if placement.sharded:
         from calib.passes.shard import evaluate_sharded
 
         ev, _, _ = evaluate_sharded({n: str(p) for n, p in artifacts.items()}, dataset, placement, batch_size,

@@ -14,8 +14,18 @@ single GPU would (same shapes, cuDNN algorithms chosen by heuristic, TF32 off: s
 
 So the cache and its sidecar are bit-identical to one GPU's (except the timing). Each GPU's
 process decodes its own batches and runs its own ONNX Runtime sessions: no tensor has to cross
-between GPUs, only the statistics (a few MB) and the top-5 indices, which come back through a
-multiprocessing queue. Processes are started with "spawn": CUDA cannot be used in a forked child.
+between GPUs, only the statistics (a few MB) and the top-5 indices.
+
+One plan, one rank's work (`calib.passes.ranks`) and one merge (`merge_collect`,
+`merge_evaluate`, handed the per-rank payloads in rank order); two transports carry the tasks
+out and the results back:
+- `Spawned`: several GPUs of this host (`--device cuda:0,1`), a process per GPU started here with
+  multiprocessing ("spawn": CUDA cannot be used in a forked child), results back through a queue;
+- `calib.passes.distributed.Group`: the processes of a torchrun job, any number of hosts, tasks
+  and results through a torch.distributed process group (gloo); this process is its rank 0.
+The single-host case keeps its multiprocessing transport: it is the path the two-GPU test ran,
+and with no machine of several GPUs at hand a local process group could not be timed against it
+(the payloads, so the merged results, are the same either way).
 """
 
 from __future__ import annotations
@@ -23,11 +33,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from calib.data import Dataset
 from calib.errors import CalibError
+from calib.passes.ranks import RANK_WORK, decode_workers, use_device
 from calib.placement import Placement
 
 
@@ -56,63 +68,12 @@ class MultiResult:
     skipped: list[str]
 
 
-def _gpu_workers(gpus: int, workers: int | None = None) -> int:
-    """Pillow decode processes per rank (decoder "pil"): `workers` as asked, else each GPU's
-    share of the cores."""
-    from calib.data.host_decode import default_gpu_workers
-
-    return workers if workers is not None else default_gpu_workers(share=gpus)
-
-
-# --------------------------------------------------------------------------- one rank
-def _evaluate_rank(device: str, task: dict, barrier) -> dict:
-    from calib.backends.ort import OrtRunner
-    from calib.passes.evaluation import evaluate
-
-    runners = {name: OrtRunner(m if isinstance(m, bytes) else str(m), device=device)
-               for name, m in task["models"].items()}
-    try:
-        _warm(runners, task["dataset"], device, task["pad_to"])
-        barrier.wait()
-        ev, diffs = evaluate(runners, task["dataset"], task["batch_size"], device, task["decoder"], task["workers"],
-                             None, pad_to=task["pad_to"], concurrent=task.get("concurrent", True))
-    finally:
-        for r in runners.values():
-            r.close()
-    return {"keys": ev.keys, "skipped": ev.skipped, "top5": {n: p.top5 for n, p in ev.predictions.items()},
-            "labels": next(iter(ev.predictions.values())).labels if ev.predictions else None,
-            "seconds": ev.seconds, "diffs": diffs, "signal": ev.signal, "noise": ev.noise}
-
-
-def _collect_rank(device: str, task: dict, barrier) -> dict:
-    import onnx
-
-    from calib.calibrators.channel_means import ChannelMeans, Observers
-    from calib.calibrators.statistics import TensorStatistics
-    from calib.passes.calibration import exposed_runner, observe_pass
-
-    model = onnx.load_from_string(task["model"])
-    runner = exposed_runner(model, task["tensors"], device)
-    stats = TensorStatistics(histogram=task["histogram"], bins=task["bins"])
-    means = ChannelMeans(task["means_tensors"], log=True)
-    barrier.wait()
-    result = observe_pass(model, task["dataset"], Observers(stats, means), task["batch_size"], device,
-                          task["tensors"], task["workers"], None, task["decoder"], runner=runner)
-    return {"stats": stats.state_dict(), "log": means.log, "images": result.images,
-            "skipped": result.skipped, "seconds": result.seconds, "tensors": result.tensors}
-
-
-_RANK_WORK = {"evaluate": _evaluate_rank, "collect": _collect_rank}
-
-
 def _worker(rank: int, device: str, task: dict, results) -> None:
     """One GPU's share: load, wait for everyone (barrier), work, send back the result."""
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     try:
-        import torch
-
-        torch.cuda.set_device(device)
-        payload = _RANK_WORK[task["kind"]](device, task, task["barrier"])
+        use_device(device)
+        payload = RANK_WORK[task["kind"]](device, task, task["barrier"])
         results.put((rank, payload, None))
     except BaseException as e:  # the parent raises it as one line
         try:
@@ -120,18 +81,6 @@ def _worker(rank: int, device: str, task: dict, results) -> None:
         except Exception:
             pass
         results.put((rank, None, f"{type(e).__name__}: {e}"))
-
-
-def _warm(runners: dict, dataset: Dataset, device: str, batch: int) -> None:
-    """One run per model at the one batch shape the evaluation runs (`padded_batch`): cuDNN/cuBLAS
-    set-up and the output buffers stay out of the timing, as they do for a single GPU whose
-    models have already run that shape."""
-    import torch
-
-    size = dataset.preprocess.size
-    x = torch.zeros((batch, 3, size, size), dtype=torch.float32, device=device)
-    for r in runners.values():
-        r.infer(x)
 
 
 def _run_ranks(devices: list[str], tasks: list[dict]) -> tuple[list[dict], float]:
@@ -167,25 +116,48 @@ def _run_ranks(devices: list[str], tasks: list[dict]) -> tuple[list[dict], float
     return out, seconds
 
 
+# --------------------------------------------------------------------------- the transports
+class Spawned:
+    """Several devices of this host: a process per device, started here ("spawn"), results back
+    through a multiprocessing queue (`_run_ranks`)."""
+
+    shares_files = True   # every rank reads this host's files: models travel as paths
+
+    def __init__(self, devices: tuple[str, ...] | list[str]):
+        self.devices = tuple(devices)
+
+    @property
+    def ranks(self) -> int:
+        return len(self.devices)
+
+    def workers(self, workers: int | None) -> int:
+        return decode_workers(workers, any(d != "cpu" for d in self.devices), len(self.devices))
+
+    def run(self, kind: str, tasks: list[dict]) -> tuple[list[dict], float]:
+        """Every rank's payload, in rank order, and the seconds from all loaded to the last back."""
+        return _run_ranks(list(self.devices), [dict(t, kind=kind) for t in tasks])
+
+
+def transport_for(placement: Placement):
+    """How a pass on `placement` is shared out: the torchrun job's process group (`world` > 1:
+    `calib.passes.distributed`), else a process per GPU of this host."""
+    if placement.world > 1:
+        from calib.passes.distributed import group
+
+        return group(placement.on_gpu)
+    return Spawned(placement.devices)
+
+
 # --------------------------------------------------------------------------- the merges
-def evaluate_sharded(models: dict[str, str | bytes], dataset: Dataset, placement: Placement, batch_size: int = 256,
-                     decoder: str = "nvjpeg", concurrent: bool = True, workers: int | None = None):
-    """The evaluation pass over several GPUs; predictions back in dataset order.
+def merge_evaluate(out: list[dict], dataset: Dataset, names: list[str], seconds: float):
+    """The ranks' evaluations as one: predictions and logits powers back in dataset order.
     Returns (Evaluation, MultiResult, max |logit| differences over ranks)."""
-    from calib.passes.evaluation import padded_batch
     from calib.stats.accuracy import Evaluation, Predictions
 
-    devices = list(placement.devices)
-    plan = shard_batches(len(dataset), batch_size, len(devices))
-    tasks = [{"kind": "evaluate", "dataset": shard_dataset(dataset, batch_size, b), "models": models,
-              "batch_size": batch_size, "pad_to": padded_batch(batch_size, len(dataset)), "decoder": decoder,
-              "concurrent": concurrent, "workers": _gpu_workers(len(devices), workers)} for b in plan]
-    out, seconds = _run_ranks(devices, tasks)
     position = {s.key: i for i, s in enumerate(dataset.samples)}
     keys = [k for o in out for k in o["keys"]]
     order = np.argsort([position[k] for k in keys], kind="stable")
     labels = np.concatenate([o["labels"] for o in out])[order]
-    names = list(models)
     preds = {n: Predictions(labels, np.concatenate([o["top5"][n] for o in out])[order]) for n in names}
     skipped = [k for o in out for k in o["skipped"]]
     diffs = {p: max(o["diffs"][p] for o in out) for p in out[0]["diffs"]}
@@ -197,22 +169,14 @@ def evaluate_sharded(models: dict[str, str | bytes], dataset: Dataset, placement
     return evaluation, MultiResult(seconds, [o["seconds"] for o in out], len(keys), skipped), diffs
 
 
-def observe_sharded(model, dataset: Dataset, placement: Placement, batch_size: int = 64,
-                    tensors: list[str] | None = None, means_tensors: list[str] | None = None,
-                    histogram: bool = True, bins: int = 4096, decoder: str = "nvjpeg", workers: int | None = None):
-    """The calibration pass over several GPUs, merged exactly.
+def merge_collect(out: list[dict], plan: list[list[int]], means_tensors: list[str] | None, histogram: bool,
+                  bins: int, seconds: float):
+    """The ranks' statistics as one pass's: `TensorStatistics.merge` (integer counts, exact in any
+    order), channel means replayed in global batch order (`ChannelMeans.replay`).
     Returns (TensorStatistics, ChannelMeans, MultiResult, tensor order)."""
     from calib.calibrators.channel_means import ChannelMeans
     from calib.calibrators.statistics import TensorStatistics
 
-    devices = list(placement.devices)
-    blob = model.SerializeToString()
-    plan = shard_batches(len(dataset), batch_size, len(devices))
-    tasks = [{"kind": "collect", "dataset": shard_dataset(dataset, batch_size, b), "model": blob,
-              "tensors": tensors, "means_tensors": means_tensors, "histogram": histogram, "bins": bins,
-              "batch_size": batch_size, "decoder": decoder,
-              "workers": _gpu_workers(len(devices), workers)} for b in plan]
-    out, seconds = _run_ranks(devices, tasks)
     stats = TensorStatistics(histogram=histogram, bins=bins)
     for o in out:
         stats.merge(TensorStatistics.from_state_dict(o["stats"]))
@@ -221,3 +185,38 @@ def observe_sharded(model, dataset: Dataset, placement: Placement, batch_size: i
     images = sum(o["images"] for o in out)
     skipped = [k for o in out for k in o["skipped"]]
     return stats, means, MultiResult(seconds, [o["seconds"] for o in out], images, skipped), out[0]["tensors"]
+
+
+def evaluate_sharded(models: dict[str, str | bytes], dataset: Dataset, placement: Placement, batch_size: int = 256,
+                     decoder: str = "nvjpeg", concurrent: bool = True, workers: int | None = None, transport=None):
+    """The evaluation pass over several GPUs (or a torchrun job's processes); predictions back in
+    dataset order. `transport`: how the ranks are reached (default: `transport_for(placement)`).
+    Returns (Evaluation, MultiResult, max |logit| differences over ranks)."""
+    from calib.passes.evaluation import padded_batch
+
+    transport = transport or transport_for(placement)
+    if not transport.shares_files:   # other hosts cannot read this one's files: the models travel
+        models = {n: m if isinstance(m, bytes) else Path(m).read_bytes() for n, m in models.items()}
+    plan = shard_batches(len(dataset), batch_size, transport.ranks)
+    tasks = [{"dataset": shard_dataset(dataset, batch_size, b), "models": models,
+              "batch_size": batch_size, "pad_to": padded_batch(batch_size, len(dataset)), "decoder": decoder,
+              "concurrent": concurrent, "workers": transport.workers(workers)} for b in plan]
+    out, seconds = transport.run("evaluate", tasks)
+    return merge_evaluate(out, dataset, list(models), seconds)
+
+
+def observe_sharded(model, dataset: Dataset, placement: Placement, batch_size: int = 64,
+                    tensors: list[str] | None = None, means_tensors: list[str] | None = None,
+                    histogram: bool = True, bins: int = 4096, decoder: str = "nvjpeg", workers: int | None = None,
+                    transport=None):
+    """The calibration pass over several GPUs (or a torchrun job's processes), merged exactly.
+    `transport`: how the ranks are reached (default: `transport_for(placement)`).
+    Returns (TensorStatistics, ChannelMeans, MultiResult, tensor order)."""
+    transport = transport or transport_for(placement)
+    blob = model.SerializeToString()
+    plan = shard_batches(len(dataset), batch_size, transport.ranks)
+    tasks = [{"dataset": shard_dataset(dataset, batch_size, b), "model": blob,
+              "tensors": tensors, "means_tensors": means_tensors, "histogram": histogram, "bins": bins,
+              "batch_size": batch_size, "decoder": decoder, "workers": transport.workers(workers)} for b in plan]
+    out, seconds = transport.run("collect", tasks)
+    return merge_collect(out, plan, means_tensors, histogram, bins, seconds)

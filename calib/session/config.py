@@ -18,7 +18,7 @@ from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode
 from calib.errors import CalibError, Note
 from calib.fsutil import check_output_dir
 from calib.models import ZOO
-from calib.placement import CPU, Placement
+from calib.placement import CPU, Launch, Placement
 
 
 @dataclass
@@ -72,10 +72,12 @@ class RunConfig:
 
     def placement(self) -> Placement:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
-        whose CUDA provider runs there; TensorRT runs on its own)."""
+        whose CUDA provider runs there; TensorRT runs on its own); under torchrun, this process's
+        device in a job whose processes share the passes (`calib.placement.Launch`)."""
+        launch = Launch.from_env()
         if (self.device or "").strip().lower() == "auto":
-            return auto_placement(self.backend)[0]
-        return Placement.parse(self.device)
+            return auto_placement(self.backend)[0].within(launch)
+        return Placement.parse(self.device, launch)
 
     def pass_batch_sizes(self) -> tuple[int, int]:
         """(calibration, evaluation) batch sizes: on a GPU the defaults become 64 and 256 (the
@@ -132,6 +134,9 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
         warnings.warn(f"--device auto runs on {where}: {why}", Note, stacklevel=2)
     else:
         placement = config.placement()
+    if placement.world > 1 and config.backend != "ort":
+        raise CalibError(f"under torchrun the processes share ONNX Runtime's passes: use --backend ort, or run "
+                         f"--backend {config.backend} as one process")
     if not placement.on_gpu:
         return placement
     if placement.several and config.backend != "ort":

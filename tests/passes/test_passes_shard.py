@@ -11,6 +11,7 @@ from calib.data.dataset import Dataset
 from calib.data.sources import ImageSource, Sample
 from calib.passes.shard import shard_batches, shard_dataset
 from calib.placement import Placement
+from tests.conftest import make_image_folder
 
 
 def _gpus() -> int:
@@ -117,3 +118,38 @@ def test_two_gpus_give_one_gpus_statistics_and_predictions(tiny_classifier, tmp_
     two, info, _ = evaluate_sharded({"m": str(tiny_classifier)}, data, Placement.parse("cuda:0,1"), 4)
     assert two.keys == one.keys
     np.testing.assert_array_equal(two.predictions["m"].top5, one.predictions["m"].top5)
+
+
+def test_spawned_cpu_ranks_merge_to_one_pass(tmp_path, tiny_classifier):
+    """The transport of --device cuda:0,1, with two CPU ranks: the same merge gives one process's
+    statistics, channel means and predictions, bit for bit."""
+    import onnx
+
+    from calib.backends.ort import OrtRunner
+    from calib.calibrators.channel_means import ChannelMeans, Observers
+    from calib.calibrators.statistics import TensorStatistics
+    from calib.data.dataset import Dataset
+    from calib.data.sources import imagenet_val
+    from calib.data.transforms import get_preset
+    from calib.passes import evaluate, observe_pass
+    from calib.passes.shard import Spawned, evaluate_sharded, observe_sharded
+
+    data = Dataset.of(imagenet_val(make_image_folder(tmp_path / "val", 23)), get_preset("torchvision", 16))
+    model = onnx.load(str(tiny_classifier))
+    single, means = TensorStatistics(), ChannelMeans()
+    observe_pass(model, data, Observers(single, means), 3, "cpu", None, 0, None)
+    two = Spawned(("cpu", "cpu"))
+    merged, merged_means, result, _ = observe_sharded(model, data, Placement(), 3, workers=0, transport=two)
+    assert result.images == 23 and len(result.rank_seconds) == 2
+    a, b = single.state_dict(), merged.state_dict()
+    assert list(a["tensors"]) == list(b["tensors"])
+    for name, entry in a["tensors"].items():
+        np.testing.assert_array_equal(entry["counts"], b["tensors"][name]["counts"])
+        assert (entry["min"], entry["max"], entry["count"]) == (b["tensors"][name]["min"], b["tensors"][name]["max"],
+                                                                 b["tensors"][name]["count"])
+    assert means.sums and all(means.sums[n].tobytes() == merged_means.sums[n].tobytes() for n in means.sums)
+    one, _ = evaluate({"m": OrtRunner(tiny_classifier)}, data, 4, "cpu", workers=0)
+    shared, _, _ = evaluate_sharded({"m": str(tiny_classifier)}, data, Placement(), 4, workers=0, transport=two)
+    assert shared.keys == one.keys
+    np.testing.assert_array_equal(shared.predictions["m"].top5, one.predictions["m"].top5)
+    np.testing.assert_array_equal(shared.signal, one.signal)
