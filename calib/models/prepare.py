@@ -139,6 +139,7 @@ def _prepare_arrays(model: Model, tmp: Path, out: Path) -> None:
     batch_one = _probe_arrays(optimized, model)
     proto = load_model(optimized)
     drop_foreign_opsets(proto)
+    _rename_ort_initializers(proto)
     if batch_one:   # said in the graph itself, as for an image model
         _forget_shapes(proto)
         for vi in proto.graph.input:
@@ -149,6 +150,26 @@ def _prepare_arrays(model: Model, tmp: Path, out: Path) -> None:
     written = save_model(proto, tmp / out.name)
     for f in reversed(written):  # the side file first: a reader that sees the .onnx sees its data
         os.replace(f, out.parent / f.name)
+
+
+ORT_FUSION_NAMES = ("gemm_input_shape", "gemm_output_shape")
+
+
+def _rename_ort_initializers(proto) -> None:
+    """ONNX Runtime's basic level fuses a 3-D MatMul + Add with static shapes (a transformer whose
+    dimensions are all known, as a batch-1 export's are) into Reshape, Gemm, Reshape with
+    initializers named `gemm_input_shape`, `gemm_output_shape` (onnxruntime PR 22494). Loaded
+    again, the graph meets the same fusion, which adds those names anew and fails ("Attempt to
+    replace the existing tensor", ORT 1.2x); under names of calib's own it loads."""
+    renamed = {t.name: f"calib_{t.name}" for t in proto.graph.initializer if t.name.startswith(ORT_FUSION_NAMES)}
+    if not renamed:
+        return
+    for t in proto.graph.initializer:
+        t.name = renamed.get(t.name, t.name)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
 
 
 def _set_inputs(proto, model: Model) -> None:
