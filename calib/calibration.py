@@ -18,6 +18,7 @@ from calib.calibrators import Calibrator, TensorStatistics, get_calibrator
 from calib.calibrators.registry import params_for
 from calib.data import Dataset
 from calib.data.decoders import CPU_DECODE_PATH as CPU_DECODE
+ARRAYS_DECODE = "arrays"   # the decode path of named arrays: none
 from calib.errors import CalibError
 from calib.models import Model
 from calib.passes import CollectResult
@@ -58,7 +59,8 @@ def weighted_inputs(prepared: onnx.ModelProto) -> list[str]:
 def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator, decode: str = CPU_DECODE) -> CacheKey:
     """What a cache is valid for. The decode path is part of it: nvJPEG + GPU resampling produce
     slightly different pixels from Pillow, so a cache from one path is never reused by the other
-    (the CPU path adds nothing to the key, so caches from before GPU decoding keep their keys)."""
+    (the CPU path adds nothing to the key, so caches from before GPU decoding keep their keys; named
+    arrays add "arrays", and their feed's params name every input's dtype and shape)."""
     params = model.preprocess.params if decode == CPU_DECODE else {**model.preprocess.params, "decode": decode}
     return CacheKey(model.sha256, params, dataset.source.id, dataset.fingerprint(), calibrator.name, calibrator.params)
 
@@ -69,8 +71,13 @@ def decode_for(preprocess, placement: Placement, gpu_decode: str = "nvjpeg") -> 
     processes (calib.data.host_decode): the CPU path's pixels, so the CPU path's key too. A cache
     is then reused across the two providers, as it is across CPU machines: their FP32 activations
     differ by float rounding only (measured on EfficientNet-Lite0: minmax and percentile ranges
-    within one histogram bin, entropy's argmin moved on 2 of 61 tensors; benchmarks/RESULTS.md)."""
+    within one histogram bin, entropy's argmin moved on 2 of 61 tensors; benchmarks/RESULTS.md).
+    Named arrays (calib.data.arrays) are decoded by nothing: "arrays", on any device."""
+    from calib.data.arrays import ArrayFeed
     from calib.data.decoders import decode_path
+
+    if isinstance(preprocess, ArrayFeed):
+        return ARRAYS_DECODE
 
     return decode_path(preprocess, gpu_decode if placement.on_gpu else "cpu")
 
@@ -98,7 +105,7 @@ def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, means: Chan
 
 
 def model_inputs(model: Model) -> list[dict]:
-    return [{"name": model.input_name, "shape": [d if isinstance(d, int) else str(d) for d in model.input_shape]}]
+    return model.inputs_json()
 
 
 def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibrator_name: str,

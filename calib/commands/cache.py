@@ -55,10 +55,11 @@ def show_cache(path: str | Path) -> CacheView:
 
 
 def resolved_model(config: RunConfig) -> Model:
-    """The model `config` names (--model, --preprocess, --input-size)."""
-    from calib.models import parse_input_size, resolve_model
+    """The model `config` names (--model, --preprocess, --input-size, --input-shape): images for a
+    model with one image input, else named arrays."""
+    from calib.session.context import model_of
 
-    return resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    return model_of(config)
 
 
 def verify_cache(config: RunConfig, cache: str | Path, flavor: str = CACHE_FLAVOR) -> Model:

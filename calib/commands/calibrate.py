@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from calib.calibration import CalibrationOutcome, calibrate
-from calib.data.plan import DataPlan, plan_data
-from calib.models import parse_input_size, prepared_model, resolve_model
-from calib.session.config import RunConfig, check_config, default_samples
-from calib.session.context import check_decoder, fit_to_memory, run_at_fixed_batch
+from calib.data.plan import DataPlan, is_arrays
+from calib.models import prepared_model
+from calib.session.config import RunConfig, check_config
+from calib.session.context import check_decoder, data_plan, fit_to_memory, model_of, run_at_fixed_batch
 
 
 def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
@@ -15,11 +15,10 @@ def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     placement = check_config(config)
     store = config.cache_store()   # reusing a cache only reads: write access is asked for where one will be saved
     store.check(write=config.recalibrate or not store.holds_caches())
-    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    model = model_of(config, is_arrays(config.dataset))
     check_decoder(config, model, placement)
     fit_to_memory(config, model, placement)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config, evaluate=False),
-                     config.seed, evaluate=False)
+    data = data_plan(config, model, evaluate=False)
     prepared = prepared_model(model)
     run_at_fixed_batch(config, model, prepared)
     outcome = calibrate(model, prepared, data.calibration, config.calibrator,

@@ -40,7 +40,7 @@ def run(config: RunConfig) -> RunReport:
     if not runnable:  # evaluation runs the engines: say so before any calibration work
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
-    if s.model.task != "classify":   # judged output by output and by its task's metric
+    if s.model.task != "classify" or s.model.arrays:   # judged output by output and by its task's metric
         from calib.commands.task import run_task
 
         return run_task(config, s, backend)

@@ -1,7 +1,9 @@
-"""`calib run` on a model that is not a classifier (task detect, segment or generic): calibrate (or
-reuse the cache), materialize the INT8 model with its head float, evaluate FP32 and INT8 on the same
-images through the evaluation pass, judging every output against FP32 and the task metric
-(calib.metrics), and write report.json / report.md / report.html (calib.report.task).
+"""`calib run` on a model that is not a classifier (task detect, segment or generic), or on any model
+fed named arrays (--dataset npz, a dataset reader: no labels, so judged against FP32 whatever its
+task): calibrate (or reuse the cache), materialize the INT8 model with its head float, evaluate
+FP32 and INT8 on the same samples through the evaluation pass, judging every output against FP32
+and the task metric (calib.metrics), and write report.json / report.md / report.html
+(calib.report.task).
 
 Still to come (issue 21): labels (`--labels`), the verdict and the budgets (`--max-drop`) driven by
 the task metric, speed figures; `run` refuses the budgets for these tasks in one line."""
@@ -13,7 +15,7 @@ from calib.evaluate.models import build_artifacts
 from calib.fsutil import staged_dir
 from calib.metrics.outputs import outputs_json
 from calib.metrics.registry import get_metric
-from calib.models import prepared_path, save_model
+from calib.models import fixed_batch, prepared_path, save_model
 from calib.onnx_io import model_size_mb
 from calib.passes.evaluation import judge
 from calib.quantize import excluded_nodes
@@ -27,7 +29,8 @@ from calib.session.context import RunSetup, report_header
 def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
     model, flavor, data, prepared = s.model, s.flavor, s.data, s.prepared
     eval_batch = config.pass_batch_sizes()[1]
-    check_task_fits(prepared, model.task, model.size)   # before any calibration: a task that cannot read the outputs
+    check_task_fits(prepared, model.task, model.preprocess.zeros(1) if model.arrays else model.size)   # before any
+    # calibration: a task that cannot read the outputs
     with staged_dir(s.out) as stage:
         outcome = calibrate_run(config, s)
         qdq, _ = int8_model(config, s, outcome)
@@ -42,7 +45,7 @@ def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
                 runners[name] = backend.load(artifact, s.placement.first if s.placement.on_gpu else None)
             judged, skipped, seconds = judge(runners, data.evaluation, get_metric(model.task), eval_batch,
                                              s.placement.first, config.gpu_decode, config.workers,
-                                             "evaluating" if config.progress else None)
+                                             "evaluating" if config.progress else None, fixed_batch(prepared))
         finally:
             for r in runners.values():
                 r.close()
@@ -62,23 +65,28 @@ def run_task(config: RunConfig, s: RunSetup, backend) -> TaskReport:
     return report
 
 
-def check_task_fits(prepared, task: str, size: tuple[int, int]) -> None:
+def check_task_fits(prepared, task: str, size: "tuple[int, int] | dict") -> None:
     """The task's metric must read the model's outputs (a detector's layout, a segmenter's class
-    map): one gray image through the FP32 model and the metric, so a --task that does not fit the
-    outputs ends in the metric's one line before calibration, not after the evaluation."""
+    map): one gray image (or, for a model fed named arrays, `size` is a feed of zeros) through the
+    FP32 model and the metric, so a --task that does not fit the outputs ends in the metric's one
+    line before calibration, not after the evaluation."""
     import numpy as np
 
     from calib.backends.ort import OrtRunner
 
+    batch = fixed_batch(prepared) or 1
+    feed = ({k: np.zeros((batch, *v.shape[1:]), v.dtype) for k, v in size.items()} if isinstance(size, dict)
+            else np.zeros((1, 3, *size), np.float32))
     runner = OrtRunner(prepared, exact=False)
     try:
-        values = runner.infer(np.zeros((1, 3, *size), np.float32))
+        values = runner.infer(feed)
     finally:
         runner.close()
     outputs = dict(zip(runner.output_names, values))
     metric = get_metric(task)
-    metric.update("fp32", ["probe"], outputs)
-    metric.update("int8", ["probe"], outputs)
+    keys = ["probe"] if not isinstance(size, dict) else [f"probe{i}" for i in range(batch)]
+    metric.update("fp32", keys, outputs)
+    metric.update("int8", keys, outputs)
     metric.result()
 
 

@@ -16,7 +16,7 @@ from typing import Sequence
 from calib.cache import CacheStore
 from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode
 from calib.errors import CalibError, Note
-from calib.models import ZOO
+from calib.models import ZOO, parse_input_shapes
 from calib.placement import CPU, Placement
 
 
@@ -26,6 +26,7 @@ class RunConfig:
     model: str = "efficientnet_lite0"
     preprocess: str | None = None
     input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
+    input_shape: tuple[str, ...] = ()    # NAME=DxD: the dimensions after an input's batch axis (--input-shape)
     task: str = "auto"                   # classify, detect, segment, generic; auto: classify for class scores
     exclude: tuple[str, ...] = ()        # node-name regexes left float (--exclude), beside the heads
     exclude_ops: tuple[str, ...] = ()    # op types left float (--exclude-op)
@@ -64,6 +65,7 @@ class RunConfig:
         if self.dataset is None:
             self.dataset = "imagenet-val" if self.data_dir else "demo"
         self.exclude, self.exclude_ops = tuple(self.exclude), tuple(self.exclude_ops)   # the CLI gives lists
+        self.input_shape = tuple(self.input_shape)
 
     def placement(self) -> Placement:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
@@ -142,19 +144,21 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     return placement
 
 
-FOLDER_DATASETS = ("imagenet-val", "images")   # the datasets that read --data-dir and --eval-data-dir
+FOLDER_DATASETS = ("imagenet-val", "images", "npz")   # the datasets that read --data-dir and --eval-data-dir
 
 
 def check_dataset_options(config: RunConfig) -> None:
     """A folder option the chosen dataset does not read is refused: `--dataset demo --data-dir X`
     ran the embedded photos and ignored X, and an hf: dataset evaluated on itself whatever
-    --eval-data-dir said."""
+    --eval-data-dir said. A dataset reader (calib.data.readers) is handed both folders."""
     if config.dataset in FOLDER_DATASETS:
         return
     if config.dataset != "demo" and not (config.dataset.startswith("hf:") and len(config.dataset) > 3):
-        from calib.data.plan import DATASETS
+        from calib.data.plan import dataset_names, is_arrays
 
-        raise CalibError(f"unknown dataset '{config.dataset}' (choose from: {', '.join(DATASETS)})")
+        if is_arrays(config.dataset):
+            return
+        raise CalibError(f"unknown dataset '{config.dataset}' (choose from: {', '.join(dataset_names())})")
     given = [flag for flag, value in (("--data-dir", config.data_dir), ("--eval-data-dir", config.eval_data_dir))
              if value]
     if given:
@@ -239,24 +243,25 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None) ->
         raise CalibError(f"--gpu-decode must be one of {', '.join(GPU_DECODERS)}, not '{config.gpu_decode}'")
     if config.gpu_decode == "pil" and config.placement().on_gpu and not sys.platform.startswith("linux"):
         raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
+    parse_input_shapes(config.input_shape)   # a bad spec fails here; the names are checked against the model
     return check_placement(config)
 
 
 MAX_DEFAULT_SAMPLES = 500   # a few hundred images calibrate as well as thousands (README)
 
 
-def default_samples(config: RunConfig, evaluate: bool = True) -> int:
+def default_samples(config: RunConfig, evaluate: bool = True, source=None) -> int:
     """The calibration images when --samples is left out: half of the folder when the evaluation
     takes the rest of it, all of it otherwise (--eval-data-dir, calibrate, the demo), at most 500.
     A fixed 500 left nothing to evaluate on a 500-image folder, so compare and sensitivity failed
-    there by default."""
+    there by default. `source`: the dataset's source, when it was opened already (named arrays)."""
     if config.samples is not None:
         return config.samples
     if config.dataset == "demo":   # its evaluation photos are a source of their own
         return MAX_DEFAULT_SAMPLES
     from calib.data.plan import open_source
 
-    images = len(open_source(config.dataset, config.data_dir).samples)
+    images = len((source if source is not None else open_source(config.dataset, config.data_dir)).samples)
     shared = evaluate and config.eval_data_dir is None
     return max(1, min(MAX_DEFAULT_SAMPLES, images // 2 if shared else images))
 

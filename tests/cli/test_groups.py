@@ -58,8 +58,10 @@ def test_a_group_option_for_a_runconfig_field_takes_its_default_from_runconfig()
 
 
 @pytest.mark.parametrize("group, values, part", [
-    (ModelArgs(), {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256"},
-     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256"}),
+    (ModelArgs(), {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256",
+                   "input_shape": ("input_ids=16",)},
+     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256",
+      "input_shape": ("input_ids=16",)}),
     (CalibratorArgs(), {"calibrator": "percentile", "percentile": 99.9, "recalibrate": True},
      {"calibrator": "percentile", "calibrator_params": {"percentile": 99.9}, "recalibrate": True}),
     (CalibratorArgs(), {"calibrator": "minmax", "percentile": None, "recalibrate": False},
@@ -96,7 +98,7 @@ def test_a_selection_names_existing_options_only():
 
 
 def test_run_config_refuses_a_field_given_twice():
-    model = ModelArgs().parse({"model": "a", "task": "auto", "preprocess": None, "input_size": None})
+    model = ModelArgs().parse({"model": "a", "task": "auto", "preprocess": None, "input_size": None, "input_shape": ()})
     with pytest.raises(TypeError, match="model"):
         run_config(model, model=None)
 
