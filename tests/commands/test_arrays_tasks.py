@@ -237,3 +237,38 @@ def test_bench_times_the_named_inputs(bert):
         from calib.commands.bench import bench
 
         bench(RunConfig(model=str(bert)), [1], 0.05)
+
+
+def test_a_float_input_is_observed_by_name_and_an_integer_one_never(tmp_path):
+    """A model fed named arrays whose float input is quantized (it feeds a MatMul with constant
+    weights): the calibration pass observes it by name from the batch's arrays; its int64 input
+    (an embedding's indices) is passed through, in no cache and under no Q/DQ."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from calib.commands.build import build
+    from calib.commands.calibrate import calibrate_only
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((10, 8)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["feat", "w"], ["proj"]), helper.make_node("Gather", ["table", "ids"], ["emb"]),
+             helper.make_node("Add", ["proj", "emb"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("feat", TensorProto.FLOAT, ["N", 8]),
+                                            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8])], inits)
+    path = tmp_path / "mixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    root = tmp_path / "f"
+    root.mkdir()
+    for i in range(3):
+        np.savez(root / f"{i}.npz", feat=rng.standard_normal((4, 8)) * (i + 1), ids=rng.integers(0, 10, 4))
+    config = RunConfig(model=str(path), dataset="npz", data_dir=str(root), cache_dir=str(tmp_path / "c"),
+                       progress=False, qdq_flavor="tensorrt")
+    outcome, plan = calibrate_only(config)
+    tensors = outcome.entry.metadata.tensors
+    assert len(plan.calibration) == 12 and "feat" in tensors and "ids" not in tensors
+    expected = max(float(np.abs(np.load(root / f"{i}.npz")["feat"].astype(np.float32)).max()) for i in range(3))
+    assert tensors["feat"]["amax"] == pytest.approx(expected, rel=1e-6)   # every row of every file observed
+    build(config, outcome.entry.path, tmp_path / "int8.onnx")
+    _quantized = [n.input[0] for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "QuantizeLinear"]
+    assert "feat" in _quantized and "ids" not in _quantized
