@@ -18,7 +18,6 @@ from calib.calibrators import Calibrator, TensorStatistics, get_calibrator
 from calib.calibrators.registry import params_for
 from calib.data import Dataset
 from calib.data.decoders import CPU_DECODE_PATH as CPU_DECODE
-ARRAYS_DECODE = "arrays"   # the decode path of named arrays: none
 from calib.errors import CalibError
 from calib.models import Model
 from calib.passes import CollectResult
@@ -28,6 +27,7 @@ from calib.quantize import plan_for, registered_flavor_names, required_tensors
 from calib.quantize.graph import GraphIndex
 from calib.quantize.qdq import activation_scale
 
+ARRAYS_DECODE = "arrays"   # the decode path of named arrays (calib.data.arrays): nothing is decoded
 
 @dataclass
 class CalibrationOutcome:

@@ -23,8 +23,12 @@ an image model counts the image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 from calib.errors import CalibError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from calib.data.arrays import ArrayInput
 
 _FLOAT32 = 4
 _ELEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
@@ -96,7 +100,7 @@ def memory_need(proto, chw: tuple[int, int, int]) -> MemoryNeed:
     return MemoryNeed(weights, per_input, activations)
 
 
-def memory_need_arrays(proto, inputs) -> MemoryNeed:
+def memory_need_arrays(proto, inputs: Sequence[ArrayInput]) -> MemoryNeed:
     """The estimate for a model fed named arrays: `inputs` (calib.data.arrays.ArrayInput) give each
     input's dtype and one sample's dimensions; `input` is one sample of all of them."""
     import numpy as np
