@@ -40,7 +40,8 @@ class CalibrationOutcome:
 def cache_key(model: Model, dataset: Dataset, calibrator: Calibrator, decode: str = CPU_DECODE) -> CacheKey:
     """What a cache is valid for. The decode path is part of it: nvJPEG + GPU resampling produce
     slightly different pixels from Pillow, so a cache from one path is never reused by the other
-    (the CPU path adds nothing to the key, so caches from before GPU decoding keep their keys)."""
+    (the CPU path adds nothing to the key, so caches from before GPU decoding keep their keys; named
+    arrays add "arrays", and their feed's params name every input's dtype and shape)."""
     params = model.preprocess.params if decode == CPU_DECODE else {**model.preprocess.params, "decode": decode}
     return CacheKey(model.sha256, params, dataset.source.id, dataset.fingerprint(), calibrator.name, calibrator.params)
 
@@ -70,7 +71,7 @@ def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, batch_size:
 
 
 def model_inputs(model: Model) -> list[dict]:
-    return [{"name": model.input_name, "shape": [d if isinstance(d, int) else str(d) for d in model.input_shape]}]
+    return model.inputs_json()
 
 
 def calibrate(model: Model, prepared: onnx.ModelProto, dataset: Dataset, calibrator_name: str,

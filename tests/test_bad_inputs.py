@@ -687,3 +687,99 @@ def test_a_task_model_with_min_agreement_or_a_task_that_does_not_fit_is_one_line
     assert_one_line_error(proc, "segment")
     assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists() and not leftovers(tmp_path)
     assert not list(tmp_path.rglob("*.cache"))
+
+
+# -- issue 21: named arrays (--dataset npz, --input-shape). Each bad input: one line on stderr, exit 2,
+# nothing written.
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory) -> Path:
+    """ids (N, T) int64, mask (N, T) int64, bias (N, 4) float32 (tests/models/test_intake_arrays.py)."""
+    from tests.models.test_intake_arrays import _two_inputs
+
+    return Path(_two_inputs(tmp_path_factory.mktemp("arrays")))
+
+
+def _npz_run(model: Path, data: Path, tmp_path: Path, *extra):
+    return calib("run", "--model", model, "--dataset", "npz", "--data-dir", data, "--input-shape", "ids=6",
+                 "--samples", 2, "--cache-dir", tmp_path / "caches", "--out", tmp_path / "out", *extra, check=False)
+
+
+def _assert_refused(proc, tmp_path: Path, *words) -> None:
+    assert_one_line_error(proc, *words)
+    assert proc.returncode == 2, proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "caches").exists() and not leftovers(tmp_path)
+
+
+def _good(i: int = 0) -> dict:
+    import numpy as np
+
+    return {"ids": np.full(6, i, np.int64), "mask": np.ones(6, np.int64), "bias": np.zeros(4, np.float32)}
+
+
+@pytest.mark.parametrize("broken, words", [
+    ({"drop": "mask"}, ["broken.npz: no array for the model's input mask"]),
+    ({"ids": ("shape", (2, 3, 6))}, ["broken.npz: ids has shape (2, 3, 6)", "(N, 6)", "(6,)"]),
+    ({"ids": ("shape", (7,))}, ["broken.npz: ids has shape (7,)"]),
+    ({"bias": ("dtype", "int32")}, ["broken.npz: bias holds int32 values", "takes float32"]),
+    ({"ids": ("dtype", "float32")}, ["broken.npz: ids holds float32 values", "takes int64"]),
+])
+def test_an_npz_file_that_does_not_fit_the_model_is_one_line_naming_it(two_inputs, tmp_path, broken, words):
+    import numpy as np
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        np.savez(data / f"ok{i}.npz", **_good(i))
+    arrays = _good()
+    for name, change in broken.items():
+        if name == "drop":
+            arrays.pop(change)
+        elif change[0] == "shape":
+            arrays[name] = np.zeros(change[1], arrays[name].dtype)
+        else:
+            arrays[name] = arrays[name].astype(change[1])
+    np.savez(data / "broken.npz", **arrays)
+    _assert_refused(_npz_run(two_inputs, data, tmp_path), tmp_path, *words)
+
+
+def test_an_empty_npz_folder_is_one_line(two_inputs, tmp_path):
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("no arrays here")
+    _assert_refused(_npz_run(two_inputs, tmp_path / "empty", tmp_path), tmp_path, "no .npz or .npy files in")
+    _assert_refused(calib("calibrate", "--model", two_inputs, "--dataset", "npz", "--input-shape", "ids=6",
+                          "--cache-dir", tmp_path / "caches", check=False), tmp_path, "--dataset npz needs --data-dir")
+
+
+def test_a_npy_file_for_a_model_with_several_inputs_is_one_line(two_inputs, tmp_path):
+    import numpy as np
+
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "ids.npy", np.zeros((4, 6), np.int64))
+    _assert_refused(_npz_run(two_inputs, tmp_path / "data", tmp_path), tmp_path,
+                    "ids.npy: a .npy file holds one array, for a model with one input", "takes 3 (ids, mask, bias)",
+                    "np.savez")
+
+
+@pytest.mark.parametrize("shapes, words", [
+    (["tokens=6"], ["--input-shape names tokens, which is not an input of", "ids (N, T) int64"]),
+    (["ids"], ["--input-shape must be NAME=DxD", "not 'ids'"]),
+    (["ids=six"], ["--input-shape must be NAME=DxD"]),
+    (["ids=6x2"], ["ids is (N, T), so give its 1 dimension(s)"]),
+    (["ids=6", "mask=7"], ["gives the dimension 'T' two sizes, 6 and 7"]),
+    ([], ["input ids (N, T) has a dynamic dimension 'T'", "--input-shape ids=<T>"]),
+])
+@pytest.mark.parametrize("command", ["run", "build"])
+def test_a_bad_or_unknown_input_shape_is_one_line(two_inputs, tmp_path, shapes, words, command):
+    import numpy as np
+
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "a.npz", **_good())
+    given = [a for s in shapes for a in ("--input-shape", s)]
+    if command == "run":
+        proc = calib("run", "--model", two_inputs, "--dataset", "npz", "--data-dir", tmp_path / "data", *given,
+                     "--cache-dir", tmp_path / "caches", "--out", tmp_path / "out", check=False)
+    else:
+        proc = calib("build", "--model", two_inputs, *given, "--cache", tmp_path / "none.cache",
+                     "--out", tmp_path / "out" / "int8.onnx", check=False)
+    _assert_refused(proc, tmp_path, *words)

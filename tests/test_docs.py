@@ -69,7 +69,8 @@ EXTERNAL = {
 
 # Inline names that are entry-point groups (calib.plugins), not modules: module -> its registry.
 ENTRY_POINT_GROUPS = {"calib.calibrators": "calib.calibrators.registry", "calib.flavors": "calib.quantize.registry",
-                      "calib.backends": "calib.backends.registry", "calib.metrics.decoders": "calib.metrics.decode"}
+                      "calib.backends": "calib.backends.registry", "calib.metrics.decoders": "calib.metrics.decode",
+                      "calib.datasets": "calib.data.readers"}
 
 SHELL_WORDS = {"calib", *EXTERNAL}
 

@@ -83,18 +83,27 @@ class Timing:
         return self.__dict__.copy()
 
 
-def time_runner(runner: Runner, shape: tuple[int, int, int], batch_size: int, seconds: float = 2.0,
+def time_runner(runner: Runner, shape: Any, batch_size: int, seconds: float = 2.0,
                 warmup: int = 3, min_iterations: int = 5, seed: int = 0) -> Timing:
     """Latency percentiles and throughput on random input of one batch size (not on zeros:
-    some kernels run faster on them)."""
-    x = np.random.default_rng(seed).standard_normal((batch_size, *shape), dtype=np.float32)
+    some kernels run faster on them). `shape`: (C, H, W) of an image input, or a model's named
+    inputs (calib.data.arrays.ArrayFeed: random floats, zeros in the integer inputs, which are
+    token ids, indices and masks)."""
+    rng = np.random.default_rng(seed)
+    if hasattr(shape, "inputs"):
+        x = {i.name: rng.standard_normal((batch_size, *i.shape)).astype(i.dtype) if np.dtype(i.dtype).kind == "f"
+             else np.zeros((batch_size, *i.shape), i.dtype) for i in shape.inputs}
+        call = runner.infer
+    else:
+        x = rng.standard_normal((batch_size, *shape), dtype=np.float32)
+        call = runner.run
     for _ in range(warmup):
-        runner.run(x)
+        call(x)
     latencies = []
     start = time.perf_counter()
     while len(latencies) < min_iterations or time.perf_counter() - start < seconds:
         t = time.perf_counter()
-        runner.run(x)
+        call(x)
         latencies.append(time.perf_counter() - t)
     lat = np.asarray(latencies) * 1e3
     return Timing(batch_size, len(lat), float(np.percentile(lat, 50)), float(np.percentile(lat, 90)),

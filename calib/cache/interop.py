@@ -76,7 +76,7 @@ def import_cache(path: Path, model, store: CacheStore, required: list[str] | Non
     key = CacheKey(model.sha256, model.preprocess.params, "imported", "", calibrator, {"source": path.name})
     meta = CacheMetadata(
         key=key, model_name=model.name,
-        model_inputs=[{"name": model.input_name, "shape": [d if isinstance(d, int) else str(d) for d in model.input_shape]}],
+        model_inputs=model.inputs_json(),
         dataset_description=f"unknown: imported from {path}", samples=0, skipped=0, batch_size=0,
         trt_version=version_string(cache.version_code), algorithm=cache.algorithm,
         tensors={n: {"scale": s, "amax": s * 127.0, "min": 0.0, "max": 0.0, "nonfinite": 0}

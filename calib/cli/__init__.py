@@ -163,7 +163,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @app.command()
 @with_groups
 def bench(
-    *, model: ModelArgs = ModelArgs("model", "input_size"), quantize: QuantizeArgs = QuantizeArgs("backend"),
+    *, model: ModelArgs = ModelArgs("model", "input_size", "input_shape"), quantize: QuantizeArgs = QuantizeArgs("backend"),
     batch_sizes: str = opt("--batch-sizes", default="1,32", help="comma-separated batch sizes"),
     seconds: float = opt("--seconds", default=3.0, help="timed seconds per batch size"),
     precision: Optional[str] = opt("--precision", default=None,

@@ -212,7 +212,8 @@ def run_config(*groups: Group, **fields: Any):
 class ModelArgs(Group):
     """Which model, and how its images are prepared (Polygraphy: ModelArgs)."""
     options = {
-        "model": opt(str, "--model", help="efficientnet_lite0/1/2 or a path to an ONNX model with one image input"),
+        "model": opt(str, "--model", help="efficientnet_lite0/1/2 or a path to an ONNX model (one image input; any "
+                                          "inputs with --dataset npz or a dataset reader)"),
         "task": opt(str, "--task", help="what the model's outputs are: classify, detect, segment or generic "
                                         "(auto: classify for one output of class scores, else generic)"),
         "preprocess": opt(Optional[str], "--preprocess",
@@ -221,6 +222,10 @@ class ModelArgs(Group):
         "input_size": opt(Optional[str], "--input-size",
                           help="height and width for a model with dynamic H/W: 224 or 256x256 (default: the "
                                "preprocessing preset's size)"),
+        "input_shape": opt(list[str], "--input-shape",
+                           help="NAME=DxD: the dimensions after the batch axis of input NAME, for its dynamic ones "
+                                "(repeatable; input_ids=128 also sizes the same named dimension of attention_mask; "
+                                "images=3x640x640 is --input-size 640)"),
         "mean": opt(Optional[str], "--mean",
                     help="per-channel mean R,G,B replacing the preset's, on the [0, 1] pixel scale as torchvision's "
                          "Normalize (ImageNet: 0.485,0.456,0.406); enters the cache key"),
@@ -254,10 +259,14 @@ class DataArgs(Group):
     options = {
         "dataset": opt(Optional[str], "--dataset",
                        help="demo (embedded photos), imagenet-val, images (any folder of images, searched "
-                            "recursively; its ground truth, if any, from --labels), or hf:<name-or-path> (default: imagenet-val when --data-dir is "
-                            "given, else demo; demo and hf: take no --data-dir or --eval-data-dir)"),
+                            "recursively; its ground truth, if any, from --labels), npz (a folder of .npz files keyed "
+                            "by input name, one sample or one batch each; .npy for a one-input model), hf:<name-or-path>, "
+                            "or a dataset reader plug-in (entry-point group calib.datasets; it gets --data-dir) (default: "
+                            "imagenet-val when --data-dir is given, else demo; demo and hf: take no --data-dir or "
+                            "--eval-data-dir)"),
         "data_dir": opt(Optional[str], "--data-dir",
-                        help="the folder of imagenet-val (which it implies; default $CALIB_IMAGENET_VAL) or of images"),
+                        help="the folder of imagenet-val (which it implies; default $CALIB_IMAGENET_VAL), of images "
+                             "or of .npz files"),
         "samples": opt(Optional[int], "--samples", min=1,
                        help="calibration images (default: half of the folder, the rest evaluating, at most 500; "
                             "all of it, at most 500, with --eval-data-dir, for calibrate and for the demo)"),

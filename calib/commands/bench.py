@@ -4,7 +4,9 @@ ONNX Runtime runs the ONNX file as it is (FP32, or a Q/DQ model, which it runs w
 kernels). TensorRT runs an engine: an `.engine` file is loaded as is, an ONNX file is first built
 into an engine (in a temporary folder unless `engine=` names where to keep it), with a batch
 profile that covers the batch sizes asked for. Inputs are random (see `time_runner`), so the
-numbers measure speed, not accuracy; each row is one batch size.
+numbers measure speed, not accuracy; each row is one batch size. A model that is not an image
+model (several inputs, or inputs that are not images) is timed on its named inputs, sized by
+`--input-shape` where the file leaves them dynamic (calib.models.intake).
 
 `bench` is the `calib bench` command as one call (a zoo name or a file, from a RunConfig);
 `bench_model` times a model file.
@@ -70,7 +72,7 @@ def _onnx_input(model_path: Path, input_size: tuple[int, int] | None = None,
 def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds: float,
                 precision: str | None = None, *, engine: Path | None = None,
                 input_size: tuple[int, int] | None = None, default_side: int | None = None, device: str = "cpu",
-                **build_options) -> list[dict]:
+                feed=None, **build_options) -> list[dict]:
     """Time `model_path` on `backend` (ort, tensorrt, tensorrt-rtx) at each batch size for `seconds` each.
 
     Returns one dict per batch size: backend, model, precision, batch_size, iterations,
@@ -78,7 +80,8 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
     ONNX Runtime runs the ONNX file as it is, so its precision is the model's own (a Q/DQ model is
     int8) and a different `precision` is refused; `precision` and `build_options` (e.g.
     workspace_mib, timing_cache) apply when TensorRT builds an engine from ONNX (default: the
-    model's own precision).
+    model's own precision). `feed` (calib.data.arrays.ArrayFeed): the named inputs of a model that
+    is not an image model, timed instead of an image input.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -110,7 +113,11 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             artifact = model_path
             precision = precision or "engine"
         else:
-            batch, shape, own = _onnx_input(model_path, input_size, default_side)
+            if feed is not None:
+                shape, own = feed, _precision(model_path)
+                batch = next((i.batch for i in feed.inputs if isinstance(i.batch, int)), "dynamic")
+            else:
+                batch, shape, own = _onnx_input(model_path, input_size, default_side)
             if backend == "ort" and precision not in (None, own):
                 raise CalibError(f"--precision {precision} does not apply to ONNX Runtime, which runs {model_path.name} "
                                  f"as it is ({own}); bench the {precision} model itself (calib build writes the "
@@ -123,6 +130,8 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             if builds_engines:
                 options = {"min_batch": min(batch_sizes), "max_batch": max(batch_sizes),
                            "opt_batch": max(batch_sizes)} if batch == "dynamic" else {}
+                if feed is not None:
+                    options["input_shapes"] = {i.name: i.shape for i in feed.inputs}
                 options.update(build_options)
                 artifact = impl.build(model_path, Path(engine) if engine else Path(tmp) / "model.engine",
                                       precision, **options)
@@ -147,13 +156,20 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
             runner.close()
 
 
-def _onnx_need(model_path: Path, chw: tuple[int, int, int]):
-    """The memory estimate (calib.models.memory) of an ONNX file run on (C, H, W) images, read from
-    its structure alone (no weights loaded)."""
-    from calib.models.memory import memory_need
+def _precision(model_path: Path) -> str:
     from calib.onnx_io import load_model
 
-    return memory_need(load_model(model_path, external_data=False), chw)
+    return model_precision(load_model(model_path, external_data=False))
+
+
+def _onnx_need(model_path: Path, chw):
+    """The memory estimate (calib.models.memory) of an ONNX file run on (C, H, W) images (or on
+    its named inputs, an ArrayFeed), read from its structure alone (no weights loaded)."""
+    from calib.models.memory import memory_need, memory_need_arrays
+    from calib.onnx_io import load_model
+
+    proto = load_model(model_path, external_data=False)
+    return memory_need_arrays(proto, chw.inputs) if hasattr(chw, "inputs") else memory_need(proto, chw)
 
 
 def _check_bench_memory(need, batch_sizes: list[int], device: str) -> None:
@@ -173,12 +189,19 @@ def bench(config: RunConfig, batch_sizes: list[int], seconds: float, precision: 
     else the preprocessing preset's size, as `calib run` does (`calib.models.resolve_model`).
     `timing_cache` is TensorRT's (refused by ONNX Runtime, as any build option)."""
     from calib.data.transforms import get_preset
-    from calib.models import ZOO, parse_input_size, resolve_model
-    from calib.models.intake import DEFAULT_PRESET
+    from calib.models import ZOO, parse_input_shapes, parse_input_size, resolve_model
+    from calib.models.intake import DEFAULT_PRESET, bench_inputs
 
     path = resolve_model(config.model).path if config.model in ZOO else Path(config.model)
     extra = {"timing_cache": Path(timing_cache)} if timing_cache else {}
-    return bench_model(path, config.backend, batch_sizes, seconds, precision,
-                       input_size=parse_input_size(config.input_size),
+    size = parse_input_size(config.input_size)
+    feed = None
+    if path.suffix.lower() not in ENGINE_SUFFIXES and path.is_file():
+        # A model that is not an image model is timed on its named inputs; --input-shape of an
+        # image model is its --input-size.
+        feed, size = bench_inputs(path, parse_input_shapes(config.input_shape), size)
+    elif config.input_shape:
+        raise CalibError(f"--input-shape sizes an ONNX model's inputs; {path} is an engine, whose shapes are built in")
+    return bench_model(path, config.backend, batch_sizes, seconds, precision, input_size=size,
                        default_side=get_preset(config.preprocess or DEFAULT_PRESET).size, device=config.device,
-                       **extra)
+                       feed=feed, **extra)

@@ -142,18 +142,22 @@ def build_device(spec: str, backend: str) -> str:
     return check_placement(config).first
 
 
-def check_on_device(path: Path, device: str, height: int, width: int) -> None:
-    """Load the built model in ONNX Runtime's CUDA provider on `device` and run one image."""
+def check_on_device(path: Path, device: str, height: "int | dict", width: int | None = None) -> None:
+    """Load the built model in ONNX Runtime's CUDA provider on `device` and run one image (for a
+    model fed named arrays, `height` is a feed of zeros: calib.data.arrays.ArrayFeed.zeros)."""
     import numpy as np
 
     from calib.backends.ort import OrtRunner
 
     runner = OrtRunner(Path(path), device=device, exact=False)   # the graph as deployed
     try:
-        out = runner.run(np.zeros((1, 3, height, width), np.float32))
+        if isinstance(height, dict):
+            outs = runner.infer(height)
+        else:
+            outs = [runner.run(np.zeros((1, 3, height, width), np.float32))]
     finally:
         runner.close()
-    if not np.all(np.isfinite(out)):
+    if not all(np.all(np.isfinite(np.asarray(o, np.float64))) for o in outs):
         raise CalibError(f"{path} gives non-finite outputs in ONNX Runtime's CUDA provider on {device}")
 
 
@@ -175,7 +179,8 @@ def trt_options(backend: str, **given) -> dict:
 def build(config: RunConfig, cache: str | Path, out: str | Path, force: bool = False, overwrite: bool = False,
           **backend_options) -> BuildResult:
     """`calib build`: the INT8 model of `config`'s model (model, preprocess and its normalisation,
-    input_size, backend, qdq_flavor, bias_correction, device) from `cache` alone, written to `out`.
+    input_size, input_shape, backend, qdq_flavor, bias_correction, device) from `cache` alone,
+    written to `out`.
 
     The device and the backend options are checked before anything is resolved or written; with
     a GPU device the built model is then loaded and run once there (`BuildResult.device`)."""
@@ -186,12 +191,17 @@ def build(config: RunConfig, cache: str | Path, out: str | Path, force: bool = F
     options = trt_options(config.backend, **backend_options)
     # The output's name and place, before the model is resolved (a zoo model is exported first).
     check_artifact_name(check_output_file(Path(out), overwrite, is_calib_artifact), get_backend(config.backend))
-    model = config_model(config)
+    model = config_model(config)   # images for a model with one image input, else named arrays
     flavor = config.qdq_flavor or default_flavor(config.backend)
     result = build_from_cache(model, prepared_model(model), Path(cache), flavor, Path(out), backend=config.backend,
                               force=force, bias_correction=config.bias_correction, overwrite=overwrite,
                               rules=config.placement_rules(), **options)
     if checked_on != "cpu":
-        check_on_device(result.path, checked_on, *model.size)
+        from calib.models import fixed_batch
+
+        if model.arrays:
+            check_on_device(result.path, checked_on, model.preprocess.zeros(fixed_batch(prepared_model(model)) or 1))
+        else:
+            check_on_device(result.path, checked_on, *model.size)
         result.device = checked_on
     return result

@@ -55,7 +55,8 @@ def show_cache(path: str | Path) -> CacheView:
 
 
 def resolved_model(config: RunConfig) -> Model:
-    """The model `config` names (--model, --preprocess and its normalisation, --input-size)."""
+    """The model `config` names (--model, --preprocess and its normalisation, --input-size,
+    --input-shape): images for a model with one image input, else named arrays."""
     from calib.session.config import config_model
 
     return config_model(config)

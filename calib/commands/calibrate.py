@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from calib.calibration import CalibrationOutcome, calibrate
-from calib.data.plan import DataPlan, plan_data
+from calib.data.plan import DataPlan, is_arrays
 from calib.models import prepared_model
-from calib.session.config import RunConfig, check_config, config_model, default_samples
-from calib.session.context import check_decoder, fit_to_memory, run_at_fixed_batch
+from calib.session.config import RunConfig, check_config, config_model
+from calib.session.context import check_decoder, data_plan, fit_to_memory, run_at_fixed_batch
 
 
 def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
@@ -14,11 +14,10 @@ def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     that runs at one batch only) before the same pass."""
     placement = check_config(config)
     store = config.cache_store()
-    model = config_model(config)
+    model = config_model(config, is_arrays(config.dataset))
     check_decoder(config, model, placement)
     fit_to_memory(config, model, placement)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config, evaluate=False),
-                     config.seed, evaluate=False)
+    data = data_plan(config, model, evaluate=False)
     prepared = prepared_model(model)
     run_at_fixed_batch(config, model, prepared)
     outcome = calibrate(model, prepared, data.calibration, config.calibrator,

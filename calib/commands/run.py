@@ -45,7 +45,7 @@ def run(config: RunConfig) -> RunBase:
     if not runnable:  # evaluation runs the engines: say so before any calibration work
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
-    labels = None if s.model.task == "classify" else check_task(config, s)
+    labels = None if s.model.task == "classify" and not s.model.arrays else check_task(config, s)
     with staged_dir(s.out) as stage:
         outcome = calibrate_run(config, s)
         int8 = int8_model(config, s, outcome, labels)

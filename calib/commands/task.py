@@ -1,7 +1,8 @@
-"""How `calib run` judges a model that is not a classifier (task detect, segment or generic): FP32
-and INT8 (its head float) on the same images through the evaluation pass, every output against
-FP32 and the task metric (calib.metrics), the verdict from the metric's drop (calib.stats.verdict),
-written as report.json / report.md / report.html (calib.report.task).
+"""How `calib run` judges a model that is not a classifier (task detect, segment or generic), or any
+model fed named arrays (--dataset npz, a dataset reader: no labels, so judged against FP32 whatever
+its task): FP32 and INT8 (its head float) on the same samples through the evaluation pass, every
+output against FP32 and the task metric (calib.metrics), the verdict from the metric's drop
+(calib.stats.verdict), written as report.json / report.md / report.html (calib.report.task).
 
 With `--labels` (a COCO JSON file for detect, a folder of masks for segment) the task metric is
 against that ground truth (`reference: "labels"`), read and checked against the evaluation images
@@ -18,7 +19,7 @@ from calib.data.labels import TaskLabels, read_labels
 from calib.evaluate.models import build_artifacts
 from calib.metrics.outputs import outputs_json
 from calib.metrics.registry import get_metric
-from calib.models import prepared_path
+from calib.models import fixed_batch, prepared_path
 from calib.onnx_io import model_size_mb
 from calib.passes.evaluation import judge
 from calib.quantize import excluded_nodes
@@ -34,7 +35,7 @@ def check_task(config: RunConfig, s: RunSetup) -> TaskLabels:
     """What is checked before any calibration: that the task's metric reads the model's outputs,
     and that the labels (--labels) fit the evaluation images. Returns the labels (none: the
     metric is against FP32)."""
-    probe = check_task_fits(s.prepared, s.model.task, s.model.size)
+    probe = check_task_fits(s.prepared, s.model.task, s.model.preprocess.zeros(1) if s.model.arrays else s.model.size)
     return read_labels(s.model.task, config.labels, s.data.evaluation, probe)
 
 
@@ -53,7 +54,8 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
             runners[name] = backend.load(artifact, s.placement.first if s.placement.on_gpu else None)
         judged, skipped, seconds = judge(runners, evaluated, labels.metric(), config.pass_batch_sizes()[1],
                                          s.placement.first, config.gpu_decode, config.workers,
-                                         "evaluating" if config.progress else None, inputs=labels.inputs)
+                                         "evaluating" if config.progress else None, inputs=labels.inputs,
+                                         fixed_batch=fixed_batch(s.prepared))
     finally:
         for r in runners.values():
             r.close()
@@ -108,24 +110,29 @@ def verdict(metric, max_drop: float | None, size_mb: dict, int8: Int8) -> dict:
                             layers).to_json()
 
 
-def check_task_fits(prepared, task: str, size: tuple[int, int]) -> dict:
+def check_task_fits(prepared, task: str, size: "tuple[int, int] | dict") -> dict:
     """The task's metric must read the model's outputs (a detector's layout, a segmenter's class
-    map): one gray image through the FP32 model and the metric, so a --task that does not fit the
-    outputs ends in the metric's one line before calibration, not after the evaluation. Returns
-    the outputs (what the labels are checked against: the class count, the output's size)."""
+    map): one gray image (or, for a model fed named arrays, `size` is a feed of zeros) through the
+    FP32 model and the metric, so a --task that does not fit the outputs ends in the metric's one
+    line before calibration, not after the evaluation. Returns the outputs (what the labels are
+    checked against: the class count, the output's size)."""
     import numpy as np
 
     from calib.backends.ort import OrtRunner
 
+    batch = fixed_batch(prepared) or 1
+    feed = ({k: np.zeros((batch, *v.shape[1:]), v.dtype) for k, v in size.items()} if isinstance(size, dict)
+            else np.zeros((1, 3, *size), np.float32))
     runner = OrtRunner(prepared, exact=False)
     try:
-        values = runner.infer(np.zeros((1, 3, *size), np.float32))
+        values = runner.infer(feed)
     finally:
         runner.close()
     outputs = dict(zip(runner.output_names, values))
     metric = get_metric(task)
-    metric.update("fp32", ["probe"], outputs)
-    metric.update("int8", ["probe"], outputs)
+    keys = ["probe"] if not isinstance(size, dict) else [f"probe{i}" for i in range(batch)]
+    metric.update("fp32", keys, outputs)
+    metric.update("int8", keys, outputs)
     metric.result()
     return outputs
 

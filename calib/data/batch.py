@@ -5,7 +5,9 @@ GPU path's (torch tensors on the device, `calib.data.gpu_stream`) carry the same
 images, their labels and keys and the keys skipped on the way, and every consumer (the
 calibration pass, the evaluation) reads only those; so code written against a batch runs on
 either. What only a GPU stream has is optional: the fixed-size buffer TensorRT's calibrators read
-(`buffer`, `pointer`) and the CUDA event that marks the batch ready (`ready`).
+(`buffer`, `pointer`) and the CUDA event that marks the batch ready (`ready`). A batch of named
+arrays (`calib.data.arrays`: a model with several inputs, or inputs that are not images) holds a
+mapping input name -> array in `images`, which runners take as it is (`Runner.infer`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class Batch:
-    images: Any                 # (N, C, H, W) float32: a numpy array on the host, a torch tensor on a GPU
+    images: Any                 # (N, C, H, W) float32: a numpy array on the host, a torch tensor on a GPU;
+    #                             or a dict input name -> (N, ...) array (calib.data.arrays)
     labels: np.ndarray          # (N,) int64, on the host
     keys: list[str]             # sample keys, in order
     skipped: list[str] = field(default_factory=list)  # keys that could not be decoded

@@ -1,8 +1,10 @@
-"""A dataset is one source plus one preprocessing preset; it feeds calibration and evaluation."""
+"""A dataset is one source plus one preprocessing preset (or, for named arrays, the model's
+`ArrayFeed`: calib.data.arrays); it feeds calibration and evaluation."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,15 +12,18 @@ from calib.data.sources import ImageSource, Sample
 from calib.data.transforms import Preprocess
 from calib.errors import CalibError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from calib.data.arrays import ArrayFeed
+
 
 @dataclass
 class Dataset:
     source: ImageSource
-    preprocess: Preprocess
+    preprocess: "Preprocess | ArrayFeed"
     samples: list[Sample]
 
     @classmethod
-    def of(cls, source: ImageSource, preprocess: Preprocess) -> "Dataset":
+    def of(cls, source: ImageSource, preprocess: "Preprocess | ArrayFeed") -> "Dataset":
         return cls(source, preprocess, list(source.samples))
 
     def subset(self, samples: list[Sample]) -> "Dataset":
@@ -44,13 +49,14 @@ def split(dataset: Dataset, calibration: int, seed: int = 0,
     evaluation takes the rest, limited to `evaluation` images (also a seeded sample).
     """
     n = len(dataset)
+    noun = getattr(dataset.source, "noun", "images")
     if n == 0:
-        raise CalibError(f"no images in {dataset.source.description}")
+        raise CalibError(f"no {noun} in {dataset.source.description}")
     order = np.random.default_rng(seed).permutation(n)
     calib_idx = np.sort(order[:calibration])
     rest = order[calibration:]
     if len(rest) == 0:
-        raise CalibError(f"nothing left to evaluate on: all {n} images of {dataset.source.id} are used "
+        raise CalibError(f"nothing left to evaluate on: all {n} {noun} of {dataset.source.id} are used "
                          f"for calibration (lower --samples or pass --eval-data-dir)")
     eval_idx = np.sort(rest[:evaluation] if evaluation else rest)
     return (dataset.subset([dataset.samples[i] for i in calib_idx]),

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 CPU_DECODER = "cpu"            # the CPU path: Pillow in worker processes
 DECODERS = ("nvjpeg", "pil")   # on a GPU (--gpu-decode): nvJPEG, or Pillow (calib.data.host_decode)
 CPU_DECODE_PATH = "pil"        # the CPU path's pixels, wherever they were made
+ARRAYS_DECODE_PATH = "arrays"  # named arrays (calib.data.arrays): nothing is decoded, on any device
 
 
 def decode_path(preprocess: Preprocess | None = None, decoder: str = "nvjpeg") -> str:
@@ -45,5 +46,8 @@ def decode_for(preprocess: Preprocess, placement: Placement, gpu_decode: str = "
     Pillow-exact resampling (calib.data.gpu_decode), or with `gpu_decode="pil"` Pillow in worker
     processes (calib.data.host_decode): the CPU path's pixels, so the CPU path's key too. A cache
     is then reused across the two providers, as it is across CPU machines: their FP32 activations
-    differ by float rounding only (measured in benchmarks/RESULTS.md)."""
+    differ by float rounding only (measured in benchmarks/RESULTS.md). Named arrays are decoded
+    by nothing: "arrays", on any device."""
+    if getattr(preprocess, "arrays", False):
+        return ARRAYS_DECODE_PATH
     return decode_path(preprocess, gpu_decode if placement.on_gpu else "cpu")

@@ -1,14 +1,39 @@
-"""Dataset names on the command line -> the calibration set and a disjoint evaluation set (a plan)."""
+"""Dataset names on the command line -> the calibration set and a disjoint evaluation set (a plan).
+
+Images (demo, imagenet-val, images, hf:) go through a preprocessing preset; named arrays (npz, and
+the dataset readers of `calib.data.readers`) through the model's `ArrayFeed` (calib.data.arrays):
+the preset's place in the plan, so both are sampled and split the same way."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from calib.data import Dataset, Preprocess, split, take
+from calib.data.arrays import ArrayFeed, npz_folder
 from calib.data.sources import ImageSource, image_folder, imagenet_val
-from calib.errors import CalibError
+from calib.errors import CalibError, InternalError
 
-DATASETS = ("demo", "imagenet-val", "images", "hf:<name-or-path>")
+DATASETS = ("demo", "imagenet-val", "images", "npz", "hf:<name-or-path>")
+IMAGE_DATASETS = ("demo", "imagenet-val", "images")   # and hf:<name>
+
+
+def is_arrays(name: str | None) -> bool:
+    """Whether dataset `name` feeds named arrays (npz, a registered dataset reader) rather than
+    images: the model is then taken as it is, every input fed from the data (calib.models.intake)."""
+    if not name or name in IMAGE_DATASETS or name.startswith("hf:"):
+        return False
+    if name == "npz":
+        return True
+    from calib.data.readers import available_readers
+
+    return name in available_readers()
+
+
+def dataset_names() -> list[str]:
+    """Every name `--dataset` takes: the built-ins, then the installed dataset readers."""
+    from calib.data.readers import available_readers
+
+    return [*DATASETS, *(r for r in available_readers() if r not in DATASETS)]
 
 
 @dataclass
@@ -20,7 +45,17 @@ class DataPlan:
     notes: tuple[str, ...] = ()
 
 
-def open_source(name: str, data_dir: str | None) -> ImageSource:
+def open_source(name: str, data_dir: str | None, preprocess: "Preprocess | ArrayFeed | None" = None) -> ImageSource:
+    """The source `--dataset name` reads (from `data_dir`); a dataset of named arrays checks its
+    files or feeds against `preprocess`, the model's `ArrayFeed`."""
+    if is_arrays(name):
+        if not isinstance(preprocess, ArrayFeed):
+            raise InternalError(f"--dataset {name} feeds named arrays: open it with the model's ArrayFeed")
+        if name == "npz":
+            return npz_folder(data_dir, preprocess)
+        from calib.data.readers import ReaderSource
+
+        return ReaderSource(name, data_dir, preprocess)
     if name == "imagenet-val":
         return imagenet_val(data_dir)
     if name == "images":
@@ -33,14 +68,15 @@ def open_source(name: str, data_dir: str | None) -> ImageSource:
         from calib.data.demo import DemoSource
 
         return DemoSource(variants=True)
-    raise CalibError(f"unknown dataset '{name}' (choose from: {', '.join(DATASETS)})")
+    raise CalibError(f"unknown dataset '{name}' (choose from: {', '.join(dataset_names())})")
 
 
-def plan_data(name: str, data_dir: str | None, preprocess: Preprocess, samples: int, seed: int = 0,
+def plan_data(name: str, data_dir: str | None, preprocess: "Preprocess | ArrayFeed", samples: int, seed: int = 0,
               eval_data_dir: str | None = None, eval_samples: int | None = None,
-              evaluate: bool = True) -> DataPlan:
+              evaluate: bool = True, source: ImageSource | None = None) -> DataPlan:
     """Calibration set and a disjoint evaluation set (the rest of the same folder, or
-    --eval-data-dir)."""
+    --eval-data-dir). `source`: the `--data-dir` source, when it was opened already (a reader is
+    read once)."""
     if samples < 1:
         raise CalibError("--samples must be at least 1")
     notes: list[str] = []
@@ -53,16 +89,17 @@ def plan_data(name: str, data_dir: str | None, preprocess: Preprocess, samples: 
                      "variants of them; far too few images for a real accuracy figure")
         return DataPlan(calibration, take(evaluation, eval_samples, seed) if evaluation else None,
                         samples, True, tuple(notes))
-    full = Dataset.of(open_source(name, data_dir), preprocess)
+    full = Dataset.of(source if source is not None else open_source(name, data_dir, preprocess), preprocess)
+    noun = getattr(full.source, "noun", "images")
     if len(full) == 0:
-        raise CalibError(f"no images in {full.source.description}")
+        raise CalibError(f"no {noun} in {full.source.description}")
     if eval_data_dir is not None or not evaluate:
         calibration = take(full, samples, seed)
         evaluation = None
         if evaluate:
-            evaluation = take(Dataset.of(open_source(name, eval_data_dir), preprocess), eval_samples, seed)
+            evaluation = take(Dataset.of(open_source(name, eval_data_dir, preprocess), preprocess), eval_samples, seed)
     else:
         calibration, evaluation = split(full, samples, seed, eval_samples)
     if len(calibration) < samples:
-        notes.append(f"only {len(calibration)} images available for calibration ({samples} requested)")
+        notes.append(f"only {len(calibration)} {noun} available for calibration ({samples} requested)")
     return DataPlan(calibration, evaluation, samples, False, tuple(notes))

@@ -11,15 +11,28 @@ https://docs.nvidia.com/deeplearning/tensorrt/latest/getting-started/quick-start
 H and W then come from `input_size`, or from the preprocessing preset's size. Only the
 structure is read here (no weights, no ONNX Runtime); `prepare.prepared_model` makes the graph
 calib works on.
+
+A model fed named arrays (`--dataset npz` or a dataset reader: `arrays=True`; `arrays=None`, for
+the commands that read no data, when the model is not an image model) is taken as it is: any
+number of inputs of any numeric type, each fed from the data (`calib.data.arrays.ArrayFeed`).
+Axis 0 of every input is the batch axis (dynamic, or fixed by the file: a batch-1 export runs at
+batch 1); every other dimension must be known: fixed in the file, or given with
+`--input-shape NAME=DxD` (the dimensions after the batch axis, as trtexec's `--shapes` names
+inputs, https://docs.nvidia.com/deeplearning/tensorrt/latest/reference/command-line-programs.html),
+a size given for one input filling the same named dimension of the others (`sequence` in
+`input_ids` and `attention_mask`). For an image model, `--input-shape NAME=3xHxW` is another way to
+write `--input-size HxW`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
+from calib.data.arrays import ArrayFeed, ArrayInput
 from calib.data.transforms import Preprocess, efficientnet_lite, get_preset
-from calib.errors import CalibError
+from calib.errors import CalibError, InternalError
 from calib.models.files import all_tensors, check_external_data, model_sha256
 from calib.models.zoo import ZOO, export_zoo_model
 
@@ -27,6 +40,9 @@ DEFAULT_PRESET = "torchvision"  # user models: torchvision's ImageNet preprocess
 _FLOAT, _FLOAT16, _BFLOAT16 = 1, 10, 16
 _TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                11: "float64", 16: "bfloat16"}
+# ONNX element types a model fed named arrays may take, as numpy dtypes (onnx.TensorProto's numbering).
+_NUMPY_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+                11: "float64", 12: "uint32", 13: "uint64"}
 # Ops only a quantized graph holds: Q/DQ pairs (calib's own int8.onnx, either flavor) and the integer
 # operators of ONNX and of ONNX Runtime's com.microsoft domain (its QOperator format,
 # https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html#onnx-quantization-representation-format).
@@ -44,15 +60,37 @@ QUANTIZED_OPS = frozenset({
 class Model:
     name: str               # zoo name or the file's stem
     path: Path              # FP32 ONNX file as given (external data beside it)
-    preprocess: Preprocess
-    input_name: str
+    preprocess: Preprocess | ArrayFeed   # an image model's preset; the inputs of a model fed named arrays
+    input_name: str         # the (first) input
     input_shape: tuple      # (batch, 3, H, W) as calib runs it: batch symbolic (a string), H and W resolved
     sha256: str             # the .onnx file and its external data files (files.model_sha256)
     task: str = "classify"  # what the outputs are (TASKS): a classifier's scores, or any outputs
 
     @property
+    def arrays(self) -> bool:
+        """Fed named arrays (--dataset npz, a dataset reader), not decoded images."""
+        return isinstance(self.preprocess, ArrayFeed)
+
+    @property
+    def inputs(self) -> tuple[ArrayInput, ...]:
+        """Every input as calib runs it (an image model's one image input, too)."""
+        if isinstance(self.preprocess, ArrayFeed):
+            return self.preprocess.inputs
+        return (ArrayInput(self.input_name, "float32", tuple(int(d) for d in self.input_shape[1:]),
+                           self.input_shape[0]),)
+
+    def inputs_json(self) -> list[dict]:
+        """The inputs as a cache's metadata records them (`model_inputs`)."""
+        if not self.arrays:
+            return [{"name": self.input_name, "shape": [d if isinstance(d, int) else str(d) for d in self.input_shape]}]
+        return [{"name": i.name, "shape": [d if isinstance(d, int) else str(d) for d in i.dims()]}
+                for i in self.inputs]
+
+    @property
     def size(self) -> tuple[int, int]:
         """(H, W) the model is calibrated and evaluated at."""
+        if self.arrays:
+            raise InternalError(f"{self.name} is fed named arrays: it has no image size")
         return int(self.input_shape[2]), int(self.input_shape[3])
 
 
@@ -77,19 +115,26 @@ def resolve_task(task: str | None, path: Path, proto) -> str:
 
 
 def resolve_model(spec: str, preprocess: str | None = None,
-                  input_size: int | tuple[int, int] | None = None, task: str | None = "auto") -> Model:
+                  input_size: int | tuple[int, int] | None = None, task: str | None = "auto",
+                  input_shapes: Mapping[str, tuple[int, ...]] | None = None, arrays: bool | None = False) -> Model:
     """A zoo name (efficientnet_lite0/1/2) or a path to an ONNX model with one image input: an
     image classifier (task classify), or a detector, a segmenter or any model (any outputs).
 
     `input_size` (a side, or (H, W)) sets the height and width of a model whose H and W are
     dynamic; a model with fixed H and W accepts only its own size. Without it, dynamic H and W
-    take the preprocessing preset's size (224 for torchvision)."""
+    take the preprocessing preset's size (224 for torchvision). `input_shapes` (`--input-shape`,
+    `parse_input_shapes`): input name -> the dimensions after its batch axis.
+
+    `arrays`: the model is fed named arrays (any inputs, see the module docstring); None: when it
+    is not a model with one image input (the commands that read no data: build, cache)."""
     size = _parse_size(input_size)
+    shapes = dict(input_shapes or {})
     if spec in ZOO:
         if task not in (None, "auto", "classify"):
             raise CalibError(f"{spec} is an image classifier: --task {task} does not fit it")
-        return _zoo_model(spec, preprocess, size)
-    path = Path(spec).expanduser()
+        if not arrays:
+            return _zoo_model(spec, preprocess, size, shapes)
+    path = Path(spec).expanduser() if spec not in ZOO else export_zoo_model(spec)
     if path.suffix.lower() != ".onnx" and not path.exists():
         raise CalibError(f"unknown model '{spec}': use one of {', '.join(ZOO)} or a path to an .onnx file")
     if not path.is_file():
@@ -97,8 +142,16 @@ def resolve_model(spec: str, preprocess: str | None = None,
     proto = _load_structure(path)
     check_external_data(path, proto)
     _refuse_quantized(path, proto)
+    if arrays is None:
+        arrays = not _is_image_model(proto)
+    if arrays:
+        feed = _array_feed(path, proto, shapes, size)
+        first = feed.inputs[0]
+        return Model(spec if spec in ZOO else path.stem, path, feed, first.name, first.dims(),
+                     model_sha256(path, proto), resolve_task(task, path, proto))
     name, dims = _image_input(path, proto)
     task = resolve_task(task, path, proto)
+    size = _size_from_shapes(path, name, dims, shapes, size)
     h, w = _resolve_hw(path, dims, size, preprocess)
     pre = get_preset(preprocess or DEFAULT_PRESET, h)
     _check_preset(pre, (h, w), path.name)
@@ -106,8 +159,11 @@ def resolve_model(spec: str, preprocess: str | None = None,
     return Model(path.stem, path, pre, name, (batch, 3, h, w), model_sha256(path, proto), task)
 
 
-def _zoo_model(spec: str, preprocess: str | None, size: tuple[int, int] | None) -> Model:
+def _zoo_model(spec: str, preprocess: str | None, size: tuple[int, int] | None,
+               shapes: dict[str, tuple[int, ...]] | None = None) -> Model:
     entry = ZOO[spec]
+    if shapes:
+        size = _size_from_shapes(Path(spec), "input", ("batch", 3, entry.size, entry.size), shapes, size)
     if size is not None and size != (entry.size, entry.size):
         raise CalibError(f"{spec} takes {entry.size}x{entry.size} images (fixed height and width), "
                          f"not the input size {size[0]}x{size[1]}")
@@ -117,6 +173,147 @@ def _zoo_model(spec: str, preprocess: str | None, size: tuple[int, int] | None) 
     proto = _load_structure(path)
     name, dims = _image_input(path, proto)
     return Model(spec, path, pre, name, dims, model_sha256(path, proto))
+
+
+def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """`--input-shape NAME=DxD` as typed (repeatable): input name -> the dimensions after its batch
+    axis ("input_ids=128", "images=3x640x640"; "," also separates; "mask=" for an input (N,))."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs or ():
+        name, sep, text = str(spec).rpartition("=")
+        name = name.strip()
+        parts = [p.strip() for p in text.lower().replace(",", "x").split("x")] if text.strip() else []
+        try:
+            dims = tuple(int(p) for p in parts)
+        except ValueError:
+            dims = (0,)
+        if not sep or not name or any(d <= 0 for d in dims):
+            raise CalibError(f"--input-shape must be NAME=DxD, the input's dimensions after the batch axis (e.g. "
+                             f"input_ids=128 or images=3x640x640), not '{spec}'")
+        if name in shapes:
+            raise CalibError(f"--input-shape names the input {name} twice")
+        shapes[name] = dims
+    return shapes
+
+
+def bench_inputs(path: Path, shapes: dict[str, tuple[int, ...]],
+                 size: tuple[int, int] | None) -> tuple[ArrayFeed | None, tuple[int, int] | None]:
+    """What `calib bench` times an ONNX file on (quantized models included: bench times them as they
+    are): (None, the image size) for an image model, whose `--input-shape NAME=3xHxW` is its
+    --input-size; (its named inputs, None) for any other model."""
+    proto = _load_structure(path)
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    dims = _dims(inputs[0]) if len(inputs) == 1 else None
+    if dims is not None and len(dims) == 4 and inputs[0].type.tensor_type.elem_type in (_FLOAT, _FLOAT16, _BFLOAT16):
+        return None, _size_from_shapes(path, inputs[0].name, dims, shapes, size)   # timed as (N, C, H, W) images
+    return _array_feed(path, proto, shapes, size, timing=True), None
+
+
+def _is_image_model(proto) -> bool:
+    """One float32 input (N, 3, H, W): what the image datasets feed."""
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != _FLOAT:
+        return False
+    dims = _dims(inputs[0])
+    return dims is not None and len(dims) == 4 and dims[1] == 3
+
+
+def _shape_text(dims: tuple) -> str:
+    """The dimensions after the batch axis as --input-shape takes them, unknown ones <named>."""
+    return "x".join(str(d) if isinstance(d, int) and d > 0 else f"<{d}>" for d in dims[1:])
+
+
+def _size_from_shapes(path: Path, name: str, dims: tuple, shapes: dict[str, tuple[int, ...]],
+                      size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """An image model's `--input-shape NAME=3xHxW`, as the (H, W) of `--input-size`."""
+    if not shapes:
+        return size
+    unknown = [n for n in shapes if n != name]
+    if unknown:
+        raise CalibError(f"--input-shape names {unknown[0]}, which is not an input of {path.name} (its input: "
+                         f"{name} {_fmt(dims)})")
+    given = shapes[name]
+    channels = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else 3
+    if len(given) != 3 or given[0] != channels:
+        raise CalibError(f"--input-shape {name}={'x'.join(map(str, given))}: {name} is an image input {_fmt(dims)}, "
+                         f"so give {channels}xHxW (or --input-size HxW)")
+    if size is not None and size != given[1:]:
+        raise CalibError(f"--input-shape {name}={'x'.join(map(str, given))} and --input-size {size[0]}x{size[1]} "
+                         f"disagree")
+    return given[1], given[2]
+
+
+def _array_feed(path: Path, proto, shapes: dict[str, tuple[int, ...]], size: tuple[int, int] | None,
+                timing: bool = False) -> ArrayFeed:
+    """Every input of a model fed named arrays, resolved (see the module docstring), or one line
+    saying which input and dimension are unknown and how to give them. `timing`: for calib bench,
+    which times FP16 models too."""
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]   # IR < 4 lists weights as inputs
+    types = {**_NUMPY_TYPES, _FLOAT16: "float16"} if timing else _NUMPY_TYPES
+    if not timing and _is_fp16(proto, inputs):
+        raise CalibError(f"{path}: FP16 model: calib calibrates FP32 models; export in FP32")
+    if not inputs:
+        raise CalibError(f"{path} has no inputs to feed")
+    declared = {i.name: _dims(i) for i in inputs}
+    listed = ", ".join(f"{i.name} {_fmt(declared[i.name])} {_type_name(i.type.tensor_type.elem_type)}" for i in inputs)
+    unknown = [n for n in shapes if n not in declared]
+    if unknown:
+        raise CalibError(f"--input-shape names {unknown[0]}, which is not an input of {path.name} (its inputs: {listed})")
+    symbols: dict[str, int] = {}
+    for name, given in shapes.items():   # sizes given for named dimensions fill them in every input
+        dims = declared[name]
+        if dims is None:
+            continue
+        text = f"--input-shape {name}={'x'.join(map(str, given))}"
+        if len(dims) - 1 != len(given):
+            raise CalibError(f"{text}: {name} is {_fmt(dims)}, so give its {len(dims) - 1} dimension(s) after the "
+                             f"batch axis ({name}={_shape_text(dims)})")
+        for axis, (d, v) in enumerate(zip(dims[1:], given), 1):
+            if isinstance(d, int) and d > 0 and d != v:
+                raise CalibError(f"{text}: {name} fixes dimension {axis} at {d} ({_fmt(dims)})")
+            if isinstance(d, str) and d != "?":
+                if symbols.setdefault(d, v) != v:
+                    raise CalibError(f"--input-shape gives the dimension '{d}' two sizes, {symbols[d]} and {v}")
+    resolved, fixed_batches = [], {}
+    for vi in inputs:
+        name, elem, dims = vi.name, vi.type.tensor_type.elem_type, declared[vi.name]
+        if elem not in types:
+            raise CalibError(f"{path}: input {name} is {_type_name(elem)}: calib feeds inputs of numeric types "
+                             f"({', '.join(sorted(set(types.values())))})")
+        if dims is None:
+            if name not in shapes:
+                raise CalibError(f"{path}: input {name} declares no shape: give the dimensions after its batch axis "
+                                 f"with --input-shape {name}=DxD")
+            dims = ("batch", *shapes[name])
+        if len(dims) == 0:
+            raise CalibError(f"{path}: input {name} is a scalar: calib feeds batches, along axis 0 of every input")
+        per = []
+        for axis, d in enumerate(dims[1:], 1):
+            if name in shapes:
+                v = shapes[name][axis - 1]
+            elif isinstance(d, int) and d > 0:
+                v = d
+            elif isinstance(d, str) and d in symbols:
+                v = symbols[d]
+            elif size is not None and elem == _FLOAT and len(dims) == 4 and dims[1] == 3 and axis >= 2:
+                v = size[axis - 2]   # --input-size: the H and W of an image-shaped input
+            else:
+                raise CalibError(f"{path}: input {name} {_fmt(dims)} has a dynamic dimension {d!r} (axis {axis}): give "
+                                 f"its size with --input-shape {name}={_shape_text(dims)}")
+            per.append(int(v))
+        batch = dims[0]
+        if isinstance(batch, int) and batch > 0:
+            fixed_batches[name] = batch
+        else:
+            batch = batch if isinstance(batch, str) and batch != "?" else "batch"
+        resolved.append(ArrayInput(name, types[elem], tuple(per), batch))
+    if len(set(fixed_batches.values())) > 1:
+        found = ", ".join(f"{n} {b}" for n, b in fixed_batches.items())
+        raise CalibError(f"{path}: its inputs fix different batch sizes ({found}): calib feeds one batch to all of them")
+    return ArrayFeed(tuple(resolved))
 
 
 def parse_input_size(text: str | None) -> tuple[int, int] | None:
@@ -217,7 +414,7 @@ def _image_input(path: Path, proto) -> tuple[str, tuple]:
     if len(inputs) != 1:
         found = ", ".join(f"{i.name} {_fmt(_dims(i))} {_type_name(i.type.tensor_type.elem_type)}" for i in inputs)
         raise CalibError(f"{path} is not an ONNX image classifier: {expected}, "
-                         f"found {len(inputs)} inputs{': ' + found if found else ''}")
+                         f"found {len(inputs)} inputs{': ' + found if found else ''}{ARRAYS_HINT if inputs else ''}")
     image = inputs[0]
     elem, dims = image.type.tensor_type.elem_type, _dims(image)
     if elem != _FLOAT or dims is None or len(dims) != 4 or dims[1] != 3:
@@ -230,8 +427,13 @@ def _image_input(path: Path, proto) -> tuple[str, tuple]:
             hint = " (channels last: export the NCHW model)"
         elif dims is not None and len(dims) == 4 and isinstance(dims[1], int):
             hint = f" ({dims[1]} channels: calib feeds RGB images, C must be 3)"
-        raise CalibError(f"{path}: {expected}, found {image.name} {_fmt(dims)} {_type_name(elem)}{hint}")
+        raise CalibError(f"{path}: {expected}, found {image.name} {_fmt(dims)} {_type_name(elem)}{hint}"
+                         f"{ARRAYS_HINT if elem != _FLOAT or dims is None or len(dims) != 4 else ''}")
     return image.name, dims
+
+
+# What the image intake says of a model it refuses that named arrays can feed.
+ARRAYS_HINT = " (to feed its inputs from arrays instead of images: --dataset npz, see docs/tasks.md)"
 
 
 def _check_output(path: Path, proto) -> None:

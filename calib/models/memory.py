@@ -16,13 +16,19 @@ The estimate is deliberately simple and on the safe side:
 What the machine has is psutil's `virtual_memory().available` (memory that can be given to a
 process without swapping), read in one function (`available_memory`) so tests can replace it.
 On a GPU the activations live in GPU memory: host memory then holds the images and the weights.
+A model fed named arrays (`memory_need_arrays`) counts each input's sample in its own dtype where
+an image model counts the image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 from calib.errors import CalibError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from calib.data.arrays import ArrayInput
 
 _FLOAT32 = 4
 _ELEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
@@ -92,6 +98,55 @@ def memory_need(proto, chw: tuple[int, int, int]) -> MemoryNeed:
         if all(s > 0 for s in sizes):
             activations += _tensor_bytes(sizes, t.elem_type)
     return MemoryNeed(weights, per_input, activations)
+
+
+def memory_need_arrays(proto, inputs: Sequence[ArrayInput]) -> MemoryNeed:
+    """The estimate for a model fed named arrays: `inputs` (calib.data.arrays.ArrayInput) give each
+    input's dtype and one sample's dimensions; `input` is one sample of all of them."""
+    import numpy as np
+
+    from calib.models.structure import skeleton
+
+    light = skeleton(proto)
+    inits = {t.name for t in light.graph.initializer}
+    weights = sum(_tensor_bytes(t.dims, t.data_type) for t in light.graph.initializer)
+    specs = {i.name: i for i in inputs}
+    per_input = sum(int(np.prod(i.shape, dtype=np.int64)) * np.dtype(i.dtype).itemsize for i in inputs)
+    fed = set()
+    for vi in light.graph.input:
+        spec = specs.get(vi.name)
+        if spec is None or vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        t.ClearField("shape")
+        for v in (1, *spec.shape):
+            t.shape.dim.add().dim_value = v
+        fed.add(vi.name)
+    return MemoryNeed(weights, per_input, _activations(light, inits | fed))
+
+
+def _activations(light, seen: set[str]) -> int:
+    """Bytes of every float tensor shape inference can size in `light` (inputs fixed at one sample)."""
+    import onnx
+
+    del light.graph.value_info[:]
+    for o in light.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except Exception:  # a graph inference cannot read: the inputs and weights alone
+        return 0
+    activations = 0
+    seen = set(seen)
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if vi.name in seen or t.elem_type not in _FLOATS or not t.HasField("shape"):
+            continue
+        seen.add(vi.name)
+        sizes = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
+        if all(s > 0 for s in sizes):
+            activations += _tensor_bytes(sizes, t.elem_type)
+    return activations
 
 
 def _tensor_bytes(dims, elem: int) -> int:

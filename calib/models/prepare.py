@@ -19,6 +19,13 @@ What users bring differs from what calib writes in ways that matter to a quantiz
   (files.save_model). ONNX shape inference fills value_info.
 
 The zoo's exports are already in this form and are used as they are (byte for byte).
+
+A model fed named arrays (`Model.arrays`: several inputs, or inputs that are not images) keeps
+every input, with its resolved dimensions (calib.models.intake) and its batch axis as declared: a
+dynamic one stays dynamic (checked to give the same outputs batched as one by one, or fixed at 1
+where ONNX Runtime cannot run it at 2, as above), a fixed one (a batch-1 export) stays fixed and is
+run at that batch. Its outputs are kept as the model gives them. The opset and ONNX Runtime's
+basic level as above (`_prepare_arrays`).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
 
 PREPARE_RECIPE = "prepare v1: image input only, batch dynamic, H/W fixed, opset>=13, ORT basic, (N,K) output"
 OUTPUTS_RECIPE = "outputs as the model gives them (detect, segment, generic)"
+ARRAYS_RECIPE = "prepare-arrays v1: every input kept, dims resolved, batch as declared, opset>=13, ORT basic, outputs as given"
 MIN_OPSET = 13  # per-channel Q/DQ
 
 
@@ -56,14 +64,18 @@ def prepared_path(model: Model) -> Path:
     the FP32 model to evaluate and build engines from: its output is (N, K) like the INT8 models'."""
     if is_zoo(model):
         return model.path
-    h, w = model.size
-    recipe = PREPARE_RECIPE if model.task == "classify" else f"{PREPARE_RECIPE}; {OUTPUTS_RECIPE}"
-    key = hashlib.sha256(f"{model.sha256}\n{h}x{w}\n{model.input_shape[0]}\n{recipe}".encode()).hexdigest()
+    if model.arrays:
+        shapes = "\n".join(f"{i.name}:{i.dtype}:{i.batch}:{'x'.join(map(str, i.shape))}" for i in model.inputs)
+        key = hashlib.sha256(f"{model.sha256}\n{shapes}\n{ARRAYS_RECIPE}".encode()).hexdigest()
+    else:
+        h, w = model.size
+        recipe = PREPARE_RECIPE if model.task == "classify" else f"{PREPARE_RECIPE}; {OUTPUTS_RECIPE}"
+        key = hashlib.sha256(f"{model.sha256}\n{h}x{w}\n{model.input_shape[0]}\n{recipe}".encode()).hexdigest()
     out = user_cache_dir() / "prepared" / f"{key[:24]}.onnx"
     if not out.is_file():
         files.user_cache_subdir("prepared")  # one line if CALIB_HOME cannot be written
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".prepare-") as tmp:
-            _prepare(model, Path(tmp), out)
+            (_prepare_arrays if model.arrays else _prepare)(model, Path(tmp), out)
     return out
 
 
@@ -107,6 +119,135 @@ def _prepare(model: Model, tmp: Path, out: Path) -> None:
     written = save_model(proto, tmp / out.name)
     for f in reversed(written):  # the side file first: a reader that sees the .onnx sees its data
         os.replace(f, out.parent / f.name)
+
+
+def _prepare_arrays(model: Model, tmp: Path, out: Path) -> None:
+    """The prepared graph of a model fed named arrays (see the module docstring)."""
+    from calib.models.structure import infer_shapes
+    from calib.onnx_io import load_model
+
+    proto = load_model(model.path)
+    _set_inputs(proto, model)
+    _forget_shapes(proto)
+    proto = _upgrade_opset(proto, model.path)
+    large = needs_external_data(proto)
+    src = tmp / "input.onnx"
+    save_model(proto, src)
+    del proto
+    optimized = tmp / "optimized.onnx"
+    _ort_basic(src, optimized, large, model.path)
+    batch_one = _probe_arrays(optimized, model)
+    proto = load_model(optimized)
+    drop_foreign_opsets(proto)
+    _rename_ort_initializers(proto)
+    if batch_one:   # said in the graph itself, as for an image model
+        _forget_shapes(proto)
+        for vi in proto.graph.input:
+            dim = vi.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_value = 1
+    infer_shapes(proto)
+    written = save_model(proto, tmp / out.name)
+    for f in reversed(written):  # the side file first: a reader that sees the .onnx sees its data
+        os.replace(f, out.parent / f.name)
+
+
+ORT_FUSION_NAMES = ("gemm_input_shape", "gemm_output_shape")
+
+
+def _rename_ort_initializers(proto) -> None:
+    """ONNX Runtime's basic level fuses a 3-D MatMul + Add with static shapes (a transformer whose
+    dimensions are all known, as a batch-1 export's are) into Reshape, Gemm, Reshape with
+    initializers named `gemm_input_shape`, `gemm_output_shape` (onnxruntime PR 22494). Loaded
+    again, the graph meets the same fusion, which adds those names anew and fails ("Attempt to
+    replace the existing tensor", ORT 1.2x); under names of calib's own it loads."""
+    renamed = {t.name: f"calib_{t.name}" for t in proto.graph.initializer if t.name.startswith(ORT_FUSION_NAMES)}
+    if not renamed:
+        return
+    for t in proto.graph.initializer:
+        t.name = renamed.get(t.name, t.name)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+
+
+def _set_inputs(proto, model: Model) -> None:
+    """Every input kept (the weights IR < 4 lists as inputs dropped), with its resolved dimensions."""
+    import onnx
+
+    g = proto.graph
+    inits = {t.name for t in g.initializer}
+    specs = {i.name: i for i in model.inputs}
+    keep = []
+    for vi in g.input:
+        if vi.name in inits:
+            continue
+        copy = onnx.ValueInfoProto()
+        copy.CopyFrom(vi)
+        spec = specs[vi.name]
+        t = copy.type.tensor_type
+        t.ClearField("shape")
+        for d in spec.dims():
+            dim = t.shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            else:
+                dim.dim_param = str(d)
+        keep.append(copy)
+    del g.input[:]
+    g.input.extend(keep)
+    proto.ir_version = max(proto.ir_version, 4)
+
+
+def _feed(model: Model, n: int, seed: int) -> dict[str, np.ndarray]:
+    """`n` samples for every input: standard normal floats (seeded), zeros elsewhere (a token id,
+    an index or a mask of 0 is valid wherever one is)."""
+    rng = np.random.default_rng(seed)
+    return {i.name: (rng.standard_normal((n, *i.shape)).astype(i.dtype) if np.dtype(i.dtype).kind == "f"
+                     else np.zeros((n, *i.shape), i.dtype)) for i in model.inputs}
+
+
+def _probe_arrays(path: Path, model: Model) -> bool:
+    """Run the optimized model on two samples, one by one and as a batch (at its own batch when the
+    model fixes it): whether a batch axis declared dynamic runs at batch 1 only (then fixed at 1,
+    as `_probe` does for images), and that a batch gives the outputs of its samples one by one."""
+    import onnxruntime as ort
+
+    from calib.onnx_io import ort_session
+
+    session = ort_session(path, "disabled")
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a failure here is said in calib's one line, not also in ORT's log
+    shapes = ", ".join(i.describe() for i in model.inputs)
+    fixed = next((i.batch for i in model.inputs if isinstance(i.batch, int)), None)
+    first = _feed(model, fixed or 1, 0)
+    try:
+        one = session.run(None, first, quiet)
+    except Exception as e:
+        raise CalibError(f"{model.path}: ONNX Runtime cannot run it on inputs {shapes} ({_first_line(e)}); are "
+                         f"those the sizes it takes (--input-shape)?") from None
+    if fixed is not None:
+        return False
+    second = _feed(model, 1, 1)
+    two = session.run(None, second, quiet)
+    pair_feed = {name: np.concatenate([first[name], second[name]]) for name in first}
+    try:
+        pair = session.run(None, pair_feed, quiet)
+    except Exception:
+        return True   # declared dynamic, runs at batch 1 only
+    name = model.inputs[0].name
+    for a, b, p in zip(one, two, pair):
+        a, b, p = np.asarray(a), np.asarray(b), np.asarray(p)
+        if a.ndim == 0 or a.shape[0] != 1 or p.shape[:1] != (2,) or not np.issubdtype(p.dtype, np.floating):
+            continue   # not an output with a batch axis: nothing to compare
+        single = np.concatenate([a, b])
+        scale = float(np.nanmax(np.abs(single))) if single.size else 0.0
+        if p.shape != single.shape or not np.allclose(p, single, rtol=1e-3, atol=1e-4 * (1 + scale), equal_nan=True):
+            raise CalibError(f"{model.path}: its outputs for a batch of 2 differ from those of the samples one by one "
+                             f"(output {tuple(p.shape)}); calib writes models with a dynamic batch: export it with a "
+                             f"dynamic batch axis (dynamic_axes={{'{name}': {{0: 'batch'}}, ...}})")
+    return False
 
 
 def _set_image_input(proto, model: Model) -> int | None:

@@ -33,6 +33,15 @@ class CollectResult:
     tensors: list[str]    # the observed tensors, in the order of the exposed model's outputs
 
 
+def fixed_batch_above_one(model: onnx.ModelProto) -> int | None:
+    """The batch size a graph fixes, when above 1 (a short last batch is then padded to it): only
+    a model fed named arrays keeps a fixed batch (calib.models.prepare)."""
+    from calib.models.prepare import fixed_batch
+
+    batch = fixed_batch(model)
+    return batch if batch is not None and batch > 1 else None
+
+
 def exposed_runner(model: onnx.ModelProto, tensors: list[str] | None, device: str = "cpu",
                    threads: int | None = None):
     """(runner of `model` with `tensors` exposed, the float tensors observed in output order)."""
@@ -55,7 +64,8 @@ def observe_pass(model: onnx.ModelProto, dataset: Dataset, observer, batch_size:
     """Walk `dataset` through `model` on `device` ("cpu" or "cuda:N") and show each exposed float
     tensor of each batch to `observer`. `runner`: an `exposed_runner` made beforehand (its
     creation then stays out of `seconds`). Any error ends the decoders and the observer thread
-    before it propagates."""
+    before it propagates. A model whose graph fixes its batch size above 1 gets its short last
+    batch padded to it (`calib.passes.walk`)."""
     runner, order = runner if runner is not None else exposed_runner(model, tensors, device)
     graph_inputs = {i.name for i in model.graph.input}
     inputs = [n for n in order if n in graph_inputs]
@@ -63,5 +73,5 @@ def observe_pass(model: onnx.ModelProto, dataset: Dataset, observer, batch_size:
     skips = SkipLog()
     source = batches(dataset, batch_size, device, decoder, workers, progress, skips)
     walked = walk(source, {"fp32": runner}, [Observe(observer, order, "fp32", inputs)],
-                  outputs={"fp32": outputs}, background=device == "cpu")
+                  outputs={"fp32": outputs}, background=device == "cpu", pad_to=fixed_batch_above_one(model))
     return CollectResult(walked.images, skips.skipped, walked.seconds, order)

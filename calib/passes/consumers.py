@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from calib import tensor
-from calib.passes.walk import Step
+from calib.passes.walk import Step, input_of
 
 
 class Observe:
@@ -39,7 +39,7 @@ class Observe:
         _set_batch(self.observer, step.index)
         outputs = step.outputs[self.runner]
         for name in self.names:
-            x = step.batch.images if name in self.inputs else outputs[name]
+            x = input_of(step.batch, name) if name in self.inputs else outputs[name]
             if not self.device_ready and tensor.on_device(x):
                 x = tensor.to_numpy(x)
             self.observer.observe(name, x)

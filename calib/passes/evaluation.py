@@ -63,15 +63,18 @@ def all_outputs(runner, images: Images, batch_size: int = 32) -> dict:
 
 def judge(runners: Mapping, dataset: "Dataset", metric, batch_size: int = 32, device: str = "cpu",
           decoder: str = "nvjpeg", workers: int | None = None, progress: str | None = "evaluating",
-          inputs: Callable[[list[str]], dict] | None = None):
+          inputs: Callable[[list[str]], dict] | None = None, fixed_batch: int | None = None):
     """The evaluation of a model that is not a classifier: runners "fp32" and "int8" on each batch,
     every output compared (`Judge`; `inputs`: the metric's further arguments per batch, e.g. its
-    ground truth). Returns (the Judge, skipped files, seconds)."""
+    ground truth). Returns (the Judge, skipped files, seconds). `fixed_batch`: the batch size the
+    models' graphs fix, if they do (every batch is padded to it)."""
     from calib.passes.consumers import Judge
 
     skips = SkipLog()
     source = batches(dataset, batch_size, device, decoder, workers, progress, skips)
     consumer = Judge(metric, inputs=inputs)
-    walked = walk(source, runners, [consumer], pad_to=padded_batch(batch_size, len(dataset)) if device != "cpu" else None,
-                  concurrent=device != "cpu", background=device != "cpu")
+    pad_to = padded_batch(batch_size, len(dataset)) if device != "cpu" else None
+    if fixed_batch is not None and fixed_batch > 1:
+        pad_to = fixed_batch
+    walked = walk(source, runners, [consumer], pad_to=pad_to, concurrent=device != "cpu", background=device != "cpu")
     return consumer, skips.skipped, walked.seconds

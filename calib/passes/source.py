@@ -2,7 +2,8 @@
 on a GPU (nvJPEG, or Pillow workers normalised on the GPU), or a decoded set held in memory.
 
 One function chooses by the device: the CPU path yields host batches, a GPU path device batches
-with the same fields (`keys`, `labels`, `images`), so the walk never asks where it runs.
+with the same fields (`keys`, `labels`, `images`), so the walk never asks where it runs. A dataset
+of named arrays (calib.data.arrays) is read in this process, on either side: nothing to decode.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from calib import tensor
 from calib.data import Batch, Dataset, SkipLog, iter_batches
+from calib.data.arrays import ArraySource, iter_arrays
 from calib.data.decoders import DECODERS
 from calib.errors import CalibError
 
@@ -25,6 +27,8 @@ def batches(dataset: Dataset, batch_size: int, device: str = "cpu", decoder: str
     the CPU path's preprocessing in worker processes, normalised on the GPU). Closing the
     iterator ends the decoders."""
     skips = skips if skips is not None else SkipLog()
+    if isinstance(dataset.source, ArraySource):
+        return iter_arrays(dataset, batch_size, device, progress)
     if device == "cpu":
         return iter_batches(dataset, batch_size, workers=workers, progress=progress, skips=skips)
     from calib.data.gpu_stream import gpu_batches

@@ -68,6 +68,11 @@ def inputs_of(batch: Any) -> Any:
     return batch.images
 
 
+def input_of(batch: Any, name: str) -> Any:
+    """The batch's input `name`: the named array of a batch of arrays, else its images."""
+    return batch.images[name] if isinstance(batch.images, dict) else batch.images
+
+
 def walk(source: Iterable, runners: Mapping[str, Any], consumers: Sequence[Consumer], *,
          outputs: Mapping[str, Sequence[str] | None] | None = None, pad_to: int | None = None,
          concurrent: bool = False, background: bool = False) -> Walked:

@@ -18,6 +18,7 @@ DECODE_NOTES = {
             "normalised on the GPU: the CPU path's pixels bit for bit"),
     "nvjpeg": ("images decoded by nvJPEG and resized on the GPU (Pillow's resampling bit for bit; nvJPEG's pixels "
                "differ from Pillow's by about one level; --gpu-decode pil gives the CPU path's pixels)"),
+    "arrays": "named arrays read on the host and copied to the GPU as they are (nothing decoded)",
 }
 
 
@@ -44,7 +45,7 @@ def header(*, model: str, dataset: str, demo: bool, backend: str, flavor: str, n
     warnings = list(notes)
     notes = list(notes)
     if placement.on_gpu:
-        notes.append(DECODE_NOTES["pil" if decoder == "pil" else "nvjpeg"])
+        notes.append(DECODE_NOTES[decoder if decoder in ("pil", "arrays") else "nvjpeg"])
     if int8_models and backend == "ort":
         note = exact_note(int8_models, placement.first)
         if note:

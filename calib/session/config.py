@@ -17,7 +17,7 @@ from calib.cache import CacheStore
 from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode
 from calib.errors import CalibError, Note
 from calib.fsutil import check_output_dir
-from calib.models import ZOO
+from calib.models import ZOO, parse_input_shapes
 from calib.placement import CPU, Launch, Placement
 
 
@@ -27,6 +27,7 @@ class RunConfig:
     model: str = "efficientnet_lite0"
     preprocess: str | None = None
     input_size: str | None = None        # H and W for a model with dynamic H/W ("224", "256x256")
+    input_shape: tuple[str, ...] = ()    # NAME=DxD: the dimensions after an input's batch axis (--input-shape)
     task: str = "auto"                   # classify, detect, segment, generic; auto: classify for class scores
     mean: str | None = None              # --mean R,G,B on the [0, 1] scale (torchvision's Normalize); None: the preset's
     std: str | None = None               # --std R,G,B, the same scale
@@ -69,6 +70,7 @@ class RunConfig:
         if self.dataset is None:
             self.dataset = "imagenet-val" if self.data_dir else "demo"
         self.exclude, self.exclude_ops = tuple(self.exclude), tuple(self.exclude_ops)   # the CLI gives lists
+        self.input_shape = tuple(self.input_shape)
 
     def placement(self) -> Placement:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
@@ -154,19 +156,21 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     return placement
 
 
-FOLDER_DATASETS = ("imagenet-val", "images")   # the datasets that read --data-dir and --eval-data-dir
+FOLDER_DATASETS = ("imagenet-val", "images", "npz")   # the datasets that read --data-dir and --eval-data-dir
 
 
 def check_dataset_options(config: RunConfig) -> None:
     """A folder option the chosen dataset does not read is refused: `--dataset demo --data-dir X`
     ran the embedded photos and ignored X, and an hf: dataset evaluated on itself whatever
-    --eval-data-dir said."""
+    --eval-data-dir said. A dataset reader (calib.data.readers) is handed both folders."""
     if config.dataset in FOLDER_DATASETS:
         return
     if config.dataset != "demo" and not (config.dataset.startswith("hf:") and len(config.dataset) > 3):
-        from calib.data.plan import DATASETS
+        from calib.data.plan import dataset_names, is_arrays
 
-        raise CalibError(f"unknown dataset '{config.dataset}' (choose from: {', '.join(DATASETS)})")
+        if is_arrays(config.dataset):
+            return
+        raise CalibError(f"unknown dataset '{config.dataset}' (choose from: {', '.join(dataset_names())})")
     given = [flag for flag, value in (("--data-dir", config.data_dir), ("--eval-data-dir", config.eval_data_dir))
              if value]
     if given:
@@ -225,16 +229,28 @@ def check_labels_option(config: RunConfig, task: str | None = None) -> None:
         raise CalibError(f"--labels {path} is a file: --task segment takes {LABELLED_TASKS['segment']}")
 
 
-def config_model(config: RunConfig):
-    """The model `config` names (--model, --preprocess, --input-size, --task), its preprocessing
-    with --mean, --std and --channel-order applied (`calib.data.transforms.normalised`): the one
-    place every command resolves it, so calibration, evaluation and the cache key see the same."""
+def config_model(config: RunConfig, arrays: bool | None = None):
+    """The model `config` names (--model, --preprocess, --input-size, --input-shape, --task): fed
+    named arrays when its dataset is arrays (npz, a dataset reader: `arrays`), images otherwise
+    (`arrays=None`, commands that read no data: images for a model with one image input), its
+    image preprocessing with --mean, --std and --channel-order applied
+    (`calib.data.transforms.normalised`): the one place every command resolves it, so
+    calibration, evaluation and the cache key see the same."""
     from dataclasses import replace
 
     from calib.data.transforms import normalised
     from calib.models import parse_input_size, resolve_model
 
-    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task)
+    model = resolve_model(config.model, config.preprocess, parse_input_size(config.input_size), config.task,
+                          parse_input_shapes(config.input_shape), arrays)
+    if model.arrays:
+        given = [flag for flag, v in (("--mean", config.mean), ("--std", config.std),
+                                      ("--channel-order", config.channel_order if config.channel_order != "rgb" else None))
+                 if v is not None]
+        if given:
+            raise CalibError(f"{' and '.join(given)} normalise images: {model.name} is fed named arrays, taken as "
+                             f"they are")
+        return model
     pre = normalised(model.preprocess, config.mean, config.std, config.channel_order)
     return model if pre is model.preprocess else replace(model, preprocess=pre)
 
@@ -284,23 +300,24 @@ def check_values(config: RunConfig) -> None:
         raise CalibError("batch sizes must be at least 1")
     if config.gpu_decode not in GPU_DECODERS:
         raise CalibError(f"--gpu-decode must be one of {', '.join(GPU_DECODERS)}, not '{config.gpu_decode}'")
+    parse_input_shapes(config.input_shape)   # a bad spec fails here; the names are checked against the model
 
 
 MAX_DEFAULT_SAMPLES = 500   # a few hundred images calibrate as well as thousands (README)
 
 
-def default_samples(config: RunConfig, evaluate: bool = True) -> int:
+def default_samples(config: RunConfig, evaluate: bool = True, source=None) -> int:
     """The calibration images when --samples is left out: half of the folder when the evaluation
     takes the rest of it, all of it otherwise (--eval-data-dir, calibrate, the demo), at most 500.
     A fixed 500 left nothing to evaluate on a 500-image folder, so compare and sensitivity failed
-    there by default."""
+    there by default. `source`: the dataset's source, when it was opened already (named arrays)."""
     if config.samples is not None:
         return config.samples
     if config.dataset == "demo":   # its evaluation photos are a source of their own
         return MAX_DEFAULT_SAMPLES
     from calib.data.plan import open_source
 
-    images = len(open_source(config.dataset, config.data_dir).samples)
+    images = len((source if source is not None else open_source(config.dataset, config.data_dir)).samples)
     shared = evaluate and config.eval_data_dir is None
     return max(1, min(MAX_DEFAULT_SAMPLES, images // 2 if shared else images))
 

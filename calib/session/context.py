@@ -11,7 +11,7 @@ from typing import Callable
 
 import onnx
 
-from calib.data.plan import DataPlan, plan_data
+from calib.data.plan import DataPlan, is_arrays, open_source, plan_data
 from calib.errors import CalibError
 from calib.models import Model, check_classes, fixed_batch, prepared_model
 from calib.placement import CPU, Placement
@@ -48,6 +48,17 @@ class RunSetup:
     placement: Placement = CPU
 
 
+def data_plan(config: RunConfig, model: Model, evaluate: bool = True) -> DataPlan:
+    """The calibration and evaluation data of `config` for `model` (a dataset of named arrays is
+    opened once: its files are checked against the model, a reader is read to its end)."""
+    source = open_source(config.dataset, config.data_dir, model.preprocess) if model.arrays else None
+    if evaluate:
+        return plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config, source=source),
+                         config.seed, config.eval_data_dir, config.eval_samples, source=source)
+    return plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config, False, source),
+                     config.seed, evaluate=False, source=source)
+
+
 def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = None,
           calibrators: list[str] | None = None) -> RunSetup:
     """What run, compare and sensitivity share: the model, the Q/DQ flavor, the calibration and
@@ -55,8 +66,12 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     command uses, when not `config.calibrator` alone (compare)."""
     out = Path(out) if out else default_out(config, kind)
     placement = check_config(config, calibrators, out)
-    model = config_model(config)
+    model = config_model(config, is_arrays(config.dataset))
     check_labels_option(config, model.task)   # --task auto resolved: labels for a classifier or a generic model
+    if model.arrays and (kind is not None or config.max_drop is not None or config.min_agreement is not None):
+        what = f"calib {kind}" if kind else "a fallback budget (--max-drop, --min-agreement)"
+        raise CalibError(f"{model.name} is fed named arrays (--dataset {config.dataset}): {what} needs images so far; "
+                         f"`calib run --task {model.task}` judges it output by output against FP32")
     if model.task != "classify" and kind not in (None, "sensitivity"):   # compare still reads top-1
         raise CalibError(f"{model.name} is a {model.task} model: calib {kind} needs a classifier so far; `calib run "
                          f"--task {model.task}` judges it output by output against FP32")
@@ -67,12 +82,10 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     check_decoder(config, model, placement)
     flavor = config.qdq_flavor or default_flavor(config.backend)
     fit_to_memory(config, model, placement)            # before the prepared model, whose probe runs it
-    samples = default_samples(config)
-    data = plan_data(config.dataset, config.data_dir, model.preprocess, samples, config.seed,
-                     config.eval_data_dir, config.eval_samples)
+    data = data_plan(config, model)
     prepared = prepared_model(model)
     run_at_fixed_batch(config, model, prepared)
-    if model.task == "classify":   # scored against labels: the class counts must agree
+    if model.task == "classify" and not model.arrays:   # scored against labels: the class counts must agree
         check_model_classes(model, data.calibration, prepared)
     return RunSetup(model, flavor, data, prepared, out, placement)
 
@@ -81,6 +94,8 @@ def check_decoder(config: RunConfig, model: Model, placement: Placement) -> None
     """The GPU's nvJPEG path resizes with the crop arithmetic of calib.data.resize_plan, which has
     no letterbox: a letterboxed model on a GPU decodes with the Pillow workers (the CPU path's
     pixels), refused in one line otherwise rather than failing mid-pass."""
+    if model.arrays:
+        return   # nothing to decode
     if placement.on_gpu and config.gpu_decode == "nvjpeg" and model.preprocess.crop == "letterbox":
         raise CalibError("--preprocess letterbox is decoded on a GPU by the Pillow workers: add --gpu-decode pil")
 
@@ -93,12 +108,13 @@ def fit_to_memory(config: RunConfig, model: Model, placement: Placement) -> None
     kernel's OOM killer ends the run with no message."""
     import warnings
 
-    from calib.models.memory import fit_batch, memory_need
+    from calib.models.memory import fit_batch, memory_need, memory_need_arrays
     from calib.onnx_io import load_model
 
     batches = config.pass_batch_sizes()
+    proto = load_model(model.path, external_data=False)
+    need = memory_need_arrays(proto, model.inputs) if model.arrays else memory_need(proto, (3, *model.size))
     on_host = not placement.on_gpu   # on a GPU the activations are the GPU's: the host holds the images
-    need = memory_need(load_model(model.path, external_data=False), (3, *model.size))
     for field, batch, what in zip(("calib_batch_size", "batch_size"), batches,
                                   ("the calibration pass", "the evaluation")):
         fits, note = fit_batch(need, batch, f"{model.name}: {what}", activations=on_host)
@@ -123,6 +139,10 @@ def run_at_fixed_batch(config: RunConfig, model: Model, prepared: onnx.ModelProt
     config.batch_size = config.calib_batch_size = batch
     skipped = config.speed_seconds > 0
     config.speed_seconds = 0
+    if model.arrays and isinstance(model.inputs[0].batch, int):   # fixed in the file: a batch-1 export
+        warnings.warn(f"{model.path.name} fixes its batch size at {batch}: calibrating and evaluating it at batch "
+                      f"{batch}" + ("; speed figures skipped" if skipped else ""), stacklevel=2)
+        return
     warnings.warn(f"{model.path.name} declares a dynamic batch axis but runs only at batch {batch} (its graph "
                   f"fixes a shape, an exporter defect): calibrating and evaluating it at batch {batch}"
                   + ("; speed figures skipped" if skipped else ""), stacklevel=2)
@@ -151,7 +171,7 @@ def report_header(config: RunConfig, setup: RunSetup, placement: Placement = CPU
 
     return header(model=setup.model.name, dataset=config.dataset_label(), demo=setup.data.demo,
                   backend=config.backend, flavor=setup.flavor, notes=setup.data.notes, model_sha256=setup.model.sha256,
-                  placement=placement, decoder=config.gpu_decode,
+                  placement=placement, decoder="arrays" if getattr(setup.model, "arrays", False) else config.gpu_decode,
                   decode_path=decode_for(setup.model.preprocess, placement, config.gpu_decode), int8_models=int8_models,
                   model_file=getattr(setup.model, "path", None), calibration=getattr(setup.data, "calibration", None),
                   evaluation=getattr(setup.data, "evaluation", None))

@@ -59,12 +59,12 @@ def test_a_group_option_for_a_runconfig_field_takes_its_default_from_runconfig()
 
 @pytest.mark.parametrize("group, values, part", [
     (ModelArgs(), {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256",
-                   "mean": "0.5,0.5,0.5", "std": None, "channel_order": "bgr"},
-     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256", "mean": "0.5,0.5,0.5",
-      "std": None, "channel_order": "bgr"}),
+                   "input_shape": ("input_ids=16",), "mean": "0.5,0.5,0.5", "std": None, "channel_order": "bgr"},
+     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256",
+      "input_shape": ("input_ids=16",), "mean": "0.5,0.5,0.5", "std": None, "channel_order": "bgr"}),
     (ModelArgs.without("mean", "std", "channel_order"),
-     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256"},
-     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256"}),
+     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256", "input_shape": ()},
+     {"model": "m.onnx", "task": "detect", "preprocess": "torchvision", "input_size": "256", "input_shape": ()}),
     (LabelArgs(), {"labels": "instances.json"}, {"labels": "instances.json"}),
     (CalibratorArgs(), {"calibrator": "percentile", "percentile": 99.9, "recalibrate": True},
      {"calibrator": "percentile", "calibrator_params": {"percentile": 99.9}, "recalibrate": True}),
@@ -102,7 +102,8 @@ def test_a_selection_names_existing_options_only():
 
 
 def test_run_config_refuses_a_field_given_twice():
-    model = ModelArgs("model", "task", "preprocess", "input_size").parse({"model": "a", "task": "auto", "preprocess": None, "input_size": None})
+    model = ModelArgs("model", "task", "preprocess", "input_size", "input_shape").parse(
+        {"model": "a", "task": "auto", "preprocess": None, "input_size": None, "input_shape": ()})
     with pytest.raises(TypeError, match="model"):
         run_config(model, model=None)
 

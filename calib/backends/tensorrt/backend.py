@@ -21,7 +21,7 @@ from .probe import NAMES, TENSORRT, TENSORRT_RTX, import_product, probe
 from .provenance import read_sidecar, warn_if_foreign
 from .runner import TrtRunner
 
-BUILD_OPTIONS = {"calibrator", "calibration_cache", "compute_capability"}
+BUILD_OPTIONS = {"calibrator", "calibration_cache", "compute_capability", "input_shapes"}
 
 
 class _TensorRTFamily(Backend):
@@ -50,9 +50,10 @@ class _TensorRTFamily(Backend):
         Options: min_batch, opt_batch, max_batch (optimization profile of a dynamic batch axis;
         defaults 1, max, 32; ignored for a fixed batch), workspace_mib (builder workspace limit),
         timing_cache (loaded if the file exists, saved after the build; TensorRT only), fp16
-        (TensorRT <= 10), calibrator / calibration_cache (implicit INT8, TensorRT <= 10) and
-        compute_capability (TensorRT-RTX). What does not apply to this product ends in a one-line
-        CalibError from the plan."""
+        (TensorRT <= 10), calibrator / calibration_cache (implicit INT8, TensorRT <= 10),
+        compute_capability (TensorRT-RTX) and input_shapes (input name -> the dimensions after the
+        batch axis, for those the ONNX file leaves dynamic). What does not apply to this product
+        ends in a one-line CalibError from the plan."""
         unknown = sorted(set(options) - BUILD_OPTIONS)
         if unknown:
             raise CalibError(f"unknown {self.label} build option(s): {', '.join(unknown)}")

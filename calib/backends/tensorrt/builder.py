@@ -9,6 +9,13 @@ https://docs.nvidia.com/deeplearning/tensorrt-rtx/latest/inference-library/cpu-e
 (`num_compute_capabilities = 1; set_compute_capability(ComputeCapability.SM89, 0)`).
 
 Nothing here branches on the product or its version: plan.py decided, this module follows.
+
+Profiles: axis 0 of every input is the batch axis; a dynamic one gets one optimization profile
+covering min..max batch for all inputs at once (TensorRT's rule: one profile sets every dynamic
+input, https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/work-dynamic-shapes.html).
+Every other dimension must be fixed in the ONNX file (calib's prepared graphs fix them from
+`--input-size` / `--input-shape`), or given by `input_shapes` (input name -> the dimensions after
+the batch axis), which then holds at min, opt and max alike.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ def build_engine(trt: ModuleType, features: Features, onnx_path: Path, out: Path
                  fp16: bool = False, min_batch: int | None = None, opt_batch: int | None = None,
                  max_batch: int | None = None, workspace_mib: int | None = None,
                  timing_cache: Path | None = None, calibrator: Any = None,
-                 calibration_cache: Path | None = None, compute_capability: int | None = None) -> Path:
+                 calibration_cache: Path | None = None, compute_capability: int | None = None,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> Path:
     """Build `onnx_path` into an engine at `out` (and `<out>.calib.json`); see TensorRTBackend.build."""
     onnx_path, out = Path(onnx_path), Path(out)
     label = NAMES.get(features.product, features.product)
@@ -61,8 +69,6 @@ def build_engine(trt: ModuleType, features: Features, onnx_path: Path, out: Path
     if not parser.parse_from_file(str(onnx_path)):
         raise CalibError(_parse_error(parser, logger, onnx_path, label))
     strongly_typed = _strongly_typed(trt, network, plan.strongly_typed)
-    if network.num_inputs != 1:
-        raise CalibError(f"{onnx_path}: expected one image input, found {network.num_inputs}")
 
     config = builder.create_builder_config()
     for flag in plan.builder_flags:
@@ -74,7 +80,7 @@ def build_engine(trt: ModuleType, features: Features, onnx_path: Path, out: Path
         if int(workspace_mib) < 1:
             raise CalibError(f"workspace_mib must be positive, got {workspace_mib}")
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    batch = _add_profile(builder, network, config, min_batch, opt_batch, max_batch)
+    batch = _add_profile(builder, network, config, min_batch, opt_batch, max_batch, input_shapes)
     if plan.implicit_int8:
         _attach_calibrator(builder, network, config, calibrator, batch, features.calibration_profile)
     if plan.timing_cache:
@@ -129,25 +135,55 @@ def _parse_error(parser, logger, onnx_path: Path, label: str) -> str:
     return f"{label} could not parse {onnx_path}: {first or 'no error given'}"
 
 
-def _add_profile(builder, network, config, min_batch, opt_batch, max_batch) -> tuple[int, int, int]:
-    """An optimization profile for a dynamic batch axis; returns (min, opt, max) batch."""
-    tensor = network.get_input(0)
-    dims = tuple(int(d) for d in tensor.shape)
-    if len(dims) != 4 or any(d < 0 for d in dims[1:]):
-        raise CalibError(f"input '{tensor.name}' must be (N, C, H, W) with fixed C, H, W; found {dims}")
-    if dims[0] >= 0:
-        asked = {b for b in (min_batch, opt_batch, max_batch) if b is not None}
-        if asked - {dims[0]}:
-            warnings.warn(f"the model's batch size is fixed at {dims[0]}: batch options ignored", stacklevel=3)
-        return dims[0], dims[0], dims[0]
-    hi = max_batch or DEFAULT_MAX_BATCH
-    lo = min_batch or 1
-    opt = opt_batch or hi
+def _input_dims(network, input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, dims) of every network input: the dimensions after the batch axis fixed (from the file
+    or `input_shapes`), the batch -1 where dynamic; a one-line error for one left dynamic."""
+    shapes = input_shapes or {}
+    out = []
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dims = tuple(int(d) for d in tensor.shape)
+        if tensor.name in shapes:
+            given = tuple(int(d) for d in shapes[tensor.name])
+            if len(given) != len(dims) - 1 or any(d >= 0 and d != g for d, g in zip(dims[1:], given)):
+                raise CalibError(f"input '{tensor.name}' is {dims}: the shape {given} given for it does not fit")
+            dims = (dims[0], *given)
+        if not dims or any(d < 0 for d in dims[1:]):
+            what = "(N, C, H, W) with fixed C, H, W" if len(dims) == 4 else "fixed dimensions after the batch axis"
+            raise CalibError(f"input '{tensor.name}' must be {what}; found {dims}")
+        out.append((tensor.name, dims))
+    return out
+
+
+def _add_profile(builder, network, config, min_batch, opt_batch, max_batch,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[int, int, int]:
+    """An optimization profile for a dynamic batch axis (every input's axis 0); returns (min, opt,
+    max) batch."""
+    inputs = _input_dims(network, input_shapes)
+    fixed = {dims[0] for _, dims in inputs if dims[0] >= 0}
+    if len(fixed) > 1:
+        raise CalibError(f"the model's inputs fix different batch sizes: {dict(inputs)}")
+    if fixed and all(dims[0] >= 0 for _, dims in inputs) and not input_shapes:
+        b = fixed.pop()
+        asked = {x for x in (min_batch, opt_batch, max_batch) if x is not None}
+        if asked - {b}:
+            warnings.warn(f"the model's batch size is fixed at {b}: batch options ignored", stacklevel=3)
+        return b, b, b
+    if fixed:   # a fixed batch with dimensions given for other axes: one shape, min = opt = max
+        lo = opt = hi = fixed.pop()
+    else:
+        hi = max_batch or DEFAULT_MAX_BATCH
+        lo = min_batch or 1
+        opt = opt_batch or hi
     if not 1 <= lo <= opt <= hi:
         raise CalibError(f"batch profile must satisfy 1 <= min <= opt <= max, got {lo}, {opt}, {hi}")
-    chw = dims[1:]
     profile = builder.create_optimization_profile()
-    profile.set_shape(tensor.name, (lo, *chw), (opt, *chw), (hi, *chw))
+    for name, dims in inputs:
+        rest = dims[1:]
+        if dims[0] >= 0:
+            profile.set_shape(name, dims, dims, dims)
+        else:
+            profile.set_shape(name, (lo, *rest), (opt, *rest), (hi, *rest))
     config.add_optimization_profile(profile)
     return lo, opt, hi
 
@@ -161,9 +197,11 @@ def _attach_calibrator(builder, network, config, calibrator, batch, calibration_
         n = int(calibrator.get_batch_size())
         if not batch[0] <= n <= batch[2]:
             raise CalibError(f"calibration batch {n} is outside the batch profile {batch[0]}..{batch[2]}")
-        chw = tuple(int(d) for d in tensor.shape)[1:]
         profile = builder.create_optimization_profile()
-        profile.set_shape(tensor.name, (n, *chw), (n, *chw), (n, *chw))
+        for i in range(network.num_inputs):
+            t = network.get_input(i)
+            rest = tuple(int(d) for d in t.shape)[1:]
+            profile.set_shape(t.name, (n, *rest), (n, *rest), (n, *rest))
         config.set_calibration_profile(profile)
 
 

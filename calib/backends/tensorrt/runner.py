@@ -1,4 +1,5 @@
-"""Run a serialized TensorRT / TensorRT-RTX engine: one image input, logits from the first output.
+"""Run a serialized TensorRT / TensorRT-RTX engine: its inputs (one image, or named arrays: a mapping
+input name -> array), its outputs.
 
 The engine API is the name-based one of TensorRT 10+ (and TensorRT-RTX, which kept it):
 set_input_shape, set_tensor_address, execute_async_v3 on a CUDA stream. Pages followed:
@@ -67,7 +68,8 @@ class CudaIO:
 
 
 class TrtRunner(Runner):
-    """Runs a serialized engine: one image input (numpy, or torch on its GPU), its outputs."""
+    """Runs a serialized engine: one image input, or several named ones (numpy, or torch on its GPU),
+    its outputs."""
 
     def __init__(self, trt: ModuleType, data: bytes, source: str = "engine", device: str = "cuda",
                  io: Any = None, label: str = "TensorRT") -> None:
@@ -86,10 +88,10 @@ class TrtRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or not outputs:
-            raise CalibError(f"{source}: expected one input and at least one output, found "
+        if not inputs or not outputs:
+            raise CalibError(f"{source}: expected inputs and at least one output, found "
                              f"{len(inputs)} and {len(outputs)}")
-        self.input_name, self.output_names = inputs[0], outputs
+        self.input_names, self.input_name, self.output_names = inputs, inputs[0], outputs
         self.dtypes = {n: torch_dtype(torch, trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         shape = tuple(int(d) for d in self.engine.get_tensor_shape(self.input_name))
         self.input_shape = shape[1:]          # (C, H, W) for time_runner
@@ -101,23 +103,25 @@ class TrtRunner(Runner):
         self._outputs: dict[str, Any] = {}
 
     def infer(self, feed, outputs=None) -> list:
-        """One image input, host (numpy) or device (torch on this engine's GPU): device input
-        gets the engine's own output tensors back (reused by the next call), host input host
-        copies. A mapping feed names the input."""
-        if isinstance(feed, dict):
-            if set(feed) != {self.input_name}:
-                raise CalibError(f"this engine takes one input '{self.input_name}', got {', '.join(feed)}")
-            feed = feed[self.input_name]
-        on_device = type(feed).__module__.startswith("torch") and getattr(feed, "is_cuda", False)
-        x = self.io.to_device(feed, self.dtypes[self.input_name])
-        n = int(x.shape[0])
+        """The inputs, host (numpy) or device (torch on this engine's GPU): device input gets the
+        engine's own output tensors back (reused by the next call), host input host copies. One
+        array feeds the first input; a mapping names every input."""
+        if not isinstance(feed, dict):
+            feed = {self.input_name: feed}
+        if set(feed) != set(self.input_names):
+            raise CalibError(f"this engine takes the inputs {', '.join(self.input_names)}, got {', '.join(feed)}")
+        first = feed[self.input_name]
+        on_device = type(first).__module__.startswith("torch") and getattr(first, "is_cuda", False)
+        xs = {name: self.io.to_device(feed[name], self.dtypes[name]) for name in self.input_names}
+        n = int(xs[self.input_name].shape[0])
         lo, hi = self.batch_range
         if not lo <= n <= hi:
             raise CalibError(f"batch of {n} is outside this engine's batch range {lo}..{hi} (rebuild with "
                              f"--min-batch/--max-batch)")
-        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
-            raise CalibError(f"TensorRT rejected input shape {tuple(x.shape)}: {self.logger.first_error}")
-        self.context.set_tensor_address(self.input_name, int(x.data_ptr()))
+        for name, x in xs.items():
+            if not self.context.set_input_shape(name, tuple(x.shape)):
+                raise CalibError(f"TensorRT rejected input shape {tuple(x.shape)} for {name}: {self.logger.first_error}")
+            self.context.set_tensor_address(name, int(x.data_ptr()))
         for name in self.output_names:
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
             out = self._outputs.get(name)

@@ -195,6 +195,43 @@ def test_rtx_builds_the_tensorrt_flavor(rtx, tmp_path, capsys):
     assert "differs" not in capsys.readouterr().err
 
 
+def _two_input_model(tmp_path, batch="N", seq=16):
+    """int64 ids (batch, seq) and a float mask (batch, seq): an embedding Gather times the mask."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.ones((10, 4), np.float32), "table")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("Unsqueeze", ["mask", "axis"], ["m"]), helper.make_node("Mul", ["e", "m"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [batch, seq]),
+                                            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [batch, seq])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, seq, 4])],
+                              [table, numpy_helper.from_array(np.array([2], np.int64), "axis")])
+    path = tmp_path / f"two-{batch}-{seq}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_one_profile_sets_every_input_of_a_model_with_several(monkeypatch, tmp_path):
+    backend, fake = fake_backend(monkeypatch, version="10.3.0.26")
+    out = backend.build(_two_input_model(tmp_path), tmp_path / "two.engine", "fp32", max_batch=8)
+    assert fake.calls["config"].profiles == [(("ids", (1, 16), (8, 16), (8, 16)),
+                                              ("mask", (1, 16), (8, 16), (8, 16)))]
+    assert read_sidecar(out)["batch"] == {"min": 1, "opt": 8, "max": 8}
+    # A dimension the file leaves dynamic: given by input_shapes (min = opt = max), else one line.
+    dynamic = _two_input_model(tmp_path, seq="T")
+    with pytest.raises(CalibError, match="input 'ids' must be fixed dimensions after the batch axis"):
+        backend.build(dynamic, tmp_path / "d.engine", "fp32")
+    backend.build(dynamic, tmp_path / "d.engine", "fp32", max_batch=4, input_shapes={"ids": (5,), "mask": (5,)})
+    assert fake.calls["config"].profiles == [(("ids", (1, 5), (4, 5), (4, 5)), ("mask", (1, 5), (4, 5), (4, 5)))]
+    with pytest.raises(CalibError, match="does not fit"):
+        backend.build(_two_input_model(tmp_path), tmp_path / "e.engine", "fp32", input_shapes={"ids": (5,)})
+
+
+def test_rtx_builds_a_model_with_an_int64_input_and_a_float_one(rtx, tmp_path):
+    out = rtx.build(_two_input_model(tmp_path), tmp_path / "two.engine", "fp32", max_batch=4)
+    assert read_sidecar(out)["batch"] == {"min": 1, "opt": 4, "max": 4}
+
+
 def test_rtx_builds_an_fp32_model_with_a_fixed_batch(rtx, tmp_path):
     fp32 = make_classifier(tmp_path / "fp32.onnx")
     model = onnx.load(str(fp32))

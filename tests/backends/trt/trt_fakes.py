@@ -207,8 +207,12 @@ class FakeTrt(types.ModuleType):
                 return True
 
         class Profile:
+            def __init__(self):
+                self.shapes = []
+
             def set_shape(self, tensor_name, lo, opt, hi):
-                self.shape = (tensor_name, lo, opt, hi)
+                self.shape = (tensor_name, lo, opt, hi)   # one input: the profile is its shape
+                self.shapes.append(self.shape)
 
         class TimingCache:
             def __init__(self, data):
@@ -229,7 +233,7 @@ class FakeTrt(types.ModuleType):
                 self.pool = (pool, size)
 
             def add_optimization_profile(self, profile):
-                self.profiles.append(profile.shape)
+                self.profiles.append(profile.shape if len(profile.shapes) == 1 else tuple(profile.shapes))
 
             def create_timing_cache(self, data):
                 return TimingCache(data)
