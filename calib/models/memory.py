@@ -64,8 +64,6 @@ def available_memory() -> int:
 def memory_need(proto, chw: tuple[int, int, int]) -> MemoryNeed:
     """The estimate of the module docstring for `proto` (its structure is enough: external data
     need not be loaded) run on (C, H, W) images; `proto` itself is not changed."""
-    import onnx
-
     from calib.models.structure import skeleton
 
     light = skeleton(proto)
@@ -80,24 +78,7 @@ def memory_need(proto, chw: tuple[int, int, int]) -> MemoryNeed:
         for d, v in zip(dims, (1, *chw)):
             d.Clear()
             d.dim_value = v
-    del light.graph.value_info[:]
-    for o in light.graph.output:
-        o.type.tensor_type.ClearField("shape")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
-    except Exception:  # a graph inference cannot read: the images and weights alone
-        return MemoryNeed(weights, per_input, 0)
-    activations = 0
-    seen = set(inits) | {image.name}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        t = vi.type.tensor_type
-        if vi.name in seen or t.elem_type not in _FLOATS or not t.HasField("shape"):
-            continue
-        seen.add(vi.name)
-        sizes = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
-        if all(s > 0 for s in sizes):
-            activations += _tensor_bytes(sizes, t.elem_type)
-    return MemoryNeed(weights, per_input, activations)
+    return MemoryNeed(weights, per_input, _activations(light, inits | {image.name}))
 
 
 def memory_need_arrays(proto, inputs: Sequence[ArrayInput]) -> MemoryNeed:

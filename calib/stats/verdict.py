@@ -220,6 +220,17 @@ def _size_figure(size_mb: dict | None) -> dict | None:
     return {"name": "size", "fp32_mb": f, "int8_mb": q, "ratio": round(q / f, 3), "text": text}
 
 
+def _recommendation(action: str, reason: str, verdict: AccuracyVerdict, figures: list[dict],
+                    layers: list[str]) -> Recommendation:
+    """The headline of `action` (naming the float layers, if any) and the one-sentence rendering."""
+    headline = _HEADLINES[action]
+    if action == SHIP_INT8_FLOAT_LAYERS:
+        shown = ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
+        headline = f"Ship INT8 with {len(layers)} layer{'s' if len(layers) != 1 else ''} in float ({shown})"
+    sentence = f"{headline}: {reason}; " + "; ".join(f["text"] for f in figures) + "."
+    return Recommendation(action, headline, sentence, reason, verdict, figures, layers)
+
+
 def recommend(result: PairedResult, tolerance: float = DEFAULT_TOLERANCE, speed: dict | None = None,
               size_mb: dict | None = None, float_layers: Sequence[str] = (), min_speedup: float = 1.0,
               backend: str | None = None) -> Recommendation:
@@ -259,12 +270,7 @@ def recommend(result: PairedResult, tolerance: float = DEFAULT_TOLERANCE, speed:
         reason = f"a top-1 loss up to {_pts(hi)} points cannot be ruled out on {_images(result.n)}; {need}"
         figures = [acc_fig, speed_fig, size_fig]
     figures = [f for f in figures if f is not None][:3]
-    headline = _HEADLINES[action]
-    if action == SHIP_INT8_FLOAT_LAYERS:
-        shown = ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
-        headline = f"Ship INT8 with {len(layers)} layer{'s' if len(layers) != 1 else ''} in float ({shown})"
-    sentence = f"{headline}: {reason}; " + "; ".join(f["text"] for f in figures) + "."
-    return Recommendation(action, headline, sentence, reason, verdict, figures, layers)
+    return _recommendation(action, reason, verdict, figures, layers)
 
 
 def metric_verdict(name: str, drop: float, drop_ci95: Sequence[float] | None, n: int,
@@ -328,12 +334,7 @@ def recommend_metric(name: str, drop: float, drop_ci95: Sequence[float] | None, 
                 else "evaluate on more images")
         reason = f"a {name} loss up to {_pts(hi)} points cannot be ruled out on {_images(n)}; {need}"
     figures = [f for f in (acc_fig, _size_figure(size_mb)) if f is not None]
-    headline = _HEADLINES[action]
-    if action == SHIP_INT8_FLOAT_LAYERS:
-        shown = ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
-        headline = f"Ship INT8 with {len(layers)} layer{'s' if len(layers) != 1 else ''} in float ({shown})"
-    sentence = f"{headline}: {reason}; " + "; ".join(f["text"] for f in figures) + "."
-    return Recommendation(action, headline, sentence, reason, verdict, figures, layers)
+    return _recommendation(action, reason, verdict, figures, layers)
 
 
 __all__ = ["distinct", "times", "DEFAULT_TOLERANCE", "EVALUATE_MORE", "SHIP_FP32", "SHIP_INT8", "SHIP_INT8_FLOAT_LAYERS",
