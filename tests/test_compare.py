@@ -127,6 +127,9 @@ def test_walkthrough_notebook_runs_top_to_bottom(imagenet_sample, tmp_path, monk
     assert set(compared["results"]) == set(CALIBRATORS)
     assert compared["fp32"]["top1"] > 0.5  # real images, correct preprocessing
     assert json.loads((out / "sensitivity" / "sensitivity.json").read_text())["sensitivity"]["rows"]
+    detected = json.loads((out / "detect" / "report.json").read_text())   # section 4: the detector
+    assert detected["task"] == "detect" and detected["metric"]["reference"] == "fp32"
+    assert any(n["reason"] == "head" for n in detected["placement"]["nodes"])
 
 
 def test_compare_ranks_by_logits_sqnr_with_intervals(tmp_path, tiny_classifier):
