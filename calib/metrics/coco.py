@@ -84,12 +84,17 @@ def match_images(keys: Sequence[str], coco: Mapping[str, Any]) -> dict[str, int]
 def detections_as_ground_truth(dets: Sequence[Detections], conf: float) -> dict:
     """FP32's detections as COCO ground truth (the `reference: "fp32"` mode): image i is id i + 1,
     category = class index, boxes with score >= `conf` (FP32's confident detections, the pseudo-labels;
-    its low-confidence ones would be ground truth nobody would label)."""
+    its low-confidence ones would be ground truth nobody would label), at most MAX_DETS per image and
+    category, the most confident: COCO's protocol scores that many detections per image and
+    category, so FP32 scores 1 against its own outputs however many it finds."""
     images, anns = [], []
     for i, d in enumerate(dets):
         images.append({"id": i + 1, "file_name": str(i + 1)})
-        for b, s, c in zip(d.boxes, d.scores, d.classes):
-            if s >= conf:
+        kept: dict[int, int] = {}
+        for j in np.argsort(-np.asarray(d.scores, np.float64), kind="stable"):
+            b, s, c = d.boxes[j], d.scores[j], int(d.classes[j])
+            if s >= conf and kept.get(c, 0) < MAX_DETS:
+                kept[c] = kept.get(c, 0) + 1
                 w, h = float(b[2] - b[0]), float(b[3] - b[1])
                 anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(c),
                              "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h, "iscrowd": 0})

@@ -103,6 +103,22 @@ def test_without_labels_fp32_is_the_reference():
 
 
 @needs_evaluator
+def test_fp32_scores_one_against_itself_with_more_confident_detections_than_coco_counts():
+    """150 separate confident cats per image: COCO scores 100 detections per image and category,
+    so the pseudo-labels keep FP32's 100 most confident (not 34/101 of the mAP)."""
+    n = 150
+    boxes = np.zeros((2, n, 4), np.float32)
+    scores = np.zeros((2, n, 2), np.float32)
+    for j in range(n):
+        x, y = 12 * (j % 15), 12 * (j // 15)
+        boxes[:, j] = [x, y, x + 10, y + 10]
+        scores[:, j, 0] = 0.5 + 0.4 * j / n
+    many = {"boxes": boxes, "scores": scores}
+    r = run(get_metric("detect", decoder="boxes-scores", resamples=20), many, many)
+    assert r.fp32 == pytest.approx(1.0) and r.int8 == pytest.approx(1.0)
+
+
+@needs_evaluator
 def test_the_interval_is_seeded():
     a = run(get_metric("detect", decoder="boxes-scores", resamples=100, seed=3), PERFECT, FLAWED)
     b = run(get_metric("detect", decoder="boxes-scores", resamples=100, seed=3), PERFECT, FLAWED)
