@@ -33,7 +33,7 @@ def as_json(data) -> None:
 def run_summary(r: dict, html: bool) -> None:
     if r["demo"]:
         typer.echo(DEMO_LINE)
-    if r.get("task", "classify") != "classify":   # a detector, a segmenter, any model: its metric and outputs
+    if "metric" in r:   # judged by its task's metric and its outputs (any task, or a model without labels)
         m = r["metric"]
         ci = m.get("drop_ci95")
         worst = min((o["sqnr_db"] for o in r["outputs"] if o["sqnr_db"] is not None), default=None)
@@ -41,6 +41,9 @@ def run_summary(r: dict, html: bool) -> None:
                    + (f" (95% CI {ci[0]:.4f} to {ci[1]:.4f})" if ci else "")
                    + f" against {'the labels' if m['reference'] == 'labels' else 'FP32'}; worst output SQNR "
                    + ("inf" if worst is None else f"{worst:.1f} dB") + f"  ({images(r['eval']['samples'])})")
+        v = r.get("verdict")
+        if v:
+            typer.echo(f"verdict: {v['headline']}: {v['reason']}")
         typer.echo(f"report: {os.path.dirname(r['int8_model'])}/report.md" + (" and report.html" if html else ""))
         report_warnings(r)
         return

@@ -356,8 +356,9 @@ class BudgetArgs(Group):
     """An accuracy budget: the most damaging layers stay in float until it is met (calib.restore)."""
     options = {
         "max_drop": opt(Optional[float], "--max-drop",
-                        help="accuracy budget: largest top-1 drop as a fraction (0.002 = 0.2 points); the most "
-                             "damaging layers stay in float until it is met"),
+                        help="accuracy budget: largest drop as a fraction (0.002 = 0.2 points) of top-1 for a "
+                             "classifier, of the task metric otherwise (mAP@0.5:0.95, mIoU, argmax agreement); the "
+                             "most damaging layers stay in float until it is met"),
         "min_agreement": opt(Optional[float], "--min-agreement",
                              help="accuracy budget: smallest top-1 agreement with FP32 (0.995 = 99.5%)"),
     }

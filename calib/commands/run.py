@@ -45,7 +45,14 @@ def run(config: RunConfig) -> RunBase:
     if not runnable:  # evaluation runs the engines: say so before any calibration work
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
-    labels = None if s.model.task == "classify" and not s.model.arrays else check_task(config, s)
+    # A classifier is judged by top-1 against its images' labels; without labels (a plain folder of
+    # images, named arrays), like every other task, output by output and by its metric against FP32.
+    by_labels = s.model.task == "classify" and not s.model.arrays and s.data.evaluation.labelled()
+    if s.model.task == "classify" and not by_labels and (config.max_drop is not None or config.min_agreement is not None):
+        raise CalibError(f"a fallback budget on a classifier is a top-1 budget, which needs labelled images "
+                         f"(imagenet-val's class folders, hf:); --dataset {config.dataset} has none: run without "
+                         f"--max-drop/--min-agreement judges INT8 against FP32's own predictions")
+    labels = None if by_labels else check_task(config, s)
     with staged_dir(s.out) as stage:
         outcome = calibrate_run(config, s)
         int8 = int8_model(config, s, outcome, labels)

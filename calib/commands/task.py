@@ -62,6 +62,10 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
     metric = judged.metric.result()
     size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
     header = report_header(config, s, s.placement, {"int8": int8_onnx})
+    if metric.reference == "labels" and metric.fp32 < 0.01:
+        header.warn(f"FP32 itself scores {metric.fp32:.4f} {metric.name} against the labels: the labels, their class "
+                    f"mapping or the preprocessing are probably not the model's; every INT8 figure beside it is "
+                    f"then meaningless")
     report = TaskReport(
         header=header, task=model.task, calibrator=config.calibrator,
         calibrator_params=outcome.entry.metadata.key.calibrator_params if outcome.entry.metadata else {},
@@ -102,12 +106,17 @@ def fallback_section(result: FallbackResult, metric) -> FallbackReport:
 def verdict(metric, max_drop: float | None, size_mb: dict, int8: Int8) -> dict:
     """The recommendation from the task metric's drop and its paired interval (the budget, when
     one is set, is the tolerance, as for a classifier)."""
-    from calib.stats.verdict import DEFAULT_TOLERANCE, recommend_metric
+    from calib.stats.verdict import DEFAULT_TOLERANCE, EVALUATE_MORE, recommend_metric
 
     tolerance = DEFAULT_TOLERANCE if max_drop is None else min(max(max_drop, 0.001), 0.999)
     layers = int8.fallback.float_layers if int8.fallback is not None else ()
-    return recommend_metric(metric.name, metric.drop, metric.drop_ci95, metric.n, tolerance, size_mb,
-                            layers).to_json()
+    rec = recommend_metric(metric.name, metric.drop, metric.drop_ci95, metric.n, tolerance, size_mb, layers).to_json()
+    if metric.reference == "labels" and metric.fp32 < 0.01:   # nothing to lose: no decision to make from it
+        rec.update(action=EVALUATE_MORE, headline="Not decided yet",
+                   reason=f"FP32 itself scores {metric.fp32:.4f} {metric.name} against the labels; check the labels "
+                          f"and the preprocessing first")
+        rec["sentence"] = f"{rec['headline']}: {rec['reason']}."
+    return rec
 
 
 def check_task_fits(prepared, task: str, size: "tuple[int, int] | dict") -> dict:

@@ -32,6 +32,10 @@ class Dataset:
     def fingerprint(self) -> str:
         return self.source.fingerprint(self.samples)
 
+    def labelled(self) -> bool:
+        """Every sample has a class label (`--dataset images` and named arrays have none)."""
+        return all(s.label >= 0 for s in self.samples)
+
     @property
     def unlabeled(self) -> list[str]:
         """Images the source found but left out for lack of a label (reports show the count)."""

@@ -17,7 +17,10 @@ from calib.report.schema import as_json
 
 
 def _num(x, digits: int = 4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
+    if x is None:
+        return "n/a"
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text   # no "-0.0000"
 
 
 def _ci(ci, fmt=db) -> str:
@@ -42,12 +45,15 @@ def render_markdown(r: dict) -> str:
              *([f"**{r['verdict']['sentence']}**", ""] if r.get("verdict") else []),
              f"- {metric_line(r['metric'])}",
              *([f"- labels: `{r['labels']}`"] if r.get("labels") else []),
-             f"- worst output SQNR {db(worst)} over {images(r['eval']['samples'])} of {evaluation_text(r)}",
+             f"- worst output SQNR {db(worst)} dB over {images(r['eval']['samples'])} ({r['eval']['skipped']} skipped) "
+             f"of {evaluation_text(r)}",
              f"- calibration: {images(r['calibration']['samples'])}, cache `{r['calibration']['cache']}`"
              f"{' (reused)' if r['calibration']['reused'] else ''}"]
     lines += [f"- {what}: `{value}`" for what, value in origin_rows(r)] + note_lines(r)
     lines += ["", "| output | shape per image | SQNR | SQNR 95% CI | cosine |", "|---|---|---:|---:|---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in output_rows(r)]
+    if r["eval"].get("skipped_files"):
+        lines += ["", "Skipped (undecodable) images:"] + [f"- `{f}`" for f in r["eval"]["skipped_files"]]
     lines += fallback_lines(r.get("fallback"))
     kept = (r.get("placement") or {}).get("nodes") or []
     if kept:

@@ -280,7 +280,8 @@ def metric_verdict(name: str, drop: float, drop_ci95: Sequence[float] | None, n:
     non-inferiority rule as top-1 (`recommend`), read off the interval alone (there is no exact
     test of a mAP): a loss when the whole interval is above 0 and the drop above the tolerance, a
     gain when it is below 0, no measurable loss when its upper end is below the tolerance, else
-    inconclusive. Images needed: the interval's half-width shrinks as 1/sqrt(n) (the bootstrap's
+    inconclusive. An interval of no width (no image changed) reaches up to the exact bound of 0
+    changed images in n. Images needed: the interval's half-width shrinks as 1/sqrt(n) (the bootstrap's
     own scaling), so n (half-width / room)^2 images bring its upper end under the tolerance, room
     being the distance from the drop to the tolerance; None when the drop itself reaches it."""
     if not 0.0 < tolerance < 1.0:
@@ -290,6 +291,12 @@ def metric_verdict(name: str, drop: float, drop_ci95: Sequence[float] | None, n:
         return AccuracyVerdict("inconclusive", f"no interval for the {name} drop on {_images(n)}: evaluate on "
                                                f"more images", drop_ci95=[drop, drop], **common)
     lo, hi = drop_ci95
+    if lo == hi and n > 0:
+        # No image moved the metric: resamples of identical pairs never spread, so the bootstrap
+        # interval is a point. A change on fewer than 1 in n images is not ruled out by n images:
+        # the upper end is at least the exact 95% bound of 0 changed images in n (Clopper-Pearson),
+        # as Tango's interval of a classifier's top-1 drop is with no discordant image.
+        hi = max(hi, 1.0 - 0.025 ** (1.0 / n))
     ci = f"95% CI of the {name} drop {_pts(lo)} to {_pts(hi)} points on {_images(n)}"
     common["drop_ci95"] = [lo, hi]
     if lo > 0.0 and drop > tolerance:

@@ -293,3 +293,14 @@ def test_a_metric_without_an_interval_asks_for_more_images_and_a_gain_is_a_gain(
 
     assert metric_verdict("mAP", 0.0, None, 1).kind == "inconclusive"
     assert metric_verdict("mAP", -0.03, [-0.05, -0.01], 300).kind == "gain"
+
+
+def test_an_interval_of_no_width_does_not_claim_more_than_its_images_can_tell():
+    """Identical outputs give a bootstrap interval [0, 0] on any number of images: 3 images cannot
+    rule out a 1-point loss, 1000 can (the exact bound of 0 changed images in n, 3.7 in 1000)."""
+    from calib.stats.verdict import metric_verdict
+
+    few = metric_verdict("mAP", 0.0, [0.0, 0.0], 3, tolerance=0.01)
+    assert few.kind == "inconclusive" and few.drop_ci95[1] > 0.5
+    many = metric_verdict("mAP", 0.0, [0.0, 0.0], 1000, tolerance=0.01)
+    assert many.kind == "no_loss" and 0.003 < many.drop_ci95[1] < 0.004
