@@ -98,7 +98,7 @@ SENSITIVITY = "calib.commands.sensitivity", "rank_sensitivity"
 @with_groups
 def sensitivity(
     *, model: ModelArgs, data: DataArgs = DataArgs.without("eval_samples"), calibrator: CalibratorArgs,
-    quantize: QuantizeArgs,
+    quantize: QuantizeArgs, decoding: LabelArgs = LabelArgs("decoder", "decoder_params"),
     images: int = opt("--images", min=1, default=param(*SENSITIVITY), help="evaluation images the ranking runs on"),
     weighted_only: bool = opt("--weighted-only", default=param(*SENSITIVITY), help="rank Conv/Gemm/MatMul only"),
     batches: BatchArgs, output: OutputArgs = OutputArgs("cache_dir", "out"), device: DeviceArgs,
@@ -107,7 +107,7 @@ def sensitivity(
     the output a layer hurts most for --task detect|segment|generic)."""
     from calib.commands.sensitivity import rank_sensitivity
 
-    config = run_config(model, data, calibrator, quantize, batches, output, device)
+    config = run_config(model, data, decoding, calibrator, quantize, batches, output, device)
     report = rank_sensitivity(config, config.out, images=images, weighted_only=weighted_only)
     console.sensitivity_summary(report.to_json())
 

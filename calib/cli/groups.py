@@ -250,6 +250,13 @@ class LabelArgs(Group):
                       help="ground truth: a COCO JSON file for --task detect (images matched by file name), a folder "
                            "of masks <image stem>.png or .npy for --task segment (the image's size, or the output's); "
                            "the metric is then against it (reference: labels), not against FP32"),
+        "decoder": opt(str, "--decoder",
+                       help="how --task detect reads the outputs: ultralytics (one (N, 4+C, A) output), boxes-scores "
+                            "(SSD/RetinaNet: boxes and scores), or a plug-in of group calib.metrics.decoders (default "
+                            "auto: by the outputs' layout)"),
+        "decoder_params": opt(list[str], "--decoder-param",
+                              help="KEY=VALUE for the decoder, repeatable: transposed=true ((N, A, 4+C)), "
+                                   "box_format=yxyx|cxcywh, normalized=true, activation=sigmoid|softmax, background=0"),
     }
 
 

@@ -21,7 +21,7 @@ from calib.restore.ranker import rank_layers
 from calib.restore.score import CLASSIFY, scorer_for
 from calib.fsutil import staged_dir
 from calib.report.header import chance_warning
-from calib.session.config import RunConfig
+from calib.session.config import RunConfig, metric_params
 from calib.session.context import class_count, report_header, setup
 
 
@@ -33,11 +33,12 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
         raise CalibError("--images must be at least 1")
     s = setup(config, out, "sensitivity")
     model, flavor, data, prepared, out = s.model, s.flavor, s.data, s.prepared, s.out
-    scorer = scorer_for(model.task)
+    params = metric_params(config, model.task) if model.task != CLASSIFY else {}
+    scorer = scorer_for(model.task, **params)
     if model.task != CLASSIFY:
         from calib.commands.task import check_task_fits
 
-        check_task_fits(prepared, model.task, model.size)   # before any calibration
+        check_task_fits(prepared, model.task, model.size, **params)   # before any calibration
     with staged_dir(out) as stage:
         placement = s.placement
         outcome = calibrate(model, prepared, data.calibration, config.calibrator, config.cache_store(),

@@ -27,7 +27,7 @@ from calib.report.header import eval_section
 from calib.report.schema import FallbackReport, TaskReport
 from calib.restore.search import FallbackResult, slower_than_fp32
 from calib.report.task import write_task_report
-from calib.session.config import RunConfig
+from calib.session.config import RunConfig, metric_params
 from calib.session.context import RunSetup, report_header
 
 
@@ -35,8 +35,10 @@ def check_task(config: RunConfig, s: RunSetup) -> TaskLabels:
     """What is checked before any calibration: that the task's metric reads the model's outputs,
     and that the labels (--labels) fit the evaluation images. Returns the labels (none: the
     metric is against FP32)."""
-    probe = check_task_fits(s.prepared, s.model.task, s.model.preprocess.zeros(1) if s.model.arrays else s.model.size)
-    return read_labels(s.model.task, config.labels, s.data.evaluation, probe)
+    params = metric_params(config, s.model.task)
+    probe = check_task_fits(s.prepared, s.model.task, s.model.preprocess.zeros(1) if s.model.arrays else s.model.size,
+                            **params)
+    return read_labels(s.model.task, config.labels, s.data.evaluation, probe, **params)
 
 
 def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: CalibrationOutcome, int8: Int8,
@@ -119,7 +121,7 @@ def verdict(metric, max_drop: float | None, size_mb: dict, int8: Int8) -> dict:
     return rec
 
 
-def check_task_fits(prepared, task: str, size: "tuple[int, int] | dict") -> dict:
+def check_task_fits(prepared, task: str, size: "tuple[int, int] | dict", **params) -> dict:
     """The task's metric must read the model's outputs (a detector's layout, a segmenter's class
     map): one gray image (or, for a model fed named arrays, `size` is a feed of zeros) through the
     FP32 model and the metric, so a --task that does not fit the outputs ends in the metric's one
@@ -138,7 +140,7 @@ def check_task_fits(prepared, task: str, size: "tuple[int, int] | dict") -> dict
     finally:
         runner.close()
     outputs = dict(zip(runner.output_names, values))
-    metric = get_metric(task)
+    metric = get_metric(task, **params)
     keys = ["probe"] if not isinstance(size, dict) else [f"probe{i}" for i in range(batch)]
     metric.update("fp32", keys, outputs)
     metric.update("int8", keys, outputs)

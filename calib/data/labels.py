@@ -57,20 +57,21 @@ class TaskLabels:
 
 
 def read_labels(task: str, path: str | os.PathLike | None, dataset: Dataset,
-                outputs: Mapping[str, np.ndarray]) -> TaskLabels:
+                outputs: Mapping[str, np.ndarray], **params: Any) -> TaskLabels:
     """`path` read as ground truth of `task` against the evaluation `dataset` and checked: every
     image has its entry, and the entries fit the model. `outputs`: the FP32 model's outputs for one
-    image (their layout gives the class count and the output's size). One-line CalibErrors."""
+    image (their layout gives the class count and the output's size); `params`: the metric's other
+    arguments (a detector's decoder). One-line CalibErrors."""
     if path is None:
-        return TaskLabels(task)
+        return TaskLabels(task, params=dict(params))
     path = Path(path).expanduser()
     sizes = ImageSizes(dataset)
     if task == "detect":
         coco = load_coco_labels(path)
-        probe = get_metric("detect", labels=coco)
+        probe = get_metric("detect", labels=coco, **params)
         probe.update("fp32", ["probe"], outputs)   # the decoder tells the model's class count
         probe.check_labels(sizes.readable())
-        return TaskLabels(task, path.resolve(), {"labels": coco}, BoxGeometry(sizes))
+        return TaskLabels(task, path.resolve(), {"labels": coco, **params}, BoxGeometry(sizes))
     if task == "segment":
         x = first_output(outputs, None, "segment")
         masks = MaskLabels(MaskFolder(path), sizes, tuple(int(d) for d in x.shape[-2:]))

@@ -33,6 +33,8 @@ class RunConfig:
     std: str | None = None               # --std R,G,B, the same scale
     channel_order: str = "rgb"           # the model's input channels: rgb, or bgr (OpenCV-trained models)
     labels: str | None = None            # ground truth of the task metric: a COCO JSON file (detect), a mask folder (segment)
+    decoder: str = "auto"                # how --task detect reads the outputs: a registered decoder (calib.metrics.decode)
+    decoder_params: tuple[str, ...] = ()  # KEY=VALUE for that decoder (--decoder-param transposed=true)
     exclude: tuple[str, ...] = ()        # node-name regexes left float (--exclude), beside the heads
     exclude_ops: tuple[str, ...] = ()    # op types left float (--exclude-op)
 
@@ -71,6 +73,7 @@ class RunConfig:
             self.dataset = "imagenet-val" if self.data_dir else "demo"
         self.exclude, self.exclude_ops = tuple(self.exclude), tuple(self.exclude_ops)   # the CLI gives lists
         self.input_shape = tuple(self.input_shape)
+        self.decoder_params = tuple(self.decoder_params)
 
     def placement(self) -> Placement:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
@@ -227,6 +230,28 @@ def check_labels_option(config: RunConfig, task: str | None = None) -> None:
         raise CalibError(f"--labels {path} is a folder: --task detect takes {LABELLED_TASKS['detect']}")
     if task == "segment" and not path.is_dir():
         raise CalibError(f"--labels {path} is a file: --task segment takes {LABELLED_TASKS['segment']}")
+
+
+def metric_params(config: RunConfig, task: str) -> dict:
+    """What `calib.metrics.get_metric(task)` takes from the options: for detect, the decoder
+    (--decoder, "auto": by the outputs' layout) and its parameters (--decoder-param KEY=VALUE, the
+    value read as JSON where it parses: true, 3, 0.5, "xyxy")."""
+    if task != "detect":
+        if config.decoder != "auto" or config.decoder_params:
+            raise CalibError(f"--decoder and --decoder-param read a detector's outputs: --task {task} has no decoder")
+        return {}
+    import json
+
+    params = {}
+    for item in config.decoder_params:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CalibError(f"--decoder-param wants KEY=VALUE (transposed=true, background=0), not '{item}'")
+        try:
+            params[key.strip()] = json.loads(value)
+        except ValueError:
+            params[key.strip()] = value
+    return {"decoder": config.decoder, "decoder_params": params} if config.decoder != "auto" or params else {}
 
 
 def config_model(config: RunConfig, arrays: bool | None = None):
