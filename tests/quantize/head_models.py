@@ -136,16 +136,26 @@ def minmax_ranges(model: onnx.ModelProto, batch: np.ndarray, batches: int = 4) -
     return {name: r.amax for name, r in cal.compute().items()}
 
 
-def predict(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+def predict(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of `model` on `x`, by ONNX Runtime."""
     from calib.backends.ort import OrtRunner
 
-    return OrtRunner(model).run(x)
+    runner = OrtRunner(model)
+    try:
+        return runner.infer(x)
+    finally:
+        runner.close()
 
 
-def topk_overlap(reference: np.ndarray, out: np.ndarray, k: int) -> float:
-    """Mean over images of |top-k anchors by score, FP32 ∩ INT8| / k; output (N, 4 + C, A)."""
-    ref, got = reference[:, 4:].max(1), out[:, 4:].max(1)
-    return float(np.mean([len(set(np.argsort(-r)[:k]) & set(np.argsort(-g)[:k])) / k for r, g in zip(ref, got)]))
+def anchor_scores(outputs: list[np.ndarray]) -> np.ndarray:
+    """Each anchor's best class score (N, A): from ultralytics' one output (N, 4 + C, A), or from the
+    scores (N, A, C) that follow the boxes in SSD's two outputs."""
+    return outputs[0][:, 4:].max(1) if len(outputs) == 1 else outputs[1].max(2)
+
+
+def topk_overlap(reference: np.ndarray, got: np.ndarray, k: int) -> float:
+    """Mean over images of |top-k anchors by score, FP32 ∩ INT8| / k; scores (N, A)."""
+    return float(np.mean([len(set(np.argsort(-r)[:k]) & set(np.argsort(-g)[:k])) / k for r, g in zip(reference, got)]))
 
 
 def head_quantized(flavor: str, tensor: str):
@@ -177,12 +187,18 @@ def through_identity(model: onnx.ModelProto, output: str) -> tuple[onnx.ModelPro
 
 def placements(model: onnx.ModelProto, amax: dict[str, float], flavor: str, concat: str) -> dict[str, onnx.ModelProto]:
     """The three placements of the issue's test, from the same ranges: the default (heads float), only
-    the convolutions quantized (no head analysis: every Conv, the DFL's included, and nothing else),
-    and the head quantized (no head analysis, and the box+score Concat `concat` under one scale over
-    pixels and scores, as the old ort placement had it)."""
+    the convolutions quantized (no head analysis: every Conv, the DFL's and the predictions' included,
+    and nothing else), and the head quantized (no head analysis, and `concat` quantized: YOLO's
+    box+score Concat under one scale over pixels and scores, as the old ort placement had it; an SSD's
+    scores output)."""
+    import warnings
+
     from calib.quantize import quantize_model
 
     conv_only = sorted({n.op_type for n in model.graph.node} - {"Conv"})
+    with warnings.catch_warnings():   # an op type the flavor's rewrite removed (the ort flavor's folded Clip)
+        warnings.filterwarnings("ignore", "--exclude-op .* matches no node")
+        convs, _ = quantize_model(model, amax, flavor, protect_heads=False, exclude_ops=conv_only)
     if concat in {o.name for o in model.graph.output}:
         head_model, head_tensor = through_identity(model, concat)
         head_amax = {**amax, head_tensor: amax[concat]}
@@ -190,7 +206,7 @@ def placements(model: onnx.ModelProto, amax: dict[str, float], flavor: str, conc
         head_model, head_tensor, head_amax = model, concat, amax
     return {
         "default": quantize_model(model, amax, flavor)[0],
-        "convs only": quantize_model(model, amax, flavor, protect_heads=False, exclude_ops=conv_only)[0],
+        "convs only": convs,
         "head quantized": quantize_model(head_model, head_amax, head_quantized(flavor, head_tensor),
                                          protect_heads=False)[0],
     }
@@ -199,5 +215,5 @@ def placements(model: onnx.ModelProto, amax: dict[str, float], flavor: str, conc
 def topk_overlaps(model: onnx.ModelProto, qdq: dict[str, onnx.ModelProto], x: np.ndarray) -> dict[str, list[float]]:
     """Per placement of `qdq` (name -> Q/DQ model of `model`), the top-k overlap with FP32 on `x`,
     for k in KS."""
-    fp32 = predict(model, x)
-    return {name: [topk_overlap(fp32, predict(q, x), k) for k in KS] for name, q in qdq.items()}
+    fp32 = anchor_scores(predict(model, x))
+    return {name: [topk_overlap(fp32, anchor_scores(predict(q, x)), k) for k in KS] for name, q in qdq.items()}
