@@ -5,7 +5,8 @@ For each architecture (vision_tasks.ARCHS and task_archs' BERT-like model) and e
 dynamo): the export -> `calib calibrate` -> `calib run --task ... --dataset images|npz` in each Q/DQ
 flavor -> `calib build --qdq-flavor tensorrt` -> TensorRT-RTX's parser and builder (trt_rtx.py). For
 the detectors, the top-k check of tests/quantize/head_models.py on the real evaluation images: the
-default placement, convolutions only and the head quantized, from the run's own ranges.
+default placement, convolutions only, the head quantized, and the default with the ort flavor's
+integer SiLU gates and Concats left float, from the run's own ranges.
 
 Data: real photos of the shared ImageNet sample, picked by a seeded permutation of their sorted
 paths and linked (never copied) into folders under the work folder: `bn` (64 images that set the
