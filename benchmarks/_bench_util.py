@@ -242,7 +242,9 @@ def machine_info() -> dict:
 
 
 # ---------------------------------------------------------------------------------- RESULTS.md
-PRESERVED = (("<!-- gpu-stream:begin -->", "<!-- gpu-stream:end -->"), ("<!-- gpu:begin -->", "<!-- gpu:end -->"))
+PRESERVED = (("<!-- gpu-stream:begin -->", "<!-- gpu-stream:end -->"), ("<!-- gpu:begin -->", "<!-- gpu:end -->"),
+             ("<!-- gpu-pass:begin -->", "<!-- gpu-pass:end -->"),               # benchmarks/gpu_pass.py
+             ("<!-- corpus-tasks:begin -->", "<!-- corpus-tasks:end -->"))       # benchmarks/corpus_tasks.py
 LIMITS = ("<!-- limits:begin -->", "<!-- limits:end -->")
 
 

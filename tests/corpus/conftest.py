@@ -1,5 +1,5 @@
 """Fixtures of the conformance corpus: images, exports and pipeline results cached per session,
-and TensorRT-RTX's ONNX parser and builder (ahead of time, no GPU needed).
+and TensorRT-RTX's ONNX parser and builder (ahead of time, no GPU needed: trt_rtx.py).
 
 Images: real ImageNet photos from the shared sample, 64x64 (torchvision preprocessing, short side
 73 then a centre crop): 16 set the BatchNorm statistics of the random-weight models, 16 others
@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 
 import corpus_archs
 import corpus_pipeline
+from trt_rtx import TrtRtx
 
 IMAGES = 16
 
@@ -50,43 +50,6 @@ def corpus_data(imagenet_sample) -> CorpusData:
 
     bn, cal = subset(order[:IMAGES]), subset(order[IMAGES:2 * IMAGES])
     return CorpusData(torch.from_numpy(decode(bn)), cal, decode(cal))
-
-
-@dataclass
-class TrtBuild:
-    parsed: bool
-    errors: list[str]
-    layers: Counter = field(default_factory=Counter)
-    built: bool = False
-    seconds: float = 0.0
-    engine_bytes: int = 0
-
-
-class TrtRtx:
-    """TensorRT-RTX's ONNX parser and builder, strongly typed, targeting SM 8.9 ahead of time."""
-
-    def __init__(self, trt):
-        self.trt = trt
-        self.logger = trt.Logger(trt.Logger.ERROR)
-
-    def build(self, path: Path, input_name: str, chw: tuple[int, int, int]) -> TrtBuild:
-        trt = self.trt
-        builder = trt.Builder(self.logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-        parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse_from_file(str(path)):
-            return TrtBuild(False, [str(parser.get_error(i)) for i in range(parser.num_errors)])
-        layers = Counter(network.get_layer(i).type.name for i in range(network.num_layers))
-        config = builder.create_builder_config()
-        config.num_compute_capabilities = 1
-        config.set_compute_capability(trt.ComputeCapability.SM89, 0)
-        profile = builder.create_optimization_profile()
-        profile.set_shape(input_name, (1, *chw), (4, *chw), (8, *chw))  # the batch axis stays dynamic
-        config.add_optimization_profile(profile)
-        start = time.perf_counter()
-        engine = builder.build_serialized_network(network, config)
-        seconds = time.perf_counter() - start
-        return TrtBuild(True, [], layers, engine is not None, seconds, 0 if engine is None else engine.nbytes)
 
 
 @pytest.fixture(scope="session")

@@ -399,17 +399,24 @@ ARCHS: dict[str, type[nn.Module]] = {
 FIXED_SIZE = {"vit", "swin"}
 
 
-def build(name: str, images: torch.Tensor, seed: int = 0) -> nn.Module:
-    """`name` with seeded random weights and BatchNorm statistics measured on `images` (train-mode
-    passes with a cumulative average, as a trained model's running statistics would be), in eval mode."""
-    torch.manual_seed(seed)
-    model = ARCHS[name]()
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+def settle_batchnorm(model: nn.Module, images: torch.Tensor, parts: list[nn.Module] | None = None) -> nn.Module:
+    """`model` in eval mode, with the BatchNorm statistics of `parts` (default: all of it) measured on
+    `images` (train-mode passes with a cumulative average, as a trained model's running statistics
+    would be); every other module stays as it is (a pretrained backbone keeps its statistics)."""
+    model.eval()
+    bns = [m for part in (parts or [model]) for m in part.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
         bn.momentum = None  # cumulative moving average over the passes below
+        bn.reset_running_stats()
+        bn.train()
     if bns:
-        model.train()
         with torch.no_grad():
             for chunk in images.split(8):
                 model(chunk)
     return model.eval()
+
+
+def build(name: str, images: torch.Tensor, seed: int = 0) -> nn.Module:
+    """`name` with seeded random weights and BatchNorm statistics measured on `images`, in eval mode."""
+    torch.manual_seed(seed)
+    return settle_batchnorm(ARCHS[name](), images)

@@ -17,8 +17,7 @@ import onnx
 import pytest
 
 from calib.errors import CalibError
-from calib.quantize import (excluded_nodes, get_flavor, plan_for, quantizable_layers, quantize_model,
-                            required_tensors)
+from calib.quantize import excluded_nodes, plan_for, quantizable_layers, quantize_model, required_tensors
 from calib.quantize.graph import GraphIndex
 from quantize_helpers import quantized_inputs, ranges, transformer_block
 
@@ -177,66 +176,17 @@ def test_a_pattern_matching_nothing_is_a_warning_and_a_bad_one_an_error(yolo):
 
 
 # ----------------------------------------------------------------------------- the issue's test
-def calibrate(model: onnx.ModelProto, batch: np.ndarray) -> dict[str, float]:
-    """minmax ranges of every float activation (calib.calibrators), run by ONNX Runtime."""
-    from calib.backends.ort import OrtRunner
-    from calib.calibrators import get_calibrator
-    from calib.passes import expose
-
-    exposed, names = expose(model)
-    runner = OrtRunner(exposed)
-    cal = get_calibrator("minmax")
-    for x in np.split(batch, 4):
-        for name, value in zip(names, runner.infer(x, names)):
-            cal.observe(name, value)
-    return {name: r.amax for name, r in cal.compute().items()}
-
-
-def predict(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    from calib.backends.ort import OrtRunner
-
-    return OrtRunner(model).run(x)
-
-
-def topk_overlap(reference: np.ndarray, out: np.ndarray, k: int) -> float:
-    """Mean over images of |top-k anchors by score, FP32 ∩ INT8| / k; output (N, 4 + C, A)."""
-    ref, got = reference[:, 4:].max(1), out[:, 4:].max(1)
-    return float(np.mean([len(set(np.argsort(-r)[:k]) & set(np.argsort(-g)[:k])) / k for r, g in zip(ref, got)]))
-
-
-def head_quantized(flavor: str, tensor: str):
-    """The old behaviour, forced in both flavors: the placement without the head analysis, and
-    the box+score Concat's output quantized for every reader."""
-    base = type(get_flavor(flavor))
-
-    class HeadQuantized(base):
-        def place(self, plan, original):
-            super().place(plan, original)
-            plan.require(tensor, None, all_readers=True)
-
-    return HeadQuantized()
-
-
-KS = (10, 20, 50, 100)
-
-
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_yolo_int8_keeps_fp32_top_anchors(yolo, flavor):
     model, _ = yolo
-    amax = calibrate(model, images(16, 10))
+    amax = hm.minmax_ranges(model, images(16, 10))
     x = images(16, 20)
-    fp32 = predict(model, x)
     concat = node(model, "/Concat_8").output[0]
-    conv_only = sorted({n.op_type for n in model.graph.node} - {"Conv"})
-    placements = {
-        "default": quantize_model(model, amax, flavor)[0],
-        "convs only": quantize_model(model, amax, flavor, protect_heads=False, exclude_ops=conv_only)[0],
-        "head quantized": quantize_model(model, amax, head_quantized(flavor, concat), protect_heads=False)[0],
-    }
-    assert concat in quantized_inputs(placements["head quantized"])
-    overlap = {name: [topk_overlap(fp32, predict(q, x), k) for k in KS] for name, q in placements.items()}
-    print(f"\n{flavor}: top-k overlap with FP32, k = {KS}: " + "; ".join(f"{n} {v}" for n, v in overlap.items()))
-    for i, k in enumerate(KS):
+    qdq = hm.placements(model, amax, flavor, concat)
+    assert concat in quantized_inputs(qdq["head quantized"])
+    overlap = hm.topk_overlaps(model, qdq, x)
+    print(f"\n{flavor}: top-k overlap with FP32, k = {hm.KS}: " + "; ".join(f"{n} {v}" for n, v in overlap.items()))
+    for i, k in enumerate(hm.KS):
         default, ref, old = overlap["default"][i], overlap["convs only"][i], overlap["head quantized"][i]
         assert default >= ref - 0.02, (k, overlap)
         assert default >= old + 0.3, (k, overlap)
