@@ -40,10 +40,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from calib.data.batch import Batch
-from calib.data.sources import UNLABELED, ImageSource, Sample
+from calib.data.sources import UNLABELED, ImageSource, Sample, files_under
 from calib.errors import CalibError, InternalError
 
-ARRAY_SUFFIXES = (".npz", ".npy")
+ARRAY_SUFFIXES = {".npz", ".npy"}
 # Array kinds (numpy's dtype.kind) each kind of model input accepts: float inputs take float arrays
 # only (integers there are usually pixels that skipped their preprocessing); integer and boolean
 # inputs take either (a mask saved as bool for an int64 input, token ids saved as int32).
@@ -232,19 +232,11 @@ def npz_folder(data_dir: str | os.PathLike | None, feed: ArrayFeed) -> NpzSource
         raise CalibError(f"{root} is a file, not a folder of .npz/.npy files")
     if not root.is_dir():
         raise CalibError(f"data folder not found: {root}")
-    found = []
-    for folder, dirs, names in os.walk(root, onerror=_walk_error):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in ARRAY_SUFFIXES]
-    found.sort(key=lambda f: f.relative_to(root).as_posix())
+    found = files_under(root, ARRAY_SUFFIXES)
     if not found:
         raise CalibError(f"no .npz or .npy files in {root} (searched recursively)")
     files = [(path, feed.check(_headers(path, feed), str(path))) for path in found]
     return NpzSource(root, feed, files)
-
-
-def _walk_error(error: OSError) -> None:
-    raise CalibError(f"cannot read folder {error.filename}: {error.strerror or error}")
 
 
 def _npy_for_one_input(path: Path, feed: ArrayFeed) -> str:

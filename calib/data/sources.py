@@ -162,15 +162,22 @@ def image_folder(data_dir: str | os.PathLike | None) -> FolderSource:
         raise CalibError(f"{root} is a file, not a folder of images")
     if not root.is_dir():
         raise CalibError(f"data folder not found: {root}")
-    files = []
-    for folder, dirs, names in os.walk(root, onerror=_walk_error):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(folder) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    files.sort(key=lambda f: f.relative_to(root).as_posix())
+    files = files_under(root, IMAGE_SUFFIXES)
     if not files:
         raise CalibError(f"no images in {root} (searched recursively for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return FolderSource([Sample(str(f), UNLABELED) for f in files], "images", root,
                         f"{len(files)} images under {root}")
+
+
+def files_under(root: Path, suffixes: set[str]) -> list[Path]:
+    """Every file under `root` with one of `suffixes`, searched recursively, hidden files and
+    folders skipped, in sorted relative order (so a seeded sample does not depend on the file
+    system); an unreadable folder is a one-line CalibError."""
+    files = []
+    for folder, dirs, names in os.walk(root, onerror=_walk_error):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(folder) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in suffixes]
+    return sorted(files, key=lambda f: f.relative_to(root).as_posix())
 
 
 def _walk_error(error: OSError) -> None:
