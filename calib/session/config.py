@@ -37,10 +37,6 @@ class RunConfig:
     decoder_params: tuple[str, ...] = ()  # KEY=VALUE for that decoder (--decoder-param transposed=true)
     exclude: tuple[str, ...] = ()        # node-name regexes left float (--exclude), beside the heads
     exclude_ops: tuple[str, ...] = ()    # op types left float (--exclude-op)
-
-    def placement_rules(self) -> dict:
-        """The user's exclusions as `calib.quantize.quantize_model` and its siblings take them."""
-        return {"exclude": tuple(self.exclude), "exclude_ops": tuple(self.exclude_ops)}
     dataset: str | None = None           # None: imagenet-val when data_dir is given, else demo (__post_init__)
     data_dir: str | None = None
     samples: int | None = None           # None: half of the folder (the rest evaluates), at most 500 (default_samples)
@@ -74,6 +70,10 @@ class RunConfig:
         self.exclude, self.exclude_ops = tuple(self.exclude), tuple(self.exclude_ops)   # the CLI gives lists
         self.input_shape = tuple(self.input_shape)
         self.decoder_params = tuple(self.decoder_params)
+
+    def placement_rules(self) -> dict:
+        """The user's exclusions as `calib.quantize.quantize_model` and its siblings take them."""
+        return {"exclude": tuple(self.exclude), "exclude_ops": tuple(self.exclude_ops)}
 
     def placement(self) -> Placement:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
