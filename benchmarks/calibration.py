@@ -194,13 +194,12 @@ def child_speed(p) -> dict:
     from calib.backends.ort import OrtRunner, optimized_op_counts
     from calib.cache import load_cache
     from calib.models import prepared_model
-    from calib.session.context import bias_means
     from calib.quantize import quantize_model
 
     m = _model(p)
     models = {"fp32": str(m.path)}
     entry = load_cache(p["cache"])  # the cache as read back, like `calib run`
-    means = bias_means(entry, p["bias_correction"])
+    means = entry.channel_means(p["bias_correction"])
     for flavor in FLAVORS:
         path = Path(p["dir"]) / f"calib-{SPEED_CALIBRATOR}-{flavor}.onnx"
         onnx.save(quantize_model(prepared_model(m), entry.cache.amax(), flavor, channel_means=means)[0], str(path))
