@@ -1,9 +1,11 @@
-"""The ImageNet-1k class list (standard indices: sorted wnid order), shipped as package data."""
+"""The classes a dataset's labels name: its own names (an hf: dataset has them), else the
+ImageNet-1k class list (standard indices: sorted wnid order), shipped as package data."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
+from typing import Callable
 
 
 @lru_cache(maxsize=1)
@@ -28,3 +30,17 @@ def wnid_to_index() -> dict[str, int]:
 
 def class_name(index: int) -> str:
     return imagenet_classes()[index][1]
+
+
+def class_count(dataset) -> int:
+    """How many classes the dataset's labels name (its own names, else ImageNet's 1000): a
+    classifier's class count must be this, and chance level is measured against it."""
+    return len(getattr(dataset.source, "class_names", None) or imagenet_classes())
+
+
+def class_names_of(dataset) -> Callable[[int], str]:
+    """Class index -> name for reports: the dataset's own names, else ImageNet's."""
+    names = getattr(getattr(dataset, "source", None), "class_names", None)
+    if names:
+        return lambda i: names[i]
+    return class_name
