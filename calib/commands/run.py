@@ -17,7 +17,7 @@ from calib.diagnostics.sqnr import activation_sqnr
 from calib.errors import CalibError
 from calib.evaluate.models import evaluate_models
 from calib.stats.sqnr import finite_or_none
-from calib.models import prepared_path, save_model
+from calib.models import image_chw, prepared_path, save_model
 from calib.quantize import excluded_nodes, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
@@ -118,7 +118,7 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
         if sq.note:
             report.header.notes.append(f"logits SQNR: {sq.note}")
     report.size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
-    shape = input_chw(prepared)
+    shape = image_chw(prepared)
     if config.speed_seconds > 0:
         device = placement.first  # one GPU is what a deployment runs on
         report.speed = measure_speed(backend, artifacts, shape, config.speed_seconds, device)
@@ -145,14 +145,6 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
                f"the {flavor} Q/DQ flavor is built for TensorRT and ONNX Runtime's CPU runs it in simulated INT8")
         verdict["note"] = f"speed not weighed: {why}; time INT8 on TensorRT (calib bench --backend tensorrt)"
     report.verdict = verdict
-
-
-def input_chw(prepared: onnx.ModelProto) -> tuple[int, int, int]:
-    """(C, H, W) of the prepared model's image input (fixed there; only the batch is dynamic)."""
-    inits = {i.name for i in prepared.graph.initializer}
-    image = next(i for i in prepared.graph.input if i.name not in inits)
-    c, h, w = (d.dim_value for d in image.type.tensor_type.shape.dim[1:4])
-    return c, h, w
 
 
 def integer_kernel_check(int8_onnx: Path) -> dict:

@@ -16,10 +16,10 @@
 from calib.fsutil import file_sha256
 from calib.models.files import model_sha256, needs_external_data, save_model, user_cache_dir
 from calib.models.intake import Model, output_classes, parse_input_shapes, parse_input_size, resolve_model
-from calib.models.prepare import check_classes, fixed_batch, prepared_model, prepared_path
+from calib.models.prepare import check_classes, fixed_batch, image_chw, prepared_model, prepared_path
 from calib.models.structure import simplify
 from calib.models.zoo import ZOO, export_zoo_model
 
-__all__ = ["Model", "ZOO", "check_classes", "export_zoo_model", "file_sha256", "fixed_batch", "model_sha256", "needs_external_data", "output_classes",
+__all__ = ["Model", "ZOO", "check_classes", "export_zoo_model", "file_sha256", "fixed_batch", "image_chw", "model_sha256", "needs_external_data", "output_classes",
            "parse_input_shapes", "parse_input_size", "prepared_model", "prepared_path", "resolve_model", "save_model", "simplify",
            "user_cache_dir"]

@@ -434,6 +434,15 @@ def fixed_batch(prepared) -> int | None:
     return dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
 
+def image_chw(prepared) -> tuple[int, int, int]:
+    """(C, H, W) of a prepared image model's input: fixed there, only the batch is dynamic (what
+    speed timing feeds it)."""
+    inits = {i.name for i in prepared.graph.initializer}
+    image = next(i for i in prepared.graph.input if i.name not in inits)
+    c, h, w = (d.dim_value for d in image.type.tensor_type.shape.dim[1:4])
+    return c, h, w
+
+
 def _flatten_output(proto) -> None:
     from onnx import helper
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from calib.errors import CalibError
-from calib.models import files, prepared_model, prepared_path, resolve_model, structure
+from calib.models import files, image_chw, prepared_model, prepared_path, resolve_model, structure
 from calib.models.files import external_data_files
 from tests.conftest import make_classifier
 
@@ -130,6 +130,11 @@ def test_old_zoo_style_file_is_prepared(tmp_path):
     x = _images(3, 8)
     want = np.concatenate([_run(str(path), x[i:i + 1]).reshape(1, 5) for i in range(3)])
     np.testing.assert_allclose(_run(p, x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_image_chw_reads_the_prepared_input_after_its_batch_axis(tmp_path):
+    p = prepared_model(resolve_model(str(_old_style(tmp_path))))
+    assert image_chw(p) == (3, 8, 8)
 
 
 def test_a_batch_the_graph_fixes_is_one_line(tmp_path, monkeypatch):
