@@ -17,8 +17,8 @@ from calib.calibration import CalibrationOutcome
 from calib.commands.steps import Int8, calibration_section
 from calib.data.labels import TaskLabels, read_labels
 from calib.evaluate.models import build_artifacts
+from calib.evaluate.probe import check_task_fits
 from calib.metrics.outputs import outputs_json
-from calib.metrics.registry import get_metric
 from calib.models import fixed_batch, prepared_path
 from calib.onnx_io import model_size_mb
 from calib.passes.evaluation import judge
@@ -119,33 +119,6 @@ def verdict(metric, max_drop: float | None, size_mb: dict, int8: Int8) -> dict:
                           f"and the preprocessing first")
         rec["sentence"] = f"{rec['headline']}: {rec['reason']}."
     return rec
-
-
-def check_task_fits(prepared, task: str, size: "tuple[int, int] | dict", **params) -> dict:
-    """The task's metric must read the model's outputs (a detector's layout, a segmenter's class
-    map): one gray image (or, for a model fed named arrays, `size` is a feed of zeros) through the
-    FP32 model and the metric, so a --task that does not fit the outputs ends in the metric's one
-    line before calibration, not after the evaluation. Returns the outputs (what the labels are
-    checked against: the class count, the output's size)."""
-    import numpy as np
-
-    from calib.backends.ort import OrtRunner
-
-    batch = fixed_batch(prepared) or 1
-    feed = ({k: np.zeros((batch, *v.shape[1:]), v.dtype) for k, v in size.items()} if isinstance(size, dict)
-            else np.zeros((1, 3, *size), np.float32))
-    runner = OrtRunner(prepared, exact=False)
-    try:
-        values = runner.infer(feed)
-    finally:
-        runner.close()
-    outputs = dict(zip(runner.output_names, values))
-    metric = get_metric(task, **params)
-    keys = ["probe"] if not isinstance(size, dict) else [f"probe{i}" for i in range(batch)]
-    metric.update("fp32", keys, outputs)
-    metric.update("int8", keys, outputs)
-    metric.result()
-    return outputs
 
 
 class _Evaluated:
