@@ -51,6 +51,9 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
     model, data = s.model, s.data
     evaluated = int8.evaluation(data)   # the held-out images after a fallback search
     onnx_files = {"fp32": prepared_path(model), "int8": int8_onnx}
+    # What the report says whatever the evaluation finds, made before it.
+    calibration = calibration_section(outcome, s)
+    header = report_header(config, s, s.placement, {"int8": int8_onnx})
     artifacts = build_artifacts(backend, onnx_files, stage)
     runners = {}
     try:
@@ -65,7 +68,6 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
             r.close()
     metric = judged.metric.result()
     size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
-    header = report_header(config, s, s.placement, {"int8": int8_onnx})
     against_labels = metric.fp32 if metric.reference == REFERENCE_LABELS else None
     if against_labels is not None and against_labels < NO_SCORE:
         header.warn(f"FP32 itself scores {metric.fp32:.4f} {metric.name} against the labels: the labels, their class "
@@ -76,7 +78,7 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
         calibrator_params=outcome.entry.metadata.key.calibrator_params if outcome.entry.metadata else {},
         preprocess=model.preprocess.params,
         fp32_model=str(artifacts["fp32"]), int8_model=str(s.out / artifacts["int8"].name),
-        calibration=calibration_section(outcome, s),
+        calibration=calibration,
         eval=eval_section(_Evaluated(judged.keys, skipped, seconds), data.calibration, evaluated, header),
         outputs=outputs_json(judged.outputs.result()), metric=metric.to_json(),
         placement=excluded_nodes(s.prepared, s.flavor, **config.placement_rules()).to_json(),
