@@ -13,6 +13,7 @@ from pathlib import Path
 
 from calib.calibration import calibrate
 from calib.data import take
+from calib.evaluate.probe import check_task_fits
 from calib.errors import CalibError
 from calib.passes import load_images
 from calib.report.schema import SensitivityReport
@@ -37,8 +38,6 @@ def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 6
     params = metric_params(config, model.task) if model.task != CLASSIFY else {}
     scorer = scorer_for(model.task, **params)
     if model.task != CLASSIFY:
-        from calib.commands.task import check_task_fits
-
         check_task_fits(prepared, model.task, model.size, **params)   # before any calibration
     with staged_dir(out) as stage:
         placement = s.placement

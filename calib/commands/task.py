@@ -17,8 +17,9 @@ from calib.calibration import CalibrationOutcome
 from calib.commands.steps import Int8, calibration_section
 from calib.data.labels import TaskLabels, read_labels
 from calib.evaluate.models import build_artifacts
+from calib.evaluate.probe import check_task_fits
+from calib.metrics.base import REFERENCE_LABELS
 from calib.metrics.outputs import outputs_json
-from calib.metrics.registry import get_metric
 from calib.models import fixed_batch, prepared_path
 from calib.onnx_io import model_size_mb
 from calib.passes.evaluation import judge
@@ -29,6 +30,7 @@ from calib.restore.search import FallbackResult, slower_than_fp32
 from calib.report.task import write_task_report
 from calib.session.config import RunConfig, metric_params
 from calib.session.context import RunSetup, report_header
+from calib.stats.verdict import NO_SCORE, budget_tolerance, recommend_metric
 
 
 def check_task(config: RunConfig, s: RunSetup) -> TaskLabels:
@@ -49,6 +51,9 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
     model, data = s.model, s.data
     evaluated = int8.evaluation(data)   # the held-out images after a fallback search
     onnx_files = {"fp32": prepared_path(model), "int8": int8_onnx}
+    # What the report says whatever the evaluation finds, made before it.
+    calibration = calibration_section(outcome, s)
+    header = report_header(config, s, s.placement, {"int8": int8_onnx})
     artifacts = build_artifacts(backend, onnx_files, stage)
     runners = {}
     try:
@@ -63,8 +68,8 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
             r.close()
     metric = judged.metric.result()
     size_mb = {name: model_size_mb(path) for name, path in onnx_files.items()}
-    header = report_header(config, s, s.placement, {"int8": int8_onnx})
-    if metric.reference == "labels" and metric.fp32 < 0.01:
+    against_labels = metric.fp32 if metric.reference == REFERENCE_LABELS else None
+    if against_labels is not None and against_labels < NO_SCORE:
         header.warn(f"FP32 itself scores {metric.fp32:.4f} {metric.name} against the labels: the labels, their class "
                     f"mapping or the preprocessing are probably not the model's; every INT8 figure beside it is "
                     f"then meaningless")
@@ -73,12 +78,16 @@ def judge_task(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: Ca
         calibrator_params=outcome.entry.metadata.key.calibrator_params if outcome.entry.metadata else {},
         preprocess=model.preprocess.params,
         fp32_model=str(artifacts["fp32"]), int8_model=str(s.out / artifacts["int8"].name),
-        calibration=calibration_section(outcome, s),
+        calibration=calibration,
         eval=eval_section(_Evaluated(judged.keys, skipped, seconds), data.calibration, evaluated, header),
         outputs=outputs_json(judged.outputs.result()), metric=metric.to_json(),
         placement=excluded_nodes(s.prepared, s.flavor, **config.placement_rules()).to_json(),
         size_mb=size_mb, labels=str(labels.path) if labels.path is not None else None,
-        verdict=verdict(metric, config.max_drop, size_mb, int8),
+        # The budget, when one is set, is the verdict's tolerance, as for a classifier.
+        verdict=recommend_metric(metric.name, metric.drop, metric.drop_ci95, metric.n,
+                                 budget_tolerance(config.max_drop), size_mb,
+                                 int8.fallback.float_layers if int8.fallback is not None else (),
+                                 fp32_against_labels=against_labels).to_json(),
         fallback=fallback_section(int8.fallback, metric) if int8.fallback is not None else None)
     write_task_report(stage, report, html=config.html)
     return report
@@ -103,49 +112,6 @@ def fallback_section(result: FallbackResult, metric) -> FallbackReport:
         note="the layers were chosen on the search subset; the final figures come from the held-out subset, "
              "which the search never saw",
         final=final, final_met=meets(result.budget, metric.drop, 1.0))
-
-
-def verdict(metric, max_drop: float | None, size_mb: dict, int8: Int8) -> dict:
-    """The recommendation from the task metric's drop and its paired interval (the budget, when
-    one is set, is the tolerance, as for a classifier)."""
-    from calib.stats.verdict import DEFAULT_TOLERANCE, EVALUATE_MORE, recommend_metric
-
-    tolerance = DEFAULT_TOLERANCE if max_drop is None else min(max(max_drop, 0.001), 0.999)
-    layers = int8.fallback.float_layers if int8.fallback is not None else ()
-    rec = recommend_metric(metric.name, metric.drop, metric.drop_ci95, metric.n, tolerance, size_mb, layers).to_json()
-    if metric.reference == "labels" and metric.fp32 < 0.01:   # nothing to lose: no decision to make from it
-        rec.update(action=EVALUATE_MORE, headline="Not decided yet",
-                   reason=f"FP32 itself scores {metric.fp32:.4f} {metric.name} against the labels; check the labels "
-                          f"and the preprocessing first")
-        rec["sentence"] = f"{rec['headline']}: {rec['reason']}."
-    return rec
-
-
-def check_task_fits(prepared, task: str, size: "tuple[int, int] | dict", **params) -> dict:
-    """The task's metric must read the model's outputs (a detector's layout, a segmenter's class
-    map): one gray image (or, for a model fed named arrays, `size` is a feed of zeros) through the
-    FP32 model and the metric, so a --task that does not fit the outputs ends in the metric's one
-    line before calibration, not after the evaluation. Returns the outputs (what the labels are
-    checked against: the class count, the output's size)."""
-    import numpy as np
-
-    from calib.backends.ort import OrtRunner
-
-    batch = fixed_batch(prepared) or 1
-    feed = ({k: np.zeros((batch, *v.shape[1:]), v.dtype) for k, v in size.items()} if isinstance(size, dict)
-            else np.zeros((1, 3, *size), np.float32))
-    runner = OrtRunner(prepared, exact=False)
-    try:
-        values = runner.infer(feed)
-    finally:
-        runner.close()
-    outputs = dict(zip(runner.output_names, values))
-    metric = get_metric(task, **params)
-    keys = ["probe"] if not isinstance(size, dict) else [f"probe{i}" for i in range(batch)]
-    metric.update("fp32", keys, outputs)
-    metric.update("int8", keys, outputs)
-    metric.result()
-    return outputs
 
 
 class _Evaluated:

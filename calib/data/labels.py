@@ -64,21 +64,23 @@ def read_labels(task: str, path: str | os.PathLike | None, dataset: Dataset,
     arguments (a detector's decoder). One-line CalibErrors."""
     if path is None:
         return TaskLabels(task, params=dict(params))
+    if task not in ("detect", "segment"):
+        raise CalibError(f"--task {task} takes no --labels: labels are for --task detect (a COCO JSON file) or "
+                         "segment (a folder of masks)")
     path = Path(path).expanduser()
     sizes = ImageSizes(dataset)
+    readable = sizes.readable()   # the images the evaluation will see: what the labels must cover
     if task == "detect":
         coco = load_coco_labels(path)
         probe = get_metric("detect", labels=coco, **params)
         probe.update("fp32", ["probe"], outputs)   # the decoder tells the model's class count
-        probe.check_labels(sizes.readable())
+        probe.check_labels(readable)
         return TaskLabels(task, path.resolve(), {"labels": coco, **params}, BoxGeometry(sizes))
-    if task == "segment":
-        x = first_output(outputs, None, "segment")
-        masks = MaskLabels(MaskFolder(path), sizes, tuple(int(d) for d in x.shape[-2:]))
-        masks.check(int(x.shape[1]) if x.ndim == 4 else None)
-        return TaskLabels(task, path.resolve(), {}, masks)
-    raise CalibError(f"--task {task} takes no --labels: labels are for --task detect (a COCO JSON file) or "
-                     "segment (a folder of masks)")
+    folder = MaskFolder(path)
+    x = first_output(outputs, None, "segment")
+    masks = MaskLabels(folder, sizes, tuple(int(d) for d in x.shape[-2:]))
+    masks.check(readable, int(x.shape[1]) if x.ndim == 4 else None)
+    return TaskLabels(task, path.resolve(), {}, masks)
 
 
 def image_size(source: ImageSource, sample: Sample) -> tuple[int, int] | None:
@@ -163,10 +165,10 @@ class MaskLabels:
     def __call__(self, keys: Sequence[str]) -> dict[str, Any]:
         return {"labels": [self.aligned(k) for k in keys]}
 
-    def check(self, classes: int | None) -> None:
-        """Every readable evaluation image has a mask of a size that fits, with class ids the
-        model has (`classes`, when its output is scores) or void (255). Reads each mask once."""
-        keys = self.sizes.readable()
+    def check(self, keys: Sequence[str], classes: int | None) -> None:
+        """Every image of `keys` (the readable evaluation images) has a mask of a size that fits,
+        with class ids the model has (`classes`, when its output is scores) or void (255). Reads
+        each mask once."""
         missing = [os.path.basename(str(k)) for k in keys if self.folder.path_of(k) is None]
         if missing:
             raise CalibError(f"labels do not match the images: {len(missing)} of {len(keys)} evaluation images have "

@@ -51,6 +51,14 @@ from calib.stats.paired import ALPHA, PairedResult, mcnemar_exact, tango_interva
 
 DEFAULT_TOLERANCE = 0.01
 MAX_IMAGES = 10_000_000  # beyond this "images needed" is reported as None (more than any eval set)
+NO_SCORE = 0.01          # an FP32 score against labels below this: the labels are not the model's
+
+
+def budget_tolerance(max_drop: float | None) -> float:
+    """The tolerance of a run's verdict: its budget (`--max-drop`) when one is set, kept inside
+    (0, 1) (a 0-point budget asks for a 0.1-point resolution, a 100-point one for 99.9), else
+    DEFAULT_TOLERANCE."""
+    return DEFAULT_TOLERANCE if max_drop is None else min(max(max_drop, 0.001), 0.999)
 
 
 def _pts(x: float) -> str:
@@ -319,17 +327,25 @@ def metric_verdict(name: str, drop: float, drop_ci95: Sequence[float] | None, n:
 
 def recommend_metric(name: str, drop: float, drop_ci95: Sequence[float] | None, n: int,
                      tolerance: float = DEFAULT_TOLERANCE, size_mb: dict | None = None,
-                     float_layers: Sequence[str] = ()) -> Recommendation:
+                     float_layers: Sequence[str] = (), fp32_against_labels: float | None = None) -> Recommendation:
     """The recommendation of a run judged by a task metric (`metric_verdict`), by `recommend`'s
     rules without the speed rule (a task report times nothing): a loss above the tolerance ships
     FP32, an upper end below it ships INT8 (with `float_layers` in float), anything else asks
-    for more images."""
+    for more images. Before any of them: when FP32 itself scores less than NO_SCORE against the
+    labels (`fp32_against_labels`; None when the figures are against FP32) there is nothing to
+    lose and so no decision to make; the labels and the preprocessing are to be checked first."""
     verdict = metric_verdict(name, drop, drop_ci95, n, tolerance)
     lo, hi = verdict.drop_ci95
     acc_fig = {"name": f"{name}_drop", "drop": round(drop, 6), "ci95": [round(lo, 6), round(hi, 6)],
                "n": n, "tolerance": tolerance,
                "text": f"{name} drop {_pts(drop)} points (95% CI {_pts(lo)} to {_pts(hi)}, {_images(n)})"}
+    figures = [f for f in (acc_fig, _size_figure(size_mb)) if f is not None]
     layers = list(float_layers)
+    if fp32_against_labels is not None and fp32_against_labels < NO_SCORE:
+        reason = (f"FP32 itself scores {fp32_against_labels:.4f} {name} against the labels; check the labels and "
+                  f"the preprocessing first")
+        headline = _HEADLINES[EVALUATE_MORE]   # the figures are no reason: the sentence leaves them out
+        return Recommendation(EVALUATE_MORE, headline, f"{headline}: {reason}.", reason, verdict, figures, layers)
     if verdict.kind == "loss":
         action, reason = SHIP_FP32, f"INT8 loses more than the {_pts(tolerance)}-point tolerance of {name}"
     elif verdict.kind in ("no_loss", "gain"):
@@ -340,10 +356,9 @@ def recommend_metric(name: str, drop: float, drop_ci95: Sequence[float] | None, 
         need = (f"evaluate on about {verdict.images_needed} images" if verdict.images_needed
                 else "evaluate on more images")
         reason = f"a {name} loss up to {_pts(hi)} points cannot be ruled out on {_images(n)}; {need}"
-    figures = [f for f in (acc_fig, _size_figure(size_mb)) if f is not None]
     return _recommendation(action, reason, verdict, figures, layers)
 
 
-__all__ = ["distinct", "times", "DEFAULT_TOLERANCE", "EVALUATE_MORE", "SHIP_FP32", "SHIP_INT8", "SHIP_INT8_FLOAT_LAYERS",
-           "AccuracyVerdict", "Recommendation", "accuracy_verdict", "images_needed", "metric_verdict", "recommend",
-           "recommend_metric"]
+__all__ = ["distinct", "times", "DEFAULT_TOLERANCE", "EVALUATE_MORE", "NO_SCORE", "SHIP_FP32", "SHIP_INT8",
+           "SHIP_INT8_FLOAT_LAYERS", "AccuracyVerdict", "Recommendation", "accuracy_verdict", "budget_tolerance",
+           "images_needed", "metric_verdict", "recommend", "recommend_metric"]

@@ -304,3 +304,28 @@ def test_an_interval_of_no_width_does_not_claim_more_than_its_images_can_tell():
     assert few.kind == "inconclusive" and few.drop_ci95[1] > 0.5
     many = metric_verdict("mAP", 0.0, [0.0, 0.0], 1000, tolerance=0.01)
     assert many.kind == "no_loss" and 0.003 < many.drop_ci95[1] < 0.004
+
+
+def test_an_fp32_that_scores_nothing_against_the_labels_decides_nothing():
+    """FP32 under NO_SCORE against the labels: whatever the drop says, the labels are to be checked
+    first, and the sentence carries no figure; the figures themselves stay in the recommendation."""
+    from calib.stats.verdict import NO_SCORE, recommend_metric
+
+    args = ("mIoU", 0.0, [0.0, 0.0], 1000)
+    decided = recommend_metric(*args, tolerance=0.01, fp32_against_labels=NO_SCORE)
+    assert decided.action == SHIP_INT8
+    r = recommend_metric(*args, tolerance=0.01, size_mb=SIZE, float_layers=["conv1"], fp32_against_labels=0.002)
+    assert r.action == EVALUATE_MORE and r.headline == "Not decided yet"
+    assert r.reason == "FP32 itself scores 0.0020 mIoU against the labels; check the labels and the preprocessing first"
+    assert r.sentence == f"Not decided yet: {r.reason}."
+    assert [f["name"] for f in r.figures] == ["mIoU_drop", "size"] and r.float_layers == ["conv1"]
+    assert r.accuracy.kind == "no_loss"
+    assert recommend_metric(*args, tolerance=0.01, fp32_against_labels=None).action == SHIP_INT8
+
+
+def test_the_budget_is_the_tolerance_kept_inside_zero_and_one():
+    from calib.stats.verdict import budget_tolerance
+
+    assert budget_tolerance(None) == DEFAULT_TOLERANCE
+    assert budget_tolerance(0.02) == 0.02
+    assert budget_tolerance(0.0) == 0.001 and budget_tolerance(1.0) == 0.999
