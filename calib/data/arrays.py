@@ -315,7 +315,8 @@ def iter_arrays(dataset: Any, batch_size: int, device: str = "cpu", progress: st
         raise InternalError(f"{source.id} is not a source of arrays")
     target = None
     if device != "cpu":
-        from calib.data.cuda import require_torch_cuda, to_device
+        from calib.data.cuda import to_device
+        from calib.placement import require_torch_cuda
 
         _, target = require_torch_cuda(device)
     bar = progress_bar(total=len(dataset.samples), desc=progress, unit="sample", enabled=progress is not None)

@@ -119,3 +119,16 @@ def test_files_that_are_not_numpys_formats_are_one_line(tmp_path):
     np.savez(tmp_path / "obj.npz", input_ids=np.array([object()]), attention_mask=np.zeros(4), scale=np.zeros((2, 3)))
     with pytest.raises(CalibError, match="Python objects"):
         npz_folder(tmp_path, FEED)
+
+
+def test_arrays_stream_to_a_gpu_or_say_in_one_line_why_not(folder):
+    """The GPU path of named arrays: it imported its device check from a module that no longer had
+    it, so every npz run on a GPU ended in an ImportError."""
+    torch = pytest.importorskip("torch")
+    dataset = Dataset.of(npz_folder(folder, FEED), FEED)
+    if not torch.cuda.is_available():
+        with pytest.raises(CalibError, match="CUDA"):
+            next(iter_arrays(dataset, 2, device="cuda:0"))
+        return
+    batch = next(iter_arrays(dataset, 2, device="cuda:0"))
+    assert batch.images["input_ids"].device.type == "cuda" and batch.images["input_ids"].dtype == torch.int64
