@@ -104,7 +104,7 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     from calib.stats.classes import class_changes
     from calib.stats.paired import paired_from_evaluation, sqnr_ci
     from calib.evaluate.speed import measure_speed
-    from calib.stats.verdict import DEFAULT_TOLERANCE, recommend
+    from calib.stats.verdict import budget_tolerance, recommend
     from calib.onnx_io import model_size_mb
 
     result = paired_from_evaluation(ev)
@@ -135,10 +135,7 @@ def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: 
     ev_fp32, ev_int8 = ev.predictions["fp32"], ev.predictions["int8"]
     report.classes = class_changes(ev_fp32.labels, ev_fp32.top5[:, 0], ev_int8.top5[:, 0],
                                    names=class_names_of(evaluated)).to_json()
-    # The verdict's tolerance is the budget when one is set (kept inside (0, 1): a 0-point budget
-    # asks for a 0.1-point resolution, a 100-point one for 99.9).
-    tolerance = DEFAULT_TOLERANCE if config.max_drop is None else min(max(config.max_drop, 0.001), 0.999)
-    verdict = recommend(result, tolerance, report.speed if representative else None, report.size_mb,
+    verdict = recommend(result, budget_tolerance(config.max_drop), report.speed if representative else None, report.size_mb,
                         fallback.float_layers if fallback else (), backend=config.backend).to_json()
     if not representative:
         why = ("ONNX Runtime's CUDA provider runs Q/DQ models as dequantize + float kernels" if on_gpu else
