@@ -31,7 +31,8 @@ from calib.report.schema import CompareReport, SharedCalibrationSection
 from calib.fsutil import mark_calib_onnx, staged_dir
 from calib.report.header import chance_warning, eval_section
 from calib.session.config import RunConfig
-from calib.session.context import class_count, class_names_of, report_header, setup
+from calib.data.classes import class_count, class_names_of
+from calib.session.context import report_header, setup
 
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 def compare_calibrators(config: RunConfig, calibrators: list[str] | tuple[str, ...] = DEFAULT_CALIBRATORS,

@@ -30,7 +30,8 @@ from calib.fsutil import staged_dir
 from calib.placement import CPU, Placement
 from calib.report.header import chance_warning, eval_section
 from calib.session.config import RunConfig
-from calib.session.context import RunSetup, class_count, class_names_of, report_header, setup
+from calib.data.classes import class_count, class_names_of
+from calib.session.context import RunSetup, report_header, setup
 
 
 def run(config: RunConfig) -> RunBase:

@@ -22,7 +22,8 @@ from calib.restore.score import CLASSIFY, scorer_for
 from calib.fsutil import staged_dir
 from calib.report.header import chance_warning
 from calib.session.config import RunConfig, metric_params
-from calib.session.context import class_count, report_header, setup
+from calib.data.classes import class_count
+from calib.session.context import report_header, setup
 
 
 def rank_sensitivity(config: RunConfig, out: Path | None = None, images: int = 64,

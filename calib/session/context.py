@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import onnx
 
+from calib.data.classes import class_count
 from calib.data.plan import DataPlan, is_arrays, open_source, plan_data
 from calib.errors import CalibError
 from calib.models import Model, check_classes, fixed_batch, prepared_model
@@ -25,17 +25,6 @@ def default_flavor(backend: str) -> str:
     from calib.backends import backend_class
 
     return backend_class(backend).qdq_flavor
-
-
-def class_names_of(dataset) -> "Callable[[int], str]":
-    """Class index -> name for reports: the dataset's own names (an hf: dataset has them), else
-    ImageNet's."""
-    from calib.data.classes import class_name
-
-    names = getattr(getattr(dataset, "source", None), "class_names", None)
-    if names:
-        return lambda i: names[i]
-    return class_name
 
 
 @dataclass
@@ -152,14 +141,6 @@ def check_model_classes(model: Model, dataset, prepared: onnx.ModelProto) -> Non
     """A classifier whose class count is not the dataset's label count would score 0% top-1 and
     say nothing: refused in one line before any calibration."""
     check_classes(model, class_count(dataset), dataset.source.description, prepared=prepared)
-
-
-def class_count(dataset) -> int:
-    """How many classes the dataset's labels name (its own names, else ImageNet's 1000): the
-    classifier's class count (check_model_classes), and what chance level is measured against."""
-    from calib.data.classes import imagenet_classes
-
-    return len(getattr(dataset.source, "class_names", None) or imagenet_classes())
 
 
 def report_header(config: RunConfig, setup: RunSetup, placement: Placement = CPU,
