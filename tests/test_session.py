@@ -254,17 +254,3 @@ def test_device_auto_says_where_it_runs_and_why(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", Note)   # a device the user named is not a choice calib made
         check_placement(RunConfig(device="cpu"))
-
-
-def test_an_unknown_dataset_is_named_whatever_folder_options_come_with_it(tmp_path):
-    """`--dataset tfrecord --data-dir X` (npz, before calib read .npz folders) said the dataset 'reads
-    the images its name gives'; an unknown name is said as unknown, with the choices, before the
-    folder options are judged."""
-    from calib.session.config import check_dataset_options
-
-    with pytest.raises(CalibError, match="unknown dataset 'tfrecord' \\(choose from: demo, imagenet-val, images, npz"):
-        check_dataset_options(RunConfig(dataset="tfrecord", data_dir=str(tmp_path)))
-    check_dataset_options(RunConfig(dataset="npz", data_dir=str(tmp_path)))   # a folder of .npz files
-    with pytest.raises(CalibError, match="embedded photos"):
-        check_dataset_options(RunConfig(dataset="demo", data_dir=str(tmp_path)))
-    check_dataset_options(RunConfig(dataset="images", data_dir=str(tmp_path)))

@@ -2,7 +2,8 @@
 
 Images (demo, imagenet-val, images, hf:) go through a preprocessing preset; named arrays (npz, and
 the dataset readers of `calib.data.readers`) through the model's `ArrayFeed` (calib.data.arrays):
-the preset's place in the plan, so both are sampled and split the same way."""
+the preset's place in the plan, so both are sampled and split the same way. The dataset options are
+checked here too, before any model (`check_dataset_options`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from calib.errors import CalibError, InternalError
 
 DATASETS = ("demo", "imagenet-val", "images", "npz", "hf:<name-or-path>")
 IMAGE_DATASETS = ("demo", "imagenet-val", "images")   # and hf:<name>
+FOLDER_DATASETS = ("imagenet-val", "images", "npz")   # the datasets that read --data-dir and --eval-data-dir
 
 
 def is_arrays(name: str | None) -> bool:
@@ -34,6 +36,23 @@ def dataset_names() -> list[str]:
     from calib.data.readers import available_readers
 
     return [*DATASETS, *(r for r in available_readers() if r not in DATASETS)]
+
+
+def check_dataset_options(name: str, data_dir: str | None = None, eval_data_dir: str | None = None) -> None:
+    """`--dataset name` known, and a folder option it does not read refused: `--dataset demo
+    --data-dir X` ran the embedded photos and ignored X, and an hf: dataset evaluated on itself
+    whatever --eval-data-dir said. A dataset reader (calib.data.readers) is handed both folders."""
+    if name in FOLDER_DATASETS:
+        return
+    if name != "demo" and not (name.startswith("hf:") and len(name) > 3):
+        if is_arrays(name):
+            return
+        raise CalibError(f"unknown dataset '{name}' (choose from: {', '.join(dataset_names())})")
+    given = [flag for flag, value in (("--data-dir", data_dir), ("--eval-data-dir", eval_data_dir)) if value]
+    if given:
+        reads = "its embedded photos" if name == "demo" else "the images its name gives"
+        raise CalibError(f"--dataset {name} reads {reads}, not {' or '.join(given)}: folders are for "
+                         f"{', '.join(FOLDER_DATASETS)} (the dataset --data-dir implies when --dataset is left out)")
 
 
 @dataclass
