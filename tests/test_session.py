@@ -210,26 +210,6 @@ def test_a_folder_the_dataset_does_not_read_is_refused(fields, flags):
         check_config(RunConfig(**fields))
 
 
-def test_samples_left_out_is_half_the_folder_at_most_500(small_imagenet, monkeypatch):
-    from calib.data import plan
-    from calib.data.sources import imagenet_val
-    from calib.session import default_samples
-
-    images = len(imagenet_val(str(small_imagenet)).samples)
-    folder = RunConfig(data_dir=str(small_imagenet))
-    assert default_samples(folder) == images // 2                   # the rest evaluates
-    assert default_samples(folder, evaluate=False) == images        # calibrate: all of it
-    assert default_samples(RunConfig(data_dir=str(small_imagenet), eval_data_dir="/e")) == images
-    assert default_samples(RunConfig(data_dir=str(small_imagenet), samples=3)) == 3
-    assert default_samples(RunConfig()) == 500                       # the demo: all its variants
-
-    class Big:
-        samples = [None] * 5000
-
-    monkeypatch.setattr(plan, "open_source", lambda name, data_dir: Big())
-    assert default_samples(folder) == 500
-
-
 def test_device_auto_says_where_it_runs_and_why(monkeypatch):
     import torch
 

@@ -39,7 +39,7 @@ class RunConfig:
     exclude_ops: tuple[str, ...] = ()    # op types left float (--exclude-op)
     dataset: str | None = None           # None: imagenet-val when data_dir is given, else demo (__post_init__)
     data_dir: str | None = None
-    samples: int | None = None           # None: half of the folder (the rest evaluates), at most 500 (default_samples)
+    samples: int | None = None           # None: half of the folder (the rest evaluates), at most 500 (calib.data.plan)
     eval_data_dir: str | None = None
     eval_samples: int | None = None
     calibrator: str = "minmax"  # the default of ModelOpt and ONNX Runtime; see README
@@ -296,25 +296,6 @@ def check_values(config: RunConfig) -> None:
     if config.gpu_decode not in GPU_DECODERS:
         raise CalibError(f"--gpu-decode must be one of {', '.join(GPU_DECODERS)}, not '{config.gpu_decode}'")
     parse_input_shapes(config.input_shape)   # a bad spec fails here; the names are checked against the model
-
-
-MAX_DEFAULT_SAMPLES = 500   # a few hundred images calibrate as well as thousands (README)
-
-
-def default_samples(config: RunConfig, evaluate: bool = True, source=None) -> int:
-    """The calibration images when --samples is left out: half of the folder when the evaluation
-    takes the rest of it, all of it otherwise (--eval-data-dir, calibrate, the demo), at most 500.
-    A fixed 500 left nothing to evaluate on a 500-image folder, so compare and sensitivity failed
-    there by default. `source`: the dataset's source, when it was opened already (named arrays)."""
-    if config.samples is not None:
-        return config.samples
-    if config.dataset == "demo":   # its evaluation photos are a source of their own
-        return MAX_DEFAULT_SAMPLES
-    from calib.data.plan import open_source
-
-    images = len((source if source is not None else open_source(config.dataset, config.data_dir)).samples)
-    shared = evaluate and config.eval_data_dir is None
-    return max(1, min(MAX_DEFAULT_SAMPLES, images // 2 if shared else images))
 
 
 def default_out(config: RunConfig, kind: str | None = None) -> Path:
