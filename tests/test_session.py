@@ -210,26 +210,6 @@ def test_a_folder_the_dataset_does_not_read_is_refused(fields, flags):
         check_config(RunConfig(**fields))
 
 
-def test_samples_left_out_is_half_the_folder_at_most_500(small_imagenet, monkeypatch):
-    from calib.data import plan
-    from calib.data.sources import imagenet_val
-    from calib.session import default_samples
-
-    images = len(imagenet_val(str(small_imagenet)).samples)
-    folder = RunConfig(data_dir=str(small_imagenet))
-    assert default_samples(folder) == images // 2                   # the rest evaluates
-    assert default_samples(folder, evaluate=False) == images        # calibrate: all of it
-    assert default_samples(RunConfig(data_dir=str(small_imagenet), eval_data_dir="/e")) == images
-    assert default_samples(RunConfig(data_dir=str(small_imagenet), samples=3)) == 3
-    assert default_samples(RunConfig()) == 500                       # the demo: all its variants
-
-    class Big:
-        samples = [None] * 5000
-
-    monkeypatch.setattr(plan, "open_source", lambda name, data_dir: Big())
-    assert default_samples(folder) == 500
-
-
 def test_device_auto_says_where_it_runs_and_why(monkeypatch):
     import torch
 
@@ -254,17 +234,3 @@ def test_device_auto_says_where_it_runs_and_why(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", Note)   # a device the user named is not a choice calib made
         check_placement(RunConfig(device="cpu"))
-
-
-def test_an_unknown_dataset_is_named_whatever_folder_options_come_with_it(tmp_path):
-    """`--dataset tfrecord --data-dir X` (npz, before calib read .npz folders) said the dataset 'reads
-    the images its name gives'; an unknown name is said as unknown, with the choices, before the
-    folder options are judged."""
-    from calib.session.config import check_dataset_options
-
-    with pytest.raises(CalibError, match="unknown dataset 'tfrecord' \\(choose from: demo, imagenet-val, images, npz"):
-        check_dataset_options(RunConfig(dataset="tfrecord", data_dir=str(tmp_path)))
-    check_dataset_options(RunConfig(dataset="npz", data_dir=str(tmp_path)))   # a folder of .npz files
-    with pytest.raises(CalibError, match="embedded photos"):
-        check_dataset_options(RunConfig(dataset="demo", data_dir=str(tmp_path)))
-    check_dataset_options(RunConfig(dataset="images", data_dir=str(tmp_path)))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from calib.calibration import CalibrationOutcome, calibrate
-from calib.data.plan import DataPlan, is_arrays
+from calib.data.plan import DataPlan, is_arrays, plan_data
 from calib.models import prepared_model
 from calib.session.config import RunConfig, check_config, config_model
-from calib.session.context import check_decoder, data_plan, fit_to_memory, run_at_fixed_batch
+from calib.session.context import check_decoder, fit_to_memory, run_at_fixed_batch
 
 
 def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
@@ -17,7 +17,7 @@ def calibrate_only(config: RunConfig) -> tuple[CalibrationOutcome, DataPlan]:
     model = config_model(config, is_arrays(config.dataset))
     check_decoder(config, model, placement)
     fit_to_memory(config, model, placement)
-    data = data_plan(config, model, evaluate=False)
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed, evaluate=False)
     prepared = prepared_model(model)
     run_at_fixed_batch(config, model, prepared)
     outcome = calibrate(model, prepared, data.calibration, config.calibrator,

@@ -1,11 +1,14 @@
-"""The classes a dataset's labels name: its own names (an hf: dataset has them), else the
-ImageNet-1k class list (standard indices: sorted wnid order), shipped as package data."""
+"""The ImageNet-1k class list (standard indices: sorted wnid order), shipped as package data, and
+the classes a dataset's labels name: its own (an hf: dataset has them), else ImageNet's."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from calib.data.dataset import Dataset
 
 
 @lru_cache(maxsize=1)
@@ -32,13 +35,14 @@ def class_name(index: int) -> str:
     return imagenet_classes()[index][1]
 
 
-def class_count(dataset) -> int:
+def class_count(dataset: "Dataset") -> int:
     """How many classes the dataset's labels name (its own names, else ImageNet's 1000): a
-    classifier's class count must be this, and chance level is measured against it."""
+    classifier's class count must be this (calib.models.check_classes), and chance level is
+    measured against it."""
     return len(getattr(dataset.source, "class_names", None) or imagenet_classes())
 
 
-def class_names_of(dataset) -> Callable[[int], str]:
+def class_names_of(dataset: "Dataset") -> Callable[[int], str]:
     """Class index -> name for reports: the dataset's own names, else ImageNet's."""
     names = getattr(getattr(dataset, "source", None), "class_names", None)
     if names:

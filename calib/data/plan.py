@@ -2,7 +2,9 @@
 
 Images (demo, imagenet-val, images, hf:) go through a preprocessing preset; named arrays (npz, and
 the dataset readers of `calib.data.readers`) through the model's `ArrayFeed` (calib.data.arrays):
-the preset's place in the plan, so both are sampled and split the same way."""
+the preset's place in the plan, so both are sampled and split the same way. The dataset options are
+checked here too, before any model (`check_dataset_options`), and --samples left out is decided
+here, from the folder (`default_samples`)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from calib.errors import CalibError, InternalError
 
 DATASETS = ("demo", "imagenet-val", "images", "npz", "hf:<name-or-path>")
 IMAGE_DATASETS = ("demo", "imagenet-val", "images")   # and hf:<name>
+FOLDER_DATASETS = ("imagenet-val", "images", "npz")   # the datasets that read --data-dir and --eval-data-dir
+MAX_DEFAULT_SAMPLES = 500   # a few hundred images calibrate as well as thousands (README)
 
 
 def is_arrays(name: str | None) -> bool:
@@ -34,6 +38,31 @@ def dataset_names() -> list[str]:
     from calib.data.readers import available_readers
 
     return [*DATASETS, *(r for r in available_readers() if r not in DATASETS)]
+
+
+def check_dataset_options(name: str, data_dir: str | None = None, eval_data_dir: str | None = None) -> None:
+    """`--dataset name` known, and a folder option it does not read refused: `--dataset demo
+    --data-dir X` ran the embedded photos and ignored X, and an hf: dataset evaluated on itself
+    whatever --eval-data-dir said. A dataset reader (calib.data.readers) is handed both folders."""
+    if name in FOLDER_DATASETS:
+        return
+    if name != "demo" and not (name.startswith("hf:") and len(name) > 3):
+        if is_arrays(name):
+            return
+        raise CalibError(f"unknown dataset '{name}' (choose from: {', '.join(dataset_names())})")
+    given = [flag for flag, value in (("--data-dir", data_dir), ("--eval-data-dir", eval_data_dir)) if value]
+    if given:
+        reads = "its embedded photos" if name == "demo" else "the images its name gives"
+        raise CalibError(f"--dataset {name} reads {reads}, not {' or '.join(given)}: folders are for "
+                         f"{', '.join(FOLDER_DATASETS)} (the dataset --data-dir implies when --dataset is left out)")
+
+
+def default_samples(available: int, shared: bool) -> int:
+    """The calibration samples when --samples is left out: half of the `available` ones when the
+    evaluation takes the rest of them (`shared`), all of them otherwise (--eval-data-dir,
+    calibrate), at most 500. A fixed 500 left nothing to evaluate on a 500-image folder, so compare
+    and sensitivity failed there by default."""
+    return max(1, min(MAX_DEFAULT_SAMPLES, available // 2 if shared else available))
 
 
 @dataclass
@@ -71,29 +100,33 @@ def open_source(name: str, data_dir: str | None, preprocess: "Preprocess | Array
     raise CalibError(f"unknown dataset '{name}' (choose from: {', '.join(dataset_names())})")
 
 
-def plan_data(name: str, data_dir: str | None, preprocess: "Preprocess | ArrayFeed", samples: int, seed: int = 0,
-              eval_data_dir: str | None = None, eval_samples: int | None = None,
-              evaluate: bool = True, source: ImageSource | None = None) -> DataPlan:
+def plan_data(name: str, data_dir: str | None, preprocess: "Preprocess | ArrayFeed", samples: int | None = None,
+              seed: int = 0, eval_data_dir: str | None = None, eval_samples: int | None = None,
+              evaluate: bool = True) -> DataPlan:
     """Calibration set and a disjoint evaluation set (the rest of the same folder, or
-    --eval-data-dir). `source`: the `--data-dir` source, when it was opened already (a reader is
-    read once)."""
-    if samples < 1:
+    --eval-data-dir). `samples`: the calibration samples, None for `default_samples` (the demo:
+    all its 500 variants, its evaluation photos being a source of their own). The `--data-dir`
+    source is opened once: a reader is read once."""
+    if samples is not None and samples < 1:
         raise CalibError("--samples must be at least 1")
     notes: list[str] = []
     if name == "demo":
         from calib.data.demo import DemoSource
 
+        samples = MAX_DEFAULT_SAMPLES if samples is None else samples
         calibration = take(Dataset.of(DemoSource(variants=True), preprocess), samples, seed)
         evaluation = Dataset.of(DemoSource(variants=False), preprocess) if evaluate else None
         notes.append("demo: 5 photos shipped with scikit-image and matplotlib, calibrated on flipped/cropped "
                      "variants of them; far too few images for a real accuracy figure")
         return DataPlan(calibration, take(evaluation, eval_samples, seed) if evaluation else None,
                         samples, True, tuple(notes))
-    full = Dataset.of(source if source is not None else open_source(name, data_dir, preprocess), preprocess)
+    full = Dataset.of(open_source(name, data_dir, preprocess), preprocess)
+    shared = evaluate and eval_data_dir is None   # the evaluation takes the rest of the folder
+    samples = default_samples(len(full), shared) if samples is None else samples
     noun = getattr(full.source, "noun", "images")
     if len(full) == 0:
         raise CalibError(f"no {noun} in {full.source.description}")
-    if eval_data_dir is not None or not evaluate:
+    if not shared:
         calibration = take(full, samples, seed)
         evaluation = None
         if evaluate:

@@ -243,6 +243,15 @@ def check_channel_order(order: str) -> str:
     return order
 
 
+def check_normalisation(mean: "str | Sequence[float] | None" = None, std: "str | Sequence[float] | None" = None,
+                        channel_order: str = "rgb") -> None:
+    """--mean, --std and --channel-order read as `normalised` reads them, before there is a preset
+    to apply them to: a typo is one line before the model is exported."""
+    parse_channels(mean, "--mean")
+    parse_channels(std, "--std")
+    check_channel_order(channel_order)
+
+
 def normalised(pre: Preprocess, mean: "str | Sequence[float] | None" = None,
                std: "str | Sequence[float] | None" = None, channel_order: str = "rgb") -> Preprocess:
     """The preset with its normalisation and channel order overridden (`--mean`, `--std` on the

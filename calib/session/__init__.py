@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _WHERE = {name: "calib.session.config" for name in ("GPU_DECODERS", "RunConfig", "check_config", "check_placement",
-                                                  "default_out", "default_samples", "resolve_placement")}
+                                                  "default_out", "resolve_placement")}
 _WHERE.update({name: "calib.session.context" for name in ("RunSetup", "check_model_classes", "default_flavor",
                                                        "report_header", "setup")})
 __all__ = sorted(_WHERE)

@@ -39,7 +39,7 @@ class RunConfig:
     exclude_ops: tuple[str, ...] = ()    # op types left float (--exclude-op)
     dataset: str | None = None           # None: imagenet-val when data_dir is given, else demo (__post_init__)
     data_dir: str | None = None
-    samples: int | None = None           # None: half of the folder (the rest evaluates), at most 500 (default_samples)
+    samples: int | None = None           # None: half of the folder (the rest evaluates), at most 500 (calib.data.plan)
     eval_data_dir: str | None = None
     eval_samples: int | None = None
     calibrator: str = "minmax"  # the default of ModelOpt and ONNX Runtime; see README
@@ -159,29 +159,6 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
     return placement
 
 
-FOLDER_DATASETS = ("imagenet-val", "images", "npz")   # the datasets that read --data-dir and --eval-data-dir
-
-
-def check_dataset_options(config: RunConfig) -> None:
-    """A folder option the chosen dataset does not read is refused: `--dataset demo --data-dir X`
-    ran the embedded photos and ignored X, and an hf: dataset evaluated on itself whatever
-    --eval-data-dir said. A dataset reader (calib.data.readers) is handed both folders."""
-    if config.dataset in FOLDER_DATASETS:
-        return
-    if config.dataset != "demo" and not (config.dataset.startswith("hf:") and len(config.dataset) > 3):
-        from calib.data.plan import dataset_names, is_arrays
-
-        if is_arrays(config.dataset):
-            return
-        raise CalibError(f"unknown dataset '{config.dataset}' (choose from: {', '.join(dataset_names())})")
-    given = [flag for flag, value in (("--data-dir", config.data_dir), ("--eval-data-dir", config.eval_data_dir))
-             if value]
-    if given:
-        reads = "its embedded photos" if config.dataset == "demo" else "the images its name gives"
-        raise CalibError(f"--dataset {config.dataset} reads {reads}, not {' or '.join(given)}: folders are for "
-                         f"{', '.join(FOLDER_DATASETS)} (the dataset --data-dir implies when --dataset is left out)")
-
-
 def check_numbers(config: RunConfig) -> None:
     """Every float field finite and the seed a seed, for library callers as for the command line
     (whose option groups refuse these where they are parsed): an infinite --speed-seconds timed
@@ -195,16 +172,6 @@ def check_numbers(config: RunConfig) -> None:
         raise CalibError(f"--seed must be at least 0, got {config.seed}")
     if config.speed_seconds < 0:
         raise CalibError(f"--speed-seconds must be at least 0, got {config.speed_seconds}")
-
-
-def check_preprocess_options(config: RunConfig) -> None:
-    """--mean, --std and --channel-order parsed once here (calib.data.transforms.normalised parses
-    them the same way), so a typo is one line before the model is exported."""
-    from calib.data.transforms import check_channel_order, parse_channels
-
-    parse_channels(config.mean, "--mean")
-    parse_channels(config.std, "--std")
-    check_channel_order(config.channel_order)
 
 
 LABELLED_TASKS = {"detect": "a COCO JSON file", "segment": "a folder of masks (<image stem>.png or .npy)"}
@@ -288,15 +255,20 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
     `out`: the output folder a command will write (checked apart from the cache folder).
     Returns where the run goes (checked usable here).
 
-    The values are checked here first; then each name and setting goes to the layer that owns it
-    (the registries, the folders, the budget, the devices)."""
+    The options' own values are checked here first; then each name and setting goes to the layer
+    that owns it (the dataset and its normalisation, the registries, the folders, the budget, the
+    devices)."""
     from calib.backends import backend_class
     from calib.calibrators.registry import check_params
+    from calib.data.plan import check_dataset_options
+    from calib.data.transforms import check_normalisation
     from calib.quantize import get_flavor
     from calib.stats.budget import check_budget
 
     store = config.cache_store()
     check_values(config)
+    check_dataset_options(config.dataset, config.data_dir, config.eval_data_dir)
+    check_normalisation(config.mean, config.std, config.channel_order)
     backend_class(config.backend)   # unknown names fail here, naming the choices
     if config.qdq_flavor is not None:
         get_flavor(config.qdq_flavor)
@@ -311,11 +283,9 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
 
 
 def check_values(config: RunConfig) -> None:
-    """The options' own values: finite numbers, counts of at least one, a folder only where the
-    dataset reads one, a known decoder."""
+    """The options' own values: finite numbers, --labels for a task judged against labels and an
+    existing path, counts of at least one, a known decoder, --input-shape's syntax."""
     check_numbers(config)
-    check_dataset_options(config)
-    check_preprocess_options(config)
     check_labels_option(config)
     if config.samples is not None and config.samples < 1:
         raise CalibError(f"--samples must be at least 1, got {config.samples}")
@@ -326,25 +296,6 @@ def check_values(config: RunConfig) -> None:
     if config.gpu_decode not in GPU_DECODERS:
         raise CalibError(f"--gpu-decode must be one of {', '.join(GPU_DECODERS)}, not '{config.gpu_decode}'")
     parse_input_shapes(config.input_shape)   # a bad spec fails here; the names are checked against the model
-
-
-MAX_DEFAULT_SAMPLES = 500   # a few hundred images calibrate as well as thousands (README)
-
-
-def default_samples(config: RunConfig, evaluate: bool = True, source=None) -> int:
-    """The calibration images when --samples is left out: half of the folder when the evaluation
-    takes the rest of it, all of it otherwise (--eval-data-dir, calibrate, the demo), at most 500.
-    A fixed 500 left nothing to evaluate on a 500-image folder, so compare and sensitivity failed
-    there by default. `source`: the dataset's source, when it was opened already (named arrays)."""
-    if config.samples is not None:
-        return config.samples
-    if config.dataset == "demo":   # its evaluation photos are a source of their own
-        return MAX_DEFAULT_SAMPLES
-    from calib.data.plan import open_source
-
-    images = len((source if source is not None else open_source(config.dataset, config.data_dir)).samples)
-    shared = evaluate and config.eval_data_dir is None
-    return max(1, min(MAX_DEFAULT_SAMPLES, images // 2 if shared else images))
 
 
 def default_out(config: RunConfig, kind: str | None = None) -> Path:

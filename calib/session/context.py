@@ -10,13 +10,13 @@ from pathlib import Path
 
 import onnx
 
-from calib.data.plan import DataPlan, is_arrays, open_source, plan_data
+from calib.data.classes import class_count
+from calib.data.plan import DataPlan, is_arrays, plan_data
 from calib.errors import CalibError
 from calib.models import Model, check_classes, fixed_batch, prepared_model
 from calib.placement import CPU, Placement
 from calib.report.schema import ReportHeader
-from calib.session.config import (RunConfig, check_config, check_labels_option, config_model, default_out,
-                                  default_samples)
+from calib.session.config import RunConfig, check_config, check_labels_option, config_model, default_out
 
 
 def default_flavor(backend: str) -> str:
@@ -34,17 +34,6 @@ class RunSetup:
     prepared: onnx.ModelProto
     out: Path
     placement: Placement = CPU
-
-
-def data_plan(config: RunConfig, model: Model, evaluate: bool = True) -> DataPlan:
-    """The calibration and evaluation data of `config` for `model` (a dataset of named arrays is
-    opened once: its files are checked against the model, a reader is read to its end)."""
-    source = open_source(config.dataset, config.data_dir, model.preprocess) if model.arrays else None
-    if evaluate:
-        return plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config, source=source),
-                         config.seed, config.eval_data_dir, config.eval_samples, source=source)
-    return plan_data(config.dataset, config.data_dir, model.preprocess, default_samples(config, False, source),
-                     config.seed, evaluate=False, source=source)
 
 
 def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = None,
@@ -70,7 +59,8 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     check_decoder(config, model, placement)
     flavor = config.qdq_flavor or default_flavor(config.backend)
     fit_to_memory(config, model, placement)            # before the prepared model, whose probe runs it
-    data = data_plan(config, model)
+    data = plan_data(config.dataset, config.data_dir, model.preprocess, config.samples, config.seed,
+                     config.eval_data_dir, config.eval_samples)
     prepared = prepared_model(model)
     run_at_fixed_batch(config, model, prepared)
     if model.task == "classify" and not model.arrays:   # scored against labels: the class counts must agree
@@ -139,8 +129,6 @@ def run_at_fixed_batch(config: RunConfig, model: Model, prepared: onnx.ModelProt
 def check_model_classes(model: Model, dataset, prepared: onnx.ModelProto) -> None:
     """A classifier whose class count is not the dataset's label count would score 0% top-1 and
     say nothing: refused in one line before any calibration."""
-    from calib.data.classes import class_count
-
     check_classes(model, class_count(dataset), dataset.source.description, prepared=prepared)
 
 
