@@ -24,8 +24,9 @@ from calib.report.run import write_run_report
 from calib.report.schema import FallbackReport, RunBase, RunReport
 from calib.stats.budget import budget_text, meets
 from calib.restore.ranker import MEASURE
+from calib.restore.score import CLASSIFY, ClassifierScorer
 from calib.restore.search import STRATEGY, FallbackResult, slower_than_fp32
-from calib.commands.steps import Int8, calibrate_run, calibration_section, int8_model
+from calib.commands.steps import Int8, Judge, calibrate_run, calibration_section, int8_model
 from calib.fsutil import staged_dir
 from calib.placement import CPU, Placement
 from calib.report.header import chance_warning, eval_section
@@ -35,64 +36,75 @@ from calib.session.context import RunSetup, report_header, setup
 
 
 def run(config: RunConfig) -> RunBase:
-    """One run for every task: set up, check what can be checked before any calibration, calibrate
-    (or reuse the cache), materialize the INT8 model (with the float layers a budget needs), then
-    judge it: a classifier by top-1 and its paired intervals (`judge_classifier`), any other model
-    output by output and by its task's metric (calib.commands.task)."""
-    from calib.commands.task import check_task, judge_task
-
+    """One run for every task: set up, make the run's judge (which checks what can be checked
+    before any calibration), calibrate (or reuse the cache), materialize the INT8 model (with the
+    float layers a budget needs, scored as the judge scores), then judge it: a classifier on
+    labelled images by top-1 and its paired intervals (`ClassifierJudge`), any other model output
+    by output and by its task's metric (`calib.commands.task.TaskJudge`)."""
     backend = get_backend(config.backend)
     runnable, why = backend.can_run()
     if not runnable:  # evaluation runs the engines: say so before any calibration work
         raise CalibError(f"--backend {config.backend} cannot run engines here: {why}")
     s = setup(config, config.out)
-    # A classifier is judged by top-1 against its images' labels; without labels (a plain folder of
-    # images, named arrays), like every other task, output by output and by its metric against FP32.
-    by_labels = s.model.task == "classify" and not s.model.arrays and s.data.evaluation.labelled()
-    if s.model.task == "classify" and not by_labels and (config.max_drop is not None or config.min_agreement is not None):
+    judge = judge_for(config, s)
+    with staged_dir(s.out) as stage:
+        outcome = calibrate_run(config, s)
+        int8 = int8_model(config, s, outcome, judge.scorer)
+        int8_onnx = stage / "int8.onnx"
+        save_model(int8.model, int8_onnx)  # external data past 2 GB
+        report = judge.judge(backend, stage, outcome, int8, int8_onnx)
+    return report
+
+
+def judge_for(config: RunConfig, s: RunSetup) -> Judge:
+    """The run's judge. A classifier is judged by top-1 against its images' labels; without labels
+    (a plain folder of images, named arrays), like every other task, output by output and by its
+    metric against FP32, whose top-1 budget it cannot take."""
+    from calib.commands.task import TaskJudge
+
+    if s.model.task == CLASSIFY and not s.model.arrays and s.data.evaluation.labelled():
+        return ClassifierJudge(config, s)
+    if s.model.task == CLASSIFY and (config.max_drop is not None or config.min_agreement is not None):
         raise CalibError(f"a fallback budget on a classifier is a top-1 budget, which needs labelled images "
                          f"(imagenet-val's class folders, hf:); --dataset {config.dataset} has none: run without "
                          f"--max-drop/--min-agreement judges INT8 against FP32's own predictions")
-    labels = None if by_labels else check_task(config, s)
-    with staged_dir(s.out) as stage:
-        outcome = calibrate_run(config, s)
-        int8 = int8_model(config, s, outcome, labels)
-        int8_onnx = stage / "int8.onnx"
-        save_model(int8.model, int8_onnx)  # external data past 2 GB
-        if labels is None:
-            report = judge_classifier(config, s, backend, stage, outcome, int8, int8_onnx)
-        else:
-            report = judge_task(config, s, backend, stage, outcome, int8, int8_onnx, labels)
-    return report
+    return TaskJudge(config, s)
 
 
-def judge_classifier(config: RunConfig, s: RunSetup, backend, stage: Path, outcome: CalibrationOutcome,
-                     int8: Int8, int8_onnx: Path) -> RunReport:
-    """A classifier's figures: FP32 and INT8 on the same images (the held-out ones after a
-    fallback search), the decision figures and the verdict, the histograms and per-tensor SQNR of
-    report.html; writes the report into `stage`."""
-    prepared, flavor, data, placement = s.prepared, s.flavor, s.data, s.placement
-    evaluated = int8.evaluation(data)
-    fp32_onnx = prepared_path(s.model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
-    ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx}, evaluated, stage,
-                                    config.pass_batch_sizes()[1], config.workers, config.progress,
-                                    placement=placement, gpu_decode=config.gpu_decode)
-    fp32_artifact, int8_artifact = (s.out / a.name if a.parent == stage else a for a in artifacts.values())
-    report = build_report(config, s, outcome, ev, fp32_artifact, int8_artifact, evaluated, placement, int8_onnx)
-    if config.backend == "ort":
-        report.ort_kernels = integer_kernel_check(int8_onnx)
-    report.placement = excluded_nodes(prepared, flavor, **config.placement_rules()).to_json()
-    if int8.fallback is not None:
-        report.fallback = fallback_report(int8.fallback, ev)
-    add_decision_figures(report, config, backend, flavor, prepared, ev, artifacts,
-                         {"fp32": fp32_onnx, "int8": int8_onnx}, int8.fallback, evaluated, placement)
-    figures = None
-    if config.html:
-        figures = run_figures(prepared, int8.model, outcome, flavor, data.calibration, data.evaluation,
-                              config.calibrator, batch_size=config.batch_size, workers=config.workers,
-                              progress=config.progress, device=placement.first, decoder=config.gpu_decode)
-    write_run_report(stage, report, figures, html=config.html)
-    return report
+class ClassifierJudge(Judge):
+    """A classifier on labelled images: FP32 and INT8 on the same images (the held-out ones after
+    a fallback search), top-1 against the labels with paired intervals, the decision figures and
+    the verdict, the histograms and per-tensor SQNR of report.html."""
+
+    def __init__(self, config: RunConfig, s: RunSetup) -> None:
+        self.config, self.s = config, s
+        self.scorer = ClassifierScorer()
+
+    def judge(self, backend, stage: Path, outcome: CalibrationOutcome, int8: Int8, int8_onnx: Path) -> RunReport:
+        """The figures and the verdict; writes the report into `stage`."""
+        config, s = self.config, self.s
+        prepared, flavor, data, placement = s.prepared, s.flavor, s.data, s.placement
+        evaluated = int8.evaluation(data)
+        fp32_onnx = prepared_path(s.model)  # the prepared FP32 graph: fixed H/W, (N, K) output, dynamic batch
+        ev, artifacts = evaluate_models(backend, {"fp32": fp32_onnx, "int8": int8_onnx}, evaluated, stage,
+                                        config.pass_batch_sizes()[1], config.workers, config.progress,
+                                        placement=placement, gpu_decode=config.gpu_decode)
+        fp32_artifact, int8_artifact = (s.out / a.name if a.parent == stage else a for a in artifacts.values())
+        report = build_report(config, s, outcome, ev, fp32_artifact, int8_artifact, evaluated, placement, int8_onnx)
+        if config.backend == "ort":
+            report.ort_kernels = integer_kernel_check(int8_onnx)
+        report.placement = excluded_nodes(prepared, flavor, **config.placement_rules()).to_json()
+        if int8.fallback is not None:
+            report.fallback = fallback_report(int8.fallback, ev)
+        add_decision_figures(report, config, backend, flavor, prepared, ev, artifacts,
+                             {"fp32": fp32_onnx, "int8": int8_onnx}, int8.fallback, evaluated, placement)
+        figures = None
+        if config.html:
+            figures = run_figures(prepared, int8.model, outcome, flavor, data.calibration, data.evaluation,
+                                  config.calibrator, batch_size=config.batch_size, workers=config.workers,
+                                  progress=config.progress, device=placement.first, decoder=config.gpu_decode)
+        write_run_report(stage, report, figures, html=config.html)
+        return report
 
 
 def add_decision_figures(report: RunReport, config: RunConfig, backend, flavor: str, prepared: onnx.ModelProto,

@@ -1,23 +1,24 @@
 """The steps `calib run` takes for every task, written once: calibrate (or reuse the cache) with the
 run's settings, materialize the INT8 model with the user's exclusions (and the float layers a
 budget needs), and the report's calibration section. A classifier (calib.commands.run) and any
-other model (calib.commands.task) differ only in how they are judged and reported."""
+other model (calib.commands.task) differ only in how they are judged and reported: the run's
+`Judge`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnx
 
 from calib.calibration import CalibrationOutcome, calibrate
 from calib.data import Dataset
-from calib.data.labels import TaskLabels
 from calib.data.plan import DataPlan
 from calib.fsutil import mark_calib_onnx
 from calib.quantize import quantize_model
 from calib.quantize.heads import exclusions_record
-from calib.report.schema import CalibrationSection
-from calib.restore.score import Scorer, scorer_for
+from calib.report.schema import CalibrationSection, RunBase
+from calib.restore.score import Scorer
 from calib.restore.search import FallbackResult, fallback_to_budget
 from calib.session.config import RunConfig
 from calib.session.context import RunSetup
@@ -46,12 +47,29 @@ class Int8:
         return self.fallback.final_dataset if self.fallback is not None else data.evaluation
 
 
-def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, labels: TaskLabels | None = None) -> Int8:
+class Judge:
+    """How a run judges its INT8 model: one contract, one kind per reference (after Polygraphy's
+    runners, one contract whatever runs behind it; the scorers of calib.restore.score are the same
+    split one layer down). Made before any calibration, a judge has checked what can be checked
+    then (a task's metric reads the model's outputs, its labels fit the images). `scorer` is how
+    the fallback search scores a candidate, the way the run judges the result; `judge` evaluates
+    FP32 and INT8 on the same images, decides, and writes the report into the stage folder.
+
+    `calib.commands.run.ClassifierJudge`: top-1 against the images' labels, paired intervals;
+    `calib.commands.task.TaskJudge`: every output against FP32, and the task metric."""
+
+    scorer: Scorer
+
+    def judge(self, backend, stage: Path, outcome: CalibrationOutcome, int8: Int8, int8_onnx: Path) -> RunBase:
+        raise NotImplementedError
+
+
+def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, scorer: Scorer) -> Int8:
     """The Q/DQ model of the run's flavor from the cache as read back, with the user's exclusions
     beside the heads the flavors keep float; with a budget (--max-drop, --min-agreement), the
-    fewest most damaging layers left float to meet it (calib.restore.search), judged as the run
-    judges: top-1 for a classifier, else the task metric against `labels` (or FP32); marked with
-    its flavor, its cache and the exclusions."""
+    fewest most damaging layers left float to meet it (calib.restore.search), each candidate
+    scored by `scorer`, the run's judge's (top-1 for a classifier, else the task metric against
+    the labels or FP32); marked with its flavor, its cache and the exclusions."""
     rules = config.placement_rules()
     record = exclusions_record(rules)
     means = outcome.entry.channel_means(config.bias_correction)
@@ -62,20 +80,12 @@ def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, labe
                                       min_agreement=config.min_agreement, batch_size=config.batch_size,
                                       workers=config.workers, seed=config.seed, progress=config.progress,
                                       channel_means=means, device=s.placement.first, decoder=config.gpu_decode,
-                                      rules=rules, scorer=scorer(s.model.task, labels))
+                                      rules=rules, scorer=scorer)
         qdq = fallback.model
     else:
         qdq, _ = quantize_model(s.prepared, amax, s.flavor, channel_means=means, **rules)
     mark_calib_onnx(qdq, qdq_flavor=s.flavor, cache=outcome.entry.path.name, **record)
     return Int8(qdq, means, fallback)
-
-
-def scorer(task: str, labels: TaskLabels | None = None) -> Scorer:
-    """What the fallback search judges candidates by: the classifier's top-1, or the task metric
-    with the run's labels (calib.restore.score)."""
-    if labels is None:
-        return scorer_for(task)
-    return scorer_for(task, labels.inputs, **labels.params)
 
 
 def calibration_section(outcome: CalibrationOutcome, s: RunSetup) -> CalibrationSection:
