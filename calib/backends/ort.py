@@ -160,6 +160,7 @@ class OrtRunner(Runner):
 
     def __init__(self, path: "Path | bytes | ModelProto", threads: int = 0, device: str = "cpu",
                  tf32: bool = False, exact: bool | None = None, level: str = "all", arena: bool = True):
+        from calib.onnx_io import ort_session
         from calib.placement import Placement
 
         placement = Placement.parse(device)
@@ -168,22 +169,17 @@ class OrtRunner(Runner):
         self.kind = "cuda" if placement.on_gpu else "cpu"
         self.device_id = placement.gpus[0] if placement.on_gpu else 0
         self.exact = None   # the ExactGraph run, when one is
-        if not isinstance(path, (bytes, str, Path)):   # a ModelProto
-            path = _serialisable(path)
-        model = self._exact_graph(path, exact)
-        if model is not None:
-            path = model.model
-            tf32 = tf32 or (self.kind == "cuda" and model.all_exact)
+        self._tmp = None    # the temporary folder of a model past 2 GB given as a ModelProto
+        model = self._session_model(path, exact)
+        if self.exact is not None:
+            tf32 = tf32 or (self.kind == "cuda" and self.exact.all_exact)
         self.stream = None   # on CUDA: the torch stream the session runs on (see infer)
-        self._tmp = None
-        if isinstance(path, _External):   # past protobuf's 2 GB: ONNX Runtime reads it from a file
-            self._tmp, path = path.tmp, path.path
-        if self.kind == "cpu":
-            self.session = _cpu_session(path, level, threads, arena)
-        else:
+        if self.kind == "cuda":
             self.stream = _own_stream(self.device_id)
-            self.session = cuda_session(path, self.device_id, level, tf32=tf32,
+            self.session = cuda_session(model, self.device_id, level, tf32=tf32,
                                         stream=None if self.stream is None else self.stream.cuda_stream)
+        else:
+            self.session = ort_session(model, level, threads, arena=arena)
         if self._tmp is not None:
             self._tmp.cleanup()   # the session has read the files
             self._tmp = None
@@ -192,27 +188,40 @@ class OrtRunner(Runner):
         self.input_name = self.input_names[0]
         self._outputs: dict[tuple, list] = {}   # batch shape -> preallocated output tensors
 
-    def _exact_graph(self, path, exact: bool | None):
-        """The integer-exact graph to run instead of the model at `path`, or None."""
-        if exact is False or isinstance(path, _External):
-            return None
-        import onnx
-
+    def _session_model(self, model: "Path | bytes | ModelProto", exact: bool | None):
+        """What the session reads: the integer-exact graph where the runner runs one (kept as
+        `self.exact`), else the model as given. A ModelProto past protobuf's 2 GB limit is written
+        with external data into a temporary folder (`self._tmp`), which ONNX Runtime reads as
+        written; a ModelProto under it is read as it is, never serialised and parsed back."""
+        from calib.models.files import needs_external_data, save_model
         from calib.onnx_io import load_model
         from calib.quantize.exact import has_qdq, has_subgraphs, integer_exact, runs_exact
 
+        proto = not isinstance(model, (bytes, str, Path))
+        if proto and needs_external_data(model):
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="calib-runner-")
+            path = Path(self._tmp.name) / "model.onnx"
+            save_model(model, path)
+            return path
+        if exact is False:
+            return model
+        import onnx
+
         # The graph first (no external weights): most models are not Q/DQ and are left alone.
-        model = onnx.load_from_string(path) if isinstance(path, bytes) else load_model(path, external_data=False)
-        if not has_qdq(model) or has_subgraphs(model):
-            return None
-        if exact is None and not runs_exact(model, self.kind):
-            return None
-        if not isinstance(path, bytes):
-            model = load_model(path)
-        if model.ByteSize() > EXACT_SERIALISED_LIMIT:   # it is handed to the session serialised
-            return None
-        self.exact = integer_exact(model, round_accumulator=self.kind == "cuda")
-        return self.exact
+        graph = model if proto else (onnx.load_from_string(model) if isinstance(model, bytes)
+                                     else load_model(model, external_data=False))
+        if not has_qdq(graph) or has_subgraphs(graph):
+            return model
+        if exact is None and not runs_exact(graph, self.kind):
+            return model
+        if not proto and not isinstance(model, bytes):
+            graph = load_model(model)   # with its external weights
+        if graph.ByteSize() > EXACT_SERIALISED_LIMIT:   # it is handed to the session serialised
+            return model
+        self.exact = integer_exact(graph, round_accumulator=self.kind == "cuda")
+        return self.exact.model
 
     def infer(self, feed, outputs=None) -> list:
         feed = feed if isinstance(feed, dict) else {self.input_name: feed}
@@ -279,32 +288,6 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self._outputs = {}
-
-
-class _External:
-    """A model past protobuf's 2 GB limit, saved with external data in a temporary folder."""
-
-    def __init__(self, model) -> None:
-        import tempfile
-
-        from calib.models.files import save_model
-
-        self.tmp = tempfile.TemporaryDirectory(prefix="calib-runner-")
-        self.path = Path(self.tmp.name) / "model.onnx"
-        save_model(model, self.path)
-
-
-def _serialisable(model) -> "bytes | _External":
-    """A ModelProto as ONNX Runtime takes it: its bytes, or a file with external data past 2 GB."""
-    from calib.models.files import needs_external_data
-
-    return _External(model) if needs_external_data(model) else model.SerializeToString()
-
-
-def _cpu_session(path, level: str, threads: int, arena: bool):
-    from calib.onnx_io import ort_session
-
-    return ort_session(path, level, threads, arena=arena)
 
 
 def _on_cuda(value) -> bool:
