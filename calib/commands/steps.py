@@ -17,7 +17,7 @@ from calib.fsutil import mark_calib_onnx
 from calib.quantize import quantize_model
 from calib.quantize.heads import exclusions_record
 from calib.report.schema import CalibrationSection
-from calib.restore.score import Scorer, scorer_for
+from calib.restore.score import scorer_for
 from calib.restore.search import FallbackResult, fallback_to_budget
 from calib.session.config import RunConfig
 from calib.session.context import RunSetup
@@ -53,29 +53,23 @@ def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, labe
     judges: top-1 for a classifier, else the task metric against `labels` (or FP32); marked with
     its flavor, its cache and the exclusions."""
     rules = config.placement_rules()
-    record = exclusions_record(rules)
     means = outcome.entry.channel_means(config.bias_correction)
     amax = outcome.entry.cache.amax()
     fallback = None
     if config.max_drop is not None or config.min_agreement is not None:
+        judge = (scorer_for(s.model.task) if labels is None else
+                 scorer_for(s.model.task, labels.inputs, **labels.params))
         fallback = fallback_to_budget(s.prepared, amax, s.flavor, s.data.evaluation, max_drop=config.max_drop,
                                       min_agreement=config.min_agreement, batch_size=config.batch_size,
                                       workers=config.workers, seed=config.seed, progress=config.progress,
                                       channel_means=means, device=s.placement.first, decoder=config.gpu_decode,
-                                      rules=rules, scorer=scorer(s.model.task, labels))
+                                      rules=rules, scorer=judge)
         qdq = fallback.model
     else:
         qdq, _ = quantize_model(s.prepared, amax, s.flavor, channel_means=means, **rules)
+    record = exclusions_record(rules)
     mark_calib_onnx(qdq, qdq_flavor=s.flavor, cache=outcome.entry.path.name, **record)
     return Int8(qdq, means, fallback)
-
-
-def scorer(task: str, labels: TaskLabels | None = None) -> Scorer:
-    """What the fallback search judges candidates by: the classifier's top-1, or the task metric
-    with the run's labels (calib.restore.score)."""
-    if labels is None:
-        return scorer_for(task)
-    return scorer_for(task, labels.inputs, **labels.params)
 
 
 def calibration_section(outcome: CalibrationOutcome, s: RunSetup) -> CalibrationSection:
