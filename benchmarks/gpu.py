@@ -172,10 +172,11 @@ def main() -> None:
 def run(args) -> None:
     import torch
 
-    from calib.backends.ort import OrtRunner, require_cuda_provider
+    from calib.backends.ort import OrtRunner
     from calib.data.dataset import Dataset
     from calib.data.sources import imagenet_val
     from calib.data.transforms import get_preset
+    from calib.onnx_io import require_cuda_provider
 
     out = args.out
     ort = require_cuda_provider()
@@ -277,7 +278,7 @@ def run(args) -> None:
         res["int8_alone[as written]"] = timed_run(OrtRunner(args.int8, device="cuda:0", exact=False), x)
         res["fp32_alone[TF32 on]"] = timed_run(OrtRunner(args.fp32, device="cuda:0", tf32=True), x)
         res["pair_sequential_bound"] = 1 / (1 / res["fp32_alone"] + 1 / res["int8_alone"])
-        from calib.backends.ort import cuda_session
+        from calib.onnx_io import cuda_session
 
         class _Exhaustive(OrtRunner):   # ORT's default algorithm search, for reference
             def __init__(self, path):

@@ -55,19 +55,19 @@ def observe_pass(prepared: onnx.ModelProto, dataset: Dataset, stats, batch_size:
     merged exactly (`calib.passes.shard`). Returns the pass's result and the means."""
     from calib import passes
 
-    means = ChannelMeans(weighted_inputs(prepared))
-    if not placement.sharded:
-        return passes.observe_pass(prepared, dataset, Observers(stats, means), batch_size, placement.first, tensors,
-                                   workers, progress, gpu_decode), means
-    from calib.passes.shard import observe_sharded
+    if placement.sharded:
+        from calib.passes.shard import observe_sharded
 
-    merged, merged_means, multi, order = observe_sharded(prepared, dataset, placement, batch_size, tensors=tensors,
-                                                         means_tensors=None if means.tensors is None else sorted(means.tensors),
-                                                         decoder=gpu_decode, workers=workers)
-    target = getattr(stats, "stats", stats)  # a calibrator reads its TensorStatistics
-    target.merge(merged)
-    means.merge(merged_means)
-    return CollectResult(multi.images, multi.skipped, multi.seconds, order), means
+        # The ranks' statistics and channel means come back merged, in the one-device order.
+        merged, means, multi, order = observe_sharded(prepared, dataset, placement, batch_size, tensors=tensors,
+                                                      means_tensors=sorted(weighted_inputs(prepared)),
+                                                      decoder=gpu_decode, workers=workers)
+        target = getattr(stats, "stats", stats)  # a calibrator reads its TensorStatistics
+        target.merge(merged)
+        return CollectResult(multi.images, multi.skipped, multi.seconds, order), means
+    means = ChannelMeans(weighted_inputs(prepared))
+    return passes.observe_pass(prepared, dataset, Observers(stats, means), batch_size, placement.first, tensors,
+                               workers, progress, gpu_decode), means
 
 
 def model_inputs(model: Model) -> list[dict]:

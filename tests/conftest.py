@@ -106,7 +106,7 @@ def has_cuda_ort() -> bool:
     try:
         import torch
 
-        from calib.backends.ort import cuda_provider_available
+        from calib.onnx_io import cuda_provider_available
     except ImportError:
         return False
     return torch.cuda.is_available() and cuda_provider_available()

@@ -215,13 +215,13 @@ def test_build_device_is_checked_before_anything_is_written(calibrated, tiny_mod
 def test_build_device_auto_follows_the_other_commands_rule(monkeypatch):
     import torch
 
-    from calib.backends import ort
+    from calib import onnx_io
     from calib.commands.build import build_device
 
     # A GPU machine: auto picks the GPU for the ort backend, the CPU for backends that run on the
     # GPU by themselves (RunConfig.placement), as for run, compare and bench.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(ort, "require_cuda_provider", lambda: None)
+    monkeypatch.setattr(onnx_io, "require_cuda_provider", lambda: None)
     assert build_device("auto", "tensorrt-rtx") == "cpu"
 
 

@@ -1,9 +1,12 @@
-"""calib.onnx_io: model size on disk."""
+"""calib.onnx_io: model size on disk; CUDA sessions that cannot load are one-line errors, and run on
+the stream they are given."""
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from calib.errors import CalibError
 from calib.onnx_io import model_size_mb
 
 
@@ -27,3 +30,45 @@ def test_model_size_counts_the_external_data_file_beside_the_model(tmp_path, mon
     monkeypatch.chdir(elsewhere)
     assert model_size_mb(path) == round((path.stat().st_size + 1_000_000) / 1e6, 3)
     assert model_size_mb("../models/m.onnx") == model_size_mb(path)   # a relative path to the model too
+
+
+def test_cuda_provider_that_silently_falls_back_is_an_error(tiny_classifier, monkeypatch):
+    import onnxruntime as ort
+
+    import calib.onnx_io as onnx_io
+
+    class FakeSession:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnx_io, "require_cuda_provider", lambda: ort)
+    monkeypatch.setattr(onnx_io, "ort_session", lambda *a, **k: FakeSession())
+    with pytest.raises(CalibError, match="could not load") as info:
+        onnx_io.cuda_session(tiny_classifier, 0)
+    assert "calib[gpu]" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_cuda_session_runs_on_the_stream_it_is_given(tiny_classifier, monkeypatch):
+    """The runner's own stream reaches ONNX Runtime (`user_compute_stream`): run_device then waits
+    for that stream only, never for the whole device."""
+    import onnxruntime as ort
+
+    import calib.onnx_io as onnx_io
+
+    seen = {}
+
+    class FakeSession:
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def fake_session(model, level, threads=0, providers=(), config=None):
+        seen.update(providers[0][1])
+        return FakeSession()
+
+    monkeypatch.setattr(onnx_io, "require_cuda_provider", lambda: ort)
+    monkeypatch.setattr(onnx_io, "ort_session", fake_session)
+    onnx_io.cuda_session(tiny_classifier, 1, stream=0x1234)
+    assert seen["user_compute_stream"] == str(0x1234) and seen["device_id"] == "1"
+    seen.clear()
+    onnx_io.cuda_session(tiny_classifier, 0)
+    assert "user_compute_stream" not in seen

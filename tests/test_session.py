@@ -74,11 +74,11 @@ def test_gpu_decode_is_checked_with_the_other_options():
 def test_gpu_decode_pil_needs_linux_on_a_gpu(monkeypatch):
     import calib.session.config as session
 
-    import calib.backends.ort as ort
+    import calib.onnx_io as onnx_io
     import calib.placement as placement
 
     monkeypatch.setattr(session.sys, "platform", "win32")
-    monkeypatch.setattr(ort, "require_cuda_provider", lambda: None)         # as on a GPU machine
+    monkeypatch.setattr(onnx_io, "require_cuda_provider", lambda: None)     # as on a GPU machine
     monkeypatch.setattr(placement, "require_torch_cuda", lambda device: None)
     with pytest.raises(CalibError, match="needs Linux"):
         session.check_config(session.RunConfig(device="cuda", gpu_decode="pil"))
@@ -213,7 +213,7 @@ def test_a_folder_the_dataset_does_not_read_is_refused(fields, flags):
 def test_device_auto_says_where_it_runs_and_why(monkeypatch):
     import torch
 
-    from calib.backends import ort
+    from calib import onnx_io
     from calib.errors import Note
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -226,7 +226,7 @@ def test_device_auto_says_where_it_runs_and_why(monkeypatch):
     def no_provider():
         raise CalibError("onnxruntime-gpu is not installed")
 
-    monkeypatch.setattr(ort, "require_cuda_provider", no_provider)
+    monkeypatch.setattr(onnx_io, "require_cuda_provider", no_provider)
     with pytest.warns(Note, match="runs on the CPU: ONNX Runtime cannot use the GPU: onnxruntime-gpu"):
         check_placement(RunConfig(device="auto"))
     import warnings

@@ -1,23 +1,13 @@
 """ONNX Runtime backend: the embedded default (CPU, integer kernels for Q/DQ models), and ONNX
-Runtime's CUDA execution provider on a GPU machine.
-
-CUDA (`device="cuda"` or `"cuda:N"`) needs the `onnxruntime-gpu` package (`pip install
-'calib[gpu]'`), which must not share an environment with the CPU `onnxruntime` package: both
-install the same `onnxruntime` module and whichever was installed last wins, so a CPU-only build
-can shadow the GPU one (https://onnxruntime.ai/docs/install/). ORT's CUDA provider loads CUDA,
-cuDNN and cuBLAS from the `nvidia-*` wheels that torch already brings when
-`onnxruntime.preload_dlls()` runs first (ORT >= 1.21; https://onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html).
+Runtime's CUDA execution provider on a GPU machine. Its sessions, on either, are made by
+`calib.onnx_io` (`ort_session`, `cuda_session`: their options, and the `onnxruntime-gpu` package
+CUDA needs); this module runs models in them.
 
 On CUDA, `run_device` binds a torch CUDA tensor as the input and torch CUDA tensors as the
 outputs with IOBinding (https://onnxruntime.ai/docs/api/python/api_summary.html#iobinding), so
-batches decoded on the GPU are never copied to the host. cuDNN's convolution algorithm is
-chosen by its heuristics (`cudnn_conv_algo_search=HEURISTIC`), not by timing each one
-(EXHAUSTIVE, ORT's default): the choice then depends only on the shapes, so two runs (or two
-GPUs) compute the same activations bit for bit. Not "DEFAULT": ORT >= 1.20 maps it to cuDNN's
-fallback engines (its log says "running in Fallback mode"), measured 12x slower on
-EfficientNet-Lite0 on an H200 (751 vs 9,276 images/s). TF32 is off unless asked for: FP32 means
-FP32 (calibration statistics, FP32 baselines); it raised FP32 to 11,313 images/s there. An INT8
-model's integer-exact graph (`OrtRunner`) turns it on by itself: on integer operands it is exact.
+batches decoded on the GPU are never copied to the host. TF32 is off unless asked for (FP32
+means FP32); an INT8 model's integer-exact graph (`OrtRunner`) turns it on by itself: on
+integer operands it is exact.
 """
 
 from __future__ import annotations
@@ -30,101 +20,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from calib.backends.base import Backend, Runner
-from calib.errors import CalibError, MissingDependency
+from calib.errors import CalibError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from onnx import ModelProto
 
-GPU_INSTALL = ("pip install 'calib[gpu]' && pip uninstall -y onnxruntime && pip install --force-reinstall "
-               "--no-deps onnxruntime-gpu (the CPU onnxruntime package and onnxruntime-gpu must never share an "
-               "environment: they write the same files)")
-
-
-def _both_onnxruntimes() -> bool:
-    """True when the CPU onnxruntime and onnxruntime-gpu distributions are both installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = 0
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            version(dist)
-            found += 1
-        except PackageNotFoundError:
-            pass
-    return found == 2
-
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
               "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-
-
-_preloaded = False
-
-
-def cuda_provider_available() -> bool:
-    """Whether the installed onnxruntime has a CUDA provider (it may still fail to load)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def require_cuda_provider():
-    """onnxruntime with its CUDA libraries loaded, or a one-line error saying what to install."""
-    global _preloaded
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingDependency("onnxruntime-gpu", "running on a GPU", GPU_INSTALL) from None
-    if _both_onnxruntimes():
-        raise CalibError("onnxruntime and onnxruntime-gpu are both installed here and overwrite each other's "
-                         "files: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise MissingDependency("onnxruntime-gpu", f"running on a GPU (onnxruntime {ort.__version__} here has "
-                                f"no CUDA provider)", GPU_INSTALL)
-    if not _preloaded:
-        try:
-            import torch  # noqa: F401  (its CUDA libraries first: ORT finds them loaded)
-        except ImportError:
-            pass
-        preload = getattr(ort, "preload_dlls", None)
-        if preload is not None:
-            try:
-                preload()
-            except Exception:  # pragma: no cover - best effort; the session says what is missing
-                pass
-        _preloaded = True
-    return ort
-
-
-def cuda_session(model, device_id: int = 0, level: str = "all", tf32: bool = False,
-                 algo_search: str = "HEURISTIC", stream: int | None = None):
-    """An ONNX Runtime session on CUDA device `device_id`; a clear error if CUDA cannot load.
-    `stream`: the CUDA stream (handle) it runs on, instead of one ONNX Runtime creates."""
-    from calib.onnx_io import ort_session
-
-    ort = require_cuda_provider()
-    options = {"device_id": str(device_id), "cudnn_conv_algo_search": algo_search,
-               "use_tf32": "1" if tf32 else "0"}
-    if stream is not None:
-        options["user_compute_stream"] = str(stream)
-    try:
-        # One CPU thread, not spinning: every node runs on the GPU, and a pool of spinning CPU
-        # threads per session only takes cores from the decoders (and from the other GPUs' processes).
-        session = ort_session(model, level, threads=1, providers=(("CUDAExecutionProvider", options),
-                                                                  "CPUExecutionProvider"),
-                              config={"session.intra_op.allow_spinning": "0"})
-    except Exception as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise CalibError(f"ONNX Runtime's CUDA provider failed to start on cuda:{device_id}: {first} "
-                         f"({GPU_INSTALL})") from None
-    if "CUDAExecutionProvider" not in session.get_providers():
-        # ORT falls back to the CPU silently when the CUDA libraries do not load.
-        raise CalibError(f"ONNX Runtime's CUDA provider could not load (CUDA/cuDNN libraries not found; "
-                         f"onnxruntime {ort.__version__}); {GPU_INSTALL}")
-    return session
 
 
 EXACT_SERIALISED_LIMIT = 2 ** 31 - 2 ** 24   # the exact graph is handed to the session serialised
@@ -160,6 +64,7 @@ class OrtRunner(Runner):
 
     def __init__(self, path: "Path | bytes | ModelProto", threads: int = 0, device: str = "cpu",
                  tf32: bool = False, exact: bool | None = None, level: str = "all", arena: bool = True):
+        from calib.onnx_io import cuda_session, ort_session
         from calib.placement import Placement
 
         placement = Placement.parse(device)
@@ -168,21 +73,16 @@ class OrtRunner(Runner):
         self.kind = "cuda" if placement.on_gpu else "cpu"
         self.device_id = placement.gpus[0] if placement.on_gpu else 0
         self.exact = None   # the ExactGraph run, when one is
-        if not isinstance(path, (bytes, str, Path)):   # a ModelProto
-            path = _serialisable(path)
-        model = self._exact_graph(path, exact)
-        if model is not None:
-            path = model.model
-            tf32 = tf32 or (self.kind == "cuda" and model.all_exact)
+        self._tmp = None    # the temporary folder of a model past 2 GB given as a ModelProto
+        model = self._session_model(path, exact)
+        if self.exact is not None:
+            tf32 = tf32 or (self.kind == "cuda" and self.exact.all_exact)
         self.stream = None   # on CUDA: the torch stream the session runs on (see infer)
-        self._tmp = None
-        if isinstance(path, _External):   # past protobuf's 2 GB: ONNX Runtime reads it from a file
-            self._tmp, path = path.tmp, path.path
         if self.kind == "cpu":
-            self.session = _cpu_session(path, level, threads, arena)
+            self.session = ort_session(model, level, threads, arena=arena)
         else:
             self.stream = _own_stream(self.device_id)
-            self.session = cuda_session(path, self.device_id, level, tf32=tf32,
+            self.session = cuda_session(model, self.device_id, level, tf32=tf32,
                                         stream=None if self.stream is None else self.stream.cuda_stream)
         if self._tmp is not None:
             self._tmp.cleanup()   # the session has read the files
@@ -192,27 +92,40 @@ class OrtRunner(Runner):
         self.input_name = self.input_names[0]
         self._outputs: dict[tuple, list] = {}   # batch shape -> preallocated output tensors
 
-    def _exact_graph(self, path, exact: bool | None):
-        """The integer-exact graph to run instead of the model at `path`, or None."""
-        if exact is False or isinstance(path, _External):
-            return None
-        import onnx
-
+    def _session_model(self, model: "Path | bytes | ModelProto", exact: bool | None):
+        """What the session reads: the integer-exact graph where the runner runs one (kept as
+        `self.exact`), else the model as given. A ModelProto past protobuf's 2 GB limit is written
+        with external data into a temporary folder (`self._tmp`), which ONNX Runtime reads as
+        written; a ModelProto under it is read as it is, never serialised and parsed back."""
+        from calib.models.files import needs_external_data, save_model
         from calib.onnx_io import load_model
         from calib.quantize.exact import has_qdq, has_subgraphs, integer_exact, runs_exact
 
+        proto = not isinstance(model, (bytes, str, Path))
+        if proto and needs_external_data(model):
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="calib-runner-")
+            path = Path(self._tmp.name) / "model.onnx"
+            save_model(model, path)
+            return path
+        if exact is False:
+            return model
+        import onnx
+
         # The graph first (no external weights): most models are not Q/DQ and are left alone.
-        model = onnx.load_from_string(path) if isinstance(path, bytes) else load_model(path, external_data=False)
-        if not has_qdq(model) or has_subgraphs(model):
-            return None
-        if exact is None and not runs_exact(model, self.kind):
-            return None
-        if not isinstance(path, bytes):
-            model = load_model(path)
-        if model.ByteSize() > EXACT_SERIALISED_LIMIT:   # it is handed to the session serialised
-            return None
-        self.exact = integer_exact(model, round_accumulator=self.kind == "cuda")
-        return self.exact
+        graph = model if proto else (onnx.load_from_string(model) if isinstance(model, bytes)
+                                     else load_model(model, external_data=False))
+        if not has_qdq(graph) or has_subgraphs(graph):
+            return model
+        if exact is None and not runs_exact(graph, self.kind):
+            return model
+        if not proto and not isinstance(model, bytes):
+            graph = load_model(model)   # with its external weights
+        if graph.ByteSize() > EXACT_SERIALISED_LIMIT:   # it is handed to the session serialised
+            return model
+        self.exact = integer_exact(graph, round_accumulator=self.kind == "cuda")
+        return self.exact.model
 
     def infer(self, feed, outputs=None) -> list:
         feed = feed if isinstance(feed, dict) else {self.input_name: feed}
@@ -279,32 +192,6 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self._outputs = {}
-
-
-class _External:
-    """A model past protobuf's 2 GB limit, saved with external data in a temporary folder."""
-
-    def __init__(self, model) -> None:
-        import tempfile
-
-        from calib.models.files import save_model
-
-        self.tmp = tempfile.TemporaryDirectory(prefix="calib-runner-")
-        self.path = Path(self.tmp.name) / "model.onnx"
-        save_model(model, self.path)
-
-
-def _serialisable(model) -> "bytes | _External":
-    """A ModelProto as ONNX Runtime takes it: its bytes, or a file with external data past 2 GB."""
-    from calib.models.files import needs_external_data
-
-    return _External(model) if needs_external_data(model) else model.SerializeToString()
-
-
-def _cpu_session(path, level: str, threads: int, arena: bool):
-    from calib.onnx_io import ort_session
-
-    return ort_session(path, level, threads, arena=arena)
 
 
 def _on_cuda(value) -> bool:

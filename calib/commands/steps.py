@@ -71,7 +71,6 @@ def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, scor
     scored by `scorer`, the run's judge's (top-1 for a classifier, else the task metric against
     the labels or FP32); marked with its flavor, its cache and the exclusions."""
     rules = config.placement_rules()
-    record = exclusions_record(rules)
     means = outcome.entry.channel_means(config.bias_correction)
     amax = outcome.entry.cache.amax()
     fallback = None
@@ -84,6 +83,7 @@ def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, scor
         qdq = fallback.model
     else:
         qdq, _ = quantize_model(s.prepared, amax, s.flavor, channel_means=means, **rules)
+    record = exclusions_record(rules)
     mark_calib_onnx(qdq, qdq_flavor=s.flavor, cache=outcome.entry.path.name, **record)
     return Int8(qdq, means, fallback)
 

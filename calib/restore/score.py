@@ -179,9 +179,9 @@ class ClassifierScorer(Scorer):
         return sqnr(reference, outputs)
 
     def _score(self, fp32: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
+        db, rows = sqnr(fp32, logits), sqnr_rows(fp32, logits)
         a, b = top5(fp32)[:, 0], top5(logits)[:, 0]
-        rows = sqnr_rows(fp32, logits)
-        return {"logits_sqnr_db": finite_or_none(sqnr(fp32, logits)),
+        return {"logits_sqnr_db": finite_or_none(db),
                 "agreement": float(np.mean(a == b)), "top1": float(np.mean(b == labels)),
                 "worst_image_sqnr_db": finite_or_none(float(np.min(rows)))}
 

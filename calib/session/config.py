@@ -120,7 +120,7 @@ def auto_placement(backend: str) -> tuple[Placement, str]:
     try:
         if not torch.cuda.is_available():
             return CPU, "torch sees no CUDA GPU"
-        from calib.backends.ort import require_cuda_provider
+        from calib.onnx_io import require_cuda_provider
 
         require_cuda_provider()
     except Exception as e:  # no CUDA provider (or a broken CUDA setup): auto means the CPU
@@ -149,7 +149,7 @@ def check_placement(config: RunConfig, passes: bool = True) -> Placement:
                          f"with --backend ort, or one GPU (--device cuda:N) with --backend {config.backend}")
     if config.gpu_decode == "pil" and not sys.platform.startswith("linux"):
         raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
-    from calib.backends.ort import require_cuda_provider
+    from calib.onnx_io import require_cuda_provider
     from calib.placement import require_torch_cuda
 
     if passes or config.backend == "ort":

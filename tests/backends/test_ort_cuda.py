@@ -9,8 +9,9 @@ import pytest
 
 from tests.conftest import has_cuda_ort
 
-from calib.backends.ort import OrtRunner, cuda_provider_available, output_shapes
+from calib.backends.ort import OrtRunner, output_shapes
 from calib.errors import CalibError, MissingDependency
+from calib.onnx_io import cuda_provider_available
 
 
 gpu = pytest.mark.skipif(not has_cuda_ort(), reason="needs an NVIDIA GPU with CUDA and onnxruntime-gpu")
@@ -45,48 +46,6 @@ def test_missing_cuda_provider_is_a_one_line_install_hint(tiny_classifier):
     message = str(info.value)
     assert "\n" not in message
     assert "pip install 'calib[gpu]'" in message and "must never share an environment" in message
-
-
-def test_cuda_provider_that_silently_falls_back_is_an_error(tiny_classifier, monkeypatch):
-    import onnxruntime as ort
-
-    import calib.backends.ort as backend
-
-    class FakeSession:
-        def get_providers(self):
-            return ["CPUExecutionProvider"]
-
-    monkeypatch.setattr(backend, "require_cuda_provider", lambda: ort)
-    monkeypatch.setattr("calib.onnx_io.ort_session", lambda *a, **k: FakeSession())
-    with pytest.raises(CalibError, match="could not load") as info:
-        backend.cuda_session(tiny_classifier, 0)
-    assert "calib[gpu]" in str(info.value) and "\n" not in str(info.value)
-
-
-def test_a_cuda_session_runs_on_the_stream_it_is_given(tiny_classifier, monkeypatch):
-    """The runner's own stream reaches ONNX Runtime (`user_compute_stream`): run_device then waits
-    for that stream only, never for the whole device."""
-    import onnxruntime as ort
-
-    import calib.backends.ort as backend
-
-    seen = {}
-
-    class FakeSession:
-        def get_providers(self):
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-    def fake_session(model, level, threads=0, providers=(), config=None):
-        seen.update(providers[0][1])
-        return FakeSession()
-
-    monkeypatch.setattr(backend, "require_cuda_provider", lambda: ort)
-    monkeypatch.setattr("calib.onnx_io.ort_session", fake_session)
-    backend.cuda_session(tiny_classifier, 1, stream=0x1234)
-    assert seen["user_compute_stream"] == str(0x1234) and seen["device_id"] == "1"
-    seen.clear()
-    backend.cuda_session(tiny_classifier, 0)
-    assert "user_compute_stream" not in seen
 
 
 def test_output_shapes_take_the_batch(tiny_classifier):

@@ -18,7 +18,7 @@ def _gpus() -> int:
     try:
         import torch
 
-        from calib.backends.ort import cuda_provider_available
+        from calib.onnx_io import cuda_provider_available
     except ImportError:
         return 0
     return torch.cuda.device_count() if torch.cuda.is_available() and cuda_provider_available() else 0

@@ -152,6 +152,25 @@ def test_which_models_the_cpu_runs_exactly(tiny, tmp_path):
     assert np.array_equal(OrtRunner(paths["tensorrt"]).run(x), want)
 
 
+def test_a_model_runs_alike_from_its_file_its_bytes_or_its_proto(tiny, tmp_path, monkeypatch):
+    """A ModelProto is run as it is (not serialised and parsed back first); one past protobuf's
+    2 GB limit from a temporary file with external data, as written, the folder removed after."""
+    from calib.models import files
+
+    model, x, amax = tiny
+    qdq = quantize_model(model, amax, "tensorrt")[0]
+    path = tmp_path / "int8.onnx"
+    onnx.save(qdq, path)
+    want = OrtRunner(path).run(x)
+    for given in (qdq, qdq.SerializeToString()):
+        runner = OrtRunner(given)
+        assert runner.exact is not None and np.array_equal(runner.run(x), want)
+    monkeypatch.setattr(files, "EXTERNAL_DATA_THRESHOLD", 1000)  # the 2 GB rule, at test scale
+    runner = OrtRunner(qdq)
+    assert runner.exact is None and runner._tmp is None
+    assert np.array_equal(runner.run(x), OrtRunner(path, exact=False).run(x))
+
+
 def test_reports_claim_the_exact_graph_only_where_the_runner_runs_it(tiny, tmp_path):
     """The report's note follows the runner's rule on each model file, not the flavor's."""
     from calib.backends.ort import runs_integer_exact
