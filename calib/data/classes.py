@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:  # pragma: no cover
-    from calib.data.dataset import Dataset
+from typing import Any, Callable
 
 
 @lru_cache(maxsize=1)
@@ -35,14 +32,16 @@ def class_name(index: int) -> str:
     return imagenet_classes()[index][1]
 
 
-def class_count(dataset: "Dataset") -> int:
+# `dataset` is a calib.data.Dataset, typed loosely: the dataset module imports the sources, which
+# read this module's class list, so a type import here would close a circle.
+def class_count(dataset: Any) -> int:
     """How many classes the dataset's labels name (its own names, else ImageNet's 1000): a
     classifier's class count must be this (calib.models.check_classes), and chance level is
     measured against it."""
     return len(getattr(dataset.source, "class_names", None) or imagenet_classes())
 
 
-def class_names_of(dataset: "Dataset") -> Callable[[int], str]:
+def class_names_of(dataset: Any) -> Callable[[int], str]:
     """Class index -> name for reports: the dataset's own names, else ImageNet's."""
     names = getattr(getattr(dataset, "source", None), "class_names", None)
     if names:
