@@ -27,6 +27,16 @@ def layer_of(module: str, table) -> int | None:
     return best[0] if best else None
 
 
+def absolute(node: ast.ImportFrom, module: str, is_pkg: bool) -> str:
+    """The module a `from ... import` in `module` reads, its relative dots resolved."""
+    base = node.module or ""
+    if not node.level:
+        return base
+    parts = module.split(".") if is_pkg else module.split(".")[:-1]
+    parts = parts[: len(parts) - (node.level - 1)]
+    return ".".join(parts + ([base] if base else []))
+
+
 def imports(path: Path, module: str) -> set[str]:
     tree = ast.parse(path.read_text())
     is_pkg = path.name == "__init__.py"
@@ -39,12 +49,7 @@ def imports(path: Path, module: str) -> set[str]:
             if isinstance(child, ast.Import):
                 out.update(a.name for a in child.names)
             elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    parts = module.split(".") if is_pkg else module.split(".")[:-1]
-                    parts = parts[: len(parts) - (child.level - 1)]
-                    base = ".".join(parts + ([base] if base else []))
-                out.add(base)
+                out.add(absolute(child, module, is_pkg))
             visit(child)
 
     visit(tree)
@@ -98,11 +103,7 @@ def every_import(path: Path, module: str, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name in known)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = module.split(".") if is_pkg else module.split(".")[:-1]
-                parts = parts[: len(parts) - (node.level - 1)]
-                base = ".".join(parts + ([base] if base else []))
+            base = absolute(node, module, is_pkg)
             for a in node.names:
                 sub = f"{base}.{a.name}"
                 out.add(sub if sub in known else base)
