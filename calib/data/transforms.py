@@ -75,6 +75,11 @@ class Preprocess:
     channel_order: str = "rgb"
     extra: dict = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.crop == "resize_then_crop" and self.resize_to < self.size:
+            raise CalibError(f"preprocessing {self.name}: a {self.size} crop of a short side resized to "
+                             f"{self.resize_to} would stretch the image; resize to at least {self.size}")
+
     @property
     def params(self) -> dict:
         params = {
@@ -274,7 +279,15 @@ def efficientnet_lite(size: int = 224) -> Preprocess:
                       mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
 
 
-def torchvision_imagenet(size: int = 224, resize_to: int = 256) -> Preprocess:
+TORCHVISION_CROP = 0.875   # torchvision's 224 of 256 (timm's default crop_pct)
+
+
+def torchvision_imagenet(size: int = 224, resize_to: int | None = None) -> Preprocess:
+    """torchvision's ImageNet evaluation: the short side resized to 256, then a size x size centre
+    crop. An input over 256 is resized to size / 0.875 first (366 for 320): resizing to 256 and
+    cropping 320 stretched each axis by its own factor."""
+    if resize_to is None:
+        resize_to = 256 if size <= 256 else round(size / TORCHVISION_CROP)
     return Preprocess(name="torchvision", size=size, crop="resize_then_crop",
                       mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear",
                       resize_to=resize_to)

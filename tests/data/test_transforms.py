@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -94,3 +96,21 @@ def test_transparent_palette_la_and_cmyk():
     p.info["transparency"] = 0
     assert to_rgb(p).getpixel((0, 0)) == (255, 255, 255)
     assert to_rgb(Image.new("CMYK", (2, 2), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("size, resize_to", [(16, 256), (224, 256), (256, 256), (299, 342), (320, 366), (512, 585)])
+def test_the_torchvision_preset_resizes_without_stretching_at_every_input_size(size, resize_to):
+    # An input over 256 used to be cropped from a short side resized to 256: each axis was then
+    # stretched by its own factor (0.68 and 0.85 for a 500 x 375 photo at 320).
+    pre = get_preset("torchvision", size)
+    assert pre.resize_to == resize_to
+    for width, height in ((500, 375), (375, 500), (640, 480)):
+        g = pre.geometry(width, height)
+        assert abs(g.scale_x - g.scale_y) < 2 / min(width, height), (width, height, g)
+        pixels = pre.pixels(Image.new("RGB", (width, height), (10, 20, 30)))
+        assert pixels.shape == (size, size, 3)
+
+
+def test_a_resize_below_the_crop_is_refused_in_one_line():
+    with pytest.raises(CalibError, match="would stretch the image"):
+        replace(get_preset("torchvision", 224), size=320)
