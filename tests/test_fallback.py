@@ -115,6 +115,18 @@ def test_run_reports_the_fallback_model_on_held_out_images_only(tmp_path, tiny_c
     assert fb["search"]["images"] + fb["final_images"] == 5  # the demo's five evaluation photos
     assert r["eval"]["samples"] == fb["final_images"] == fb["final"]["images"]
     assert r["paired"]["n"] == fb["final_images"]
+    assert fb["throughput"] is None   # --speed-seconds 0 skips every speed figure, the fallback's cost too
+
+
+def test_the_fallback_reports_what_its_float_layers_cost_in_throughput(tmp_path, tiny_classifier):
+    from calib.commands.run import run
+    from calib.session import RunConfig
+
+    cfg = RunConfig(model=str(tiny_classifier), dataset="demo", samples=8, cache_dir=str(tmp_path / "c"),
+                    out=str(tmp_path / "out"), batch_size=4, workers=0, progress=False, min_agreement=1.0,
+                    html=False, speed_seconds=0.05)
+    t = run(cfg).to_json()["fallback"]["throughput"]
+    assert t["fp32"] > 0 and t["int8"] > 0 and t["fallback"] > 0
 
 
 def test_a_100_point_budget_is_a_valid_verdict_tolerance(tmp_path, tiny_classifier):

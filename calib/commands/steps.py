@@ -19,7 +19,7 @@ from calib.quantize import quantize_model
 from calib.quantize.heads import exclusions_record
 from calib.report.schema import CalibrationSection, RunBase
 from calib.restore.score import Scorer
-from calib.restore.search import FallbackResult, fallback_to_budget
+from calib.restore.search import THROUGHPUT_SECONDS, FallbackResult, fallback_to_budget
 from calib.session.config import RunConfig
 from calib.session.context import RunSetup
 
@@ -79,7 +79,9 @@ def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, scor
                                       min_agreement=config.min_agreement, batch_size=config.batch_size,
                                       workers=config.workers, seed=config.seed, progress=config.progress,
                                       channel_means=means, device=s.placement.first, decoder=config.gpu_decode,
-                                      rules=rules, scorer=scorer)
+                                      rules=rules, scorer=scorer,
+                                      # what the float layers cost is a speed figure: --speed-seconds 0 skips it too
+                                      throughput_seconds=THROUGHPUT_SECONDS if config.speed_seconds > 0 else 0)
         qdq = fallback.model
     else:
         qdq, _ = quantize_model(s.prepared, amax, s.flavor, channel_means=means, **rules)

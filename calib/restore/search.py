@@ -38,6 +38,7 @@ from calib.restore.score import ClassifierScorer, Scorer
 from calib.restore.subset import split_search_final
 
 STRATEGY = "bisection over k, the number of top-ranked layers left in float"
+THROUGHPUT_SECONDS = 2.0   # timing of FP32, all-INT8 and the fallback model after a search (0: none)
 
 
 @dataclass
@@ -60,7 +61,7 @@ class FallbackResult:
 def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, evaluation: Dataset,
                        max_drop: float | None = None, min_agreement: float | None = None, batch_size: int = 32,
                        workers: int | None = None, seed: int = 0, ranking_images: int = 64,
-                       max_search_images: int | None = 512, throughput_seconds: float = 2.0,
+                       max_search_images: int | None = 512, throughput_seconds: float = THROUGHPUT_SECONDS,
                        progress: bool = True, channel_means: dict[str, list[float]] | None = None,
                        device: str = "cpu", decoder: str = "nvjpeg", rules: dict | None = None,
                        scorer: Scorer | None = None) -> FallbackResult:
