@@ -234,3 +234,25 @@ def test_device_auto_says_where_it_runs_and_why(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", Note)   # a device the user named is not a choice calib made
         check_placement(RunConfig(device="cpu"))
+
+
+def test_a_gpu_run_on_a_machine_without_a_gpu_says_so_beside_the_missing_provider(monkeypatch):
+    # "pip install onnxruntime-gpu" alone sent a user with no GPU at all to install a package
+    # that could not help.
+    import torch
+
+    import calib.onnx_io as onnx_io
+    from calib.errors import MissingDependency
+    from calib.session.config import RunConfig, check_config
+
+    def no_provider():
+        raise MissingDependency("onnxruntime-gpu", "running on a GPU")
+
+    monkeypatch.setattr(onnx_io, "require_cuda_provider", no_provider)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CalibError, match="onnxruntime-gpu.*sees no CUDA GPU on this machine"):
+        check_config(RunConfig(device="cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(CalibError) as e:
+        check_config(RunConfig(device="cuda"))
+    assert "onnxruntime-gpu" in str(e.value) and "sees no CUDA GPU" not in str(e.value)
