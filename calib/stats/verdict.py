@@ -350,12 +350,12 @@ def recommend_metric(name: str, drop: float, drop_ci95: Sequence[float] | None, 
         action, reason = SHIP_FP32, f"INT8 loses more than the {_pts(tolerance)}-point tolerance of {name}"
     elif verdict.kind in ("no_loss", "gain"):
         action = SHIP_INT8_FLOAT_LAYERS if layers else SHIP_INT8
-        reason = f"a {name} loss of {_pts(tolerance)} points or more is ruled out at 95% confidence"
+        reason = f"a loss of {_pts(tolerance)} points of {name} or more is ruled out at 95% confidence"
     else:
         action = EVALUATE_MORE
         need = (f"evaluate on about {verdict.images_needed} images" if verdict.images_needed
                 else "evaluate on more images")
-        reason = f"a {name} loss up to {_pts(hi)} points cannot be ruled out on {_images(n)}; {need}"
+        reason = f"a loss of up to {_pts(hi)} points of {name} cannot be ruled out on {_images(n)}; {need}"
     return _recommendation(action, reason, verdict, figures, layers)
 
 

@@ -276,6 +276,10 @@ def test_a_metric_loss_beyond_the_tolerance_ships_fp32_and_a_small_significant_o
     # Significant (the interval excludes 0) but not beyond the tolerance: more images decide.
     r = recommend_metric("mIoU", 0.004, [0.001, 0.012], 100, tolerance=0.01)
     assert r.action == EVALUATE_MORE and r.accuracy.kind == "inconclusive"
+    # The metric's name is a noun of any first letter: "a argmax agreement loss" read badly.
+    assert r.reason.startswith("a loss of up to 1.2 points of mIoU cannot be ruled out")
+    shipped = recommend_metric("argmax agreement", 0.0, [-0.001, 0.001], 500, tolerance=0.01)
+    assert shipped.reason == "a loss of 1.0 points of argmax agreement or more is ruled out at 95% confidence"
 
 
 def test_images_needed_scales_the_half_width_as_one_over_root_n():
