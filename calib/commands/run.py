@@ -22,11 +22,11 @@ from calib.quantize import excluded_nodes, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
 from calib.report.schema import FallbackReport, RunBase, RunReport
-from calib.stats.budget import budget_text, meets
+from calib.stats.budget import meets
 from calib.restore.ranker import MEASURE
 from calib.restore.score import CLASSIFY, ClassifierScorer
-from calib.restore.search import STRATEGY, FallbackResult, slower_than_fp32
-from calib.commands.steps import Int8, Judge, calibrate_run, calibration_section, int8_model
+from calib.restore.search import FallbackResult
+from calib.commands.steps import Int8, Judge, calibrate_run, calibration_section, fallback_section, int8_model
 from calib.fsutil import staged_dir
 from calib.placement import CPU, Placement
 from calib.report.header import chance_warning, eval_section
@@ -198,23 +198,15 @@ def build_report(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, ev
 
 
 def fallback_report(result: FallbackResult, ev=None) -> FallbackReport:
-    """The "fallback" entry of the run report; `ev` is the Evaluation of "fp32" and "int8" (the
-    fallback model) on the held-out subset, which gives the final figures."""
-    r = FallbackReport(
-        budget=result.budget, budget_text=budget_text(result.budget), float_layers=result.float_layers,
-        layers=result.layers, search=result.search, final_images=len(result.final_dataset), strategy=STRATEGY,
-        measure=MEASURE, ranking=result.ranking, ranking_images=result.ranking_images,
-        evaluations=result.evaluations, seconds=round(result.seconds, 1), throughput=result.throughput,
-        slower_than_fp32=slower_than_fp32(result.throughput),
-        note="the layers were chosen on the search subset; the final figures come from the held-out "
-             "subset, which the search never saw")
-    if ev is not None:
-        fp32, int8 = ev.summary("fp32"), ev.summary("int8")
-        agreement = ev.agreement("fp32", "int8")
-        r.final = {"images": len(ev.keys), "fp32_top1": fp32["top1"], "top1": int8["top1"],
-                   "drop": fp32["top1"] - int8["top1"], "agreement": agreement}
-        r.final_met = meets(result.budget, r.final["drop"], agreement)
-    return r
+    """The "fallback" entry of a classifier's report; `ev` is the Evaluation of "fp32" and "int8"
+    (the fallback model) on the held-out subset, which gives the final figures."""
+    if ev is None:
+        return fallback_section(result, MEASURE, "top-1")
+    fp32, int8 = ev.summary("fp32"), ev.summary("int8")
+    agreement = ev.agreement("fp32", "int8")
+    final = {"images": len(ev.keys), "fp32_top1": fp32["top1"], "top1": int8["top1"],
+             "drop": fp32["top1"] - int8["top1"], "agreement": agreement}
+    return fallback_section(result, MEASURE, "top-1", final, meets(result.budget, final["drop"], agreement))
 
 
 def run_figures(prepared: onnx.ModelProto, qdq: onnx.ModelProto, outcome: CalibrationOutcome, flavor: str,

@@ -17,11 +17,12 @@ from calib.data.plan import DataPlan
 from calib.fsutil import mark_calib_onnx
 from calib.quantize import quantize_model
 from calib.quantize.heads import exclusions_record
-from calib.report.schema import CalibrationSection, RunBase
+from calib.report.schema import CalibrationSection, FallbackReport, RunBase
 from calib.restore.score import Scorer
-from calib.restore.search import THROUGHPUT_SECONDS, FallbackResult, fallback_to_budget
+from calib.restore.search import STRATEGY, THROUGHPUT_SECONDS, FallbackResult, fallback_to_budget, slower_than_fp32
 from calib.session.config import RunConfig
 from calib.session.context import RunSetup
+from calib.stats.budget import budget_text
 
 
 def calibrate_run(config: RunConfig, s: RunSetup) -> CalibrationOutcome:
@@ -94,3 +95,19 @@ def calibration_section(outcome: CalibrationOutcome, s: RunSetup) -> Calibration
     return CalibrationSection(samples=outcome.samples, seconds=round(outcome.seconds, 3),
                               cache=str(outcome.entry.path), reused=outcome.reused,
                               skipped=len(outcome.skipped), requested_samples=s.data.requested_samples)
+
+
+def fallback_section(result: FallbackResult, measure: str, what: str, final: dict | None = None,
+                     final_met: bool | None = None) -> FallbackReport:
+    """The "fallback" entry of a run report, for every task: the layers the search left float to
+    meet the budget (on `what`: top-1, or the task metric's headline), what the ranking measured,
+    the search-subset figures and what the float layers cost; `final`, the held-out figures (on the
+    images the search never saw), and whether they meet the budget, come from the judge."""
+    return FallbackReport(
+        budget=result.budget, budget_text=budget_text(result.budget, what), float_layers=result.float_layers,
+        layers=result.layers, search=result.search, final_images=len(result.final_dataset), strategy=STRATEGY,
+        measure=measure, ranking=result.ranking, ranking_images=result.ranking_images,
+        evaluations=result.evaluations, seconds=round(result.seconds, 1), throughput=result.throughput,
+        slower_than_fp32=slower_than_fp32(result.throughput),
+        note="the layers were chosen on the search subset; the final figures come from the held-out "
+             "subset, which the search never saw", final=final, final_met=final_met)

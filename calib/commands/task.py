@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from calib.calibration import CalibrationOutcome
-from calib.commands.steps import Int8, Judge, calibration_section
+from calib.commands.steps import Int8, Judge, calibration_section, fallback_section
 from calib.data.labels import TaskLabels, read_labels
 from calib.evaluate.models import build_artifacts
 from calib.evaluate.probe import check_task_fits
@@ -27,7 +27,7 @@ from calib.quantize import excluded_nodes
 from calib.report.header import eval_section
 from calib.report.schema import FallbackReport, TaskReport
 from calib.restore.score import scorer_for
-from calib.restore.search import FallbackResult, slower_than_fp32
+from calib.restore.search import FallbackResult
 from calib.report.task import write_task_report
 from calib.session.config import RunConfig, metric_params
 from calib.session.context import RunSetup, report_header
@@ -100,30 +100,21 @@ class TaskJudge(Judge):
                                      budget_tolerance(config.max_drop), size_mb,
                                      int8.fallback.float_layers if int8.fallback is not None else (),
                                      fp32_against_labels=against_labels).to_json(),
-            fallback=fallback_section(int8.fallback, metric) if int8.fallback is not None else None)
+            fallback=task_fallback(int8.fallback, metric) if int8.fallback is not None else None)
         write_task_report(stage, report, html=config.html)
         return report
 
 
-def fallback_section(result: FallbackResult, metric) -> FallbackReport:
-    """The "fallback" entry of a task report: the layers the search left float to meet the budget
-    on the task metric, its search-subset figures, and the held-out figures (the report's metric,
-    computed on the images the search never saw)."""
+def task_fallback(result: FallbackResult, metric) -> FallbackReport:
+    """The "fallback" entry of a task report: the search on the task metric, and the held-out
+    figures (the report's metric, computed on the images the search never saw)."""
     from calib.restore.score import HEADLINES, TASK_MEASURE
-    from calib.restore.search import STRATEGY
-    from calib.stats.budget import budget_text, meets
+    from calib.stats.budget import meets
 
     final = {"images": metric.n, "metric": metric.name, "fp32": metric.fp32, "value": metric.int8,
              "drop": metric.drop}
-    return FallbackReport(
-        budget=result.budget, budget_text=budget_text(result.budget, HEADLINES.get(metric.task, metric.name)),
-        float_layers=result.float_layers, layers=result.layers, search=result.search,
-        final_images=len(result.final_dataset), strategy=STRATEGY, measure=TASK_MEASURE, ranking=result.ranking,
-        ranking_images=result.ranking_images, evaluations=result.evaluations, seconds=round(result.seconds, 1),
-        throughput=result.throughput, slower_than_fp32=slower_than_fp32(result.throughput),
-        note="the layers were chosen on the search subset; the final figures come from the held-out subset, "
-             "which the search never saw",
-        final=final, final_met=meets(result.budget, metric.drop, 1.0))
+    return fallback_section(result, TASK_MEASURE, HEADLINES.get(metric.task, metric.name), final,
+                            meets(result.budget, metric.drop, 1.0))
 
 
 class _Evaluated:
