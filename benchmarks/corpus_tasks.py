@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shlex
 import sys
 import tempfile
@@ -125,8 +124,8 @@ def render(data: dict) -> str:
     rows = data["rows"]
     lines = [BEGIN, "", "## Task corpus: detectors, a segmenter, pose and a BERT-like model (issue 21)", "",
              f"- Date: {m['date']}; total {data['seconds']:.0f} s",
-             f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['physical_cores']} cores), CPU only "
-             f"(no GPU), {m['ram_gb']} GB RAM; load average at start {tuple(round(x, 2) for x in m['load_avg_at_start'])}",
+             f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['physical_cores']} cores), every step "
+             f"on the CPU, {m['ram_gb']} GB RAM; load average at start {tuple(round(x, 2) for x in m['load_avg_at_start'])}",
              f"- Versions: Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
              f"- Command: `{data['command']}`",
              f"- Data: real photos of the ImageNet sample (seeded, disjoint): {p['bn_images']} set the BatchNorm "
@@ -192,12 +191,13 @@ NOTES_PLACEHOLDER = "(what the figures say: written by hand after a run, kept by
 
 def write_section(path: Path, section: str) -> None:
     """Replace the corpus section of RESULTS.md (keeping its hand-written notes), or append it."""
+    from _bench_util import _block
+
     old = path.read_text() if path.is_file() else ""
-    kept = re.search(re.escape(NOTES_BEGIN) + r".*?" + re.escape(NOTES_END), old, re.S)
-    notes = kept.group(0) if kept else f"{NOTES_BEGIN}\n{NOTES_PLACEHOLDER}\n{NOTES_END}"
+    notes = _block(old, NOTES_BEGIN, NOTES_END) or f"{NOTES_BEGIN}\n{NOTES_PLACEHOLDER}\n{NOTES_END}"
     section = section.replace("{{NOTES}}", notes)
-    block = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    text = block.sub(lambda _: section, old) if block.search(old) else old.rstrip() + "\n\n" + section + "\n"
+    current = _block(old, BEGIN, END)
+    text = old.replace(current, section, 1) if current else old.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
 
 
@@ -220,7 +220,7 @@ def main() -> None:
         ap.error("--images is needed (or --render)")
     _paths()
     from _bench_util import machine_info
-    from task_pipeline import ARCHS, TaskCorpus
+    from task_pipeline import ARCHS, BN_IMAGES, TaskCorpus
 
     try:
         import tensorrt_rtx_bindings as trt
@@ -248,7 +248,7 @@ def main() -> None:
                       + f"  TRT-RTX: {row.get('tensorrt_rtx', {}).get('result', row.get('error', '-'))}", flush=True)
     command = "python benchmarks/corpus_tasks.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     data = {"machine": machine, "command": command, "seconds": round(time.perf_counter() - start, 1),
-            "params": {"bn_images": 16, "calibration": args.calibration, "evaluation": args.evaluation,
+            "params": {"bn_images": BN_IMAGES, "calibration": args.calibration, "evaluation": args.evaluation,
                        "run_eval": args.evaluation, "calibrator": "minmax", "workers": 0},
             "rows": rows}
     args.out.write_text(json.dumps(data, indent=1) + "\n")
