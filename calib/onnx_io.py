@@ -112,19 +112,29 @@ def cuda_provider_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def _no_gpu_here() -> str:
+    """What a missing CUDA provider's message adds on a machine with no GPU at all, where
+    installing onnxruntime-gpu would not help: "" where torch sees one (or is not installed)."""
+    try:
+        import torch
+    except ImportError:
+        return ""
+    return "" if torch.cuda.is_available() else f"; and torch {torch.__version__} sees no CUDA GPU on this machine"
+
+
 def require_cuda_provider():
     """onnxruntime with its CUDA libraries loaded, or a one-line error saying what to install."""
     global _preloaded
     try:
         import onnxruntime as ort
     except ImportError:
-        raise MissingDependency("onnxruntime-gpu", "running on a GPU", GPU_INSTALL) from None
+        raise MissingDependency("onnxruntime-gpu", "running on a GPU", GPU_INSTALL + _no_gpu_here()) from None
     if _both_onnxruntimes():
         raise CalibError("onnxruntime and onnxruntime-gpu are both installed here and overwrite each other's "
                          "files: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise MissingDependency("onnxruntime-gpu", f"running on a GPU (onnxruntime {ort.__version__} here has "
-                                f"no CUDA provider)", GPU_INSTALL)
+                                f"no CUDA provider)", GPU_INSTALL + _no_gpu_here())
     if not _preloaded:
         try:
             import torch  # noqa: F401  (its CUDA libraries first: ORT finds them loaded)
