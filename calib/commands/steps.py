@@ -1,6 +1,6 @@
 """The steps `calib run` takes for every task, written once: calibrate (or reuse the cache) with the
 run's settings, materialize the INT8 model with the user's exclusions (and the float layers a
-budget needs), and the report's calibration section. A classifier (calib.commands.run) and any
+budget needs), and the report's calibration and fallback sections. A classifier (calib.commands.run) and any
 other model (calib.commands.task) differ only in how they are judged and reported: the run's
 `Judge`."""
 
