@@ -5,8 +5,11 @@ a torchrun job, as one value parsed once.
 three places parsed. A `Placement` is parsed once from the option and then asked (`on_gpu`,
 `several`, `shards()`): the device is a setting handed to the one session factory and the one
 pass (`calib.passes`), as ONNX Runtime's quantization tools and ModelOpt hand an execution
-provider to one session factory, not a separate code path. Resolving `auto` needs to probe torch
-and ONNX Runtime, so it lives with the backend that probes (`calib.backends.ort.resolve_placement`).
+provider to one session factory, not a separate code path. Everything about where work runs is
+decided here, from the option's text and the names it depends on (the backend, the decoder): what
+`auto` becomes (`resolve_placement`, probing torch and ONNX Runtime's CUDA provider through
+`calib.onnx_io`), and whether the placement can run here at all (`check_placement`), so that a
+command hands its options down once and gets a usable `Placement` back.
 
 Under `torchrun` (`Launch`: the environment variables torchrun sets for each process it starts,
 https://pytorch.org/docs/stable/elastic/run.html#environment-variables) every process takes one
@@ -18,10 +21,12 @@ documentation assigns them; the passes are then shared by the `world` processes
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from calib.errors import CalibError, MissingDependency
+from calib.errors import CalibError, MissingDependency, Note
 
 # What torchrun sets for every process it starts; all of them mean "this is a torchrun job".
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -152,3 +157,66 @@ def require_torch_cuda(device: str):
         raise CalibError(f"there is no GPU {device}: torch sees {torch.cuda.device_count()} "
                          f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return torch, dev
+
+
+def auto_placement(backend: str = "ort") -> tuple[Placement, str]:
+    """Where `--device auto` runs for `backend`, and why, in words: a fallback to the CPU used to be
+    silent, so a user who expected the GPU learnt it from the timings (check_placement says it)."""
+    if backend != "ort":
+        return CPU, f"--backend {backend} runs its engines on the GPU by itself"
+    try:
+        import torch
+    except ImportError:
+        return CPU, "torch is not importable"
+    try:
+        if not torch.cuda.is_available():
+            return CPU, "torch sees no CUDA GPU"
+        from calib.onnx_io import require_cuda_provider
+
+        require_cuda_provider()
+    except Exception as e:  # no CUDA provider (or a broken CUDA setup): auto means the CPU
+        return CPU, f"ONNX Runtime cannot use the GPU: {' '.join(str(e).split())}"
+    return Placement((0,)), "torch sees a CUDA GPU and ONNX Runtime has its CUDA provider"
+
+
+def resolve_placement(spec: str | None, backend: str = "ort", launch: Launch | None = None) -> Placement:
+    """`Placement.parse`, and "auto": the first GPU when torch sees one and ONNX Runtime has its
+    CUDA provider (for the ort backend, whose CUDA provider runs there; TensorRT runs on its own),
+    else the CPU; under torchrun (`launch`), this process's device in the job."""
+    if (spec or "cpu").strip().lower() == "auto":
+        return auto_placement(backend)[0].within(launch)
+    return Placement.parse(spec, launch)
+
+
+def check_placement(spec: str | None, backend: str = "ort", decoder: str = "nvjpeg",
+                    passes: bool = True) -> Placement:
+    """The placement of `--device spec` under this process's torchrun job (if any), usable here: a
+    GPU run needs torch with CUDA and ONNX Runtime's CUDA provider (calib[gpu]) where ONNX Runtime
+    runs there (the ort backend; with `passes`, the calibration pass); a TensorRT backend then
+    evaluates on the same GPU batches, and several GPUs shard ONNX Runtime's passes only. `auto`
+    says where it went and why (a `Note`). `decoder`: how images reach the GPU (--gpu-decode)."""
+    launch = Launch.from_env()
+    if (spec or "").strip().lower() == "auto":
+        found, why = auto_placement(backend)
+        placement = found.within(launch)
+        warnings.warn(f"--device auto runs on {'the CPU' if not found.on_gpu else found.first}: {why}", Note,
+                      stacklevel=2)
+    else:
+        placement = Placement.parse(spec, launch)
+    if placement.world > 1 and backend != "ort":
+        raise CalibError(f"under torchrun the processes share ONNX Runtime's passes: use --backend ort, or run "
+                         f"--backend {backend} as one process")
+    if not placement.on_gpu:
+        return placement
+    if placement.several and backend != "ort":
+        raise CalibError(f"--device {spec} shards ONNX Runtime's CUDA provider over several GPUs: use it "
+                         f"with --backend ort, or one GPU (--device cuda:N) with --backend {backend}")
+    if decoder == "pil" and not sys.platform.startswith("linux"):
+        raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
+    from calib.onnx_io import require_cuda_provider
+
+    if passes or backend == "ort":
+        require_cuda_provider()   # first: without calib[gpu] nothing else matters
+    for device in placement.devices:
+        require_torch_cuda(device)
+    return placement

@@ -99,13 +99,12 @@ def bench_model(model_path: Path, backend: str, batch_sizes: list[int], seconds:
     runnable, why = impl.can_run()
     if not runnable:
         raise CalibError(f"cannot time on {backend} here: {why}")
-    from calib.session.config import RunConfig, check_placement
+    from calib.placement import Launch, check_placement, resolve_placement
 
     # The same device rules as every other command (auto, cuda:N, checks before any work).
-    config = RunConfig(device=device, backend=backend)
-    if config.placement().several:
+    if resolve_placement(device, backend, Launch.from_env()).several:
         raise CalibError(f"calib bench times one device, not {device}: name one GPU (e.g. cuda:0)")
-    device = check_placement(config, passes=False).first
+    device = check_placement(device, backend, passes=False).first
 
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
         shape = None

@@ -130,16 +130,15 @@ def build_from_cache(model: Model, prepared: onnx.ModelProto, cache_path: Path, 
 def build_device(spec: str, backend: str) -> str:
     """The one device a build checks its model on ("cpu": none), refused in one line before any
     work when it cannot be used here (the same checks as every other command's --device)."""
-    from calib.session.config import RunConfig, check_placement
+    from calib.placement import Launch, check_placement, resolve_placement
 
-    config = RunConfig(device=spec, backend=backend)   # its rules: auto with a non-ort backend is the CPU
-    placement = config.placement()
+    placement = resolve_placement(spec, backend, Launch.from_env())   # auto with a non-ort backend is the CPU
     if placement.several:
         raise CalibError(f"--device {spec}: a build checks its model on one GPU (cuda or cuda:N)")
     if placement.on_gpu and backend != "ort":
         raise CalibError(f"--device {spec} checks the built model in ONNX Runtime's CUDA provider: use it with "
                          f"--backend ort (the {backend} backend builds for the GPU by itself)")
-    return check_placement(config).first
+    return check_placement(spec, backend).first
 
 
 def check_on_device(path: Path, device: str, height: "int | dict", width: int | None = None) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_WHERE = {name: "calib.session.config" for name in ("GPU_DECODERS", "RunConfig", "check_config", "check_placement",
-                                                  "default_out", "resolve_placement")}
+_WHERE = {name: "calib.session.config" for name in ("GPU_DECODERS", "RunConfig", "check_config",
+                                                  "default_out")}
 _WHERE.update({name: "calib.session.context" for name in ("RunSetup", "check_model_classes", "default_flavor",
                                                        "report_header", "setup")})
 __all__ = sorted(_WHERE)

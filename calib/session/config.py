@@ -1,24 +1,22 @@
 """The run configuration of every command that touches a model and images (`RunConfig`), and the
 checks that need neither the model nor the images, made first: a typo must not cost a model
-export, a calibration pass or a sensitivity ranking before it fails. Where work runs is resolved
-here once (`Placement`)."""
+export, a calibration pass or a sensitivity ranking before it fails. Where work runs is decided
+by `calib.placement` from the options handed to it once (`check_placement`)."""
 
 from __future__ import annotations
 
 import math
-import sys
 import time
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
 from calib.cache import CacheStore
 from calib.data.decoders import DECODERS as GPU_DECODERS   # --gpu-decode
-from calib.errors import CalibError, Note
+from calib.errors import CalibError
 from calib.fsutil import check_output_dir
 from calib.models import ZOO, parse_input_shapes
-from calib.placement import CPU, Launch, Placement
+from calib.placement import Launch, Placement, check_placement, resolve_placement
 
 
 @dataclass
@@ -79,10 +77,7 @@ class RunConfig:
         """Where the passes run: the CPU or CUDA devices (auto: a GPU only for the ort backend,
         whose CUDA provider runs there; TensorRT runs on its own); under torchrun, this process's
         device in a job whose processes share the passes (`calib.placement.Launch`)."""
-        launch = Launch.from_env()
-        if (self.device or "").strip().lower() == "auto":
-            return auto_placement(self.backend)[0].within(launch)
-        return Placement.parse(self.device, launch)
+        return resolve_placement(self.device, self.backend, Launch.from_env())
 
     def pass_batch_sizes(self) -> tuple[int, int]:
         """(calibration, evaluation) batch sizes: on a GPU the defaults become 64 and 256 (the
@@ -98,65 +93,6 @@ class RunConfig:
 
     def dataset_label(self) -> str:
         return self.dataset if not self.data_dir else f"{self.dataset}:{self.data_dir}"
-
-
-def resolve_placement(spec: str) -> Placement:
-    """`Placement.parse`, and "auto": the first GPU when torch sees one and ONNX Runtime has its
-    CUDA provider, else the CPU."""
-    if (spec or "cpu").strip().lower() != "auto":
-        return Placement.parse(spec)
-    return auto_placement("ort")[0]
-
-
-def auto_placement(backend: str) -> tuple[Placement, str]:
-    """Where `--device auto` runs for `backend`, and why, in words: a fallback to the CPU used to be
-    silent, so a user who expected the GPU learnt it from the timings (check_placement says it)."""
-    if backend != "ort":
-        return CPU, f"--backend {backend} runs its engines on the GPU by itself"
-    try:
-        import torch
-    except ImportError:
-        return CPU, "torch is not importable"
-    try:
-        if not torch.cuda.is_available():
-            return CPU, "torch sees no CUDA GPU"
-        from calib.onnx_io import require_cuda_provider
-
-        require_cuda_provider()
-    except Exception as e:  # no CUDA provider (or a broken CUDA setup): auto means the CPU
-        return CPU, f"ONNX Runtime cannot use the GPU: {' '.join(str(e).split())}"
-    return Placement((0,)), "torch sees a CUDA GPU and ONNX Runtime has its CUDA provider"
-
-
-def check_placement(config: RunConfig, passes: bool = True) -> Placement:
-    """The placement, usable here: a GPU run needs torch with CUDA and ONNX Runtime's CUDA provider
-    (calib[gpu]) where ONNX Runtime runs there (the ort backend; with `passes`, the calibration
-    pass); a TensorRT backend then evaluates on the same GPU batches, and several GPUs shard
-    ONNX Runtime's passes only."""
-    if (config.device or "").strip().lower() == "auto":
-        placement, why = auto_placement(config.backend)
-        where = "the CPU" if not placement.on_gpu else placement.first
-        warnings.warn(f"--device auto runs on {where}: {why}", Note, stacklevel=2)
-    else:
-        placement = config.placement()
-    if placement.world > 1 and config.backend != "ort":
-        raise CalibError(f"under torchrun the processes share ONNX Runtime's passes: use --backend ort, or run "
-                         f"--backend {config.backend} as one process")
-    if not placement.on_gpu:
-        return placement
-    if placement.several and config.backend != "ort":
-        raise CalibError(f"--device {config.device} shards ONNX Runtime's CUDA provider over several GPUs: use it "
-                         f"with --backend ort, or one GPU (--device cuda:N) with --backend {config.backend}")
-    if config.gpu_decode == "pil" and not sys.platform.startswith("linux"):
-        raise CalibError("--gpu-decode pil decodes in forked worker processes, which needs Linux; use --gpu-decode nvjpeg")
-    from calib.onnx_io import require_cuda_provider
-    from calib.placement import require_torch_cuda
-
-    if passes or config.backend == "ort":
-        require_cuda_provider()   # first: without calib[gpu] nothing else matters
-    for device in placement.devices:
-        require_torch_cuda(device)
-    return placement
 
 
 def check_numbers(config: RunConfig) -> None:
@@ -279,7 +215,7 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
     store.check(write=config.recalibrate or not store.holds_caches())
     if config.max_drop is not None or config.min_agreement is not None:
         check_budget(config.max_drop, config.min_agreement)
-    return check_placement(config)
+    return check_placement(config.device, config.backend, config.gpu_decode)
 
 
 def check_values(config: RunConfig) -> None:
