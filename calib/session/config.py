@@ -192,8 +192,8 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
     Returns where the run goes (checked usable here).
 
     The options' own values are checked here first; then each name and setting goes to the layer
-    that owns it (the dataset and its normalisation, the registries, the folders, the budget, the
-    devices)."""
+    that owns it (the dataset and its normalisation, the registries, the folders, the devices, the
+    budget)."""
     from calib.backends import backend_class
     from calib.calibrators.registry import check_params
     from calib.data.plan import check_dataset_options
@@ -213,9 +213,10 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
         check_output_dir(out, apart_from={"--cache-dir": config.cache_dir})
     # Reusing a cache only reads: write access is asked for where one will be saved.
     store.check(write=config.recalibrate or not store.holds_caches())
+    placement = check_placement(config.device, config.backend, config.gpu_decode)
     if config.max_drop is not None or config.min_agreement is not None:
         check_budget(config.max_drop, config.min_agreement)
-    return check_placement(config.device, config.backend, config.gpu_decode)
+    return placement
 
 
 def check_values(config: RunConfig) -> None:
