@@ -674,7 +674,7 @@ def detector_and_frames(tmp_path_factory):
 
 def test_a_task_model_with_min_agreement_or_a_task_that_does_not_fit_is_one_line(detector_and_frames, tmp_path):
     """--min-agreement is top-1 agreement, a classifier's figure: a detector's budget is --max-drop
-    (calib.restore.score.TaskScorer.check_budget). And sensitivity with a --task whose metric cannot
+    (calib.restore.score.TaskScorer.budget, made by the run's judge before any calibration). And sensitivity with a --task whose metric cannot
     read the model's outputs stops before calibrating (no cache, no output folder)."""
     detector, frames = detector_and_frames
     common = ["--model", detector, "--dataset", "images", "--data-dir", frames, "--samples", 4, "--preprocess",

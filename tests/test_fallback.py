@@ -17,6 +17,7 @@ from calib.commands.run import fallback_report
 from calib.report.fallback import render_markdown
 from calib.quantize import quantizable_layers
 from calib.restore.search import fallback_to_budget
+from calib.stats.budget import Budget
 from calib.restore.subset import split_search_final
 from tests.conftest import has_cuda_ort
 
@@ -57,7 +58,7 @@ def test_fallback_meets_the_budget_with_the_broken_layer_in_float(setup):
     model, amax, evaluation = setup
     broken = dict(amax, r2=amax["r2"] / 30)
     victim = next(layer.id for layer in quantizable_layers(model, "ort") if "r2" in layer.inputs)
-    result = fallback_to_budget(model, broken, "ort", evaluation, min_agreement=1.0, batch_size=16, workers=0,
+    result = fallback_to_budget(model, broken, "ort", evaluation, Budget(min_agreement=1.0), batch_size=16, workers=0,
                                 throughput_seconds=0.05, progress=False)
     s = result.search
     assert s["int8"]["agreement"] < 1.0  # the broken layer costs agreement ...
@@ -79,26 +80,25 @@ def test_fallback_meets_the_budget_with_the_broken_layer_in_float(setup):
 
 def test_no_fallback_when_int8_already_meets_the_budget(setup):
     model, amax, evaluation = setup
-    result = fallback_to_budget(model, amax, "ort", evaluation, max_drop=1.0, batch_size=16, workers=0,
+    result = fallback_to_budget(model, amax, "ort", evaluation, Budget(max_drop=1.0), batch_size=16, workers=0,
                                 throughput_seconds=0, progress=False)
     assert result.float_layers == [] and result.evaluations == 1 and result.throughput is None
 
 
-def test_a_budget_no_fallback_can_reach_fails_in_one_line_before_any_work(setup, monkeypatch):
-    model, amax, evaluation = setup
+def test_a_budget_no_fallback_can_reach_is_refused_in_one_line_when_it_is_made():
     # INT8 would have to beat FP32 by 50 points: every layer in float is FP32 itself (drop 0), so
-    # no fallback reaches it; refused before a single image is decoded.
-    import calib.restore.search as search
-
-    monkeypatch.setattr(search, "load_images", lambda *a, **k: pytest.fail("decoded images for a bad budget"))
+    # no fallback reaches it; a Budget is checked when made, before the search sees it.
     with pytest.raises(CalibError) as err:
-        fallback_to_budget(model, dict(amax, r2=amax["r2"] / 30), "ort", evaluation, max_drop=-0.5,
-                           batch_size=16, workers=0, throughput_seconds=0, progress=False)
+        Budget(max_drop=-0.5)
     message = str(err.value)
     assert "\n" not in message and "--max-drop" in message and "-0.5" in message
-    for bad in ({"max_drop": 2.0}, {"min_agreement": 1.5}, {}):
+    for bad in ({"max_drop": 2.0}, {"min_agreement": 1.5}, {"max_drop": float("nan")}, {}):
         with pytest.raises(CalibError):
-            fallback_to_budget(model, amax, "ort", evaluation, workers=0, progress=False, **bad)
+            Budget(**bad)
+    assert Budget(max_drop=0.002).text() == "top-1 drop ≤ 0.20 points"
+    assert Budget(0.01, 0.995).as_dict() == {"max_drop": 0.01, "min_agreement": 0.995}
+    assert Budget(min_agreement=0.995).meets(0.5, 199 / 200) and not Budget(min_agreement=0.995).meets(0.0, 0.99)
+    assert Budget(max_drop=0.01, what="mAP@0.5:0.95").text() == "mAP@0.5:0.95 drop ≤ 1.00 points"
 
 
 def test_run_reports_the_fallback_model_on_held_out_images_only(tmp_path, tiny_classifier):
@@ -151,6 +151,6 @@ def test_the_search_runs_on_the_gpu(setup):
     model, amax, evaluation = setup
     broken = dict(amax, r2=amax["r2"] / 30)
     victim = next(layer.id for layer in quantizable_layers(model, "ort") if "r2" in layer.inputs)
-    result = fallback_to_budget(model, broken, "ort", evaluation, min_agreement=1.0, batch_size=16, workers=0,
+    result = fallback_to_budget(model, broken, "ort", evaluation, Budget(min_agreement=1.0), batch_size=16, workers=0,
                                 throughput_seconds=0, progress=False, device="cuda:0", decoder="pil")
     assert result.ranking[0] == victim and victim in result.float_layers

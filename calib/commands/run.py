@@ -22,7 +22,6 @@ from calib.quantize import excluded_nodes, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
 from calib.report.schema import FallbackReport, RunBase, RunReport
-from calib.stats.budget import meets
 from calib.restore.ranker import MEASURE
 from calib.restore.score import CLASSIFY, ClassifierScorer
 from calib.restore.search import FallbackResult
@@ -49,7 +48,7 @@ def run(config: RunConfig) -> RunBase:
     judge = judge_for(config, s)
     with staged_dir(s.out) as stage:
         outcome = calibrate_run(config, s)
-        int8 = int8_model(config, s, outcome, judge.scorer)
+        int8 = int8_model(config, s, outcome, judge)
         int8_onnx = stage / "int8.onnx"
         save_model(int8.model, int8_onnx)  # external data past 2 GB
         report = judge.judge(backend, stage, outcome, int8, int8_onnx)
@@ -79,6 +78,7 @@ class ClassifierJudge(Judge):
     def __init__(self, config: RunConfig, s: RunSetup) -> None:
         self.config, self.s = config, s
         self.scorer = ClassifierScorer()
+        self.budget = self.scorer.budget(config.max_drop, config.min_agreement)
 
     def judge(self, backend, stage: Path, outcome: CalibrationOutcome, int8: Int8, int8_onnx: Path) -> RunReport:
         """The figures and the verdict; writes the report into `stage`."""
@@ -201,12 +201,12 @@ def fallback_report(result: FallbackResult, ev=None) -> FallbackReport:
     """The "fallback" entry of a classifier's report; `ev` is the Evaluation of "fp32" and "int8"
     (the fallback model) on the held-out subset, which gives the final figures."""
     if ev is None:
-        return fallback_section(result, MEASURE, "top-1")
+        return fallback_section(result, MEASURE)
     fp32, int8 = ev.summary("fp32"), ev.summary("int8")
     agreement = ev.agreement("fp32", "int8")
     final = {"images": len(ev.keys), "fp32_top1": fp32["top1"], "top1": int8["top1"],
              "drop": fp32["top1"] - int8["top1"], "agreement": agreement}
-    return fallback_section(result, MEASURE, "top-1", final, meets(result.budget, final["drop"], agreement))
+    return fallback_section(result, MEASURE, final, result.budget.meets(final["drop"], agreement))
 
 
 def run_figures(prepared: onnx.ModelProto, qdq: onnx.ModelProto, outcome: CalibrationOutcome, flavor: str,

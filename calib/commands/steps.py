@@ -22,7 +22,7 @@ from calib.restore.score import Scorer
 from calib.restore.search import STRATEGY, THROUGHPUT_SECONDS, FallbackResult, fallback_to_budget, slower_than_fp32
 from calib.session.config import RunConfig
 from calib.session.context import RunSetup
-from calib.stats.budget import budget_text
+from calib.stats.budget import Budget
 
 
 def calibrate_run(config: RunConfig, s: RunSetup) -> CalibrationOutcome:
@@ -52,35 +52,38 @@ class Judge:
     """How a run judges its INT8 model: one contract, one kind per reference (after Polygraphy's
     runners, one contract whatever runs behind it; the scorers of calib.restore.score are the same
     split one layer down). Made before any calibration, a judge has checked what can be checked
-    then (a task's metric reads the model's outputs, its labels fit the images). `scorer` is how
-    the fallback search scores a candidate, the way the run judges the result; `judge` evaluates
-    FP32 and INT8 on the same images, decides, and writes the report into the stage folder.
+    then (a task's metric reads the model's outputs, its labels fit the images, the budget is one
+    its figure can judge). `scorer` is how the fallback search scores a candidate, the way the run
+    judges the result; `budget` what --max-drop and --min-agreement ask for, in the scorer's
+    figure (None: no search); `judge` evaluates FP32 and INT8 on the same images, decides, and
+    writes the report into the stage folder.
 
     `calib.commands.run.ClassifierJudge`: top-1 against the images' labels, paired intervals;
     `calib.commands.task.TaskJudge`: every output against FP32, and the task metric."""
 
     scorer: Scorer
+    budget: Budget | None
 
     def judge(self, backend, stage: Path, outcome: CalibrationOutcome, int8: Int8, int8_onnx: Path) -> RunBase:
         raise NotImplementedError
 
 
-def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, scorer: Scorer) -> Int8:
+def int8_model(config: RunConfig, s: RunSetup, outcome: CalibrationOutcome, judge: Judge) -> Int8:
     """The Q/DQ model of the run's flavor from the cache as read back, with the user's exclusions
-    beside the heads the flavors keep float; with a budget (--max-drop, --min-agreement), the
-    fewest most damaging layers left float to meet it (calib.restore.search), each candidate
-    scored by `scorer`, the run's judge's (top-1 for a classifier, else the task metric against
-    the labels or FP32); marked with its flavor, its cache and the exclusions."""
+    beside the heads the flavors keep float; with the judge's budget (--max-drop,
+    --min-agreement), the fewest most damaging layers left float to meet it
+    (calib.restore.search), each candidate scored by the judge's scorer (top-1 for a classifier,
+    else the task metric against the labels or FP32); marked with its flavor, its cache and the
+    exclusions."""
     rules = config.placement_rules()
     means = outcome.entry.channel_means(config.bias_correction)
     amax = outcome.entry.cache.amax()
     fallback = None
-    if config.max_drop is not None or config.min_agreement is not None:
-        fallback = fallback_to_budget(s.prepared, amax, s.flavor, s.data.evaluation, max_drop=config.max_drop,
-                                      min_agreement=config.min_agreement, batch_size=config.batch_size,
-                                      workers=config.workers, seed=config.seed, progress=config.progress,
-                                      channel_means=means, device=s.placement.first, decoder=config.gpu_decode,
-                                      rules=rules, scorer=scorer,
+    if judge.budget is not None:
+        fallback = fallback_to_budget(s.prepared, amax, s.flavor, s.data.evaluation, judge.budget,
+                                      batch_size=config.batch_size, workers=config.workers, seed=config.seed,
+                                      progress=config.progress, channel_means=means, device=s.placement.first,
+                                      decoder=config.gpu_decode, rules=rules, scorer=judge.scorer,
                                       # what the float layers cost is a speed figure: --speed-seconds 0 skips it too
                                       throughput_seconds=THROUGHPUT_SECONDS if config.speed_seconds > 0 else 0)
         qdq = fallback.model
@@ -97,14 +100,14 @@ def calibration_section(outcome: CalibrationOutcome, s: RunSetup) -> Calibration
                               skipped=len(outcome.skipped), requested_samples=s.data.requested_samples)
 
 
-def fallback_section(result: FallbackResult, measure: str, what: str, final: dict | None = None,
+def fallback_section(result: FallbackResult, measure: str, final: dict | None = None,
                      final_met: bool | None = None) -> FallbackReport:
     """The "fallback" entry of a run report, for every task: the layers the search left float to
-    meet the budget (on `what`: top-1, or the task metric's headline), what the ranking measured,
+    meet the budget (on top-1, or the task metric's headline), what the ranking measured,
     the search-subset figures and what the float layers cost; `final`, the held-out figures (on the
     images the search never saw), and whether they meet the budget, come from the judge."""
     return FallbackReport(
-        budget=result.budget, budget_text=budget_text(result.budget, what), float_layers=result.float_layers,
+        budget=result.budget.as_dict(), budget_text=result.budget.text(), float_layers=result.float_layers,
         layers=result.layers, search=result.search, final_images=len(result.final_dataset), strategy=STRATEGY,
         measure=measure, ranking=result.ranking, ranking_images=result.ranking_images,
         evaluations=result.evaluations, seconds=round(result.seconds, 1), throughput=result.throughput,

@@ -54,6 +54,7 @@ class TaskJudge(Judge):
         self.config, self.s = config, s
         self.labels = check_task(config, s)
         self.scorer = scorer_for(s.model.task, self.labels.inputs, **self.labels.params)
+        self.budget = self.scorer.budget(config.max_drop, config.min_agreement)   # in the task metric's figure
 
     def judge(self, backend, stage: Path, outcome: CalibrationOutcome, int8: Int8, int8_onnx: Path) -> TaskReport:
         """FP32 and INT8 on the same images through the evaluation pass, every output and the task
@@ -108,13 +109,11 @@ class TaskJudge(Judge):
 def task_fallback(result: FallbackResult, metric) -> FallbackReport:
     """The "fallback" entry of a task report: the search on the task metric, and the held-out
     figures (the report's metric, computed on the images the search never saw)."""
-    from calib.restore.score import HEADLINES, TASK_MEASURE
-    from calib.stats.budget import meets
+    from calib.restore.score import TASK_MEASURE
 
     final = {"images": metric.n, "metric": metric.name, "fp32": metric.fp32, "value": metric.int8,
              "drop": metric.drop}
-    return fallback_section(result, TASK_MEASURE, HEADLINES.get(metric.task, metric.name), final,
-                            meets(result.budget, metric.drop, 1.0))
+    return fallback_section(result, TASK_MEASURE, final, result.budget.meets(metric.drop))
 
 
 class _Evaluated:

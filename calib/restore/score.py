@@ -4,7 +4,8 @@ ranking loop and one bisection serve every task (issue 21) instead of a copy per
 A scorer says four things: what a model's run gives (`collect`: a classifier's logits, or every
 output of a detector, a segmenter, a model of no known task), how much one model's outputs stray
 from FP32's (`layer_row`: the ranking's figures, and `order`: how rows sort), what the every-layer
-INT8 model looks like beside the ranking (`summary`), and the figures a budget is checked on
+INT8 model looks like beside the ranking (`summary`), the budget the options ask for in its own
+figure (`budget`: a `calib.stats.budget.Budget`), and the figures a budget is checked on
 (`candidate`: the drop, and for a classifier the agreement).
 
 - `ClassifierScorer` reproduces what the ranker and the search computed before scorers existed,
@@ -25,7 +26,8 @@ INT8 model looks like beside the ranking (`summary`), and the figures a budget i
   (for `generic` the metric already is argmax agreement, so `--max-drop 0.01` asks for 99%).
 
 `scorer_for(task, **metric_params)` gives the scorer of a task; `calib.restore.ranker.rank_layers`
-and `calib.restore.search.fallback_to_budget` take one (`scorer=`, default the classifier's).
+and `calib.restore.search.fallback_to_budget` take one (`scorer=`, default the classifier's), the
+search with a budget the scorer made (`budget=scorer.budget(max_drop=0.01)`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import numpy as np
 from calib.errors import CalibError
 from calib.metrics.base import MetricResult
 from calib.passes import Images, all_outputs, logits as run_logits
-from calib.stats.budget import budget_text, check_budget, meets
+from calib.stats.budget import Budget
 from calib.stats.sqnr import finite_or_none, sqnr, sqnr_rows
 from calib.tensor import top5
 
@@ -135,22 +137,18 @@ class Scorer:
         raise NotImplementedError
 
     # -- the search
-    def check_budget(self, max_drop: float | None, min_agreement: float | None) -> None:
+    def budget(self, max_drop: float | None = None, min_agreement: float | None = None) -> Budget | None:
+        """The budget `--max-drop` and `--min-agreement` ask for, in this scorer's figure (None:
+        neither given, no search); a one-line CalibError for one the scorer cannot judge."""
         raise NotImplementedError
 
     def candidate(self, reference: Any, outputs: Any, images: Images) -> dict:
         """A candidate's figures on the search subset; at least "drop"."""
         raise NotImplementedError
 
-    def meets(self, budget: dict, figures: dict) -> bool:
-        return meets(budget, figures["drop"], figures.get("agreement", 1.0))
-
     def search_figures(self, reference: Any, images: Images, int8: dict) -> dict:
         """The search section's figures of FP32 on the search subset, with the all-INT8 candidate."""
         raise NotImplementedError
-
-    def budget_text(self, budget: dict) -> str:
-        return budget_text(budget)
 
     def missed(self, figures: dict) -> str:
         """How a candidate misses the budget, in words (the end of a one-line CalibError)."""
@@ -198,8 +196,10 @@ class ClassifierScorer(Scorer):
     def summary(self, reference: np.ndarray, outputs: np.ndarray, images: Images) -> dict:
         return self._score(reference, outputs, images.labels)
 
-    def check_budget(self, max_drop: float | None, min_agreement: float | None) -> None:
-        check_budget(max_drop, min_agreement)
+    def budget(self, max_drop: float | None = None, min_agreement: float | None = None) -> Budget | None:
+        if max_drop is None and min_agreement is None:
+            return None
+        return Budget(max_drop, min_agreement)
 
     def candidate(self, reference: np.ndarray, outputs: np.ndarray, images: Images) -> dict:
         a, b = top5(reference)[:, 0], top5(outputs)[:, 0]
@@ -319,14 +319,11 @@ class TaskScorer(Scorer):
             metric.update("int8", keys, {name: x[rows] for name, x in outputs.items()}, **extra)
         return metric.result()
 
-    def check_budget(self, max_drop: float | None, min_agreement: float | None) -> None:
+    def budget(self, max_drop: float | None = None, min_agreement: float | None = None) -> Budget | None:
         if min_agreement is not None:
             raise CalibError(f"--min-agreement is top-1 agreement with FP32, a classifier's figure: a {self.task} "
                              f"model's budget is --max-drop, the largest drop in {self.headline} (FP32 − INT8)")
-        if max_drop is None:
-            raise CalibError(f"a fallback budget for a {self.task} model needs --max-drop (the largest drop in "
-                             f"{self.headline})")
-        check_budget(max_drop, None, what=self.headline)
+        return Budget(max_drop, what=self.headline) if max_drop is not None else None
 
     def candidate(self, reference: dict, outputs: dict, images: Images) -> dict:
         m = self.metric(reference, outputs, images)
@@ -336,9 +333,6 @@ class TaskScorer(Scorer):
         m = self.metric(reference, reference, images)
         return {"images": len(images), "task": self.task, "metric": m.name, "reference": m.reference,
                 "fp32": m.fp32, "int8": int8}
-
-    def budget_text(self, budget: dict) -> str:
-        return budget_text(budget, what=self.headline)
 
     def missed(self, figures: dict) -> str:
         fp32 = figures["value"] + figures["drop"]

@@ -10,8 +10,8 @@ held-out subset that the search never sees, on which the chosen model is reporte
 are the ranking's prefixes (top-k layers in float); the smallest k that meets the budget is found
 by bisection over k (a handful of evaluations instead of one per layer). Every layer in float is
 exactly the FP32 model, so a budget that FP32 itself meets on the search subset is always
-reachable; one that it misses (e.g. a negative --max-drop that FP32 does not beat) fails with a
-one-line CalibError. The cost is reported as ONNX Runtime CPU throughput at batch 32 (`time_runner`).
+reachable (a `Budget` cannot ask INT8 to beat FP32: a negative --max-drop is refused when it is
+made); should even that candidate miss it, the search fails with a one-line CalibError. The cost is reported as ONNX Runtime CPU throughput at batch 32 (`time_runner`).
 
 The figures a budget is checked on are the scorer's (`calib.restore.score`), the ranking's too:
 a classifier's top-1 drop and agreement from the logits (the default, as every release before
@@ -19,7 +19,8 @@ scorers computed them), or for a detector, a segmenter or a model of no known ta
 its task metric (`calib.metrics`: mAP@0.5:0.95, mIoU, argmax agreement), where `--max-drop` is
 the budget and `--min-agreement`, a classifier's figure, is refused in one line:
 
-    fallback_to_budget(prepared, amax, flavor, evaluation, max_drop=0.01, scorer=scorer_for("detect"))
+    scorer = scorer_for("detect")
+    fallback_to_budget(prepared, amax, flavor, evaluation, scorer.budget(max_drop=0.01), scorer=scorer)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from calib.quantize import quantizable_layers, quantize_model
 from calib.restore.ranker import rank_layers
 from calib.restore.score import ClassifierScorer, Scorer
 from calib.restore.subset import split_search_final
+from calib.stats.budget import Budget
 
 STRATEGY = "bisection over k, the number of top-ranked layers left in float"
 THROUGHPUT_SECONDS = 2.0   # timing of FP32, all-INT8 and the fallback model after a search (0: none)
@@ -45,7 +47,7 @@ THROUGHPUT_SECONDS = 2.0   # timing of FP32, all-INT8 and the fallback model aft
 class FallbackResult:
     model: onnx.ModelProto            # the Q/DQ model with `float_layers` in float
     float_layers: list[str]           # most damaging first
-    budget: dict
+    budget: Budget
     search: dict                      # the scorer's: images, fp32_top1, int8 / fallback: {top1, drop, agreement}
     #                                   (a task: images, task, metric, reference, fp32, int8 / fallback: {value, drop})
     search_dataset: Dataset
@@ -59,7 +61,7 @@ class FallbackResult:
 
 
 def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, evaluation: Dataset,
-                       max_drop: float | None = None, min_agreement: float | None = None, batch_size: int = 32,
+                       budget: Budget, batch_size: int = 32,
                        workers: int | None = None, seed: int = 0, ranking_images: int = 64,
                        max_search_images: int | None = 512, throughput_seconds: float = THROUGHPUT_SECONDS,
                        progress: bool = True, channel_means: dict[str, list[float]] | None = None,
@@ -67,6 +69,8 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
                        scorer: Scorer | None = None) -> FallbackResult:
     """Leave the fewest top-ranked layers in float so that the search subset meets the budget.
 
+    `budget`: checked when it was made (`calib.stats.budget.Budget`, in the scorer's figure:
+    `scorer.budget(max_drop, min_agreement)`).
     `channel_means`: the cache's bias-correction means, as given to quantize_model (None: off).
     `scorer`: what the ranking and the budget read (`calib.restore.score`; default the
     classifier's; `scorer_for(task, **metric_params)` for another task).
@@ -75,8 +79,6 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     layer in float misses the budget on the search subset.
     """
     scorer = scorer or ClassifierScorer()
-    scorer.check_budget(max_drop, min_agreement)
-    budget = {"max_drop": max_drop, "min_agreement": min_agreement}
     start = time.perf_counter()
     search_set, final_set = split_search_final(evaluation, seed, max_search=max_search_images)
     images = load_images(search_set, batch_size, workers, "decoding search images" if progress else None,
@@ -105,7 +107,7 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     int8 = attempt(0)
     search = scorer.search_figures(fp32_outputs, images, int8)
     ranked_on = 0
-    if scorer.meets(budget, int8):
+    if meets(budget, int8):
         k = 0
     else:
         subset = images.head(ranking_images)
@@ -115,15 +117,15 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
         ranking, ranked_on = result.ranking(), len(subset)
         n = len(ranking)
         everything = attempt(n)
-        if not scorer.meets(budget, everything):
+        if not meets(budget, everything):
             raise CalibError(
-                f"the budget ({scorer.budget_text(budget)}) cannot be met: even with all {n} layers in float the "
+                f"the budget ({budget.text()}) cannot be met: even with all {n} layers in float the "
                 f"search subset ({len(images)} images) has {scorer.missed(everything)}")
         lo, hi = 0, n  # attempt(lo) misses the budget, attempt(hi) meets it
         while hi - lo > 1:
             mid = (lo + hi) // 2
             m = attempt(mid)
-            if scorer.meets(budget, m):
+            if meets(budget, m):
                 hi = mid
             else:
                 lo = mid
@@ -135,6 +137,12 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
         throughput = measure_throughput(prepared, models[0], model, batch_size=32, seconds=throughput_seconds)
     return FallbackResult(model, ranking[:k], budget, search, search_set, final_set, ranking, ranked_on, len(cache),
                           time.perf_counter() - start, throughput, len(layers))
+
+
+def meets(budget: Budget, figures: dict) -> bool:
+    """A candidate's figures (`Scorer.candidate`: its drop, and a classifier's agreement) within
+    the budget."""
+    return budget.meets(figures["drop"], figures.get("agreement", 1.0))
 
 
 def measure_throughput(prepared: onnx.ModelProto, int8: onnx.ModelProto, fallback: onnx.ModelProto,

@@ -199,7 +199,7 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
     from calib.data.plan import check_dataset_options
     from calib.data.transforms import check_normalisation
     from calib.quantize import get_flavor
-    from calib.stats.budget import check_budget
+    from calib.stats.budget import Budget
 
     store = config.cache_store()
     check_values(config)
@@ -215,7 +215,7 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
     store.check(write=config.recalibrate or not store.holds_caches())
     placement = check_placement(config.device, config.backend, config.gpu_decode)
     if config.max_drop is not None or config.min_agreement is not None:
-        check_budget(config.max_drop, config.min_agreement)
+        Budget(config.max_drop, config.min_agreement)   # checked when made; the run's judge makes it in its figure
     return placement
 
 

@@ -52,10 +52,6 @@ def setup(config: RunConfig, out: str | Path | None = None, kind: str | None = N
     if model.task != "classify" and kind not in (None, "sensitivity"):   # compare still reads top-1
         raise CalibError(f"{model.name} is a {model.task} model: calib {kind} needs a classifier so far; `calib run "
                          f"--task {model.task}` judges it output by output against FP32")
-    if model.task != "classify" and (config.max_drop is not None or config.min_agreement is not None):
-        from calib.restore.score import scorer_for
-
-        scorer_for(model.task).check_budget(config.max_drop, config.min_agreement)   # the task metric's budget
     check_decoder(config, model, placement)
     flavor = config.qdq_flavor or default_flavor(config.backend)
     fit_to_memory(config, model, placement)            # before the prepared model, whose probe runs it

@@ -79,7 +79,9 @@ def test_run_report_with_figures_and_fallback(tmp_path, tiny_model):
     outcome = calibrate(model, prepared, data.calibration, "entropy", CacheStore(tmp_path / "caches"),
                         batch_size=8, workers=0, progress=False)
     amax = outcome.entry.cache.amax()
-    fb = fallback_to_budget(prepared, amax, "ort", data.evaluation, min_agreement=1.0, batch_size=8, workers=0,
+    from calib.stats.budget import Budget
+
+    fb = fallback_to_budget(prepared, amax, "ort", data.evaluation, Budget(min_agreement=1.0), batch_size=8, workers=0,
                             throughput_seconds=0.05, progress=False)
     runners = {"fp32": OrtRunner(model.path), "int8": OrtRunner(fb.model.SerializeToString())}
     ev, _ = evaluate(runners, fb.final_dataset, 8, workers=0, progress=None)

@@ -132,8 +132,9 @@ def test_the_task_search_meets_an_map_budget_with_the_broken_layer_in_float(dete
     model, evaluation, amax = detector
     broken = _broken(model, amax, "tensorrt")
     budget = 0.15
-    result = fallback_to_budget(model, broken, "tensorrt", evaluation, max_drop=budget, batch_size=12, workers=0,
-                                throughput_seconds=0, progress=False, scorer=scorer_for("detect"))
+    scorer = scorer_for("detect")
+    result = fallback_to_budget(model, broken, "tensorrt", evaluation, scorer.budget(max_drop=budget), batch_size=12,
+                                workers=0, throughput_seconds=0, progress=False, scorer=scorer)
     s = result.search
     assert s["task"] == "detect" and s["metric"] == "mAP@0.5:0.95" and s["reference"] == "fp32" and s["fp32"] == 1.0
     assert s["int8"]["drop"] > budget                       # the broken layer misses the budget ...
@@ -144,19 +145,18 @@ def test_the_task_search_meets_an_map_budget_with_the_broken_layer_in_float(dete
     assert not {x.key for x in result.final_dataset.samples} & {x.key for x in result.search_dataset.samples}
 
 
-def test_a_task_budget_is_max_drop_and_min_agreement_is_refused_in_one_line(detector, monkeypatch):
-    model, evaluation, amax = detector
-    import calib.restore.search as search
-
-    monkeypatch.setattr(search, "load_images", lambda *a, **k: pytest.fail("decoded images for a bad budget"))
+def test_a_task_budget_is_max_drop_and_min_agreement_is_refused_in_one_line():
+    scorer = scorer_for("detect")
     for kw, words in (({"min_agreement": 0.99}, ["--min-agreement", "detect", "--max-drop", "mAP@0.5:0.95"]),
                       ({"max_drop": 0.01, "min_agreement": 0.99}, ["--min-agreement"]),
-                      ({}, ["--max-drop", "detect"]),
                       ({"max_drop": 1.5}, ["--max-drop", "mAP@0.5:0.95", "1.5"])):
         with pytest.raises(CalibError) as err:
-            fallback_to_budget(model, amax, "tensorrt", evaluation, workers=0, progress=False,
-                               scorer=scorer_for("detect"), **kw)
+            scorer.budget(**kw)
         assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
+    assert scorer.budget() is None and ClassifierScorer().budget() is None   # no budget asked: no search
+    budget = scorer.budget(max_drop=0.01)
+    assert budget.what == "mAP@0.5:0.95" and budget.min_agreement is None and budget.meets(0.01)
+    assert ClassifierScorer().budget(0.01, 0.99).what == "top-1"
 
 
 def test_scorers_are_named_by_task():
