@@ -9,8 +9,9 @@ height and width may be dynamic, as NVIDIA's TensorRT walkthroughs export ResNet
 (`dynamic_axes={"input": {0: "batch_size", 2: "height", 3: "width"}}`,
 https://docs.nvidia.com/deeplearning/tensorrt/latest/getting-started/quick-start-guide.html):
 H and W then come from `input_size`, or from the preprocessing preset's size. Only the
-structure is read here (no weights, no ONNX Runtime); `prepare.prepared_model` makes the graph
-calib works on.
+structure is read here (no weights, no ONNX Runtime), once: what calib needs of it travels on the
+`Model` (its inputs, task, hash, and what one sample costs in memory, `calib.models.memory`, which
+the batch sizes are fitted to); `prepare.prepared_model` makes the graph calib works on.
 
 A model fed named arrays (`--dataset npz` or a dataset reader: `arrays=True`; `arrays=None`, for
 the commands that read no data, when the model is not an image model) is taken as it is: any
@@ -34,6 +35,7 @@ from calib.data.arrays import ArrayFeed, ArrayInput
 from calib.data.transforms import Preprocess, efficientnet_lite, get_preset
 from calib.errors import CalibError, InternalError
 from calib.models.files import all_tensors, check_external_data, model_sha256
+from calib.models.memory import MemoryNeed, memory_need, memory_need_arrays
 from calib.models.zoo import ZOO, export_zoo_model
 
 DEFAULT_PRESET = "torchvision"  # user models: torchvision's ImageNet preprocessing unless told
@@ -64,6 +66,7 @@ class Model:
     input_name: str         # the (first) input
     input_shape: tuple      # (batch, 3, H, W) as calib runs it: batch symbolic (a string), H and W resolved
     sha256: str             # the .onnx file and its external data files (files.model_sha256)
+    need: MemoryNeed        # what one sample costs in memory at the resolved input shape (calib.models.memory)
     task: str = "classify"  # what the outputs are (TASKS): a classifier's scores, or any outputs
 
     @property
@@ -148,7 +151,7 @@ def resolve_model(spec: str, preprocess: str | None = None,
         feed = _array_feed(path, proto, shapes, size)
         first = feed.inputs[0]
         return Model(spec if spec in ZOO else path.stem, path, feed, first.name, first.dims(),
-                     model_sha256(path, proto), resolve_task(task, path, proto))
+                     model_sha256(path, proto), memory_need_arrays(proto, feed.inputs), resolve_task(task, path, proto))
     name, dims = _image_input(path, proto)
     task = resolve_task(task, path, proto)
     size = _size_from_shapes(path, name, dims, shapes, size)
@@ -156,7 +159,8 @@ def resolve_model(spec: str, preprocess: str | None = None,
     pre = get_preset(preprocess or DEFAULT_PRESET, h)
     _check_preset(pre, (h, w), path.name)
     batch = dims[0] if isinstance(dims[0], str) and dims[0] != "?" else "batch"  # fixed batches become dynamic
-    return Model(path.stem, path, pre, name, (batch, 3, h, w), model_sha256(path, proto), task)
+    return Model(path.stem, path, pre, name, (batch, 3, h, w), model_sha256(path, proto), memory_need(proto, (3, h, w)),
+                 task)
 
 
 def _zoo_model(spec: str, preprocess: str | None, size: tuple[int, int] | None,
@@ -172,7 +176,7 @@ def _zoo_model(spec: str, preprocess: str | None, size: tuple[int, int] | None,
     path = export_zoo_model(spec)
     proto = _load_structure(path)
     name, dims = _image_input(path, proto)
-    return Model(spec, path, pre, name, dims, model_sha256(path, proto))
+    return Model(spec, path, pre, name, dims, model_sha256(path, proto), memory_need(proto, (3, entry.size, entry.size)))
 
 
 def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, tuple[int, ...]]:

@@ -76,22 +76,19 @@ def check_decoder(config: RunConfig, model: Model, placement: Placement) -> None
 
 def fit_to_memory(config: RunConfig, model: Model, placement: Placement) -> None:
     """The calibration and evaluation batches must fit in the machine's memory (estimated from the
-    model's graph at its input size: calib.models.memory): a batch too large is lowered to one that
+    model's graph at its input size when it was read: `Model.need`, calib.models.memory): a batch too large is lowered to one that
     fits, said in one warning line (results do not depend on the batch size, only speed does); a
     model that does not fit even one image (--input-size 4000) is refused in one line, before the
     kernel's OOM killer ends the run with no message."""
     import warnings
 
-    from calib.models.memory import fit_batch, memory_need, memory_need_arrays
-    from calib.onnx_io import load_model
+    from calib.models.memory import fit_batch
 
     batches = config.pass_batch_sizes()
-    proto = load_model(model.path, external_data=False)
-    need = memory_need_arrays(proto, model.inputs) if model.arrays else memory_need(proto, (3, *model.size))
     on_host = not placement.on_gpu   # on a GPU the activations are the GPU's: the host holds the images
     for field, batch, what in zip(("calib_batch_size", "batch_size"), batches,
                                   ("the calibration pass", "the evaluation")):
-        fits, note = fit_batch(need, batch, f"{model.name}: {what}", activations=on_host)
+        fits, note = fit_batch(model.need, batch, f"{model.name}: {what}", activations=on_host)
         if note is None:
             continue
         if placement.on_gpu and fits == getattr(RunConfig, field) and fits > 1:

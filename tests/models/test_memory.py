@@ -49,3 +49,19 @@ def test_available_memory_is_what_psutil_says():
     import psutil
 
     assert 0 < memory.available_memory() <= psutil.virtual_memory().total
+
+
+def test_a_model_carries_its_estimate_at_the_shape_it_was_resolved_to(tmp_path):
+    # Read once at intake: setup fits the batch sizes to it without parsing the file again.
+    from calib.models import resolve_model
+    from calib.models.memory import memory_need_arrays
+    from tests.models.test_intake_arrays import _two_inputs
+
+    path = make_classifier(tmp_path / "m.onnx", classes=10, size="side")   # dynamic H and W
+    small, big = resolve_model(str(path), input_size=16), resolve_model(str(path), input_size=64)
+    proto = load_model(path, external_data=False)
+    assert small.need == memory_need(proto, (3, 16, 16)) and big.need == memory_need(proto, (3, 64, 64))
+    assert big.need.input == 16 * small.need.input
+    arrays = resolve_model(_two_inputs(tmp_path), input_shapes={"ids": (7,)}, arrays=True)
+    assert arrays.need == memory_need_arrays(load_model(arrays.path, external_data=False), arrays.inputs)
+    assert arrays.need.input == 7 * 8 + 7 * 8 + 4 * 4   # one sample: ids and mask int64 (7,), bias float32 (4,)
