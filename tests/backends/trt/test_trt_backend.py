@@ -208,6 +208,7 @@ def test_real_entropy_calibrator_streams_images_and_saves_cache(tmp_path):
     from calib.data.transforms import get_preset
     from calib.fsutil import file_sha256
     from calib.models import Model
+    from calib.models.memory import MemoryNeed
 
     rng = np.random.default_rng(5)
     samples = []
@@ -219,7 +220,7 @@ def test_real_entropy_calibrator_streams_images_and_saves_cache(tmp_path):
     pre = get_preset("torchvision", 16)
     dataset = Dataset.of(FolderSource(samples, "toy", tmp_path / "img"), pre)
     fp32 = make_classifier(tmp_path / "fp32.onnx")
-    model = Model("tiny", fp32, pre, "input", ("batch", 3, 16, 16), file_sha256(fp32))
+    model = Model("tiny", fp32, pre, "input", ("batch", 3, 16, 16), file_sha256(fp32), MemoryNeed(0, 3072, 0))
     store = CacheStore(tmp_path / "caches")
     calibrator = entropy_calibrator(model, dataset, store, batch_size=4, workers=0)
     backend.build(fp32, tmp_path / "x.engine", "int8", calibrator=calibrator, max_batch=8)

@@ -102,9 +102,10 @@ def _model_and_dataset(tmp_path, n_images):
     from calib.data.sources import ImageSource, Sample
     from calib.data.transforms import get_preset
     from calib.models import Model
+    from calib.models.memory import MemoryNeed
 
     pre = get_preset("torchvision", 16)
-    model = Model("tiny", tmp_path / "tiny.onnx", pre, "images", ("N", 3, 16, 16), "ab" * 32)
+    model = Model("tiny", tmp_path / "tiny.onnx", pre, "images", ("N", 3, 16, 16), "ab" * 32, MemoryNeed(0, 3072, 0))
     dataset = Dataset.of(ImageSource([Sample(f"img{i}", i % 3) for i in range(n_images)], "toy",
                                      f"{n_images} toy samples"), pre)
     return model, dataset
