@@ -76,10 +76,10 @@ def check_decoder(config: RunConfig, model: Model, placement: Placement) -> None
 
 def fit_to_memory(config: RunConfig, model: Model, placement: Placement) -> None:
     """The calibration and evaluation batches must fit in the machine's memory (estimated from the
-    model's graph at its input size when it was read: `Model.need`, calib.models.memory): a batch too large is lowered to one that
-    fits, said in one warning line (results do not depend on the batch size, only speed does); a
-    model that does not fit even one image (--input-size 4000) is refused in one line, before the
-    kernel's OOM killer ends the run with no message."""
+    model's graph at its input size when it was read: `Model.need`, calib.models.memory): a batch
+    too large is lowered to one that fits, said in one warning line (results do not depend on the
+    batch size, only speed does); a model that does not fit even one image (--input-size 4000) is
+    refused in one line, before the kernel's OOM killer ends the run with no message."""
     import warnings
 
     from calib.models.memory import fit_batch
