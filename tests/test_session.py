@@ -201,3 +201,12 @@ def test_gpu_batch_sizes_grow_only_where_the_user_left_the_defaults():
     assert RunConfig(device="cuda:0,1").pass_batch_sizes() == (64, 256)
     assert RunConfig(device="cuda", batch_size=8).pass_batch_sizes() == (64, 8)
     assert RunConfig().pass_batch_sizes() == (4, 32)
+
+
+def test_a_budget_out_of_range_is_refused_before_the_model_is_read_naming_either_figure():
+    # Before the model is read its task is unknown: the figure is top-1 for a classifier, the task
+    # metric otherwise, and the message must not call a detector's budget a top-1 budget.
+    with pytest.raises(CalibError, match=r"--max-drop is a fraction of top-1 or the task metric in \[0, 1\].*1.5"):
+        check_config(RunConfig(max_drop=1.5))
+    with pytest.raises(CalibError, match="--min-agreement is a fraction in"):
+        check_config(RunConfig(min_agreement=-0.1))

@@ -215,7 +215,8 @@ def check_config(config: RunConfig, calibrators: Sequence[str] | None = None,
     store.check(write=config.recalibrate or not store.holds_caches())
     placement = check_placement(config.device, config.backend, config.gpu_decode)
     if config.max_drop is not None or config.min_agreement is not None:
-        Budget(config.max_drop, config.min_agreement)   # checked when made; the run's judge makes it in its figure
+        # The figure is the judge's, known once the model's task is: the run's judge makes the budget in it.
+        Budget(config.max_drop, config.min_agreement, what="top-1 or the task metric")
     return placement
 
 
