@@ -14,9 +14,9 @@ whichever was installed last wins, so a CPU-only build can shadow the GPU one
 cuDNN's convolution algorithm is chosen by its heuristics (`cudnn_conv_algo_search=HEURISTIC`),
 not by timing each one (EXHAUSTIVE, ORT's default): the choice then depends only on the shapes,
 so two runs (or two GPUs) compute the same activations bit for bit. Not "DEFAULT": ORT >= 1.20
-maps it to cuDNN's fallback engines (its log says "running in Fallback mode"), measured 12x
-slower on EfficientNet-Lite0 on an H200 (751 vs 9,276 images/s). TF32 is off unless asked for:
-FP32 means FP32 (calibration statistics, FP32 baselines); it raised FP32 to 11,313 images/s there.
+maps it to cuDNN's fallback engines (its log says "running in Fallback mode"), an order of
+magnitude slower (benchmarks/RESULTS.md, "GPU"). TF32 is off unless asked for: FP32 means FP32
+(calibration statistics, FP32 baselines), though TF32 would run FP32 faster.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from calib.quantize import excluded_nodes, required_tensors
 from calib.report.plots import histogram_figures
 from calib.report.run import write_run_report
 from calib.report.schema import FallbackReport, RunBase, RunReport
-from calib.restore.ranker import MEASURE
 from calib.restore.score import CLASSIFY, ClassifierScorer
 from calib.restore.search import FallbackResult
 from calib.commands.steps import Int8, Judge, calibrate_run, calibration_section, fallback_section, int8_model
@@ -201,12 +200,12 @@ def fallback_report(result: FallbackResult, ev=None) -> FallbackReport:
     """The "fallback" entry of a classifier's report; `ev` is the Evaluation of "fp32" and "int8"
     (the fallback model) on the held-out subset, which gives the final figures."""
     if ev is None:
-        return fallback_section(result, MEASURE)
+        return fallback_section(result)
     fp32, int8 = ev.summary("fp32"), ev.summary("int8")
     agreement = ev.agreement("fp32", "int8")
     final = {"images": len(ev.keys), "fp32_top1": fp32["top1"], "top1": int8["top1"],
              "drop": fp32["top1"] - int8["top1"], "agreement": agreement}
-    return fallback_section(result, MEASURE, final, result.budget.meets(final["drop"], agreement))
+    return fallback_section(result, final, result.budget.meets(final["drop"], agreement))
 
 
 def run_figures(prepared: onnx.ModelProto, qdq: onnx.ModelProto, outcome: CalibrationOutcome, flavor: str,

@@ -100,16 +100,17 @@ def calibration_section(outcome: CalibrationOutcome, s: RunSetup) -> Calibration
                               skipped=len(outcome.skipped), requested_samples=s.data.requested_samples)
 
 
-def fallback_section(result: FallbackResult, measure: str, final: dict | None = None,
+def fallback_section(result: FallbackResult, final: dict | None = None,
                      final_met: bool | None = None) -> FallbackReport:
     """The "fallback" entry of a run report, for every task: the layers the search left float to
-    meet the budget (on top-1, or the task metric's headline), what the ranking measured,
+    meet the budget (on top-1, or the task metric's headline), what the ranking measured (the
+    scorer's measure, which the result carries),
     the search-subset figures and what the float layers cost; `final`, the held-out figures (on the
     images the search never saw), and whether they meet the budget, come from the judge."""
     return FallbackReport(
         budget=result.budget.as_dict(), budget_text=result.budget.text(), float_layers=result.float_layers,
         layers=result.layers, search=result.search, final_images=len(result.final_dataset), strategy=STRATEGY,
-        measure=measure, ranking=result.ranking, ranking_images=result.ranking_images,
+        measure=result.measure, ranking=result.ranking, ranking_images=result.ranking_images,
         evaluations=result.evaluations, seconds=round(result.seconds, 1), throughput=result.throughput,
         slower_than_fp32=slower_than_fp32(result.throughput),
         note="the layers were chosen on the search subset; the final figures come from the held-out "

@@ -109,11 +109,9 @@ class TaskJudge(Judge):
 def task_fallback(result: FallbackResult, metric) -> FallbackReport:
     """The "fallback" entry of a task report: the search on the task metric, and the held-out
     figures (the report's metric, computed on the images the search never saw)."""
-    from calib.restore.score import TASK_MEASURE
-
     final = {"images": metric.n, "metric": metric.name, "fp32": metric.fp32, "value": metric.int8,
              "drop": metric.drop}
-    return fallback_section(result, TASK_MEASURE, final, result.budget.meets(metric.drop))
+    return fallback_section(result, final, result.budget.meets(metric.drop))
 
 
 class _Evaluated:

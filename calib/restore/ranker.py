@@ -45,7 +45,7 @@ from calib.errors import CalibError, InternalError
 from calib.passes import Images
 from calib.progress import progress_bar
 from calib.quantize import quantizable_layers, quantize_model
-from calib.restore.score import CLASSIFIER_MEASURE, ClassifierScorer, LayerRow, LayerSensitivity, Scorer
+from calib.restore.score import ClassifierScorer, LayerRow, LayerSensitivity, Scorer
 
 
 # ----------------------------------------------------------------------------- ranking
@@ -75,9 +75,6 @@ class SensitivityResult:
              "basic_fallbacks": list(self.basic_fallbacks)}
         d["ranking"] = self.ranking()
         return d
-
-
-MEASURE = CLASSIFIER_MEASURE   # what the run report's fallback section says a classifier was ranked by
 
 
 def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, images: Images,
@@ -148,4 +145,4 @@ def rank_layers(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, 
                              int8, all_float_diff, rows, time.perf_counter() - start, basic_fallbacks)
 
 
-__all__ = ["LayerSensitivity", "MEASURE", "SensitivityResult", "rank_layers"]
+__all__ = ["LayerSensitivity", "SensitivityResult", "rank_layers"]

@@ -11,7 +11,8 @@ are the ranking's prefixes (top-k layers in float); the smallest k that meets th
 by bisection over k (a handful of evaluations instead of one per layer). Every layer in float is
 exactly the FP32 model, so a budget that FP32 itself meets on the search subset is always
 reachable (a `Budget` cannot ask INT8 to beat FP32: a negative --max-drop is refused when it is
-made); should even that candidate miss it, the search fails with a one-line CalibError. The cost is reported as ONNX Runtime CPU throughput at batch 32 (`time_runner`).
+made); should even that candidate miss it, the search fails with a one-line CalibError. The cost
+is reported as ONNX Runtime CPU throughput at batch 32 (`time_runner`).
 
 The figures a budget is checked on are the scorer's (`calib.restore.score`), the ranking's too:
 a classifier's top-1 drop and agreement from the logits (the default, as every release before
@@ -58,6 +59,7 @@ class FallbackResult:
     seconds: float = 0.0
     throughput: dict | None = None
     layers: int = 0                   # quantizable layers in the model
+    measure: str = ""                 # what the ranking measured (the scorer's `measure`)
 
 
 def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor: str, evaluation: Dataset,
@@ -136,7 +138,7 @@ def fallback_to_budget(prepared: onnx.ModelProto, amax: dict[str, float], flavor
     if throughput_seconds > 0:
         throughput = measure_throughput(prepared, models[0], model, batch_size=32, seconds=throughput_seconds)
     return FallbackResult(model, ranking[:k], budget, search, search_set, final_set, ranking, ranked_on, len(cache),
-                          time.perf_counter() - start, throughput, len(layers))
+                          time.perf_counter() - start, throughput, len(layers), scorer.measure)
 
 
 def meets(budget: Budget, figures: dict) -> bool:
@@ -150,15 +152,15 @@ def measure_throughput(prepared: onnx.ModelProto, int8: onnx.ModelProto, fallbac
     """Images/s of FP32, all-INT8 and the fallback model with ONNX Runtime (CPU, ORT_ENABLE_ALL)."""
     from calib.backends.base import time_runner
     from calib.backends.ort import OrtRunner
+    from calib.models import image_chw
 
-    dims = [d.dim_value for d in prepared.graph.input[0].type.tensor_type.shape.dim]
-    shape = tuple(dims[1:])
+    shape = image_chw(prepared)
     out = {"batch_size": batch_size, "backend": "onnxruntime CPU"}
     for name, m in (("int8", int8), ("fallback", fallback), ("fp32", prepared)):
         if name == "fallback" and fallback is int8:
             out[name] = out["int8"]
             continue
-        runner = OrtRunner(m.SerializeToString(), exact=False)   # speed: the model as deployed
+        runner = OrtRunner(m, exact=False)   # speed: the model as deployed
         out[name] = round(time_runner(runner, shape, batch_size, seconds=seconds).throughput, 2)
         runner.close()
     out["cost"] = round(1.0 - out["fallback"] / out["int8"], 4) if out["int8"] > 0 else 0.0
